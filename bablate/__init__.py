@@ -1,8 +1,26 @@
 """bablate: Bayesian ablation in JAX.
 
-The ablation mask distribution (AMD) P(mask | task, correct) ∝ prior(mask) · O(correct | task, mask)^β
-tells which sets of units a trained network uses to get a task right. The public API is
-re-exported here; modules below are importable on their own.
+The ablation mask distribution (AMD) P(mask | task, correct) ∝ prior(mask) · odds(correct |
+task, mask)^β tells which sets of units a trained network uses to get a task right.
+
+    import bablate as bb
+    site = bb.Site.from_functions("hidden", d, prefix, suffix)   # or bb.flax_site(...)
+    task = bb.Task.build(site, inputs, bb.rules.top1(targets))
+    post = bb.infer(task, method="exact")                        # or "mcmc", "svi"
+    bb.metrics.summarize(post).distributedness
 """
 
+from bablate import metrics, rules
+from bablate.amd import amd_model, log_joint, make_model
+from bablate.flax_sites import flax_site, list_sites
+from bablate.inference import FlipKernel, Posterior, exact, infer, mcmc, svi
+from bablate.sites import Basis, Site, mask_activation
+from bablate.tasks import Rule, Task
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Basis", "FlipKernel", "Posterior", "Rule", "Site", "Task", "amd_model", "exact",
+    "flax_site", "infer", "list_sites", "log_joint", "make_model", "mask_activation", "mcmc",
+    "metrics", "rules", "svi",
+]

@@ -1,0 +1,117 @@
+"""Sites on flax linen models, found by method interception.
+
+``flax_site(model, variables, "Dense_1", x)`` points at the output of a submodule without
+touching the model's code: :func:`flax.linen.intercept_methods` sees every module call, so the
+prefix records the submodule's output and the suffix replaces it with the masked, cached value.
+Under ``jit`` the computation that only fed the replaced submodule is dead code and XLA drops
+it, which is what makes the cached suffix cheap. A submodule called more than once per forward
+pass (a recurrent cell) cannot be cached; it becomes an in-place site masked at every call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from bablate.sites import Ablation, Basis, Site
+
+
+def _path(context) -> str:
+    return "/".join(str(p) for p in context.module.path)
+
+
+def list_sites(model: nn.Module, variables: Any, example_inputs: Any,
+               method: str = "__call__", **apply_kwargs) -> dict[str, tuple[int, tuple]]:
+    """Every submodule output a mask can apply to.
+
+    Returns:
+      ``{path: (calls_per_forward, output_shape)}`` for every submodule whose ``method`` returns
+      a single array, paths joined with "/" (e.g. ``"Block_0/Dense_1"``).
+    """
+    found: dict[str, list] = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        path = _path(context)
+        if path and context.method_name == method and isinstance(out, jax.Array | jax.ShapeDtypeStruct):
+            entry = found.setdefault(path, [0, tuple(out.shape)])
+            entry[0] += 1
+        return out
+
+    def run(inputs):
+        with nn.intercept_methods(record):
+            return model.apply(variables, inputs, **apply_kwargs)
+
+    jax.eval_shape(run, example_inputs)
+    return {k: (v[0], v[1]) for k, v in found.items()}
+
+
+def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, *,
+              method: str = "__call__", unit_axis: int = -1, ablation: Ablation = "zero",
+              basis: Basis | None = None, reference: jax.Array | None = None,
+              **apply_kwargs) -> Site:
+    """A site at the output of a submodule of a flax linen model.
+
+    Args:
+      model: the linen module (unchanged; nothing in it needs rewriting).
+      variables: its variables, e.g. ``{"params": ...}``.
+      path: the submodule path, e.g. ``"Dense_0"`` or ``"encoder/hidden"``.
+      example_inputs: inputs with the dataset's structure (used to find the sites).
+      method: which submodule method's output to mask.
+      unit_axis: axis of the output that holds the units.
+      ablation: "zero", "mean" or "resample".
+      basis: optional linear basis whose codes are masked instead of neurons.
+      reference: activations for the mean of an in-place (recurrent) site.
+      **apply_kwargs: extra keyword arguments for ``model.apply``.
+
+    Raises:
+      ValueError: the path is not a submodule output; the message lists the ones that exist.
+    """
+    sites = list_sites(model, variables, example_inputs, method=method, **apply_kwargs)
+    if path not in sites:
+        listing = ", ".join(f"{p} {shape} x{calls}" for p, (calls, shape) in sites.items())
+        raise ValueError(f"Unknown site {path!r} in {type(model).__name__}. Sites that exist "
+                         f"(path shape x calls per forward): {listing or 'none'}.")
+    calls, shape = sites[path]
+    num_units = basis.num_units if basis is not None else int(shape[unit_axis])
+
+    def matches(context) -> bool:
+        return _path(context) == path and context.method_name == method
+
+    if calls > 1:
+        def apply(inputs, ablate):
+            def intercept(next_fun, args, kwargs, context):
+                out = next_fun(*args, **kwargs)
+                return ablate(out) if matches(context) else out
+
+            with nn.intercept_methods(intercept):
+                return model.apply(variables, inputs, **apply_kwargs)
+
+        return Site.in_place(path, num_units, apply, ablation=ablation, reference=reference,
+                             unit_axis=unit_axis, basis=basis)
+
+    def prefix(inputs):
+        captured = []
+
+        def intercept(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if matches(context):
+                captured.append(out)
+            return out
+
+        with nn.intercept_methods(intercept):
+            model.apply(variables, inputs, **apply_kwargs)
+        return captured[0]
+
+    def suffix(act, inputs):
+        def intercept(next_fun, args, kwargs, context):
+            # The cached (masked) value replaces the call: what only fed this submodule is dead.
+            return act if matches(context) else next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(intercept):
+            return model.apply(variables, inputs, **apply_kwargs)
+
+    return Site.from_functions(path, num_units, prefix, suffix, unit_axis=unit_axis,
+                               ablation=ablation, basis=basis)

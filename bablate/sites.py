@@ -1,0 +1,213 @@
+"""Sites: the d units of a network where an ablation mask applies.
+
+A site splits a network in two so that masks are cheap to evaluate:
+
+* a *cached* site has a ``prefix`` (inputs -> activation at the site), which does not depend on
+  the mask and runs once per dataset, and a ``suffix`` (activation, inputs -> outputs), which is
+  the only part vmapped over a batch of masks;
+* an *in-place* site has one ``apply(inputs, ablate)`` in which the network calls ``ablate`` on
+  the activation wherever the mask applies (every time step of an RNN, say). Nothing can be
+  cached, so the whole network runs per mask.
+
+Units live on one axis of the activation (``unit_axis``), in the neuron basis by default or in
+any linear basis (a learned dictionary, a rotation): ``codes = (act - mean) @ encoder`` and the
+masked activation is ``act + (codes' - codes) @ decoder``, so the reconstruction error stays
+intact and the all-ones mask reproduces the network exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Ablation = Literal["zero", "mean", "resample"]
+ABLATIONS = ("zero", "mean", "resample")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Basis:
+    """A linear basis for a site's units.
+
+    Attributes:
+      encoder: ``[d_act, k]`` maps a (centred) activation to k codes.
+      decoder: ``[k, d_act]`` maps codes back to the activation.
+      center: ``[d_act]`` subtracted before encoding (zeros for a plain change of basis).
+      name: a label for reports.
+    """
+
+    encoder: Array
+    decoder: Array
+    center: Array | None = None
+    name: str = "basis"
+
+    @property
+    def num_units(self) -> int:
+        return int(self.encoder.shape[1])
+
+    def encode(self, act: Array) -> Array:
+        center = 0.0 if self.center is None else self.center
+        return (act - center) @ self.encoder
+
+    @classmethod
+    def orthogonal(cls, q: Array, name: str = "rotation") -> Basis:
+        """A rotation of the neuron basis from an orthogonal ``q`` (``[d, d]``, columns = units)."""
+        return cls(encoder=q, decoder=q.T, name=name)
+
+
+def _move_units_last(x: Array, unit_axis: int) -> Array:
+    return jnp.moveaxis(x, unit_axis, -1)
+
+
+def mask_activation(act: Array, mask: Array, value: Array | float, unit_axis: int = -1,
+                    basis: Basis | None = None) -> Array:
+    """Applies one mask to an activation.
+
+    Args:
+      act: activation with the units on ``unit_axis`` (neuron basis) or on the last axis
+        (``basis`` given; the basis acts on the last axis).
+      mask: ``[d]`` with 1 = keep, 0 = ablate (floats in between interpolate, which the smooth
+        likelihood and the gradient-informed sampler use).
+      value: the ablation value in unit space, broadcastable to the activation (0 for zero
+        ablation, the dataset mean for mean ablation, another example's value for resampling).
+      unit_axis: which axis holds the units (neuron basis only).
+      basis: optional linear basis; masks then act on its codes.
+
+    Returns:
+      The masked activation, same shape and dtype as ``act``.
+    """
+    if basis is None:
+        units_last = _move_units_last(act, unit_axis)
+        out = units_last * mask + value * (1.0 - mask)
+        return jnp.moveaxis(out.astype(act.dtype), -1, unit_axis)
+    codes = basis.encode(act)
+    new_codes = codes * mask + value * (1.0 - mask)
+    return (act + (new_codes - codes) @ basis.decoder).astype(act.dtype)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Site:
+    """d units of a network where a mask applies (see module docstring).
+
+    Build one with :meth:`from_functions`, :meth:`in_place` or :func:`bablate.flax_site`.
+    """
+
+    name: str
+    num_units: int
+    prefix: Callable[[Any], Array] | None = None
+    suffix: Callable[[Array, Any], Any] | None = None
+    apply: Callable[[Any, Callable[[Array], Array]], Any] | None = None
+    unit_axis: int = -1
+    ablation: Ablation = "zero"
+    basis: Basis | None = None
+    reference: Array | None = None
+
+    def __post_init__(self):
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"Site {self.name!r}: unknown ablation {self.ablation!r}; "
+                             f"choose one of {ABLATIONS}.")
+        if self.num_units < 1:
+            raise ValueError(f"Site {self.name!r} has num_units={self.num_units}; need >= 1.")
+        cached = self.prefix is not None and self.suffix is not None
+        if cached == (self.apply is not None):
+            raise ValueError(f"Site {self.name!r}: give either prefix+suffix (cached) or apply "
+                             "(in place), not both or neither.")
+        if self.basis is not None:
+            if self.basis.num_units != self.num_units:
+                raise ValueError(f"Site {self.name!r}: basis has {self.basis.num_units} units but "
+                                 f"num_units={self.num_units}.")
+            if self.unit_axis != -1:
+                raise ValueError("A basis acts on the last axis of the activation; use "
+                                 "unit_axis=-1 with a basis.")
+        if self.apply is not None and self.ablation == "resample":
+            raise ValueError(f"Site {self.name!r}: resample ablation needs a cached site "
+                             "(it draws another example's activation); use 'zero' or 'mean'.")
+
+    @property
+    def cached(self) -> bool:
+        """Whether the computation up to the site runs once per dataset."""
+        return self.apply is None
+
+    @classmethod
+    def from_functions(cls, name: str, num_units: int, prefix: Callable[[Any], Array],
+                       suffix: Callable[[Array, Any], Any], *, unit_axis: int = -1,
+                       ablation: Ablation = "zero", basis: Basis | None = None) -> Site:
+        """A cached site from two functions.
+
+        Args:
+          name: site name (for reports and errors).
+          num_units: d, the number of units (the size of ``unit_axis``, or the basis size).
+          prefix: ``inputs -> activation``; must not depend on the mask. Runs once per dataset.
+          suffix: ``(activation, inputs) -> outputs``; vmapped over masks.
+          unit_axis: the activation axis that holds the units.
+          ablation: "zero" (the paper's), "mean" (dataset mean) or "resample" (another example).
+          basis: ablate codes of a linear basis instead of neurons.
+        """
+        return cls(name=name, num_units=num_units, prefix=prefix, suffix=suffix,
+                   unit_axis=unit_axis, ablation=ablation, basis=basis)
+
+    @classmethod
+    def in_place(cls, name: str, num_units: int, apply: Callable[[Any, Callable], Any], *,
+                 ablation: Ablation = "zero", reference: Array | None = None,
+                 unit_axis: int = -1, basis: Basis | None = None) -> Site:
+        """A site masked inside the network (e.g. at every step of a recurrence).
+
+        Args:
+          name: site name.
+          num_units: d.
+          apply: ``(inputs, ablate) -> outputs``; the network calls ``h = ablate(h)`` on the
+            activation wherever the mask applies.
+          ablation: "zero" or "mean" ("mean" needs ``reference``).
+          reference: ``[K, ..., d]`` activations whose mean is the mean-ablation value.
+          unit_axis: axis of the activation that holds the units.
+          basis: ablate codes of a linear basis instead of neurons.
+        """
+        if ablation == "mean" and reference is None:
+            raise ValueError(f"Site {name!r}: mean ablation of an in-place site needs "
+                             "`reference` activations to take the mean of.")
+        return cls(name=name, num_units=num_units, apply=apply, unit_axis=unit_axis,
+                   ablation=ablation, basis=basis, reference=reference)
+
+
+def unit_values(site: Site, act: Array) -> Array:
+    """The site's activation expressed in unit space, units on the last axis."""
+    if site.basis is not None:
+        return site.basis.encode(act)
+    return _move_units_last(act, site.unit_axis)
+
+
+def ablation_value(site: Site, act: Array | None, key: Array) -> Array:
+    """The value an ablated unit takes, broadcastable against the unit-space activation.
+
+    Args:
+      site: the site.
+      act: the cached activation (cached sites) or None (in-place sites use ``site.reference``).
+      key: PRNG key for resampling (a fixed permutation of the examples).
+    """
+    if site.ablation == "zero":
+        return jnp.zeros((site.num_units,), jnp.float32)
+    source = act if act is not None else site.reference
+    units = unit_values(site, source)
+    if site.ablation == "mean":
+        return units.reshape(-1, site.num_units).mean(axis=0)
+    # Resample: every example takes the unit values of another example of the same dataset.
+    perm = jax.random.permutation(key, units.shape[0])
+    return units[perm]
+
+
+def check_activation(site: Site, act: Array) -> None:
+    """Raises a clear error for a wrong unit count or non-finite activations."""
+    units = unit_values(site, act)
+    if units.shape[-1] != site.num_units:
+        raise ValueError(f"Site {site.name!r} declares {site.num_units} units but its activation "
+                         f"has {units.shape[-1]} on the unit axis (shape {tuple(act.shape)}, "
+                         f"unit_axis={site.unit_axis}).")
+    finite = bool(jnp.all(jnp.isfinite(act)))
+    if not finite:
+        bad = int(jnp.sum(~jnp.isfinite(act)))
+        raise ValueError(f"Site {site.name!r}: the cached activation has {bad} NaN/inf values; "
+                         "check the network's inputs and weights before ablating.")

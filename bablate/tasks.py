@@ -1,0 +1,253 @@
+"""Tasks: a site, a dataset and a correctness rule, giving P(correct | task, mask).
+
+The likelihood of the ablation mask distribution is the *odds* of correctness (DESIGN §1). With
+``c_n ∈ [0, 1]`` the per-example correctness (hard 0/1, or a probability for the smooth rule):
+
+* balanced (binary targets): sens = (Σ_pos c + 1)/(P + 2), spec = (Σ_neg c + 1)/(N + 2),
+  P(c) = (sens + spec)/2 — Beta(1,1) posterior means; averaging them into one P is our
+  reconstruction of the paper's combination;
+* pooled (multi-class, next token): P(c) = (Σ c + 1)/(n + 2).
+
+The Beta(1,1) smoothing keeps the odds finite when the network is always right or always wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bablate import sharding
+from bablate.sites import Site, ablation_value, check_activation, mask_activation
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Rule:
+    """A correctness rule: outputs -> per-example correctness in [0, 1].
+
+    Attributes:
+      name: for reports.
+      hard: ``(outputs, data) -> [N]`` 0/1 correctness (the reference likelihood).
+      soft: ``(outputs, data) -> [N]`` differentiable surrogate in [0, 1] (smooth likelihood,
+        gradient-informed proposals, relaxed SVI); None if the rule has none.
+      data: arrays the rule reads (targets...), passed as jit arguments.
+      positive: ``[N]`` bool marking positives for the balanced estimate, or None (pooled).
+    """
+
+    name: str
+    hard: Callable[[Any, Any], Array]
+    soft: Callable[[Any, Any], Array] | None
+    data: Any
+    positive: Array | None = None
+
+
+def _check_targets(targets, n_dim: int, what: str) -> Array:
+    targets = jnp.asarray(targets)
+    if targets.ndim != n_dim:
+        raise ValueError(f"{what}: targets must have {n_dim} dimension(s), got shape "
+                         f"{tuple(targets.shape)}.")
+    return targets
+
+
+def binary(targets, threshold: float = 0.0, temperature: float = 1.0) -> Rule:
+    """Binary classification read off a score: predicted positive where ``output > threshold``.
+
+    Outputs must be ``[N]`` scores. Sensitivity and specificity are estimated separately.
+    The smooth surrogate is ``sigmoid((output - threshold)/temperature)`` for the target class.
+    """
+    targets = _check_targets(targets, 1, "binary rule").astype(bool)
+
+    def hard(out, y):
+        return ((out > threshold) == y).astype(jnp.float32)
+
+    def soft(out, y):
+        p = jax.nn.sigmoid((out - threshold) / temperature)
+        return jnp.where(y, p, 1.0 - p)
+
+    return Rule("binary", hard, soft, targets, positive=targets)
+
+
+def top1(targets) -> Rule:
+    """Multi-class / next token: correct when the target is the arg-max of ``[N, C]`` logits.
+
+    The smooth surrogate is the softmax probability of the target.
+    """
+    targets = _check_targets(targets, 1, "top1 rule").astype(jnp.int32)
+
+    def hard(logits, y):
+        return (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+
+    def soft(logits, y):
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        return jnp.take_along_axis(probs, y[:, None], axis=-1)[:, 0]
+
+    return Rule("top1", hard, soft, targets)
+
+
+def smooth_top1(targets) -> Rule:
+    """The smooth variant of :func:`top1`: mean probability of the correct class is the hard rule."""
+    rule = top1(targets)
+    return dataclasses.replace(rule, name="smooth_top1", hard=rule.soft)
+
+
+def custom(correct_fn: Callable, positive=None, data: Any = None,
+           soft_fn: Callable | None = None, name: str = "custom") -> Rule:
+    """A rule from a function ``correct_fn(outputs, data) -> [N]`` in [0, 1].
+
+    Args:
+      correct_fn: hard correctness per example.
+      positive: optional ``[N]`` bool for the balanced (sensitivity/specificity) estimate.
+      data: arrays the functions read (passed as jit arguments rather than baked in).
+      soft_fn: optional differentiable surrogate with the same signature.
+      name: for reports.
+    """
+    pos = None if positive is None else _check_targets(positive, 1, "custom rule").astype(bool)
+    return Rule(name, correct_fn, soft_fn, data, positive=pos)
+
+
+def p_correct_from(c: Array, positive: Array | None) -> Array:
+    """Beta(1,1)-smoothed P(correct) from per-example correctness ``c`` (``[..., N]``)."""
+    if positive is None:
+        return (c.sum(-1) + 1.0) / (c.shape[-1] + 2.0)
+    pos = positive.astype(c.dtype)
+    sens = ((c * pos).sum(-1) + 1.0) / (pos.sum() + 2.0)
+    spec = ((c * (1.0 - pos)).sum(-1) + 1.0) / ((1.0 - pos).sum() + 2.0)
+    return 0.5 * (sens + spec)
+
+
+def _logit(p: Array) -> Array:
+    return jnp.log(p) - jnp.log1p(-p)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+    """A site + a dataset + a correctness rule. Build with :meth:`Task.build`.
+
+    ``data`` holds every array (inputs, cached activation, ablation value, rule data) so the
+    evaluators take it as a jit argument; the callables live on ``site`` and ``rule``.
+    """
+
+    name: str
+    site: Site
+    rule: Rule
+    data: dict
+
+    @property
+    def num_units(self) -> int:
+        return self.site.num_units
+
+    @classmethod
+    def build(cls, site: Site, inputs: Any, rule: Rule, *, name: str = "task",
+              activation: Array | None = None, key: Array | None = None,
+              check_intact: bool = True) -> Task:
+        """Runs the site's prefix once and packs what the masked evaluator needs.
+
+        Args:
+          site: where masks apply.
+          inputs: the dataset (any pytree the site's functions take).
+          rule: the correctness rule.
+          name: task name.
+          activation: a precomputed prefix output to share between tasks on the same inputs.
+          key: PRNG key for resample ablation (default ``jax.random.key(0)``).
+          check_intact: warn when the intact network already fails the task.
+        """
+        key = jax.random.key(0) if key is None else key
+        if site.cached:
+            act = jax.jit(site.prefix)(inputs) if activation is None else activation
+            check_activation(site, act)
+            value = ablation_value(site, act, key)
+        else:
+            act = None
+            if site.reference is not None:
+                check_activation(site, site.reference)
+            value = ablation_value(site, None, key)
+        task = cls(name=name, site=site, rule=rule,
+                   data={"inputs": inputs, "act": act, "value": value, "rule": rule.data})
+        if check_intact:
+            full = float(task.log_odds(np.ones((1, site.num_units), np.float32))[0])
+            if not np.isfinite(full):
+                raise ValueError(f"Task {name!r}: the intact network gives a non-finite "
+                                 "log-odds; check the outputs for NaN/inf.")
+            if full < 0:
+                warnings.warn(f"Task {name!r}: the intact network already fails it "
+                              f"(P(correct) = {float(jax.nn.sigmoid(full)):.3f} < 0.5, log-odds "
+                              f"{full:.2f}). The AMD is still defined, but it describes masks "
+                              "that make a failing network fail less.", stacklevel=2)
+        return task
+
+    # ---- pure evaluators (take ``data`` so they can be jitted / traced by samplers) ----
+
+    def outputs_fn(self, data: dict, mask: Array) -> Any:
+        """Network outputs under one mask ``[d]``."""
+        site = self.site
+        if site.cached:
+            masked = mask_activation(data["act"], mask, data["value"], site.unit_axis, site.basis)
+            return site.suffix(masked, data["inputs"])
+
+        def ablate(h):
+            return mask_activation(h, mask, data["value"], site.unit_axis, site.basis)
+
+        return site.apply(data["inputs"], ablate)
+
+    def log_odds_fn(self, data: dict, masks: Array, smooth: bool = False) -> Array:
+        """β-free log-odds of correctness for a batch of masks ``[M, d]`` -> ``[M]``."""
+        return _logit(self.p_correct_fn(data, masks, smooth))
+
+    def p_correct_fn(self, data: dict, masks: Array, smooth: bool = False) -> Array:
+        """P(correct | task, mask) for a batch of masks ``[M, d]`` -> ``[M]``."""
+        if masks.ndim != 2 or masks.shape[-1] != self.num_units:
+            raise ValueError(f"Task {self.name!r}: masks must be [num_masks, {self.num_units}], "
+                             f"got shape {tuple(masks.shape)}.")
+        correct = self.rule.soft if smooth else self.rule.hard
+        if correct is None:
+            raise ValueError(f"Rule {self.rule.name!r} has no smooth surrogate; pass soft_fn= to "
+                             "bablate.rules.custom or use the hard likelihood.")
+        positive = self.rule.positive
+
+        def one(mask):
+            c = correct(self.outputs_fn(data, mask), data["rule"])
+            return p_correct_from(c.astype(jnp.float32), positive)
+
+        return jax.vmap(one)(masks.astype(jnp.float32))
+
+    # ---- host API: jitted, chunked over masks, sharded over devices ----
+
+    def log_odds(self, masks, smooth: bool = False, chunk_size: int = 1024) -> np.ndarray:
+        """Log-odds of correctness for masks ``[M, d]`` (jitted, chunked, sharded)."""
+        return _chunked(self, "log_odds", masks, smooth, chunk_size)
+
+    def p_correct(self, masks, smooth: bool = False, chunk_size: int = 1024) -> np.ndarray:
+        """P(correct | task, mask) for masks ``[M, d]``."""
+        return _chunked(self, "p_correct", masks, smooth, chunk_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted(task_site: Site, rule: Rule, name: str, smooth: bool, kind: str):
+    probe = Task(name=name, site=task_site, rule=rule, data={})
+    fn = probe.log_odds_fn if kind == "log_odds" else probe.p_correct_fn
+    return jax.jit(lambda data, masks: fn(data, masks, smooth))
+
+
+def _chunked(task: Task, kind: str, masks, smooth: bool, chunk_size: int) -> np.ndarray:
+    masks = np.asarray(masks, np.float32)
+    if masks.ndim != 2 or masks.shape[1] != task.num_units:
+        raise ValueError(f"Task {task.name!r}: masks must be [num_masks, {task.num_units}], got "
+                         f"shape {masks.shape}.")
+    fn = _jitted(task.site, task.rule, task.name, smooth, kind)
+    chunk = sharding.round_up(min(chunk_size, max(len(masks), 1)))
+    out = []
+    for start in range(0, len(masks), chunk):
+        block = masks[start:start + chunk]
+        n = len(block)
+        if n < chunk:  # pad so every call has one shape: one compile
+            block = np.concatenate([block, np.ones((chunk - n, block.shape[1]), np.float32)])
+        out.append(np.asarray(fn(task.data, sharding.shard_masks(block)))[:n])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
