@@ -35,7 +35,8 @@ def list_sites(model: nn.Module, variables: Any, example_inputs: Any,
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         path = _path(context)
-        if path and context.method_name == method and isinstance(out, jax.Array | jax.ShapeDtypeStruct):
+        is_array = isinstance(out, jax.Array | jax.ShapeDtypeStruct)
+        if path and context.method_name == method and is_array:
             entry = found.setdefault(path, [0, tuple(out.shape)])
             entry[0] += 1
         return out

@@ -50,8 +50,9 @@ class Basis:
         return int(self.encoder.shape[1])
 
     def encode(self, act: Array) -> Array:
-        center = 0.0 if self.center is None else self.center
-        return (act - center) @ self.encoder
+        if self.center is not None:
+            act = act - _lift(self.center, act.ndim)
+        return act @ self.encoder
 
     @classmethod
     def orthogonal(cls, q: Array, name: str = "rotation") -> Basis:
@@ -61,6 +62,12 @@ class Basis:
 
 def _move_units_last(x: Array, unit_axis: int) -> Array:
     return jnp.moveaxis(x, unit_axis, -1)
+
+
+def _lift(v, ndim: int) -> Array:
+    """Adds leading axes so ``v`` broadcasts against a rank-``ndim`` array explicitly."""
+    v = jnp.asarray(v)
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
 
 
 def mask_activation(act: Array, mask: Array, value: Array | float, unit_axis: int = -1,
@@ -82,10 +89,12 @@ def mask_activation(act: Array, mask: Array, value: Array | float, unit_axis: in
     """
     if basis is None:
         units_last = _move_units_last(act, unit_axis)
-        out = units_last * mask + value * (1.0 - mask)
+        m, v = _lift(mask, units_last.ndim), _lift(value, units_last.ndim)
+        out = units_last * m + v * (1.0 - m)
         return jnp.moveaxis(out.astype(act.dtype), -1, unit_axis)
     codes = basis.encode(act)
-    new_codes = codes * mask + value * (1.0 - mask)
+    m, v = _lift(mask, codes.ndim), _lift(value, codes.ndim)
+    new_codes = codes * m + v * (1.0 - m)
     return (act + (new_codes - codes) @ basis.decoder).astype(act.dtype)
 
 

@@ -93,7 +93,7 @@ def top1(targets) -> Rule:
 
 
 def smooth_top1(targets) -> Rule:
-    """The smooth variant of :func:`top1`: mean probability of the correct class is the hard rule."""
+    """The smooth variant of :func:`top1`: the probability of the correct class is the rule."""
     rule = top1(targets)
     return dataclasses.replace(rule, name="smooth_top1", hard=rule.soft)
 

@@ -70,7 +70,9 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
         if chain_method == "vectorized":
             chain_method = "sequential"  # the Gibbs family does not vectorise across chains
     else:
-        gradient_model = make_model(task, prior, beta, smooth=True) if sampler == "gradient" else None
+        gradient_model = None
+        if sampler == "gradient":
+            gradient_model = make_model(task, prior, beta, smooth=True)
         if sampler == "gradient" and task.rule.soft is None:
             raise ValueError(f"the gradient sampler needs a smooth surrogate for rule "
                              f"{task.rule.name!r}; use sampler='informed'.")

@@ -76,14 +76,14 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
         return cross + entropy
 
     def loss(phi, key, data):
-        guide = dist.Bernoulli(logits=phi)
+        guide = dist.Bernoulli(logits=jnp.broadcast_to(phi, (num_particles, d)))
         if estimator == "concrete":
             masks = dist.RelaxedBernoulliLogits(temperature, logits=jnp.broadcast_to(
                 phi, (num_particles, d))).rsample(key)
             f = beta * task.log_odds_fn(data, masks, smooth=True)
             expected = f.mean()
         else:
-            masks = jax.lax.stop_gradient(guide.sample(key, (num_particles,)))
+            masks = jax.lax.stop_gradient(guide.sample(key))
             f = beta * task.log_odds_fn(data, masks, smooth=use_smooth)
             baseline = (f.sum() - f) / (num_particles - 1)
             log_q = guide.log_prob(masks).sum(-1)
@@ -120,7 +120,8 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
             bar.set_postfix(elbo=f"{float(elbos[-1][-10:].mean()):.3f}")
     elbo = np.concatenate(elbos)
     q = np.asarray(jax.nn.sigmoid(phi), np.float64)
-    draws = np.asarray(jax.random.bernoulli(key_draw, jnp.asarray(q), (num_draws, d)), np.uint8)
+    q_draws = jnp.broadcast_to(jnp.asarray(q), (num_draws, d))
+    draws = np.asarray(jax.random.bernoulli(key_draw, q_draws), np.uint8)
     return Posterior(task=task.name, method=f"svi-{estimator}", marginals=q,
                      prior=np.asarray(p), beta=beta, samples=draws,
                      entropy_bits=float(bernoulli_entropy_bits(q).sum()), mean_field=True,

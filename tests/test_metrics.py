@@ -1,0 +1,92 @@
+"""Metric identities from DESIGN §2, on posteriors built by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bablate as bb
+from bablate.inference import Posterior
+
+
+def _table_post(probs, name="t", prior=0.5):
+    probs = np.asarray(probs, np.float64)
+    d = int(np.log2(probs.size))
+    log_probs = np.log(np.maximum(probs, 1e-300))
+    log_probs[probs == 0] = -np.inf
+    marg = bb.inference.table_marginals(np.where(np.isfinite(log_probs), log_probs, -1e300), d)
+    return Posterior(task=name, method="exact", marginals=marg, prior=np.full(d, prior),
+                     beta=1.0, log_probs=log_probs)
+
+
+def _independent(q):
+    """Exact table of independent Bernoulli(q_i) (bit i of the index = unit i)."""
+    d = len(q)
+    idx = np.arange(2 ** d)
+    bits = (idx[:, None] >> np.arange(d)) & 1
+    return np.prod(np.where(bits, q, 1 - np.asarray(q)), axis=1)
+
+
+def test_uniform_posterior_has_no_information_and_undefined_distributedness():
+    m = bb.metrics.summarize(_table_post(np.full(16, 1 / 16)))
+    assert m.task_information == pytest.approx(0.0, abs=1e-6)
+    assert m.total_correlation == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(m.distributedness) and np.isnan(m.effective_units)
+
+
+def test_one_necessary_unit_is_a_local_code():
+    m = bb.metrics.summarize(_table_post(_independent([0.99, 0.5, 0.5, 0.5])))
+    assert m.distributedness == pytest.approx(1 / 4, abs=1e-6)
+    assert m.effective_units == pytest.approx(1.0, abs=1e-6)
+
+
+def test_equally_necessary_units_are_fully_distributed():
+    m = bb.metrics.summarize(_table_post(_independent([0.9, 0.9, 0.9])))
+    assert m.distributedness == pytest.approx(1.0, abs=1e-6)
+
+
+def test_independent_posterior_has_zero_total_correlation_and_closed_form_information():
+    q = np.array([0.9, 0.2, 0.6])
+    m = bb.metrics.summarize(_table_post(_independent(q)))
+    assert m.total_correlation == pytest.approx(0.0, abs=1e-6)
+    h = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+    assert m.task_information == pytest.approx(3 - h.sum(), abs=1e-6)
+    np.testing.assert_allclose(m.unit_information, 1 - h, atol=1e-6)
+
+
+def test_redundant_or_has_positive_total_correlation_closed_form():
+    # Uniform over the three masks of units {0,1} that keep at least one: H = log2 3.
+    probs = np.array([0, 1, 1, 1]) / 3
+    m = bb.metrics.summarize(_table_post(probs))
+    hq = -(2 / 3 * np.log2(2 / 3) + 1 / 3 * np.log2(1 / 3))
+    assert m.total_correlation == pytest.approx(2 * hq - np.log2(3), abs=1e-6)
+
+
+def test_identical_tasks_have_zero_js_and_full_polysemanticity():
+    posts = [_table_post(_independent([0.95, 0.7, 0.5]), name=f"t{i}") for i in range(3)]
+    assert np.allclose(bb.metrics.js_matrix(posts), 0.0, atol=1e-9)
+    poly = bb.metrics.polysemanticity(posts)
+    np.testing.assert_allclose(poly.effective_tasks[:2], 3.0, atol=1e-5)
+    assert np.isnan(poly.effective_tasks[2])  # a unit that matters for no task
+    np.testing.assert_allclose(poly.mutual_information, 0.0, atol=1e-6)
+
+
+def test_disjoint_tasks_are_monosemantic_with_one_bit_of_task_information():
+    a = _table_post(_independent([0.999, 0.5]), "a")
+    b = _table_post(_independent([0.5, 0.999]), "b")
+    poly = bb.metrics.polysemanticity([a, b])
+    np.testing.assert_allclose(poly.effective_tasks, 1.0, atol=1e-3)
+    # Mask "both kept" has q = 1/2 under both tasks; the other half of each task's mass sits on
+    # a mask the other task almost never uses, so JS → 1/2 bit as q_i → 1.
+    pa, pb = _independent([0.999, 0.5]), _independent([0.5, 0.999])
+    m = (pa + pb) / 2
+    expect = 0.5 * np.sum(pa * np.log2(pa / m)) + 0.5 * np.sum(pb * np.log2(pb / m))
+    assert bb.metrics.js_divergence(a, b) == pytest.approx(expect, abs=1e-9)
+    assert 0.49 < expect < 0.5
+
+
+def test_plugin_entropy_is_exact_for_a_uniform_sample_and_bias_is_first_order():
+    samples = np.array([[0, 0], [0, 1], [1, 0], [1, 1]] * 250, np.uint8)
+    h = bb.metrics.plugin_entropy(samples, miller_madow=False)
+    assert h == pytest.approx(2.0)
+    assert bb.metrics.plugin_entropy(samples) == pytest.approx(2 + 3 / (2 * 1000 * np.log(2)))
