@@ -116,3 +116,96 @@ def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, 
 
     return Site.from_functions(path, num_units, prefix, suffix, unit_axis=unit_axis,
                                ablation=ablation, basis=basis)
+
+
+# ---- flax nnx --------------------------------------------------------------------------------
+
+
+class _Replace:
+    """Stands in for a submodule of a merged nnx model: calls ``fn(original, *args)``."""
+
+    def __init__(self, original, fn):
+        self.original, self.fn = original, fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(self.original, *args, **kwargs)
+
+
+def _nnx_submodules(model) -> dict[str, Any]:
+    from flax import nnx
+
+    out = {}
+    for path, module in nnx.iter_modules(model):
+        if path:
+            out["/".join(str(p) for p in path)] = module
+    return out
+
+
+def _nnx_with(graphdef, state, path: str, fn):
+    """A fresh copy of the nnx model whose submodule at ``path`` is wrapped by ``fn``."""
+    from flax import nnx
+
+    model = nnx.merge(graphdef, state)
+    *parents, last = path.split("/")
+    parent = model
+    for name in parents:
+        parent = parent[int(name)] if name.isdigit() else getattr(parent, name)
+    if last.isdigit():
+        parent[int(last)] = _Replace(parent[int(last)], fn)
+    else:
+        object.__setattr__(parent, last, _Replace(getattr(parent, last), fn))
+    return model
+
+
+def nnx_site(model, path: str, example_inputs: Any, *, unit_axis: int = -1,
+             ablation: Ablation = "zero", basis: Basis | None = None,
+             reference: jax.Array | None = None) -> Site:
+    """A site at the output of a submodule of a flax nnx model (e.g. ``"linear1"``).
+
+    The model is split once into its graph and state; each evaluation merges a fresh copy whose
+    submodule is wrapped, so the caller's model object is never modified.
+
+    Raises:
+      ValueError: the path is not a submodule; the message lists the ones that exist.
+    """
+    from flax import nnx
+
+    modules = _nnx_submodules(model)
+    if path not in modules:
+        raise ValueError(f"Unknown site {path!r} in {type(model).__name__}. Submodules that "
+                         f"exist: {', '.join(modules) or 'none'}.")
+    graphdef, state = nnx.split(model)
+    calls, shapes = [0], []
+
+    def count(original, *args, **kwargs):
+        out = original(*args, **kwargs)
+        calls[0] += 1
+        shapes.append(tuple(out.shape))
+        return out
+
+    jax.eval_shape(lambda x: _nnx_with(graphdef, state, path, count)(x), example_inputs)
+    num_units = basis.num_units if basis is not None else int(shapes[0][unit_axis])
+
+    if calls[0] > 1:
+        def apply(inputs, ablate):
+            wrap = lambda original, *a, **k: ablate(original(*a, **k))
+            return _nnx_with(graphdef, state, path, wrap)(inputs)
+
+        return Site.in_place(path, num_units, apply, ablation=ablation, reference=reference,
+                             unit_axis=unit_axis, basis=basis)
+
+    def prefix(inputs):
+        captured = []
+
+        def capture(original, *args, **kwargs):
+            captured.append(original(*args, **kwargs))
+            return captured[-1]
+
+        _nnx_with(graphdef, state, path, capture)(inputs)
+        return captured[0]
+
+    def suffix(act, inputs):
+        return _nnx_with(graphdef, state, path, lambda original, *a, **k: act)(inputs)
+
+    return Site.from_functions(path, num_units, prefix, suffix, unit_axis=unit_axis,
+                               ablation=ablation, basis=basis)

@@ -242,7 +242,9 @@ def _chunked(task: Task, kind: str, masks, smooth: bool, chunk_size: int) -> np.
         raise ValueError(f"Task {task.name!r}: masks must be [num_masks, {task.num_units}], got "
                          f"shape {masks.shape}.")
     fn = _jitted(task.site, task.rule, task.name, smooth, kind)
-    chunk = sharding.round_up(min(chunk_size, max(len(masks), 1)))
+    # Power-of-two buckets bound the number of compiled shapes to log2(chunk_size).
+    bucket = 1 << max(len(masks) - 1, 0).bit_length()
+    chunk = sharding.round_up(min(chunk_size, bucket))
     out = []
     for start in range(0, len(masks), chunk):
         block = masks[start:start + chunk]

@@ -113,3 +113,40 @@ def test_a_task_the_intact_network_fails_warns_but_stays_defined(mlp):
 def test_unknown_ablation_is_refused():
     with pytest.raises(ValueError, match="unknown ablation"):
         bb.Site.from_functions("h", 3, lambda x: x, lambda a, x: a, ablation="noise")
+
+
+def test_nnx_model_site_matches_a_hand_written_lesion():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(4, 8, rngs=rngs)
+            self.l2 = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(nnx.relu(self.l1(x)))
+
+    net = Net(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (32, 4))
+    with pytest.raises(ValueError, match="Submodules that exist: l1, l2"):
+        bb.nnx_site(net, "l9", x)
+    site = bb.nnx_site(net, "l1", x)
+    targets = jnp.argmax(net(x), -1)
+    task = bb.Task.build(site, x, bb.rules.top1(targets))
+    mask = jnp.array([1, 0, 1, 1, 0, 1, 1, 1], jnp.float32)
+    expect = net.l2(nnx.relu(net.l1(x) * mask[None]))
+    np.testing.assert_allclose(task.outputs_fn(task.data, mask), expect, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(task.outputs_fn(task.data, jnp.ones(8)), net(x), atol=1e-5)
+
+
+def test_the_masked_evaluator_compiles_once_for_any_number_of_masks(mlp):
+    model, variables, x, ys = mlp
+    task = bb.Task.build(bb.flax_site(model, variables, "Dense_0", x), x, _rule(ys))
+    from bablate.tasks import _jitted
+
+    fn = _jitted(task.site, task.rule, task.name, False, "log_odds")
+    before = fn._cache_size()  # Task.build already scored the intact mask (one shape)
+    for m in (5, 7, 6, 300, 2000, 700):
+        task.log_odds(np.ones((m, 12), np.float32), chunk_size=256)
+    # Chunks are padded to power-of-two buckets: 5-7 masks share one shape, >= 256 another.
+    assert fn._cache_size() - before == 2

@@ -42,7 +42,7 @@ def chain_diagnostics(samples_CxSxD: np.ndarray) -> dict:
 
 def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: str = "informed",
          num_samples: int = 2000, num_warmup: int = 500, num_chains: int = 4,
-         thinning: int = 1, smooth: bool = False, chain_method: str = "vectorized",
+         thinning: int = 1, smooth: bool = False, chain_method: str = "auto",
          init_mask: np.ndarray | None = None) -> Posterior:
     """Samples the AMD with numpyro's ``MCMC`` driver.
 
@@ -59,12 +59,18 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
       num_chains: chains (for R-hat).
       thinning: keep every k-th draw.
       smooth: target the smooth-likelihood AMD instead of the hard-count one.
-      chain_method: numpyro chain method; "vectorized" for our kernels ("sequential" for stock).
+      chain_method: numpyro chain method. "auto" spreads chains over devices ("parallel") when
+        there are at least as many devices as chains, else vectorises them ("vectorized"; the
+        stock Gibbs sampler cannot be vectorised and runs "sequential").
       init_mask: starting mask ``[d]``; default all ones (the intact network).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
     model = make_model(task, prior, beta, smooth)
+    if chain_method == "auto":
+        chain_method = "vectorized"
+        if 1 < num_chains <= jax.local_device_count():
+            chain_method = "parallel"
     if sampler == "stock":
         kernel = DiscreteGibbs(model)
         if chain_method == "vectorized":
