@@ -14,7 +14,13 @@ single binary site of a model (``mask`` in a plate) with two proposals:
   whatever d is. The acceptance ratio uses the target model's exact density, so the chain
   targets the hard-count AMD even though its proposals come from the smooth one.
 
-Both are pure JAX and run under ``chain_method="vectorized"``.
+Each proposal flips one bit per step (``flips="single"``) or many (``flips="multi"``): with the
+same Δ_j, every bit flips independently with probability σ(Δ_j/2 − 1/(2α)), the binary case of
+the discrete Langevin proposal (Zhang et al. 2022). Bits that matter little flip often, so a
+step refreshes many units at the cost of one batch of evaluations; the step size α is adapted
+during warm-up towards an acceptance rate of 0.5 (Robbins–Monro on log α), then frozen.
+
+All variants are pure JAX and run under ``chain_method="vectorized"``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from numpyro.infer.util import log_density
 from numpyro.util import is_prng_key
 
 PROPOSALS = ("informed", "gradient")
+FLIPS = ("single", "multi")
+TARGET_ACCEPT = 0.5
 
 
 class FlipState(NamedTuple):
@@ -41,6 +49,7 @@ class FlipState(NamedTuple):
       proposal_logits: ``[d]`` unnormalised log proposal probabilities of each flip at z.
       accept_prob: acceptance probability of the last step.
       mean_accept_prob: running mean of the acceptance probability.
+      log_step_size: log α of the multi-flip proposal (adapted during warm-up).
       rng_key: PRNG key.
     """
 
@@ -50,6 +59,7 @@ class FlipState(NamedTuple):
     proposal_logits: jax.Array
     accept_prob: jax.Array
     mean_accept_prob: jax.Array
+    log_step_size: jax.Array
     rng_key: jax.Array
 
 
@@ -68,14 +78,21 @@ class FlipKernel(MCMCKernel):
       gradient_model: the model whose log density supplies gradients for "gradient" (e.g. the
         AMD with the smooth likelihood); defaults to ``model``.
       site: name of the binary site.
+      flips: "single" (one bit per step) or "multi" (independent flips of every bit).
+      step_size: initial α of the multi-flip proposal.
     """
 
     sample_field = "z"
 
     def __init__(self, model, proposal: str = "informed", gradient_model=None,
-                 site: str = "mask"):
+                 site: str = "mask", flips: str = "multi", step_size: float = 1.0):
         if proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {proposal!r}; choose one of {PROPOSALS}.")
+        if flips not in FLIPS:
+            raise ValueError(f"unknown flips {flips!r}; choose one of {FLIPS}.")
+        self._flips = flips
+        self._step_size = step_size
+        self._num_warmup = 0
         self._model = model
         self._gradient_model = model if gradient_model is None else gradient_model
         self._proposal = proposal
@@ -113,6 +130,7 @@ class FlipKernel(MCMCKernel):
 
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         model_kwargs = {} if model_kwargs is None else model_kwargs
+        self._num_warmup = num_warmup
         tr = trace(seed(self._model, jax.random.PRNGKey(0))).get_trace(*model_args,
                                                                         **model_kwargs)
         if self._site not in tr:
@@ -128,8 +146,9 @@ class FlipKernel(MCMCKernel):
             lp = self._log_density(self._model, x0, model_args, model_kwargs)
             logits = self._proposal_logits(x0, lp, model_args, model_kwargs)
             zero = jnp.zeros((), jnp.float32)
+            log_alpha = jnp.log(jnp.asarray(self._step_size, jnp.float32))
             return FlipState(jnp.zeros((), jnp.int32), {self._site: x0}, lp, logits, zero,
-                             zero, key)
+                             zero, log_alpha, key)
 
         x0 = None if init_params is None else init_params.get(self._site)
         if is_prng_key(rng_key):
@@ -147,12 +166,21 @@ class FlipKernel(MCMCKernel):
     def _sample_one(self, state: FlipState, args, kwargs) -> FlipState:
         key, key_flip, key_accept = jax.random.split(state.rng_key, 3)
         x = state.z[self._site]
-        j = jax.random.categorical(key_flip, state.proposal_logits)
-        y = x.at[j].set(1.0 - x[j])
+        if self._flips == "single":
+            j = jax.random.categorical(key_flip, state.proposal_logits)
+            y = x.at[j].set(1.0 - x[j])
+        else:
+            penalty = 0.5 * jnp.exp(-state.log_step_size)
+            flip = jax.random.bernoulli(key_flip, jax.nn.sigmoid(state.proposal_logits - penalty))
+            y = jnp.where(flip, 1.0 - x, x)
         log_py = self._log_density(self._model, y, args, kwargs)
         logits_y = self._proposal_logits(y, log_py, args, kwargs)
-        log_q_forward = state.proposal_logits[j] - jax.nn.logsumexp(state.proposal_logits)
-        log_q_reverse = logits_y[j] - jax.nn.logsumexp(logits_y)
+        if self._flips == "single":
+            log_q_forward = state.proposal_logits[j] - jax.nn.logsumexp(state.proposal_logits)
+            log_q_reverse = logits_y[j] - jax.nn.logsumexp(logits_y)
+        else:
+            log_q_forward = _flip_log_prob(state.proposal_logits - penalty, flip)
+            log_q_reverse = _flip_log_prob(logits_y - penalty, flip)
         log_ratio = log_py - state.log_density + log_q_reverse - log_q_forward
         accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
         accept_prob = jnp.where(jnp.isfinite(accept_prob), accept_prob, 0.0)
@@ -160,5 +188,14 @@ class FlipKernel(MCMCKernel):
         keep = lambda a, b: jnp.where(accept, a, b)
         i = state.i + 1
         mean_accept = state.mean_accept_prob + (accept_prob - state.mean_accept_prob) / i
+        # Robbins-Monro on log α during warm-up only, so post-warm-up draws are a valid chain.
+        rate = jnp.where(i <= self._num_warmup, 1.0 / jnp.sqrt(i.astype(jnp.float32)), 0.0)
+        log_alpha = state.log_step_size + rate * (accept_prob - TARGET_ACCEPT)
         return FlipState(i, {self._site: keep(y, x)}, keep(log_py, state.log_density),
-                         keep(logits_y, state.proposal_logits), accept_prob, mean_accept, key)
+                         keep(logits_y, state.proposal_logits), accept_prob, mean_accept,
+                         log_alpha, key)
+
+
+def _flip_log_prob(logits: jax.Array, flip: jax.Array) -> jax.Array:
+    """log-probability of the flip pattern under independent Bernoulli(σ(logits)) flips."""
+    return jnp.sum(jnp.where(flip, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)))

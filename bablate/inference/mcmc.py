@@ -43,7 +43,8 @@ def chain_diagnostics(samples_CxSxD: np.ndarray) -> dict:
 def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: str = "informed",
          num_samples: int = 2000, num_warmup: int = 500, num_chains: int = 4,
          thinning: int = 1, smooth: bool = False, chain_method: str = "auto",
-         init_mask: np.ndarray | None = None) -> Posterior:
+         init_mask: np.ndarray | None = None, flips: str = "multi",
+         step_size: float = 1.0) -> Posterior:
     """Samples the AMD with numpyro's ``MCMC`` driver.
 
     Args:
@@ -63,6 +64,8 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
         there are at least as many devices as chains, else vectorises them ("vectorized"; the
         stock Gibbs sampler cannot be vectorised and runs "sequential").
       init_mask: starting mask ``[d]``; default all ones (the intact network).
+      flips: "single" (one bit per step) or "multi" (every bit may flip; see FlipKernel).
+      step_size: initial step size α of the multi-flip proposal (adapted during warm-up).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
@@ -82,7 +85,8 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
         if sampler == "gradient" and task.rule.soft is None:
             raise ValueError(f"the gradient sampler needs a smooth surrogate for rule "
                              f"{task.rule.name!r}; use sampler='informed'.")
-        kernel = FlipKernel(model, proposal=sampler, gradient_model=gradient_model)
+        kernel = FlipKernel(model, proposal=sampler, gradient_model=gradient_model, flips=flips,
+                            step_size=step_size)
     driver = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                   thinning=thinning, chain_method=chain_method, jit_model_args=True,
                   progress_bar=progress.enabled())
@@ -102,6 +106,9 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
     if sampler != "stock":
         state = driver.last_state
         diagnostics["accept_prob"] = float(np.mean(np.asarray(state.mean_accept_prob)))
+    if sampler != "stock" and flips == "multi":
+        diagnostics["step_size"] = float(np.mean(np.exp(np.asarray(state.log_step_size))))
+        sampler = f"{sampler}-multi"
     return Posterior(task=task.name, method=f"mcmc-{sampler}", marginals=flat.mean(axis=0),
                      prior=np.asarray(prior_probs(prior, task.num_units)), beta=beta,
                      samples=flat, diagnostics=diagnostics)
