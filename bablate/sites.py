@@ -202,7 +202,10 @@ def ablation_value(site: Site, act: Array | None, key: Array) -> Array:
     source = act if act is not None else site.reference
     units = unit_values(site, source)
     if site.ablation == "mean":
-        return units.reshape(-1, site.num_units).mean(axis=0)
+        # Average over the axes before the unit axis (examples, positions); axes after it
+        # (e.g. the dimensions of one attention head) keep their per-unit mean vector.
+        lead = site.unit_axis % source.ndim if site.basis is None else source.ndim - 1
+        return units.mean(axis=tuple(range(lead)))
     # Resample: every example takes the unit values of another example of the same dataset.
     perm = jax.random.permutation(key, units.shape[0])
     return units[perm]

@@ -97,3 +97,14 @@ def test_unknown_method_is_refused():
     task = _all_positive_task(lambda a: a[:, 0])
     with pytest.raises(ValueError, match="exact"):
         bb.infer(task, "gibbs")
+
+
+def test_posterior_save_load_round_trip(tmp_path):
+    post = bb.infer(_all_positive_task(lambda a: a[:, 0] * a[:, 1]), "exact")
+    path = tmp_path / "post.npz"
+    post.save(path)
+    back = bb.Posterior.load(path)
+    np.testing.assert_array_equal(back.log_probs, post.log_probs)
+    np.testing.assert_array_equal(back.marginals, post.marginals)
+    assert back.method == "exact" and back.diagnostics == post.diagnostics
+    assert [p.name for p in tmp_path.iterdir()] == ["post.npz"]  # no temp file left behind

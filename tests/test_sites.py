@@ -150,3 +150,15 @@ def test_the_masked_evaluator_compiles_once_for_any_number_of_masks(mlp):
         task.log_odds(np.ones((m, 12), np.float32), chunk_size=256)
     # Chunks are padded to power-of-two buckets: 5-7 masks share one shape, >= 256 another.
     assert fn._cache_size() - before == 2
+
+
+def test_mean_ablation_of_multi_dimensional_units_keeps_each_units_mean_vector():
+    # Units = "heads": activation [N, H=3, D=2], units on axis 1.
+    act = jax.random.normal(jax.random.key(0), (50, 3, 2))
+    site = bb.Site.from_functions("heads", 3, lambda x: x, lambda a, x: a.reshape(50, 6),
+                                  unit_axis=1, ablation="mean")
+    rule = bb.rules.custom(lambda out, _: jnp.ones(out.shape[0]), name="always")
+    task = bb.Task.build(site, act, rule)
+    out = task.outputs_fn(task.data, jnp.array([1.0, 0.0, 1.0]))
+    expect = act.at[:, 1, :].set(act[:, 1, :].mean(0)[None]).reshape(50, 6)
+    np.testing.assert_allclose(out, expect, rtol=1e-6, atol=1e-6)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
+
+_ARRAYS = ("marginals", "prior", "log_probs", "samples")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -53,6 +59,30 @@ class Posterior:
         idx = np.argsort(-p)[:k]
         bits = (idx[:, None] >> np.arange(self.num_units)[None, :]) & 1
         return bits.astype(np.uint8), p[idx]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the posterior to an ``.npz`` file atomically (temp file + rename)."""
+        path = Path(path)
+        meta = {"task": self.task, "method": self.method, "beta": self.beta,
+                "entropy_bits": self.entropy_bits, "mean_field": self.mean_field,
+                "diagnostics": self.diagnostics}
+        arrays = {k: getattr(self, k) for k in _ARRAYS if getattr(self, k) is not None}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(f, meta=np.asarray(json.dumps(meta)), **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Posterior:
+        """Reads a posterior written by :meth:`save`."""
+        with np.load(path) as f:
+            meta = json.loads(str(f["meta"]))
+            arrays = {k: f[k] for k in _ARRAYS if k in f}
+        return cls(**meta, **arrays)
 
     def summary(self) -> str:
         diag = ", ".join(f"{k}={v:.3g}" for k, v in self.diagnostics.items()
