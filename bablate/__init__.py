@@ -13,7 +13,7 @@ task, mask)^β tells which sets of units a trained network uses to get a task ri
 from bablate import metrics, rules
 from bablate.amd import amd_model, log_joint, make_model
 from bablate.flax_sites import flax_site, list_sites, nnx_site
-from bablate.inference import FlipKernel, Posterior, exact, infer, mcmc, svi
+from bablate.inference import FlipKernel, Posterior, exact, infer, infer_many, mcmc, svi
 from bablate.sites import Basis, Site, mask_activation
 from bablate.tasks import Rule, Task
 
@@ -21,6 +21,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Basis", "FlipKernel", "Posterior", "Rule", "Site", "Task", "amd_model", "exact",
-    "flax_site", "infer", "list_sites", "log_joint", "make_model", "mask_activation", "mcmc",
-    "metrics", "nnx_site", "rules", "svi",
+    "flax_site", "infer", "infer_many", "list_sites", "log_joint", "make_model",
+    "mask_activation", "mcmc", "metrics", "nnx_site", "rules", "svi",
 ]

@@ -183,6 +183,25 @@ class Task:
                               "that make a failing network fail less.", stacklevel=2)
         return task
 
+    @classmethod
+    def build_many(cls, site: Site, inputs: Any, rules: dict[str, Rule], *,
+                   key: Array | None = None, check_intact: bool = True) -> list[Task]:
+        """Tasks on one site and one dataset that differ only in their rule.
+
+        The prefix runs once and every task holds the same cached activation, so
+        :func:`bablate.infer_many` enumerates masks once for all of them.
+        """
+        tasks, act = [], None
+        for name, rule in rules.items():
+            task = cls.build(site, inputs, rule, name=name, activation=act, key=key,
+                             check_intact=check_intact)
+            act = task.data["act"]
+            if tasks:  # share the ablation value too (resampling draws it once)
+                task = dataclasses.replace(task, data={**task.data,
+                                                       "value": tasks[0].data["value"]})
+            tasks.append(task)
+        return tasks
+
     # ---- pure evaluators (take ``data`` so they can be jitted / traced by samplers) ----
 
     def outputs_fn(self, data: dict, mask: Array) -> Any:

@@ -66,3 +66,15 @@ def test_gradient_sampler_needs_a_smooth_rule():
     task = bb.Task.build(site, np.ones((4, 3), np.float32), rule)
     with pytest.raises(ValueError, match="smooth surrogate"):
         bb.infer(task, "mcmc", sampler="gradient", num_samples=10, num_warmup=1)
+
+
+def test_exact_many_shares_one_enumeration_and_matches_one_task_at_a_time():
+    model, variables, x, ys = trained_mlp()
+    site = bb.flax_site(model, variables, "Dense_0", x)
+    # Same site, same inputs and the same cached activation: one forward pass per mask.
+    first, second = bb.Task.build_many(site, x, {h: head_rule(ys, h) for h in ("sum", "diff")})
+    together = bb.infer_many([first, second], "exact")
+    for task, post in zip([first, second], together, strict=True):
+        alone = bb.infer(task, "exact")
+        np.testing.assert_allclose(post.log_probs, alone.log_probs, atol=1e-5)
+        assert post.task == task.name

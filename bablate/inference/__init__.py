@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from bablate.inference.exact import exact, index_to_masks, table_marginals
+from bablate.inference.exact import exact, exact_many, index_to_masks, table_marginals
 from bablate.inference.kernels import FlipKernel, FlipState
 from bablate.inference.mcmc import chain_diagnostics, mcmc
 from bablate.inference.posterior import Posterior
@@ -39,5 +39,17 @@ def infer(task: Task, method: str = "exact", key: jax.Array | None = None, prior
     return svi(task, key, prior=prior, beta=beta, **options)
 
 
+def infer_many(tasks: list[Task], method: str = "exact", key: jax.Array | None = None,
+               prior=0.5, beta: float = 1.0, **options) -> list[Posterior]:
+    """:func:`infer` for a list of tasks; exact inference of tasks that share a site and a
+    dataset runs the network once per mask for all of them (:func:`exact_many`)."""
+    if method == "exact":
+        return exact_many(list(tasks), prior=prior, beta=beta, **options)
+    key = jax.random.key(0) if key is None else key
+    return [infer(t, method, jax.random.fold_in(key, i), prior, beta, **options)
+            for i, t in enumerate(tasks)]
+
+
 __all__ = ["METHODS", "FlipKernel", "FlipState", "Posterior", "chain_diagnostics", "exact",
-           "index_to_masks", "infer", "mcmc", "svi", "table_marginals"]
+           "exact_many", "index_to_masks", "infer", "infer_many", "mcmc", "svi",
+           "table_marginals"]

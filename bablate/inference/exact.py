@@ -11,7 +11,7 @@ import numpy as np
 from bablate import progress, sharding
 from bablate.amd import log_joint, prior_probs
 from bablate.inference.posterior import Posterior
-from bablate.tasks import Task
+from bablate.tasks import Task, p_correct_from
 
 MAX_EXACT_UNITS = 24
 
@@ -34,6 +34,78 @@ def table_marginals(log_probs: np.ndarray, num_units: int) -> np.ndarray:
     return out
 
 
+def _check_size(task: Task, max_units: int) -> None:
+    d = task.num_units
+    if d > min(max_units, MAX_EXACT_UNITS):
+        raise ValueError(f"exact enumeration of task {task.name!r} needs 2^{d} masks; it is "
+                         f"limited to d <= {max_units}. Use method='mcmc' (any d) or "
+                         "method='svi' (thousands of units), or raise max_units (<= 24).")
+
+
+def _posterior(task: Task, log_unnorm: np.ndarray, prior, beta: float, seconds: float,
+               ) -> Posterior:
+    d = task.num_units
+    if not np.all(np.isfinite(log_unnorm)):
+        raise ValueError(f"task {task.name!r}: non-finite log-probabilities during enumeration.")
+    log_z = float(np.logaddexp.reduce(log_unnorm))
+    log_probs = log_unnorm - log_z
+    p = np.exp(log_probs)
+    entropy_bits = float(-(p * log_probs).sum() / np.log(2.0))
+    return Posterior(task=task.name, method="exact", marginals=table_marginals(log_probs, d),
+                     prior=np.asarray(prior_probs(prior, d)), beta=beta, log_probs=log_probs,
+                     entropy_bits=entropy_bits,
+                     diagnostics={"log_z": log_z, "num_masks": 2 ** d, "seconds": seconds})
+
+
+def exact_many(tasks: list[Task], prior=0.5, beta: float = 1.0, smooth: bool = False,
+               chunk_size: int = 4096, max_units: int = 20) -> list[Posterior]:
+    """Exact AMDs of several tasks that share one site and one dataset, in one enumeration.
+
+    The network runs once per mask and every task's rule reads the same outputs, so T tasks
+    cost about one (e.g. one task per chunk of a sequence, or per feature of a toy model).
+    Tasks built with different inputs or sites fall back to one enumeration each.
+    """
+    if not tasks:
+        return []
+    base = tasks[0]
+    shared = all(t.site is base.site and t.data["inputs"] is base.data["inputs"]
+                 and t.data["act"] is base.data["act"] for t in tasks)
+    if not shared:
+        return [exact(t, prior, beta, smooth, chunk_size, max_units) for t in tasks]
+    _check_size(base, max_units)
+    d = base.num_units
+    total = 2 ** d
+    chunk = sharding.round_up(min(chunk_size, total))
+    p = prior_probs(prior, d)
+    log_p, log_1mp = jnp.log(p), jnp.log1p(-p)
+
+    @jax.jit
+    def score(datas, start):
+        masks = sharding.constrain(index_to_masks(start + jnp.arange(chunk), d))
+        outputs = jax.vmap(lambda m: base.outputs_fn(datas[0], m))(masks)
+        log_prior = masks @ log_p + (1.0 - masks) @ log_1mp
+        rows = []
+        for task, data in zip(tasks, datas, strict=True):
+            correct = task.rule.soft if smooth else task.rule.hard
+            c = jax.vmap(lambda out, data=data, correct=correct: correct(out, data["rule"]))(
+                outputs)
+            pc = p_correct_from(c.astype(jnp.float32), task.rule.positive)
+            rows.append(log_prior + beta * (jnp.log(pc) - jnp.log1p(-pc)))
+        return jnp.stack(rows)
+
+    start_time = time.perf_counter()
+    pieces = []
+    datas = [t.data for t in tasks]
+    with progress.bar(total=total, desc=f"exact x{len(tasks)} tasks", unit="mask") as bar:
+        for start in range(0, total, chunk):
+            n = min(chunk, total - start)
+            pieces.append(np.asarray(score(datas, jnp.int32(start)))[:, :n])
+            bar.update(n)
+    table = np.concatenate(pieces, axis=1).astype(np.float64)
+    seconds = time.perf_counter() - start_time
+    return [_posterior(t, row, prior, beta, seconds) for t, row in zip(tasks, table, strict=True)]
+
+
 def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
           chunk_size: int = 8192, max_units: int = 20) -> Posterior:
     """Enumerates every mask in vmapped, jitted chunks.
@@ -49,11 +121,8 @@ def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
     Raises:
       ValueError: d > max_units, naming the alternatives.
     """
+    _check_size(task, max_units)
     d = task.num_units
-    if d > min(max_units, MAX_EXACT_UNITS):
-        raise ValueError(f"exact enumeration of task {task.name!r} needs 2^{d} masks; it is "
-                         f"limited to d <= {max_units}. Use method='mcmc' (any d) or "
-                         "method='svi' (thousands of units), or raise max_units (<= 24).")
     total = 2 ** d
     chunk = sharding.round_up(min(chunk_size, total))
 
@@ -71,14 +140,4 @@ def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
             pieces.append(np.asarray(score(task.data, jnp.int32(start)))[:n])
             bar.update(n)
     log_unnorm = np.concatenate(pieces).astype(np.float64)
-    if not np.all(np.isfinite(log_unnorm)):
-        raise ValueError(f"task {task.name!r}: non-finite log-probabilities during enumeration.")
-    log_z = float(np.logaddexp.reduce(log_unnorm))
-    log_probs = log_unnorm - log_z
-    p = np.exp(log_probs)
-    entropy_bits = float(-(p * log_probs).sum() / np.log(2.0))
-    return Posterior(task=task.name, method="exact", marginals=table_marginals(log_probs, d),
-                     prior=np.asarray(prior_probs(prior, d)), beta=beta, log_probs=log_probs,
-                     entropy_bits=entropy_bits,
-                     diagnostics={"log_z": log_z, "num_masks": total,
-                                  "seconds": time.perf_counter() - start_time})
+    return _posterior(task, log_unnorm, prior, beta, time.perf_counter() - start_time)
