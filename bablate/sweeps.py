@@ -1,0 +1,267 @@
+"""Sweeps: the runs a config file declares with ``get_sweep(arg) -> list[dict]``.
+
+Each dict maps dotted config keys to values (``{"seed": 1, "model.hidden": 24}``). A member runs
+in ``<workdir>/<name>`` where the name is made from its overrides (``seed=1,model.hidden=24``),
+so rerunning a sweep finds the same directories: finished members are skipped, unfinished ones
+are redone (see `bablate.runs`). Members run one after another in this process, or ``jobs`` at
+a time in subprocesses.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from bablate import progress, runs
+
+SWEEP_FILE = "sweep.json"
+SWEEP_INDEX = "sweep.md"
+SWEEP_LOG = "sweep_log.txt"
+CONSOLE_FILE = "console.txt"
+_MAX_NAME = 120
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Member:
+    """One run of a sweep: its directory name, its overrides and the resolved config."""
+
+    name: str
+    overrides: dict[str, Any]
+    config: ml_collections.ConfigDict
+
+
+def format_value(value: Any) -> str:
+    """A value as it appears in a member name and on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return repr(tuple(value))
+    return str(value)
+
+
+def member_name(overrides: Mapping[str, Any]) -> str:
+    """The sub-directory name of a sweep member, e.g. ``seed=1,density=0.1``.
+
+    Keys keep the order the config file gave them. Characters that are awkward in file names
+    become ``_``; names longer than 120 characters are cut and made unique with a short hash.
+    """
+    if not overrides:
+        return "base"
+    def value(v):  # commas separate keys, so sequences are joined with '-'
+        if isinstance(v, (list, tuple)):
+            return "-".join(value(x) for x in v)
+        return format_value(v).replace(",", "_")
+
+    name = ",".join(f"{k}={value(v)}" for k, v in overrides.items())
+    name = re.sub(r"[^A-Za-z0-9._,=+-]", "_", name)
+    if name.startswith("."):
+        name = "_" + name[1:]
+    if len(name) > _MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[:_MAX_NAME - 9]}_{digest}"
+    return name
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with dotted keys set; unknown keys and wrong types raise RunError."""
+    out = copy.deepcopy(config)
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise runs.RunError(f"sweep override key {key!r} must be a dotted config key string")
+        node, parts = out, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                known = ", ".join(sorted(node.keys())) if isinstance(
+                    node, ml_collections.ConfigDict) else "none (not a section)"
+                raise runs.RunError(f"sweep sets unknown config key {key!r} "
+                                    f"({'.'.join(parts[:i + 1])!r} not found; keys there: {known});"
+                                    " fix get_sweep in the config file")
+            if i < len(parts) - 1:
+                node = node[part]
+        try:
+            node[parts[-1]] = value
+        except (TypeError, ValueError) as e:
+            raise runs.RunError(f"sweep sets {key}={value!r}, which the config does not accept "
+                                f"({e}); fix get_sweep in the config file") from e
+    return out
+
+
+def expand(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]]) -> list[Member]:
+    """Checks a ``get_sweep`` result and turns it into members with resolved configs.
+
+    Raises:
+      RunError: the sweep is empty or not a list of dicts, sets an unknown key or a value of
+        the wrong type, or two members get the same directory name.
+    """
+    if isinstance(sweep, Mapping) or not isinstance(sweep, Sequence) or not sweep:
+        raise runs.RunError("get_sweep must return a non-empty list of dicts of config overrides, "
+                            f"got {type(sweep).__name__} {sweep!r:.80}")
+    members, seen = [], {}
+    for i, overrides in enumerate(sweep):
+        if not isinstance(overrides, Mapping):
+            raise runs.RunError(f"get_sweep item {i} is a {type(overrides).__name__}, not a dict "
+                                "of config overrides")
+        overrides = dict(overrides)
+        name = member_name(overrides)
+        if name in seen:
+            raise runs.RunError(f"sweep items {seen[name]} and {i} both map to directory {name!r}; "
+                                "make their overrides differ")
+        seen[name] = i
+        members.append(Member(name, overrides, apply_overrides(config, overrides)))
+    return members
+
+
+class _SweepLog:
+    """Timestamped lines to stderr (above the progress bar) and to the sweep's log file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, msg: str) -> None:
+        from tqdm.auto import tqdm
+
+        line = f"[{datetime.datetime.now():%H:%M:%S}] {msg}"
+        tqdm.write(line, file=sys.stderr)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: int = 1,
+              overwrite: bool = False,
+              command_for: Callable[[Member, Path], list[str]] | None = None) -> dict:
+    """Runs every member of a sweep, skipping finished ones.
+
+    Args:
+      members: from `expand`.
+      workdir: the sweep directory; member ``m`` runs in ``workdir / m.name``.
+      jobs: how many members run at once. With 1 they run in this process; with more, each
+        runs in a subprocess given by ``command_for(member, member_workdir)`` (its output goes
+        to ``<member_workdir>/console.txt``).
+      overwrite: redo every member from scratch.
+      command_for: builds a member's subprocess command line; required when ``jobs > 1``.
+
+    Returns:
+      ``{"ran": [names], "skipped": [names], "failed": {name: message}}``.
+    """
+    if jobs < 1:
+        raise runs.RunError(f"jobs must be at least 1, got {jobs}")
+    if jobs > 1 and command_for is None:
+        raise ValueError("run_sweep needs command_for to run members in parallel")
+    workdir = Path(workdir)
+    runs.check_workdir(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_json(workdir / SWEEP_FILE, {
+        "members": [{"name": m.name, "overrides": m.overrides} for m in members]})
+    log = _SweepLog(workdir / SWEEP_LOG)
+    out = {"ran": [], "skipped": [], "failed": {}}
+
+    pending = []
+    for m in members:
+        status, diffs = runs.run_status(runs.config_to_dict(m.config), workdir / m.name)
+        if overwrite:
+            pending.append(m)
+        elif status == "finished":
+            out["skipped"].append(m.name)
+        elif status == "different":
+            out["failed"][m.name] = runs.mismatch_message(workdir / m.name, diffs)
+        else:
+            pending.append(m)
+    log(f"sweep of {len(members)} runs in {workdir}: {len(out['skipped'])} already finished, "
+        f"{len(pending)} to run" + (f" ({jobs} at a time)" if jobs > 1 else ""))
+    for name, msg in out["failed"].items():
+        log(f"{name}: {msg}")
+
+    done_before = len(out["skipped"]) + len(out["failed"])
+    with progress.bar(total=len(members), initial=done_before, desc="sweep", unit="run") as bar:
+        if jobs == 1:
+            for m in pending:
+                log(f"{m.name}: running")
+                try:
+                    out["ran" if runs.run_one(m.config, workdir / m.name, overwrite=overwrite)
+                        == "ran" else "skipped"].append(m.name)
+                except runs.RunError as e:
+                    out["failed"][m.name] = str(e)
+                except Exception as e:  # the traceback is in the member's log.txt
+                    out["failed"][m.name] = f"{type(e).__name__}: {e}"
+                log(f"{m.name}: " + ("failed: " + out["failed"][m.name]
+                                     if m.name in out["failed"] else "done"))
+                bar.update(1)
+        else:
+            _run_parallel(pending, workdir, jobs, command_for, out, log, bar)
+
+    _write_index(members, workdir, out)
+    log(f"sweep finished: {len(out['ran'])} ran, {len(out['skipped'])} skipped, "
+        f"{len(out['failed'])} failed; index: {workdir / SWEEP_INDEX}")
+    return out
+
+
+def _run_parallel(pending, workdir, jobs, command_for, out, log, bar) -> None:
+    env = dict(os.environ, BABLATE_PROGRESS="0")  # the sweep's bar is the only one shown
+    queue, running = list(pending), {}
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                m = queue.pop(0)
+                mdir = workdir / m.name
+                mdir.mkdir(parents=True, exist_ok=True)
+                with open(mdir / CONSOLE_FILE, "wb") as console:
+                    proc = subprocess.Popen(command_for(m, mdir), stdout=console,
+                                            stderr=subprocess.STDOUT, env=env)
+                running[proc] = m
+                log(f"{m.name}: started (pid {proc.pid})")
+            time.sleep(0.1)
+            for proc in [p for p in running if p.poll() is not None]:
+                m = running.pop(proc)
+                if proc.returncode == 0:
+                    ran = (workdir / m.name / runs.RESULTS_FILE).exists()
+                    out["ran"].append(m.name) if ran else out["skipped"].append(m.name)
+                    log(f"{m.name}: done")
+                else:
+                    msg = _last_line(workdir / m.name / CONSOLE_FILE) or f"exit {proc.returncode}"
+                    out["failed"][m.name] = msg
+                    log(f"{m.name}: failed (exit {proc.returncode}): {msg}; "
+                        f"see {workdir / m.name / CONSOLE_FILE}")
+                bar.update(1)
+    finally:
+        for proc in running:  # interrupted: do not leave orphans running
+            proc.terminate()
+        for proc in running:
+            proc.wait()
+
+
+def _write_index(members: Sequence[Member], workdir: Path, out: dict) -> None:
+    """A markdown table of the members with links to their reports."""
+    lines = ["# Sweep", "", "| run | status | overrides |", "|---|---|---|"]
+    for m in members:
+        if m.name in out["failed"]:
+            status = "failed"
+        elif (workdir / m.name / runs.RESULTS_FILE).exists():
+            status = f"[done]({m.name}/{runs.REPORT_FILE})"
+        else:
+            status = "not finished"
+        lines.append(f"| `{m.name}` | {status} | `{json.dumps(runs.to_jsonable(m.overrides))}` |")
+    runs.atomic_write_text(workdir / SWEEP_INDEX, "\n".join(lines) + "\n")

@@ -1,0 +1,43 @@
+"""Shared test setup: quiet progress bars, the repository root importable, run helpers."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_CONFIG = REPO / "tests" / "fake_study" / "config.py"
+
+# Set before any test imports bablate: bars off in tests and in every subprocess they start.
+os.environ["BABLATE_PROGRESS"] = "0"
+os.environ.setdefault("MPLBACKEND", "Agg")
+if str(REPO) not in sys.path:  # tests.fake_study must import however pytest was started
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A fresh, not yet existing run directory."""
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def fake_config():
+    """Returns ``get_config(variant) -> ConfigDict`` of the test-only fake study."""
+    from tests.fake_study.config import get_config
+
+    return get_config
+
+
+@pytest.fixture
+def launch():
+    """Runs ``python launch.py *args`` in a subprocess; returns the CompletedProcess."""
+
+    def _launch(*args: str, cwd: Path = REPO, timeout: float = 120, env: dict | None = None):
+        return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+
+    return _launch

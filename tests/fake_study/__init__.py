@@ -1,0 +1,38 @@
+"""A tiny study used to test the runner (launch.py, bablate.runs, bablate.sweeps).
+
+It accumulates ``steps`` seeded random vectors, checkpointing after every step, so tests can
+check resume-from-state, determinism, figures, text and result conversion without training
+anything. ``FAKE_STUDY_FAIL_AT_STEP=k`` makes the run raise when it reaches step k (a crash
+that leaves a checkpoint behind); ``config.sleep`` slows each step (for kill tests).
+"""
+
+import os
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def run(config, ctx):
+    fail_at = int(os.environ.get("FAKE_STUDY_FAIL_AT_STEP", "-1"))
+    state = ctx.load_state("progress")
+    if state is None:
+        step, acc = 0, np.zeros(3)
+    else:
+        step, acc = int(state["step"]), state["acc"]
+        ctx.log(f"resumed at step {step}")
+    for s in range(step, config.steps):
+        if s == fail_at:
+            raise RuntimeError(f"planned failure at step {s}")
+        # One generator per (seed, step): a resumed run draws exactly what a fresh one would.
+        acc = acc + config.scale * np.random.default_rng([config.seed, s]).normal(size=3)
+        time.sleep(config.sleep)
+        ctx.save_state("progress", {"step": s + 1, "acc": acc})
+        ctx.log(f"step {s + 1}/{config.steps}")
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.bar(range(3), acc)
+    ctx.text("## Accumulated sums\n\nThree sums of seeded normal draws.")
+    ctx.figure(fig, "sums", "The three accumulated sums.")
+    ctx.text("Closing remarks.")
+    return {"sums": acc, "total": np.float64(acc.sum()), "steps": config.steps,
+            "undefined": float("nan")}

@@ -1,0 +1,97 @@
+"""launch.py end to end in subprocesses: overrides, workdirs, refusals, sweeps, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bablate import runs, sweeps
+
+FAKE = str(Path(__file__).resolve().parent / "fake_study" / "config.py")
+
+
+def _results(path):
+    return json.loads((path / "results.json").read_text())
+
+
+BAD_INPUTS = [
+    (["--config=experiments/no_such_study.py"], "config file 'experiments/no_such_study.py' "
+     "does not exist"),
+    ([f"--config={FAKE}:bogus"], "unknown variant 'bogus'; choose from: quick, slow"),
+    ([f"--config={FAKE}", "--config.no_such_key=1"], "'--config.no_such_key' overrides a key"),
+    ([f"--config={FAKE}", "--config.model.depth=2"], "'--config.model.depth' overrides a key"),
+    ([f"--config={FAKE}", "--config.seed=abc"], "--config.seed=abc"),
+    ([f"--config={FAKE}", "--jobs=0"], "--jobs must be at least 1"),
+    ([f"--config={FAKE}", "--workdir={file}"], "is a file; pass --workdir"),
+    (["--config={nosweep}", "--sweep"], "defines no get_sweep(arg)"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=lambda v: str(v)[:40])
+def test_bad_input_gives_one_line_error(args, message, launch, tmp_path):
+    file = tmp_path / "a_file"
+    file.write_text("not a directory")
+    nosweep = tmp_path / "nosweep.py"
+    nosweep.write_text("from tests.fake_study.config import get_config  # noqa: F401\n")
+    workdir = tmp_path / "run"
+    args = [a.format(file=file, nosweep=nosweep) for a in args]
+    if not any(a.startswith("--workdir") for a in args):
+        args.append(f"--workdir={workdir}")
+    proc = launch(*args, timeout=60)
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert message in err
+    assert not (workdir / "results.json").exists() and not (workdir / "config.json").exists()
+
+
+def test_run_override_default_workdir_skip_refuse_overwrite(launch, tmp_path, fake_config):
+    proc = launch(f"--config={FAKE}", "--config.seed=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "runs" / "fake_study" / "quick"
+    assert json.loads((run / "config.json").read_text())["seed"] == 3
+    # The same config in this process gives the same numbers (determinism across processes).
+    config = fake_config("quick")
+    config.seed = 3
+    runs.run_one(config, tmp_path / "here")
+    assert _results(run) == _results(tmp_path / "here")
+
+    proc = launch(f"--config={FAKE}", "--config.seed=3", cwd=tmp_path)
+    assert proc.returncode == 0 and "skipping" in proc.stderr
+
+    proc = launch(f"--config={FAKE}", "--config.seed=4", "--config.model.name=big", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "model.name: 'tiny' -> 'big'; seed: 3 -> 4" in proc.stderr
+    assert "--overwrite" in proc.stderr
+    assert json.loads((run / "config.json").read_text())["seed"] == 3
+
+    proc = launch(f"--config={FAKE}", "--config.seed=4", "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "config.json").read_text())["seed"] == 4
+    assert _results(run) != _results(tmp_path / "here")
+
+
+def test_sweep_in_parallel_jobs_then_resume(launch, tmp_path, fake_config):
+    proc = launch(f"--config={FAKE}", "--config.steps=2", "--sweep", "--jobs=2",
+                  f"--workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    names = ["seed=0", "seed=1,scale=2.0"]
+    for name, (seed, scale) in zip(names, [(0, 1.0), (1, 2.0)], strict=True):
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert (config["steps"], config["seed"], config["scale"]) == (2, seed, scale)
+    # A member run in a subprocess equals the same member run here.
+    base = fake_config("quick")
+    base.steps = 2
+    member = sweeps.expand(base, [{"seed": 1, "scale": 2.0}])[0]
+    runs.run_one(member.config, tmp_path / "here")
+    assert _results(tmp_path / "seed=1,scale=2.0") == _results(tmp_path / "here")
+
+    (tmp_path / names[1] / "results.json").unlink()  # as if killed while running
+    proc = launch(f"--config={FAKE}", "--config.steps=2", "--sweep", "--jobs=2",
+                  f"--workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 already finished, 1 to run" in proc.stderr
+    assert "1 ran, 1 skipped, 0 failed" in proc.stderr
+    for name in names:
+        starts = (tmp_path / name / "log.txt").read_text().count(" in ")
+        assert starts == (4 if name == names[1] else 2), name  # start+finish lines per attempt
