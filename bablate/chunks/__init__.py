@@ -1,0 +1,33 @@
+"""Chunk discovery in neural population activity: DSC (discrete sequence chunking) and PA
+(population averaging), after Wu, Alaniz, Schulz, Akata (arXiv 2502.01803)."""
+
+from bablate.chunks.dsc import (
+    ChunkDictionary,
+    Discretizer,
+    DSCResult,
+    Lookup,
+    bpe_chunks,
+    fit_discretizer,
+    fit_lookup,
+    kmeans_1d,
+    run_dsc,
+    state_ids,
+    state_strings,
+    unit_chunk_information,
+)
+from bablate.chunks.pa import (
+    ROC,
+    Template,
+    detection_rates,
+    pa_detect,
+    pa_scores,
+    pa_template,
+    tpr_fpr_auc,
+)
+
+__all__ = [
+    "ChunkDictionary", "DSCResult", "Discretizer", "Lookup", "ROC", "Template", "bpe_chunks",
+    "detection_rates", "fit_discretizer", "fit_lookup", "kmeans_1d", "pa_detect", "pa_scores",
+    "pa_template", "run_dsc", "state_ids", "state_strings", "tpr_fpr_auc",
+    "unit_chunk_information",
+]

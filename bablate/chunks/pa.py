@@ -1,0 +1,141 @@
+"""Population averaging (PA): templates of recurring population states (arXiv 2502.01803).
+
+A concept (a symbol, a chunk, a word) recurs K >= 5 times; its template is the mean state over
+those occurrences restricted to the neurons that stay within `tolerance` of that mean in every
+occurrence. A new state matches the template when its mean squared error on the template's
+neurons is at most the largest such error seen among the training occurrences.
+
+Used by the RNN study (hidden states of a chunk) and the LLM study (residual stream states of a
+concept word).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """A PA template.
+
+    Attributes:
+      mean: [D] mean state over the training occurrences.
+      neuron_mask: bool [D], neurons whose every training value is within `tolerance` of the mean.
+      threshold: largest training MSE on the masked neurons (detection threshold).
+      tolerance: the tolerance used.
+    """
+
+    mean: np.ndarray
+    neuron_mask: np.ndarray
+    threshold: float
+    tolerance: float
+
+    @property
+    def num_neurons(self) -> int:
+        return int(self.neuron_mask.sum())
+
+
+def pa_template(states_KxD: np.ndarray, tolerance: float) -> Template:
+    """Builds a template from K occurrences of a concept.
+
+    Args:
+      states_KxD: the states at the K occurrences (K >= 2; the paper uses >= 5).
+      tolerance: a neuron is kept when max_k |state_k - mean| <= tolerance.
+
+    Returns:
+      The template. Raises ValueError when no neuron is within tolerance.
+    """
+    s = np.asarray(states_KxD, np.float64)
+    if s.ndim != 2 or s.shape[0] < 2:
+        raise ValueError(f"pa_template needs states [K >= 2, D], got shape {s.shape}.")
+    if tolerance <= 0:
+        raise ValueError(f"tolerance must be positive, got {tolerance}.")
+    mean = s.mean(axis=0)
+    mask = np.max(np.abs(s - mean), axis=0) <= tolerance
+    if not mask.any():
+        spread = float(np.min(np.max(np.abs(s - mean), axis=0)))
+        raise ValueError(f"no neuron stays within tolerance {tolerance} of the template mean "
+                         f"(smallest spread is {spread:.3g}); raise the tolerance.")
+    threshold = float(np.max(np.mean((s[:, mask] - mean[mask]) ** 2, axis=1)))
+    return Template(mean=mean, neuron_mask=mask, threshold=threshold, tolerance=float(tolerance))
+
+
+def pa_scores(template: Template, states_NxD: np.ndarray) -> np.ndarray:
+    """Mean squared error to the template on its neurons [N] (lower = closer)."""
+    s = np.asarray(states_NxD, np.float64)
+    if s.ndim != 2 or s.shape[1] != template.mean.shape[0]:
+        raise ValueError(f"states must be [N, {template.mean.shape[0]}], got {s.shape}.")
+    m = template.neuron_mask
+    return np.mean((s[:, m] - template.mean[m]) ** 2, axis=1)
+
+
+def pa_detect(template: Template, states_NxD: np.ndarray) -> np.ndarray:
+    """bool [N]: the state matches the template (MSE <= threshold)."""
+    return pa_scores(template, states_NxD) <= template.threshold
+
+
+@dataclasses.dataclass(frozen=True)
+class ROC:
+    """ROC curve of a detector score.
+
+    Attributes:
+      fpr, tpr: [n] rates at each threshold (increasing).
+      thresholds: [n] score thresholds (a step is positive when score <= threshold for
+        lower-is-positive scores).
+      auc: area under the curve (probability that a random positive scores as more positive
+        than a random negative; ties count one half).
+    """
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+    auc: float
+
+
+def detection_rates(detected: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(TPR, FPR) of boolean detections against boolean labels."""
+    d, y = np.asarray(detected, bool), np.asarray(labels, bool)
+    if d.shape != y.shape:
+        raise ValueError(f"detections {d.shape} and labels {y.shape} differ in shape.")
+    if y.all() or not y.any():
+        raise ValueError("labels need both positives and negatives for TPR/FPR.")
+    return float(d[y].mean()), float(d[~y].mean())
+
+
+def tpr_fpr_auc(scores: np.ndarray, labels: np.ndarray, lower_is_positive: bool = True) -> ROC:
+    """ROC curve and AUC of a score against boolean labels.
+
+    Args:
+      scores: [N] detector scores; by default lower = more likely positive (PA's MSE).
+      labels: bool [N] ground truth (True = the concept is present).
+      lower_is_positive: set False for scores where higher means positive.
+
+    Returns:
+      `ROC` with the curve over all distinct thresholds and the AUC (Mann–Whitney, with ties).
+    """
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels, bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} must be equal 1-D shapes.")
+    if y.all() or not y.any():
+        raise ValueError("labels need both positives and negatives for an ROC curve.")
+    pos_score = -s if lower_is_positive else s
+    thresholds = np.unique(pos_score)[::-1]  # most positive first
+    tpr = np.asarray([np.mean(pos_score[y] >= t) for t in thresholds])
+    fpr = np.asarray([np.mean(pos_score[~y] >= t) for t in thresholds])
+    # AUC via ranks (average ranks for ties) = Mann–Whitney U / (n_pos n_neg).
+    order = np.argsort(pos_score, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = pos_score[order]
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    auc = (ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    fpr = np.concatenate([[0.0], fpr])
+    tpr = np.concatenate([[0.0], tpr])
+    thr = -thresholds if lower_is_positive else thresholds
+    thr = np.concatenate([[-np.inf if lower_is_positive else np.inf], thr])
+    return ROC(fpr=fpr, tpr=tpr, thresholds=thr, auc=float(auc))
