@@ -90,3 +90,33 @@ def test_plugin_entropy_is_exact_for_a_uniform_sample_and_bias_is_first_order():
     h = bb.metrics.plugin_entropy(samples, miller_madow=False)
     assert h == pytest.approx(2.0)
     assert bb.metrics.plugin_entropy(samples) == pytest.approx(2 + 3 / (2 * 1000 * np.log(2)))
+
+
+def _markov_chain_samples(d, n, stay, seed=0):
+    """Masks from a symmetric binary Markov chain over units (a tree-structured q)."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((n, d), np.uint8)
+    x[:, 0] = rng.random(n) < 0.5
+    for i in range(1, d):
+        same = rng.random(n) < stay
+        x[:, i] = np.where(same, x[:, i - 1], 1 - x[:, i - 1])
+    return x
+
+
+def test_chow_liu_bound_is_exact_for_a_chain_and_a_lower_bound_otherwise():
+    d, stay = 40, 0.9
+    samples = _markov_chain_samples(d, 20_000, stay)
+    h_edge = -(stay * np.log2(stay) + (1 - stay) * np.log2(1 - stay))
+    exact_tc = (d - 1) * (1 - h_edge)  # each edge carries 1 − H(stay) bits
+    assert bb.metrics.chow_liu_bound(samples) == pytest.approx(exact_tc, rel=0.03)
+    post = Posterior(task="chain", method="mcmc", marginals=samples.mean(0),
+                     prior=np.full(d, 0.5), beta=1.0, samples=samples)
+    m = bb.metrics.summarize(post)
+    assert m.entropy_estimate == "chow-liu bound"  # 2^40 masks: draws are nearly all distinct
+    assert m.total_correlation == pytest.approx(exact_tc, rel=0.03)
+    # Redundant OR of 3 units (uniform over the 7 masks that keep one): the bound is below TC.
+    table = np.array([0] + [1] * 7) / 7
+    exact = bb.metrics.summarize(_table_post(table))
+    idx = np.random.default_rng(1).choice(8, size=50_000, p=table)
+    draws = ((idx[:, None] >> np.arange(3)) & 1).astype(np.uint8)
+    assert bb.metrics.chow_liu_bound(draws) < exact.total_correlation
