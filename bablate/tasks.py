@@ -117,7 +117,7 @@ def p_correct_from(c: Array, positive: Array | None) -> Array:
     """Beta(1,1)-smoothed P(correct) from per-example correctness ``c`` (``[..., N]``)."""
     if positive is None:
         return (c.sum(-1) + 1.0) / (c.shape[-1] + 2.0)
-    pos = positive.astype(c.dtype)
+    pos = positive.astype(c.dtype).reshape((1,) * (c.ndim - 1) + positive.shape)
     sens = ((c * pos).sum(-1) + 1.0) / (pos.sum() + 2.0)
     spec = ((c * (1.0 - pos)).sum(-1) + 1.0) / ((1.0 - pos).sum() + 2.0)
     return 0.5 * (sens + spec)

@@ -68,8 +68,10 @@ def exact_many(tasks: list[Task], prior=0.5, beta: float = 1.0, smooth: bool = F
     if not tasks:
         return []
     base = tasks[0]
+    same_value = lambda t: (t.data["value"] is base.data["value"]
+                            or np.array_equal(t.data["value"], base.data["value"]))
     shared = all(t.site is base.site and t.data["inputs"] is base.data["inputs"]
-                 and t.data["act"] is base.data["act"] for t in tasks)
+                 and t.data["act"] is base.data["act"] and same_value(t) for t in tasks)
     if not shared:
         return [exact(t, prior, beta, smooth, chunk_size, max_units) for t in tasks]
     _check_size(base, max_units)
