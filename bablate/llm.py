@@ -9,10 +9,10 @@ Masks reach the model as multiplicative :class:`~bablate.models.llama.Interventi
 unit takes the value ``fill`` (0 for zero ablation, the mean over prompts and positions for mean
 ablation), at every prompt position or only at the last one (``SiteSpec.positions``; the last-
 position form reuses cached keys/values of the earlier positions, so a mask costs one token).
-The core sees a site whose "activation" is
-a constant vector of ones ``[d]``: the core's zero ablation turns it into the mask itself, which
-the suffix hands to the model. Outputs are the next-token logits at the last prompt position,
-``[N, vocab]``, ready for ``bablate.rules.top1`` / ``smooth_top1``.
+The core sees a mask-aware site
+(:meth:`bablate.Site.mask_aware`): the mask goes straight to the model, which applies it in every
+ablated layer. Outputs are the next-token logits at the last prompt position, ``[N, vocab]``,
+ready for ``bablate.rules.top1`` / ``smooth_top1``.
 """
 
 from __future__ import annotations
@@ -250,11 +250,6 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts) -> tu
         inputs["cache"] = _kv_cache(inputs["params"], suffix_cfg, h, inputs["valid"])
         inputs["h"] = h[:, -1:]
 
-    def prefix(inputs):
-        # The mask itself is the "activation": zero ablation of ones gives the mask.
-        del inputs
-        return jnp.ones((d,), jnp.float32)
-
     def suffix(mask_D, inputs):
         iv = _interventions(spec, cfg, mask_D, inputs["fills"])
         if spec.positions == "last":
@@ -268,8 +263,7 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts) -> tu
                              output="hidden", interventions=iv, embed_input=False)
         return unembed(inputs["params"], cfg, h[:, -1])
 
-    site = Site.from_functions(spec.name, d, prefix, suffix, ablation="zero")
-    return site, inputs
+    return Site.mask_aware(spec.name, d, suffix), inputs
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -288,4 +282,4 @@ def evaluate_masks(site: Site, inputs: dict, masks_MxD) -> jax.Array:
 
 @functools.lru_cache(maxsize=16)
 def _mask_evaluator(site: Site):
-    return jax.jit(jax.vmap(site.suffix, in_axes=(0, None)))
+    return jax.jit(jax.vmap(site.apply_mask, in_axes=(0, None)))

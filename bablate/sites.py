@@ -7,7 +7,10 @@ A site splits a network in two so that masks are cheap to evaluate:
   the only part vmapped over a batch of masks;
 * an *in-place* site has one ``apply(inputs, ablate)`` in which the network calls ``ablate`` on
   the activation wherever the mask applies (every time step of an RNN, say). Nothing can be
-  cached, so the whole network runs per mask.
+  cached, so the whole network runs per mask;
+* a *mask-aware* site hands the mask itself to a network that applies it (units spread over
+  several layers, such as every attention head of a transformer). The network then owns the
+  ablation value and whatever caching it can do.
 
 Units live on one axis of the activation (``unit_axis``), in the neuron basis by default or in
 any linear basis (a learned dictionary, a rotation): ``codes = (act - mean) @ encoder`` and the
@@ -110,6 +113,7 @@ class Site:
     prefix: Callable[[Any], Array] | None = None
     suffix: Callable[[Array, Any], Any] | None = None
     apply: Callable[[Any, Callable[[Array], Array]], Any] | None = None
+    apply_mask: Callable[[Array, Any], Any] | None = None
     unit_axis: int = -1
     ablation: Ablation = "zero"
     basis: Basis | None = None
@@ -121,10 +125,15 @@ class Site:
                              f"choose one of {ABLATIONS}.")
         if self.num_units < 1:
             raise ValueError(f"Site {self.name!r} has num_units={self.num_units}; need >= 1.")
-        cached = self.prefix is not None and self.suffix is not None
-        if cached == (self.apply is not None):
-            raise ValueError(f"Site {self.name!r}: give either prefix+suffix (cached) or apply "
-                             "(in place), not both or neither.")
+        kinds = [self.prefix is not None and self.suffix is not None, self.apply is not None,
+                 self.apply_mask is not None]
+        if sum(kinds) != 1:
+            raise ValueError(f"Site {self.name!r}: give exactly one of prefix+suffix (cached), "
+                             "apply (in place) or apply_mask (mask-aware).")
+        if self.apply_mask is not None and (self.basis is not None or self.ablation != "zero"):
+            raise ValueError(f"Site {self.name!r}: a mask-aware network applies masks itself; "
+                             "set its ablation value inside the network, not with ablation= "
+                             "or basis=.")
         if self.basis is not None:
             if self.basis.num_units != self.num_units:
                 raise ValueError(f"Site {self.name!r}: basis has {self.basis.num_units} units but "
@@ -139,7 +148,18 @@ class Site:
     @property
     def cached(self) -> bool:
         """Whether the computation up to the site runs once per dataset."""
-        return self.apply is None
+        return self.prefix is not None
+
+    @classmethod
+    def mask_aware(cls, name: str, num_units: int,
+                   apply_mask: Callable[[Array, Any], Any]) -> Site:
+        """A site whose network takes the mask itself: ``apply_mask(mask [d], inputs) -> outputs``.
+
+        For units spread over several layers (all attention heads of a transformer, say) the
+        network applies the mask where each unit lives, with its own ablation values and
+        caching (e.g. the residual stream before the first ablated layer in ``inputs``).
+        """
+        return cls(name=name, num_units=num_units, apply_mask=apply_mask)
 
     @classmethod
     def from_functions(cls, name: str, num_units: int, prefix: Callable[[Any], Array],
@@ -197,7 +217,7 @@ def ablation_value(site: Site, act: Array | None, key: Array) -> Array:
       act: the cached activation (cached sites) or None (in-place sites use ``site.reference``).
       key: PRNG key for resampling (a fixed permutation of the examples).
     """
-    if site.ablation == "zero":
+    if site.ablation == "zero" or site.apply_mask is not None:
         return jnp.zeros((site.num_units,), jnp.float32)
     source = act if act is not None else site.reference
     units = unit_values(site, source)

@@ -207,6 +207,8 @@ class Task:
     def outputs_fn(self, data: dict, mask: Array) -> Any:
         """Network outputs under one mask ``[d]``."""
         site = self.site
+        if site.apply_mask is not None:
+            return site.apply_mask(mask, data["inputs"])
         if site.cached:
             masked = mask_activation(data["act"], mask, data["value"], site.unit_axis, site.basis)
             return site.suffix(masked, data["inputs"])

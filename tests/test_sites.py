@@ -162,3 +162,19 @@ def test_mean_ablation_of_multi_dimensional_units_keeps_each_units_mean_vector()
     out = task.outputs_fn(task.data, jnp.array([1.0, 0.0, 1.0]))
     expect = act.at[:, 1, :].set(act[:, 1, :].mean(0)[None]).reshape(50, 6)
     np.testing.assert_allclose(out, expect, rtol=1e-6, atol=1e-6)
+
+
+def test_mask_aware_site_hands_the_mask_to_the_network():
+    # Units spread over two "layers": the network applies mask[:2] and mask[2:] itself.
+    def network(mask, x):
+        h = jnp.tanh(x * mask[None, :2].sum(-1, keepdims=True))
+        return h * mask[None, 2:].sum(-1, keepdims=True)
+
+    x = jnp.linspace(-1, 1, 8)[:, None]
+    site = bb.Site.mask_aware("spread", 4, network)
+    rule = bb.rules.custom(lambda out, _: (out[:, 0] > -2).astype(jnp.float32), name="ok")
+    task = bb.Task.build(site, x, rule)
+    mask = jnp.array([1.0, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(task.outputs_fn(task.data, mask), network(mask, x))
+    with pytest.raises(ValueError, match="applies masks itself"):
+        bb.Site(name="bad", num_units=4, apply_mask=network, ablation="mean")
