@@ -78,12 +78,15 @@ def binary(targets, threshold: float = 0.0, temperature: float = 1.0) -> Rule:
 def top1(targets) -> Rule:
     """Multi-class / next token: correct when the target is the arg-max of ``[N, C]`` logits.
 
-    The smooth surrogate is the softmax probability of the target.
+    A tie for the maximum counts as correct (comparing the target's logit with the maximum is
+    several times faster on CPU than an arg-max). The smooth surrogate is the softmax
+    probability of the target.
     """
     targets = _check_targets(targets, 1, "top1 rule").astype(jnp.int32)
 
     def hard(logits, y):
-        return (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+        target = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+        return (target >= logits.max(axis=-1)).astype(jnp.float32)
 
     def soft(logits, y):
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -237,7 +240,12 @@ class Task:
             c = correct(self.outputs_fn(data, mask), data["rule"])
             return p_correct_from(c.astype(jnp.float32), positive)
 
-        return jax.vmap(one)(masks.astype(jnp.float32))
+        masks = masks.astype(jnp.float32)
+        if sharding.num_devices() > 1:
+            return jax.vmap(one)(masks)  # devices split the mask axis
+        # Vmapping a whole chunk materialises every mask's intermediates at once; blocks of a
+        # few MiB stay in cache, which on CPU is several times faster than one wide vmap.
+        return jax.lax.map(one, masks, batch_size=_block_size(self, data, masks))
 
     # ---- host API: jitted, chunked over masks, sharded over devices ----
 
@@ -248,6 +256,19 @@ class Task:
     def p_correct(self, masks, smooth: bool = False, chunk_size: int = 1024) -> np.ndarray:
         """P(correct | task, mask) for masks ``[M, d]``."""
         return _chunked(self, "p_correct", masks, smooth, chunk_size)
+
+
+BLOCK_BYTES = 2 << 20
+
+
+def _block_size(task: Task, data: dict, masks: Array) -> int:
+    """Masks per vmapped block so one block's outputs and activation copy fit ~2 MiB."""
+    out = jax.eval_shape(lambda m: task.outputs_fn(data, m), masks[0])
+    nbytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out))
+    act = data.get("act")
+    if act is not None:
+        nbytes = max(nbytes, act.size * act.dtype.itemsize)
+    return int(max(1, min(masks.shape[0], BLOCK_BYTES // max(nbytes, 1))))
 
 
 @functools.lru_cache(maxsize=64)

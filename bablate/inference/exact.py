@@ -101,9 +101,9 @@ def exact_many(tasks: list[Task], prior=0.5, beta: float = 1.0, smooth: bool = F
     with progress.bar(total=total, desc=f"exact x{len(tasks)} tasks", unit="mask") as bar:
         for start in range(0, total, chunk):
             n = min(chunk, total - start)
-            pieces.append(np.asarray(score(datas, jnp.int32(start)))[:, :n])
+            pieces.append(score(datas, jnp.int32(start))[:, :n])  # stays on device
             bar.update(n)
-    table = np.concatenate(pieces, axis=1).astype(np.float64)
+    table = np.asarray(jnp.concatenate(pieces, axis=1)).astype(np.float64)
     seconds = time.perf_counter() - start_time
     return [_posterior(t, row, prior, beta, seconds) for t, row in zip(tasks, table, strict=True)]
 
@@ -139,7 +139,7 @@ def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
     with progress.bar(total=total, desc=f"exact {task.name}", unit="mask") as bar:
         for start in range(0, total, chunk):
             n = min(chunk, total - start)
-            pieces.append(np.asarray(score(task.data, jnp.int32(start)))[:n])
+            pieces.append(score(task.data, jnp.int32(start))[:n])  # stays on device
             bar.update(n)
-    log_unnorm = np.concatenate(pieces).astype(np.float64)
+    log_unnorm = np.asarray(jnp.concatenate(pieces)).astype(np.float64)
     return _posterior(task, log_unnorm, prior, beta, time.perf_counter() - start_time)

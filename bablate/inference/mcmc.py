@@ -15,7 +15,7 @@ from bablate.inference.kernels import FlipKernel
 from bablate.inference.posterior import Posterior
 from bablate.tasks import Task
 
-SAMPLERS = ("informed", "gradient", "stock")
+SAMPLERS = ("auto", "informed", "gradient", "stock")
 
 
 def legacy_key(key: jax.Array) -> jax.Array:
@@ -40,7 +40,7 @@ def chain_diagnostics(samples_CxSxD: np.ndarray) -> dict:
     return out
 
 
-def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: str = "informed",
+def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: str = "auto",
          num_samples: int = 2000, num_warmup: int = 500, num_chains: int = 4,
          thinning: int = 1, smooth: bool = False, chain_method: str = "auto",
          init_mask: np.ndarray | None = None, flips: str = "multi",
@@ -53,8 +53,10 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
       prior: keep-probability, scalar or ``[d]``.
       beta: inverse temperature.
       sampler: "informed" (all single flips scored with vmap), "gradient" (Gibbs with gradients
-        from the smooth likelihood; targets the hard one unless ``smooth``), or "stock"
-        (numpyro's ``DiscreteGibbs``, one coordinate per step; the baseline).
+        from the smooth likelihood; targets the hard one unless ``smooth``), "stock"
+        (numpyro's ``DiscreteGibbs``, one coordinate per step; the baseline), or "auto":
+        "gradient" when the rule has a smooth surrogate (a step costs a few evaluations
+        whatever d is), else "informed" (a step scores all d flips: worth it on accelerators).
       num_samples: draws kept per chain (after thinning: num_samples // thinning).
       num_warmup: draws discarded per chain.
       num_chains: chains (for R-hat).
@@ -69,6 +71,8 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+    if sampler == "auto":
+        sampler = "gradient" if task.rule.soft is not None else "informed"
     model = make_model(task, prior, beta, smooth)
     if chain_method == "auto":
         chain_method = "vectorized"
