@@ -1,0 +1,88 @@
+"""Smoke tests of the benchmark scripts: each runs with ``--quick`` in a subprocess and must print
+valid JSON lines with the expected keys (and sane values) on stdout."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+COMMON_KEYS = {"bench", "case", "sizes", "throughput", "ratio", "machine"}
+MACHINE_KEYS = {"cpu_count", "jax", "backend", "devices", "device_count"}
+
+
+def run_script(name: str, *args: str, timeout: float = 120) -> list[dict]:
+    env = {**os.environ, "BABLATE_PROGRESS": "0", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, str(BENCH / name), "--quick", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=timeout, env=env)
+    assert out.returncode == 0, f"{name} failed:\n{out.stderr[-3000:]}"
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert lines, f"{name} printed nothing on stdout"
+    records = [json.loads(line) for line in lines]  # every stdout line is one JSON object
+    for rec in records:
+        assert COMMON_KEYS <= rec.keys(), rec.keys()
+        assert MACHINE_KEYS <= rec["machine"].keys()
+        assert rec["machine"]["cpu_count"] >= 1
+    return records
+
+
+def test_masked_eval():
+    records = run_script("masked_eval.py", *([] if HAVE_TORCH else ["--no-torch"]))
+    peak, *cases = records
+    assert peak["case"] == "matmul_peak" and peak["jax_flops_per_s"] > 1e8
+    assert {c["case"] for c in cases} == {"toy_large", "rnn12"}
+    expected = {"bablate", "proposed", "jax_loop"} | (
+        {"torch_hook", "torch_repeat"} if HAVE_TORCH else set())
+    for rec in cases:
+        assert set(rec["results"]) == expected
+        for entry in rec["results"].values():
+            assert entry["mask_examples_per_s"] > 0 and entry["seconds"] > 0
+            assert 0 < entry["frac_of_matmul_peak"]
+        assert rec["throughput"] == rec["results"]["bablate"]["mask_examples_per_s"]
+        assert rec["ratio"]["bablate_vs_jax_loop"] > 0
+        # The baselines and the prototype evaluator were checked against bablate's P(correct).
+        assert rec["proposed_check_max_abs_diff"] < 1e-4
+        if HAVE_TORCH:
+            assert rec["ratio"]["bablate_vs_torch_hook"] > 0
+            assert rec["check_max_abs_diff"] < 0.05
+        else:
+            assert "torch" not in rec["machine"]
+            assert not any("torch" in k for k in rec["ratio"])
+
+
+def test_exact_enumeration():
+    records = run_script("exact_enumeration.py")
+    assert {r["case"] for r in records} == {"toy_2^8", "rnn_2^8"}
+    for rec in records:
+        assert rec["sizes"]["masks"] == 256
+        assert rec["masks_per_s"] > 0 and rec["seconds"] > 0
+        assert 0 < rec["entropy_bits"] <= 8.0 + 1e-6  # at most log2(2^8) bits
+
+
+def test_sampler_efficiency():
+    records = run_script("sampler_efficiency.py", timeout=180)
+    mcmc = [r for r in records if r.get("sampler")]
+    assert {r["sampler"] for r in mcmc} == {"gradient", "stock"}
+    for rec in mcmc:
+        assert rec["ess_per_s"] >= 0 and rec["seconds"] > 0
+        assert 0 < rec["ess_min"] <= 4 * rec["chains"] * rec["samples_per_chain"]
+    ours = [r for r in mcmc if r["sampler"] != "stock"]
+    assert all("ess_per_s_vs_stock" in r["ratio"] for r in ours)
+    svi = [r for r in records if r["case"].startswith("svi")]
+    assert svi and all(0 <= r["max_abs_err_vs_mcmc"] <= 1 for r in svi)
+
+
+def test_scaling():
+    records = run_script("scaling.py", timeout=180)
+    sweeps = {r["sweep"] for r in records}
+    assert sweeps == {"masks", "examples", "chunk", "devices"}
+    devices = [r for r in records if r["sweep"] == "devices"]
+    # The device sweep's subprocess really saw the forced host devices.
+    assert [r["worker_device_count"] for r in devices] == [r["value"] for r in devices]
+    assert all(r["throughput"] > 0 for r in records)
