@@ -29,7 +29,9 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it", **kwargs) ->
 
 def track(iterable: Iterable[T], total: int | None = None, desc: str = "",
           unit: str = "it") -> Iterator[T]:
-    """Iterate with a progress bar."""
+    """Iterate with a progress bar (the total defaults to ``len(iterable)`` when it has one)."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
     with bar(total=total, desc=desc, unit=unit) as b:
         for item in iterable:
             yield item

@@ -1,0 +1,242 @@
+"""Toy models of superposition (Elhage et al. 2022, "Toy Models of Superposition").
+
+Three small autoencoders of n sparse features through m < n hidden dimensions:
+
+- ``"relu_out"``: h = W x, x' = ReLU(Wᵀ h + b) with W tied (m×n) — the paper's main model;
+- ``"linear"``: h = W x, x' = Wᵀ h + b — the linear baseline, which learns the top-m
+  features as PCA does;
+- ``"relu_hidden"``: computation in superposition with a privileged basis: h = ReLU(W1 x),
+  y = ReLU(W2 h + b) trained to compute y = |x| on inputs x_i ∈ [−1, 1]. The paper's
+  absolute-value experiments; the sizes, the untied W1/W2 and the absence of a hidden bias are
+  our reconstruction.
+
+Data: x_i ~ U[0, 1] (U[−1, 1] for ``"relu_hidden"``) with probability 1 − S (the density),
+else 0, independently. Loss Σ_i I_i (target_i − x'_i)², mean over the batch. Training as in
+the paper: AdamW (lr 1e-3, weight decay 0.01, the torch default), batch 1024, 10,000 steps,
+xavier-normal W, b = 0. Many instances (density × seed) train at once: the step is vmapped
+over instances and run as a jitted ``lax.scan`` over chunks of steps, with a progress bar
+between chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bablate import progress
+
+MODEL_KINDS = ("relu_out", "linear", "relu_hidden")
+Params = Any
+
+
+class TiedToyModel(nn.Module):
+    """h = W x, x' = act(Wᵀ h + b) with one tied W of shape [m, n]."""
+
+    n_features: int
+    m_hidden: int
+    relu_output: bool = True
+
+    def setup(self):
+        self.W = self.param("W", nn.initializers.xavier_normal(), (self.m_hidden, self.n_features))
+        self.b = self.param("b", nn.initializers.zeros, (self.n_features,))
+
+    def encode(self, x_BxN: jax.Array) -> jax.Array:
+        return x_BxN @ self.W.T
+
+    def decode(self, h_BxM: jax.Array) -> jax.Array:
+        out = h_BxM @ self.W + self.b[None, :]
+        return nn.relu(out) if self.relu_output else out
+
+    def __call__(self, x_BxN: jax.Array) -> jax.Array:
+        return self.decode(self.encode(x_BxN))
+
+
+class ReluHiddenModel(nn.Module):
+    """h = ReLU(W1 x), y = ReLU(W2 h + b): the hidden neurons are a privileged basis."""
+
+    n_features: int
+    m_hidden: int
+
+    def setup(self):
+        init = nn.initializers.xavier_normal()
+        self.W1 = self.param("W1", init, (self.m_hidden, self.n_features))
+        self.W2 = self.param("W2", init, (self.n_features, self.m_hidden))
+        self.b = self.param("b", nn.initializers.zeros, (self.n_features,))
+
+    def encode(self, x_BxN: jax.Array) -> jax.Array:
+        return nn.relu(x_BxN @ self.W1.T)
+
+    def decode(self, h_BxM: jax.Array) -> jax.Array:
+        return nn.relu(h_BxM @ self.W2.T + self.b[None, :])
+
+    def __call__(self, x_BxN: jax.Array) -> jax.Array:
+        return self.decode(self.encode(x_BxN))
+
+
+@dataclasses.dataclass(frozen=True)
+class ToySpec:
+    """One toy setting: sizes, model kind and feature importances I_i."""
+
+    n_features: int
+    m_hidden: int
+    kind: str
+    importance: tuple[float, ...]
+
+    def __post_init__(self):
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown toy model kind {self.kind!r}; choose one of {MODEL_KINDS}.")
+        if len(self.importance) != self.n_features:
+            raise ValueError(f"importance has {len(self.importance)} entries but n_features="
+                             f"{self.n_features}; give one importance per feature.")
+        if not 0 < self.m_hidden:
+            raise ValueError(f"m_hidden must be positive; got {self.m_hidden}.")
+
+    @property
+    def signed(self) -> bool:
+        """Whether features take values in [−1, 1] (the |x| task) rather than [0, 1]."""
+        return self.kind == "relu_hidden"
+
+    def model(self) -> nn.Module:
+        if self.kind == "relu_hidden":
+            return ReluHiddenModel(self.n_features, self.m_hidden)
+        return TiedToyModel(self.n_features, self.m_hidden, relu_output=self.kind == "relu_out")
+
+    def target(self, x_BxN: jax.Array) -> jax.Array:
+        """What the model must output: x itself, or |x| for computation in superposition."""
+        return jnp.abs(x_BxN) if self.signed else x_BxN
+
+    def encoder_weights(self, params: Params) -> jax.Array:
+        """The m×n matrix whose columns W_i embed feature i (W, or W1 for ``relu_hidden``)."""
+        return params["W1"] if self.kind == "relu_hidden" else params["W"]
+
+
+def importance_geometric(n: int, base: float) -> tuple[float, ...]:
+    """I_i = base^i, i = 0..n−1 (0.9 for 5→2, 0.7 for 20→5)."""
+    return tuple(float(base**i) for i in range(n))
+
+
+def importance_loglinear(n: int, ratio: float) -> tuple[float, ...]:
+    """I_i = ratio^(−linspace(0, 1, n)) (ratio = 100 for 100→20)."""
+    return tuple(float(v) for v in ratio ** -np.linspace(0.0, 1.0, n))
+
+
+def densities_loglinear(ratio: float, num: int) -> tuple[float, ...]:
+    """1 − S = ratio^(−linspace(0, 1, num)), the paper's density grids (ratio = 20)."""
+    return tuple(float(v) for v in ratio ** -np.linspace(0.0, 1.0, num))
+
+
+def sample_features(key: jax.Array, batch: int, n: int, density: jax.Array,
+                    signed: bool = False) -> jax.Array:
+    """x_i ~ U[0, 1] (U[−1, 1] when signed) with probability ``density``, else exactly 0."""
+    k_on, k_val = jax.random.split(key)
+    active = jax.random.uniform(k_on, (batch, n)) < density
+    vals = jax.random.uniform(k_val, (batch, n), minval=-1.0 if signed else 0.0, maxval=1.0)
+    return jnp.where(active, vals, 0.0)
+
+
+def sample_conditioned(key: jax.Array, batch: int, n: int, density: jax.Array, feature: int,
+                       active: bool, signed: bool = False) -> jax.Array:
+    """The data distribution conditioned on feature ``feature`` being active (≠ 0) or 0."""
+    k_x, k_f = jax.random.split(key)
+    x = sample_features(k_x, batch, n, density, signed)
+    if active:
+        lo = -1.0 if signed else 0.0
+        val = jax.random.uniform(k_f, (batch,), minval=lo, maxval=1.0)
+        val = jnp.where(val == 0.0, 0.5, val)  # a drawn exact 0 would not be "active"
+    else:
+        val = jnp.zeros((batch,))
+    return x.at[:, feature].set(val)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and loop settings (paper defaults)."""
+
+    steps: int = 10_000
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    chunk_steps: int = 250
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.chunk_steps < 1:
+            raise ValueError(f"steps, batch_size and chunk_steps must be positive; got {self}.")
+
+
+def weighted_mse(spec: ToySpec, params: Params, x_BxN: jax.Array) -> jax.Array:
+    """Σ_i I_i (target_i − x'_i)², averaged over the batch."""
+    out = spec.model().apply({"params": params}, x_BxN)
+    importance = jnp.asarray(spec.importance, x_BxN.dtype)
+    return jnp.mean(jnp.sum(importance[None, :] * (spec.target(x_BxN) - out) ** 2, axis=-1))
+
+
+def init_params(spec: ToySpec, key: jax.Array) -> Params:
+    """Parameters of one instance (xavier-normal weights, zero bias)."""
+    return spec.model().init(key, jnp.zeros((1, spec.n_features)))["params"]
+
+
+def train_instances(spec: ToySpec, densities_K: jax.Array, keys_K: jax.Array,
+                    cfg: TrainConfig = TrainConfig(), desc: str = "train toy models"
+                    ) -> tuple[Params, jax.Array]:
+    """Train K independent instances at once (vmap over instances, scan over steps).
+
+    Args:
+      spec: the toy setting shared by all instances.
+      densities_K: [K] feature density 1 − S of each instance.
+      keys_K: [K] PRNG keys; instance k's init and data stream come from keys_K[k] only, so
+        an instance trains the same whichever others it is batched with.
+      cfg: optimiser and loop settings.
+      desc: progress-bar label.
+
+    Returns:
+      (params stacked over K, [K] loss averaged over the last chunk of steps).
+    """
+    densities_K = jnp.asarray(densities_K, jnp.float32)
+    chex.assert_rank(densities_K, 1)
+    chex.assert_equal(densities_K.shape[0], keys_K.shape[0])
+    tx = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
+    init_keys, data_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys_K)
+    params = jax.vmap(lambda k: init_params(spec, k))(init_keys)
+    opt_state = jax.vmap(tx.init)(params)
+
+    def one_step(p, o, key, density, step):
+        x = sample_features(jax.random.fold_in(key, step), cfg.batch_size, spec.n_features,
+                            density, spec.signed)
+        loss, grads = jax.value_and_grad(lambda q: weighted_mse(spec, q, x))(p)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, loss
+
+    many_steps = jax.vmap(one_step, in_axes=(0, 0, 0, 0, None))
+
+    @jax.jit
+    def run_chunk(p, o, start, length_mask):
+        def body(carry, i):
+            p, o = carry
+            new_p, new_o, loss = many_steps(p, o, data_keys, densities_K, start + i)
+            keep = length_mask[i]  # steps past cfg.steps in the last chunk are no-ops
+            p = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new_p, p)
+            o = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new_o, o)
+            return (p, o), loss * keep
+        (p, o), losses = jax.lax.scan(body, (p, o), jnp.arange(cfg.chunk_steps))
+        return p, o, jnp.sum(losses, axis=0) / jnp.maximum(jnp.sum(length_mask), 1)
+
+    last_loss = jnp.zeros(keys_K.shape[0])
+    with progress.bar(total=cfg.steps, desc=desc, unit="step") as bar:
+        for start in range(0, cfg.steps, cfg.chunk_steps):
+            n_valid = min(cfg.chunk_steps, cfg.steps - start)
+            mask = jnp.arange(cfg.chunk_steps) < n_valid
+            params, opt_state, last_loss = run_chunk(params, opt_state, start, mask)
+            bar.update(n_valid)
+    return params, last_loss
+
+
+def unstack(params_K: Params, k: int) -> Params:
+    """Instance k's parameters from a stacked pytree."""
+    return jax.tree.map(lambda a: a[k], params_K)
