@@ -10,9 +10,8 @@ Commands:
     python launch.py --config=experiments/llm_concepts.py:quick
     python launch.py --config=experiments/llm_concepts.py:full
 
-Runtimes. quick: 279 s of CPU time (user + system); 16.5 min wall when measured on a 2-core
-machine shared with other jobs (load average 12–16), i.e. an estimated 3–5 min on 2 dedicated
-cores; peak memory 2.7 GB. full: not run end to end; estimated ≈ 9 h on 2 CPU cores from the
+Runtimes. quick: 241 s wall on an idle 2-core CPU machine (load 15.4 s, ablation 134 s, PA
+10 s, interventions 76 s, UCD 5 s); peak memory 2.7 GB. full: not run end to end; estimated ≈ 9 h on 2 CPU cores from the
 measured per-mask costs (all 270 heads, every position, 24 prompts: ≈ 0.7 s per mask; layer-20
 neurons ≈ 0.35 s per mask), dominated by SVI (300 steps × 16 masks per concept and site).
 
