@@ -11,9 +11,10 @@ Commands:
     python launch.py --config=experiments/llm_concepts.py:full
 
 Runtimes. quick: 241 s wall on an idle 2-core CPU machine (load 15.4 s, ablation 134 s, PA
-10 s, interventions 76 s, UCD 5 s); peak memory 2.7 GB. full: not run end to end; estimated ≈ 9 h on 2 CPU cores from the
-measured per-mask costs (all 270 heads, every position, 24 prompts: ≈ 0.7 s per mask; layer-20
-neurons ≈ 0.35 s per mask), dominated by SVI (300 steps × 16 masks per concept and site).
+10 s, interventions 76 s, UCD 5 s); peak memory 2.7 GB. full: not run end to end; estimated
+≈ 9 h on 2 CPU cores from the measured per-mask costs (all 270 heads, every position, 24
+prompts: ≈ 0.7 s per mask; layer-20 neurons ≈ 0.35 s per mask), dominated by SVI (300 steps ×
+16 masks per concept and site).
 
 quick: 3 concepts (cheese, capitals, numbers), ≤ 8 prompts each, the 9 heads (exact AMD) and
 1536 MLP neurons (SVI; gradient MCMC for cheese, a short demonstration run) of layer 20, masks at
