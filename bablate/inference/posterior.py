@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from bablate.runs import atomic_write_bytes
 
 _ARRAYS = ("marginals", "prior", "log_probs", "samples")
 
@@ -67,14 +69,9 @@ class Posterior:
                 "entropy_bits": self.entropy_bits, "mean_field": self.mean_field,
                 "diagnostics": self.diagnostics}
         arrays = {k: getattr(self, k) for k in _ARRAYS if getattr(self, k) is not None}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, meta=np.asarray(json.dumps(meta)), **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, meta=np.asarray(json.dumps(meta)), **arrays)
+        atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Posterior:
