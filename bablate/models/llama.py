@@ -71,6 +71,11 @@ def _rank3(m):
     return m.reshape((1,) * (3 - m.ndim) + m.shape)
 
 
+def _ablate(x, mask, fill):
+    """Keeps ``x`` where ``mask`` is 1 and puts ``fill`` (0 when None) where it is 0."""
+    return mask * x + (1.0 - mask) * (0.0 if fill is None else fill)
+
+
 def rope(x_BxTxHxK, positions_BxT, base: float):
     """Rotate-half rotary embedding."""
     half = x_BxTxHxK.shape[-1] // 2
@@ -105,9 +110,8 @@ class Block(nn.Module):
         masks, k_cache, v_cache = xs["masks"], xs["k"], xs["v"]
         collected = {}
         if masks.resid is not None:
-            m = _rank3(masks.resid)
-            fill = 0.0 if masks.resid_fill is None else _rank3(masks.resid_fill)
-            h = m * h + (1.0 - m) * fill
+            fill = None if masks.resid_fill is None else _rank3(masks.resid_fill)
+            h = _ablate(h, _rank3(masks.resid), fill)
         if "resid" in self.collect:
             collected["resid"] = h
 
@@ -131,9 +135,8 @@ class Block(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1)
         heads = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, nh, hd)
         if masks.heads is not None:
-            m = _rank3(masks.heads)[..., None]
-            fill = 0.0 if masks.heads_fill is None else masks.heads_fill[None, None]
-            heads = m * heads + (1.0 - m) * fill
+            fill = None if masks.heads_fill is None else masks.heads_fill[None, None]
+            heads = _ablate(heads, _rank3(masks.heads)[..., None], fill)
         if "heads" in self.collect:
             collected["heads"] = heads
         h = h + dense(cfg.width, name="o")(heads.reshape(b, t, nh * hd))
@@ -141,9 +144,8 @@ class Block(nn.Module):
         x = RMSNorm(cfg.norm_eps, name="mlp_norm")(h)
         act = nn.silu(dense(cfg.mlp_width, name="gate")(x)) * dense(cfg.mlp_width, name="up")(x)
         if masks.neurons is not None:
-            m = _rank3(masks.neurons)
-            fill = 0.0 if masks.neurons_fill is None else _rank3(masks.neurons_fill)
-            act = m * act + (1.0 - m) * fill
+            fill = None if masks.neurons_fill is None else _rank3(masks.neurons_fill)
+            act = _ablate(act, _rank3(masks.neurons), fill)
         if "neurons" in self.collect:
             collected["neurons"] = act
         h = h + dense(cfg.width, name="down")(act)
