@@ -57,6 +57,23 @@ def _posterior(task: Task, log_unnorm: np.ndarray, prior, beta: float, seconds: 
                      diagnostics={"log_z": log_z, "num_masks": 2 ** d, "seconds": seconds})
 
 
+def _enumerate(score, data, d: int, chunk: int, desc: str) -> tuple[np.ndarray, float]:
+    """Runs ``score(data, start) -> [..., chunk]`` over all 2^d mask indices.
+
+    Returns the float64 table ``[..., 2^d]`` and the wall time in seconds.
+    """
+    total = 2 ** d
+    start_time = time.perf_counter()
+    pieces = []
+    with progress.bar(total=total, desc=desc, unit="mask") as bar:
+        for start in range(0, total, chunk):
+            n = min(chunk, total - start)
+            pieces.append(score(data, jnp.int32(start))[..., :n])  # stays on device
+            bar.update(n)
+    table = np.asarray(jnp.concatenate(pieces, axis=-1)).astype(np.float64)
+    return table, time.perf_counter() - start_time
+
+
 def exact_many(tasks: list[Task], prior=0.5, beta: float = 1.0, smooth: bool = False,
                chunk_size: int = 4096, max_units: int = 20) -> list[Posterior]:
     """Exact AMDs of several tasks that share one site and one dataset, in one enumeration.
@@ -76,8 +93,7 @@ def exact_many(tasks: list[Task], prior=0.5, beta: float = 1.0, smooth: bool = F
         return [exact(t, prior, beta, smooth, chunk_size, max_units) for t in tasks]
     _check_size(base, max_units)
     d = base.num_units
-    total = 2 ** d
-    chunk = sharding.round_up(min(chunk_size, total))
+    chunk = sharding.round_up(min(chunk_size, 2 ** d))
     p = prior_probs(prior, d)
     log_p, log_1mp = jnp.log(p), jnp.log1p(-p)
 
@@ -95,16 +111,8 @@ def exact_many(tasks: list[Task], prior=0.5, beta: float = 1.0, smooth: bool = F
             rows.append(log_prior + beta * (jnp.log(pc) - jnp.log1p(-pc)))
         return jnp.stack(rows)
 
-    start_time = time.perf_counter()
-    pieces = []
-    datas = [t.data for t in tasks]
-    with progress.bar(total=total, desc=f"exact x{len(tasks)} tasks", unit="mask") as bar:
-        for start in range(0, total, chunk):
-            n = min(chunk, total - start)
-            pieces.append(score(datas, jnp.int32(start))[:, :n])  # stays on device
-            bar.update(n)
-    table = np.asarray(jnp.concatenate(pieces, axis=1)).astype(np.float64)
-    seconds = time.perf_counter() - start_time
+    table, seconds = _enumerate(score, [t.data for t in tasks], d, chunk,
+                                f"exact x{len(tasks)} tasks")
     return [_posterior(t, row, prior, beta, seconds) for t, row in zip(tasks, table, strict=True)]
 
 
@@ -125,8 +133,7 @@ def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
     """
     _check_size(task, max_units)
     d = task.num_units
-    total = 2 ** d
-    chunk = sharding.round_up(min(chunk_size, total))
+    chunk = sharding.round_up(min(chunk_size, 2 ** d))
 
     @jax.jit
     def score(data, start):
@@ -134,12 +141,5 @@ def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
         masks = sharding.constrain(index_to_masks(idx, d))
         return log_joint(task, data, masks, prior, beta, smooth)
 
-    start_time = time.perf_counter()
-    pieces = []
-    with progress.bar(total=total, desc=f"exact {task.name}", unit="mask") as bar:
-        for start in range(0, total, chunk):
-            n = min(chunk, total - start)
-            pieces.append(score(task.data, jnp.int32(start))[:n])  # stays on device
-            bar.update(n)
-    log_unnorm = np.asarray(jnp.concatenate(pieces)).astype(np.float64)
-    return _posterior(task, log_unnorm, prior, beta, time.perf_counter() - start_time)
+    log_unnorm, seconds = _enumerate(score, task.data, d, chunk, f"exact {task.name}")
+    return _posterior(task, log_unnorm, prior, beta, seconds)
