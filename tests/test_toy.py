@@ -51,6 +51,22 @@ def test_instances_train_independently_of_their_batch():
     np.testing.assert_allclose(both["W"][1], alone["W"][0], rtol=1e-5, atol=1e-6)
 
 
+def test_all_represented_start_is_used_as_given():
+    # With a zero learning rate AdamW leaves the start untouched: the control instances really
+    # begin with every feature represented (unit-norm W_i) and the negative bias.
+    spec = toy.ToySpec(8, 3, "relu_out", toy.importance_geometric(8, 0.7))
+    keys = jax.random.split(jax.random.key(3), 2)
+    start = jax.vmap(lambda k: toy.init_all_represented(spec, k))(keys)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(start["W"]), axis=1), 1.0, rtol=1e-6)
+    assert toy_geometry.weight_geometry(np.asarray(start["W"][0])).features_represented == 8
+    cfg = toy.TrainConfig(steps=3, batch_size=16, learning_rate=0.0, chunk_steps=3)
+    params, _ = toy.train_instances(spec, jnp.full((2,), 0.1), keys, cfg, init_K=start)
+    np.testing.assert_array_equal(params["W"], start["W"])
+    np.testing.assert_array_equal(params["b"], np.full((2, 8), -0.2, np.float32))
+    with pytest.raises(ValueError, match="tied models"):
+        toy.init_all_represented(toy.ToySpec(8, 3, "relu_hidden", (1.0,) * 8), keys[0])
+
+
 def test_sampler_density_and_range():
     x = toy.sample_features(jax.random.key(2), 20_000, 10, jnp.float32(0.2))
     active = np.asarray(x) != 0
@@ -129,6 +145,7 @@ def _tiny(config, full: bool):
         config.density_grid.num = 2
     else:
         config.densities = [config.densities[0], config.densities[-1]]
+    config.control.num_seeds = 1 if full else 0
     config.geometry.num_samples = 256
     config.geometry.num_points = 11
     config.geometry.num_projections = 2
@@ -168,6 +185,12 @@ def test_every_variant_runs(variant, tmp_path, monkeypatch):
     assert ui.shape == (len(recs[0]["ablated_features"]), config.m_hidden)
     assert np.all((ui >= 0) & (ui <= 1))
     assert ("mcmc_max_marginal_diff" in results) == full
+    if full:
+        control = results["initialisation_control"]
+        assert control["density"] == min(r["density"] for r in recs)
+        for start in ("xavier", "all_represented"):
+            assert len(control[start]["features_represented"]) == 1
+            assert np.isfinite(control[start]["heldout_loss"]).all()
     report = (tmp_path / "report.md").read_text()
     assert "What reproduced" in report and "figures/dims_per_feature.png" in report
     assert ("figures/w_columns_2d.png" in report) == (config.m_hidden == 2)

@@ -182,9 +182,24 @@ def init_params(spec: ToySpec, key: jax.Array) -> Params:
     return spec.model().init(key, jnp.zeros((1, spec.n_features)))["params"]
 
 
+def init_all_represented(spec: ToySpec, key: jax.Array, bias: float = -0.2) -> Params:
+    """A start with every feature already represented: unit-norm W_i and a negative bias.
+
+    A control for "features represented": if the least important features are dropped when
+    training starts from here too, they are dropped by the objective, not by the initialisation.
+    Only for the tied models, whose W_i are the columns of W.
+    """
+    if spec.kind == "relu_hidden":
+        raise ValueError("init_all_represented is for the tied models ('relu_out', 'linear').")
+    params = init_params(spec, key)
+    w = params["W"]
+    return {"W": w / jnp.linalg.norm(w, axis=0, keepdims=True),
+            "b": jnp.full_like(params["b"], bias)}
+
+
 def train_instances(spec: ToySpec, densities_K: jax.Array, keys_K: jax.Array,
-                    cfg: TrainConfig = TrainConfig(), desc: str = "train toy models"
-                    ) -> tuple[Params, jax.Array]:
+                    cfg: TrainConfig = TrainConfig(), desc: str = "train toy models",
+                    init_K: Params | None = None) -> tuple[Params, jax.Array]:
     """Train K independent instances at once (vmap over instances, scan over steps).
 
     Args:
@@ -194,6 +209,8 @@ def train_instances(spec: ToySpec, densities_K: jax.Array, keys_K: jax.Array,
         an instance trains the same whichever others it is batched with.
       cfg: optimiser and loop settings.
       desc: progress-bar label.
+      init_K: starting parameters stacked over K; default: ``init_params`` from each instance's
+        key (the paper's xavier-normal W, zero b).
 
     Returns:
       (params stacked over K, [K] loss averaged over the last chunk of steps).
@@ -203,7 +220,7 @@ def train_instances(spec: ToySpec, densities_K: jax.Array, keys_K: jax.Array,
     chex.assert_equal(densities_K.shape[0], keys_K.shape[0])
     tx = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
     init_keys, data_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys_K)
-    params = jax.vmap(lambda k: init_params(spec, k))(init_keys)
+    params = jax.vmap(lambda k: init_params(spec, k))(init_keys) if init_K is None else init_K
     opt_state = jax.vmap(tx.init)(params)
 
     def one_step(p, o, key, density, step):
