@@ -229,7 +229,7 @@ def initialisation_control(cfg: StudyConfig, ctx, key: jax.Array) -> dict:
         keys = jax.random.split(key, 2 * n)
         # One vmapped run: the first n instances start as the paper's, the next n with every
         # feature represented.
-        starts = [jax.vmap(lambda k: init(spec, k))(keys[j * n:(j + 1) * n])
+        starts = [jax.vmap(functools.partial(init, spec))(keys[j * n:(j + 1) * n])
                   for j, init in enumerate((toy.init_params, toy.init_all_represented))]
         init_K = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), *starts)
         params, _ = toy.train_instances(spec, jnp.full((2 * n,), density), keys, cfg.train,
