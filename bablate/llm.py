@@ -13,6 +13,11 @@ The core sees a mask-aware site
 (:meth:`bablate.Site.mask_aware`): the mask goes straight to the model, which applies it in every
 ablated layer. Outputs are the next-token logits at the last prompt position, ``[N, vocab]``,
 ready for ``bablate.rules.top1`` / ``smooth_top1``.
+
+:func:`build_mlp_site` is the cached alternative for one layer's MLP neurons
+(:meth:`bablate.Site.from_functions`): its prefix returns the MLP hidden activation itself and
+its suffix runs the rest of the model from a given activation, so any linear basis
+(``bablate.Basis``, a learned dictionary) can re-express that activation and masks act on codes.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bablate import rules
 from bablate.models import llama
 from bablate.models.llama import Interventions, LlamaConfig
-from bablate.sites import Site
+from bablate.sites import Basis, Site, ablation_value, mask_activation
+from bablate.tasks import Rule
 
 KINDS = ("heads", "neurons", "resid")
 ABLATIONS = ("zero", "mean")
@@ -275,11 +282,160 @@ def _kv_cache(params, cfg, h_NxTxD, valid_NxT):
     return cache
 
 
-def evaluate_masks(site: Site, inputs: dict, masks_MxD) -> jax.Array:
-    """Next-token logits ``[M, N, vocab]`` for a few masks (direct, no task needed)."""
-    return _mask_evaluator(site)(jnp.asarray(masks_MxD, jnp.float32), inputs)
+def mlp_activations(params, cfg: LlamaConfig, prompts: Prompts, layer: int,
+                    with_logits: bool = False):
+    """The MLP hidden ``silu(gate)·up`` of one layer over the prompts, ``[N, T, mlp_width]``.
+
+    With ``with_logits`` also the intact next-token logits ``[N, vocab]`` from the same forward
+    pass (one pass serves both a dictionary fit and the choice of prompts the model gets right).
+    """
+    _check_spec(SiteSpec("neurons", (layer,)), cfg)
+    return _mlp_pass(params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid), layer,
+                     with_logits)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def _mlp_pass(params, cfg, tokens, valid, layer, with_logits):
+    mid, nxt = _mid_and_next_impl(params, cfg, tokens, valid, layer)
+    act = llama.mlp_hidden(llama.layer_params(params, layer), cfg, mid)
+    if not with_logits:
+        return act
+    h, _ = llama.run(params, cfg, nxt, valid, start=layer + 1, output="hidden",
+                     embed_input=False)
+    return act, unembed(params, cfg, h[:, -1])
+
+
+def _mid_and_next_impl(params, cfg, tokens, valid, layer):
+    """(residual after layer ``layer``'s attention, residual entering layer ``layer + 1``)."""
+    h, _ = llama.run(params, cfg, tokens, valid, stop=layer, output="hidden")
+    out, collected = llama.run(params, cfg, h, valid, start=layer, stop=layer + 1,
+                               output="hidden", collect=("mid",), embed_input=False)
+    return collected["mid"][0], out
+
+
+_mid_and_next = jax.jit(_mid_and_next_impl, static_argnums=(1, 4))
+
+
+def build_mlp_site(params, cfg: LlamaConfig, layer: int, prompts: Prompts, *,
+                   positions: str = "last", ablation: str = "zero",
+                   basis: Basis | None = None, targets=None) -> tuple[Site, dict]:
+    """A cached site on one layer's MLP hidden activation (works with any basis).
+
+    The residual after layer ``layer``'s attention is computed once here (and, for
+    ``positions="last"``, the keys/values of every later layer at every position). The site's
+    prefix maps it to the MLP hidden ``[N, T', mlp_width]`` (T' = 1 for "last", the prompt length
+    for "all"); the suffix adds ``down(hidden)`` back and runs layers ``layer + 1 …`` to the
+    next-token logits ``[N, vocab]``. Unlike :func:`build_site` the core applies the mask, so
+    ``basis`` (or ``dataclasses.replace(site, basis=...)``) re-expresses the activation in codes.
+
+    Args:
+        params: full-model params.
+        cfg: full-model config.
+        layer: the MLP layer.
+        prompts: the dataset.
+        positions: "last" (mask the last prompt position only; earlier positions keep their
+            intact activations and cached keys/values) or "all" (every position).
+        ablation: "zero", "mean" or "resample" (see :class:`bablate.Site`).
+        basis: optional linear basis of the activation (default: the neurons).
+        targets: optional target token per prompt ``[N]``. The site then reads out only what a
+            next-token rule needs, ``[N, 2]`` = (target logit − max logit, log-probability of
+            the target), for :func:`target_rule`: the same correctness as
+            ``bablate.rules.top1`` on the full logits, but a mask's output is ~10⁴ times
+            smaller, so the core evaluates many masks per batch and the model's weights are
+            read once per batch instead of once per mask (on SmolLM2, 16 prompts, 2 CPU
+            cores: 0.055 s instead of 0.11 s per mask).
+
+    Returns:
+        (site, inputs) for ``bablate.Task.build(site, inputs, rule)``.
+    """
+    spec = SiteSpec("neurons", (layer,), positions=positions)
+    _check_spec(spec, cfg)
+    valid = jnp.asarray(prompts.valid)
+    mid, nxt = _mid_and_next(params, cfg, jnp.asarray(prompts.tokens), valid, layer)
+    rest = cfg.num_layers - layer - 1
+    rest_cfg = cfg.replace(num_layers=rest)
+    inputs = {"mid": mid, "valid": valid, "mlp": llama.layer_params(params, layer),
+              "params": llama.layer_range(params, layer + 1, cfg.num_layers)}
+    if positions == "last":
+        inputs["mid"] = mid[:, -1:]
+        if rest:
+            inputs["cache"] = _kv_cache(inputs["params"], rest_cfg, nxt, valid)
+    if targets is not None:
+        targets = jnp.asarray(targets, jnp.int32)
+        if targets.shape != (prompts.num,):
+            raise ValueError(f"targets must have shape ({prompts.num},) (one token per prompt), "
+                             f"got {tuple(targets.shape)}.")
+        inputs["targets"] = targets
+
+    def prefix(inputs):
+        return llama.mlp_hidden(inputs["mlp"], cfg, inputs["mid"])
+
+    def suffix(act, inputs):
+        h = llama.mlp_residual(inputs["mlp"], cfg, inputs["mid"], act)
+        if rest and positions == "last":
+            valid = inputs["valid"]
+            pos = llama.positions_from_valid(valid)[:, -1:]
+            h, _ = llama.step(inputs["params"], rest_cfg, h, pos, valid, inputs["cache"],
+                              valid.shape[1] - 1, embed_input=False, output="hidden")
+        elif rest:
+            h, _ = llama.run(inputs["params"], rest_cfg, h, inputs["valid"], output="hidden",
+                             embed_input=False)
+        logits = unembed(inputs["params"], cfg, h[:, -1])
+        if targets is None:
+            return logits
+        return target_readout(logits, inputs["targets"])
+
+    site = Site.from_functions(f"mlp{spec.name.removeprefix('neurons')}", cfg.mlp_width,
+                               prefix, suffix, ablation=ablation, basis=None)
+    if basis is not None:
+        site = dataclasses.replace(site, basis=basis, num_units=basis.num_units,
+                                   name=f"{site.name}/{basis.name}")
+    return site, inputs
+
+
+def target_readout(logits_NxV, targets_N):
+    """``[N, 2]``: (target logit − max logit, log-probability of the target)."""
+    target = jnp.take_along_axis(logits_NxV, targets_N[:, None], axis=-1)[:, 0]
+    margin = target - logits_NxV.max(axis=-1)
+    logp = target - jax.nn.logsumexp(logits_NxV, axis=-1)
+    return jnp.stack([margin, logp], axis=-1)
+
+
+def target_rule(name: str = "top1") -> Rule:
+    """Top-1 correctness read from :func:`target_readout` outputs (targets live in the site).
+
+    Hard: the target's logit is the maximum (a tie counts as correct, as in
+    ``bablate.rules.top1``); smooth: the target's softmax probability.
+    """
+    return rules.custom(lambda out, _: (out[:, 0] >= 0).astype(jnp.float32),
+                        soft_fn=lambda out, _: jnp.exp(out[:, 1]), name=name)
+
+
+def evaluate_masks(site: Site, inputs: dict, masks_MxD, key: jax.Array | None = None
+                   ) -> jax.Array:
+    """The site's outputs for a few masks, ``[M, ...]`` (direct, no task needed).
+
+    Next-token logits ``[M, N, vocab]`` for the mask-aware sites of :func:`build_site` and the
+    cached ones of :func:`build_mlp_site` (``[M, N, 2]`` with ``targets``; ``key`` draws the
+    permutation of resample ablation).
+    """
+    masks = jnp.asarray(masks_MxD, jnp.float32)
+    if site.apply_mask is not None:
+        return _mask_evaluator(site)(masks, inputs)
+    act = jax.jit(site.prefix)(inputs)
+    value = ablation_value(site, act, jax.random.key(0) if key is None else key)
+    return _cached_evaluator(site)(masks, inputs, act, value)
 
 
 @functools.lru_cache(maxsize=16)
 def _mask_evaluator(site: Site):
     return jax.jit(jax.vmap(site.apply_mask, in_axes=(0, None)))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_evaluator(site: Site):
+    def one(mask, inputs, act, value):
+        masked = mask_activation(act, mask, value, site.unit_axis, site.basis)
+        return site.suffix(masked, inputs)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))

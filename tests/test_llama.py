@@ -8,6 +8,9 @@
 * KV-cache decoding equals the full forward; all-ones masks change nothing; starting from a
   cached residual stream at layer L equals the full forward; a zeroed head / neuron matches the
   numpy forward with that unit removed.
+* The cached MLP-activation site (``bablate.llm.build_mlp_site``): in the neuron basis and in a
+  sparse-autoencoder basis the all-ones mask reproduces the numpy forward; zeroing neurons or
+  one dictionary code matches the numpy forward with the MLP hidden edited the same way.
 """
 
 import importlib.util
@@ -45,8 +48,11 @@ def _rope_interleaved(x_TxHxK, base):
     return out
 
 
-def numpy_forward(t, cfg, tokens, head_mask=None, neuron_mask=None):
-    """Logits [T, V] from raw GGUF tensors ([out, in] rows in llama.cpp's Q/K order)."""
+def numpy_forward(t, cfg, tokens, head_mask=None, neuron_mask=None, mlp_edit=None):
+    """Logits [T, V] from raw GGUF tensors ([out, in] rows in llama.cpp's Q/K order).
+
+    ``mlp_edit(layer, act_TxF) -> act_TxF`` rewrites the MLP hidden of any layer.
+    """
     x = t["token_embd.weight"][tokens].astype(np.float64)
     n, hd, nh, nkv = len(tokens), cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     for i in range(cfg.num_layers):
@@ -72,6 +78,8 @@ def numpy_forward(t, cfg, tokens, head_mask=None, neuron_mask=None):
         act = gate / (1 + np.exp(-gate)) * (h @ w["ffn_up"].T)
         if neuron_mask is not None:
             act = act * neuron_mask[i][None, :]
+        if mlp_edit is not None:
+            act = mlp_edit(i, act)
         x = x + act @ w["ffn_down"].T
     return _rms(x, t["output_norm.weight"], cfg.norm_eps) @ t["token_embd.weight"].T
 
@@ -237,3 +245,74 @@ def test_smollm2_greedy_reference_and_tokenizer():
                          jax.random.key(0), max_new=12)
     text = tok.decode([int(i) for i in out[0]])
     assert text.startswith(" girl named Emma who loved to play in the sun."), text
+
+
+def test_mid_and_mlp_helpers_split_a_layer_exactly(tiny):
+    _, _, _, cfg, params, _ = tiny
+    x = jnp.array([[4, 9, 1, 33, 7]])
+    valid = jnp.ones(x.shape, bool)
+    _, col = run(params, cfg, x, valid, output="hidden", collect=("mid", "neurons", "resid"))
+    for layer in range(cfg.num_layers - 1):
+        lp = llama.layer_params(params, layer)
+        act = llama.mlp_hidden(lp, cfg, col["mid"][layer])
+        np.testing.assert_allclose(act, col["neurons"][layer], atol=1e-5)
+        np.testing.assert_allclose(llama.mlp_residual(lp, cfg, col["mid"][layer], act),
+                                   col["resid"][layer + 1], atol=1e-5)
+
+
+def _mlp_site_logits(site, inputs, masks):
+    from bablate import llm
+
+    return np.asarray(llm.evaluate_masks(site, inputs, np.asarray(masks, np.float32)))
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_mlp_site_neuron_and_dictionary_bases_match_numpy(tiny, layer):
+    from bablate import dictionary as dl
+    from bablate import llm
+
+    _, tensors, _, cfg, params, _ = tiny
+    rng = np.random.default_rng(layer)
+    tokens = rng.integers(0, cfg.vocab_size, (5, 7)).astype(np.int32)
+    prompts = llm.Prompts(tokens, np.ones(tokens.shape, bool))
+    ref = np.stack([numpy_forward(tensors, cfg, row)[-1] for row in tokens])
+
+    # Neuron basis, every position: the all-ones mask is the intact model, zeroed neurons are
+    # the numpy forward with those neurons removed in that layer.
+    site, inputs = llm.build_mlp_site(params, cfg, layer, prompts, positions="all")
+    assert site.num_units == cfg.mlp_width and site.cached
+    mask = np.ones(cfg.mlp_width)
+    mask[[0, 5, 17, 30]] = 0
+    out = _mlp_site_logits(site, inputs, [np.ones(cfg.mlp_width), mask])
+    np.testing.assert_allclose(out[0], ref, rtol=2e-4, atol=2e-4)
+    nm = np.ones((cfg.num_layers, cfg.mlp_width))
+    nm[layer] = mask
+    removed = np.stack([numpy_forward(tensors, cfg, row, neuron_mask=nm)[-1] for row in tokens])
+    np.testing.assert_allclose(out[1], removed, rtol=2e-4, atol=2e-4)
+
+    # A top-k sparse autoencoder basis at the last position: the all-ones mask is still exact
+    # (the reconstruction error is kept), and zeroing code j removes codes_j · D_j from the
+    # hidden at the last position only.
+    acts = np.asarray(llm.mlp_activations(params, cfg, prompts, layer)).reshape(-1, cfg.mlp_width)
+    basis, _ = dl.fit(acts, dl.DictionaryConfig("sae_topk", 24, steps=100, top_k=4, chunk=50),
+                      jax.random.key(0))
+    site, inputs = llm.build_mlp_site(params, cfg, layer, prompts, basis=basis)
+    assert site.num_units == 24 and site.basis is basis
+    codes = np.asarray(basis.encode(jax.jit(site.prefix)(inputs)))[:, 0]  # [N, 24]
+    j = int(np.argmax(np.abs(codes).sum(0)))
+    mask = np.ones(24)
+    mask[j] = 0
+    out = _mlp_site_logits(site, inputs, [np.ones(24), mask])
+    np.testing.assert_allclose(out[0], ref, rtol=2e-4, atol=2e-4)
+    decoder = np.asarray(basis.decoder, np.float64)
+    edited = []
+    for n, row in enumerate(tokens):
+        def edit(i, act, n=n):
+            if i != layer:
+                return act
+            act = act.copy()
+            act[-1] -= codes[n, j] * decoder[j]
+            return act
+        edited.append(numpy_forward(tensors, cfg, row, mlp_edit=edit)[-1])
+    np.testing.assert_allclose(out[1], np.stack(edited), rtol=2e-4, atol=2e-4)
+    assert np.abs(out[1] - out[0]).max() > 1e-3  # the code mattered

