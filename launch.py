@@ -6,6 +6,13 @@
 
 Each run writes config.json, log.txt, figures/, report.md and results.json into --workdir
 (default runs/<study>/<variant>); see README.md, "Sweeps and run directories".
+
+On CPU, --cpu_devices (default: one per core) splits the CPU into that many JAX devices, so
+masks and MCMC chains are evaluated on all cores (XLA:CPU runs most of one device's work on a
+single thread); results equal one device's up to float rounding (MCMC draws are identical).
+--cpu_devices=1 keeps JAX's default.
+A device count forced in XLA_FLAGS (--xla_force_host_platform_device_count) is kept unless
+--cpu_devices is given.
 """
 
 import os
@@ -26,6 +33,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<st
 _SWEEP = flags.DEFINE_bool("sweep", False, "Run the sweep the config file's get_sweep declares.")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Sweep members run at once (in subprocesses when > 1).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Redo finished runs and replace other configs.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "JAX CPU devices to split masks and MCMC chains over (default: one per "
+    "core, or the count XLA_FLAGS forces); 1 = a single device. Results do not depend on it "
+    "beyond float rounding.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
                                "(one process per host of a TPU pod or multi-GPU job).")
 
@@ -70,6 +81,15 @@ def main(argv: list[str]) -> None:
         _die("--jobs only applies to sweeps; add --sweep or drop --jobs")
     if _MULTIHOST.value and _SWEEP.value:
         _die("--multihost runs one study across hosts; launch each sweep member as its own job")
+    if _CPU_DEVICES.value is not None and _CPU_DEVICES.value < 1:
+        _die(f"--cpu_devices must be at least 1 (got {_CPU_DEVICES.value}); leave it out for one "
+             "device per core")
+    try:
+        setup_cpu_devices(_CPU_DEVICES.value)
+    except RuntimeError as e:  # the config file already started JAX
+        if _CPU_DEVICES.value is not None:
+            _die(f"--cpu_devices={_CPU_DEVICES.value} cannot apply: {e}")
+        print(f"warning: keeping JAX's devices ({e})", file=sys.stderr)
     from bablate import runs, sweeps  # after the flag checks, so bad input fails fast
 
     try:
@@ -98,6 +118,18 @@ def main(argv: list[str]) -> None:
         print(f"error: {len(out['failed'])} sweep run(s) failed: {', '.join(out['failed'])}; "
               "see their log.txt / console.txt", file=sys.stderr)
         sys.exit(1)
+
+
+def setup_cpu_devices(n: int | None) -> int | None:
+    """Splits the CPU into ``n`` JAX devices (None: one per core, unless XLA_FLAGS forces a
+    count); must run before JAX starts. Returns the count set, or None when left as it was."""
+    from bablate import sharding
+
+    if n is None:
+        if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+            return None
+        n = sharding.cpu_cores()
+    return sharding.use_cpu_devices(n)
 
 
 def _sweep_members(config) -> list:
@@ -129,6 +161,8 @@ def _member_command(member, member_workdir: Path) -> list[str]:
            f"--config={config_flags.get_config_filename(flags.FLAGS['config'])}"]
     cmd += [f"--config.{k}={sweeps.format_value(v)}" for k, v in overrides.items()]
     cmd += [f"--workdir={member_workdir}"] + (["--overwrite"] if _OVERWRITE.value else [])
+    if _CPU_DEVICES.value is not None:
+        cmd.append(f"--cpu_devices={_CPU_DEVICES.value}")
     return cmd
 
 

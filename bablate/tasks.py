@@ -236,16 +236,19 @@ class Task:
                              "bablate.rules.custom or use the hard likelihood.")
         positive = self.rule.positive
 
-        def one(mask):
+        def one(data, mask):
             c = correct(self.outputs_fn(data, mask), data["rule"])
             return p_correct_from(c.astype(jnp.float32), positive)
 
-        masks = masks.astype(jnp.float32)
-        if sharding.num_devices() > 1:
-            return jax.vmap(one)(masks)  # devices split the mask axis
-        # Vmapping a whole chunk materialises every mask's intermediates at once; blocks of a
-        # few MiB stay in cache, which on CPU is several times faster than one wide vmap.
-        return jax.lax.map(one, masks, batch_size=_block_size(self, data, masks))
+        def blocks(data, masks):
+            # Vmapping a whole chunk materialises every mask's intermediates at once; blocks
+            # of a few MiB stay in cache, which on CPU is several times faster than one wide
+            # vmap.
+            return jax.lax.map(lambda mask: one(data, mask), masks,
+                               batch_size=_block_size(self, data, masks))
+
+        # Each device evaluates its share of the masks in blocks.
+        return sharding.map_masks(blocks, data, masks.astype(jnp.float32))
 
     # ---- host API: jitted, chunked over masks, sharded over devices ----
 
@@ -284,6 +287,7 @@ def _chunked(task: Task, kind: str, masks, smooth: bool, chunk_size: int) -> np.
         raise ValueError(f"Task {task.name!r}: masks must be [num_masks, {task.num_units}], got "
                          f"shape {masks.shape}.")
     fn = _jitted(task.site, task.rule, task.name, smooth, kind)
+    data = sharding.replicate(task.data)
     # Power-of-two buckets bound the number of compiled shapes to log2(chunk_size).
     bucket = 1 << max(len(masks) - 1, 0).bit_length()
     chunk = sharding.round_up(min(chunk_size, bucket))
@@ -293,5 +297,5 @@ def _chunked(task: Task, kind: str, masks, smooth: bool, chunk_size: int) -> np.
         n = len(block)
         if n < chunk:  # pad so every call has one shape: one compile
             block = np.concatenate([block, np.ones((chunk - n, block.shape[1]), np.float32)])
-        out.append(np.asarray(fn(task.data, sharding.shard_masks(block)))[:n])
+        out.append(np.asarray(fn(data, sharding.shard_masks(block)))[:n])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)

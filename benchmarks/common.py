@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import bablate as bb
+from bablate import sharding
 
 # ---------------------------------------------------------------------------------------------
 # Output and timing
@@ -126,7 +127,23 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="tiny sizes, one repeat: a smoke test that finishes in seconds")
     p.add_argument("--repeat", type=int, default=3, help="timed repeats per case (median)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu-devices", type=int, default=None,
+                   help="JAX CPU devices to split masks and MCMC chains over "
+                        "(bablate.sharding.use_cpu_devices; 1 = JAX's single device). Default, "
+                        "as launch.py: one per core, unless XLA_FLAGS forces a host device "
+                        "count. The JSON's machine.device_count records it.")
     return p
+
+
+def parse_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parses the flags and applies ``--cpu-devices`` before JAX starts its backend."""
+    args = p.parse_args()
+    if args.cpu_devices is not None and args.cpu_devices < 1:
+        p.error(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
+    forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    if args.cpu_devices is not None or not forced:
+        sharding.use_cpu_devices(args.cpu_devices)
+    return args
 
 
 def torch_or_none(disabled: bool = False, threads: int | None = None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from common import base_parser, build, emit, log, make_task
+from common import base_parser, build, emit, log, make_task, parse_args
 
 import bablate as bb
 
@@ -50,7 +50,7 @@ def main():
     p.add_argument("--toy-examples", type=int, default=256)
     p.add_argument("--rnn-examples", type=int, default=16)
     p.add_argument("--rnn-length", type=int, default=16)
-    args = p.parse_args()
+    args = parse_args(p)
     units = [int(u) for u in args.units.split(",")]
     if args.quick:
         units, args.toy_examples, args.rnn_examples, args.rnn_length = [8], 32, 4, 4

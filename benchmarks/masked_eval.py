@@ -38,6 +38,7 @@ from common import (
     jax_matmul_peak,
     log,
     make_task,
+    parse_args,
     random_masks,
     time_fn,
     torch_matmul_peak,
@@ -202,7 +203,7 @@ def main():
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="PyTorch intra-op threads (default: the core count, as JAX uses)")
-    args = p.parse_args()
+    args = parse_args(p)
     cases = QUICK if args.quick else CASES
     if args.quick:
         args.repeat, args.min_seconds, args.loop_masks = 1, 0.0, 8

@@ -2,12 +2,12 @@
 second) against the number of masks, the number of examples, the chunk size (masks per jitted
 call) and the number of devices.
 
-Devices: each device count runs in a subprocess with
-``XLA_FLAGS=--xla_force_host_platform_device_count=N``, so the masks are sharded over N host
-"devices" through the same ``jax.sharding`` code path a GPU/TPU mesh uses. Fake host devices
-share the same physical cores: on a 2-core machine this measures the sharding overhead, not a
-speed-up. On a multi-GPU host the same subprocesses see the real devices (the flag only
-affects the CPU platform).
+Devices: each device count runs in a subprocess with ``--cpu-devices N``
+(``bablate.sharding.use_cpu_devices``), so the masks are split over N CPU devices through the
+same ``jax.sharding`` code path a GPU/TPU mesh uses. CPU devices share the machine's cores: up
+to the core count they put idle cores to work (XLA:CPU runs most of one device's program on
+one thread), beyond it they add overhead. On a GPU host the subprocesses see the GPUs (the
+setting only affects the CPU platform).
 
     python benchmarks/scaling.py                              # toy site, all four sweeps
     python benchmarks/scaling.py --model rnn --sweeps masks,devices
@@ -17,18 +17,19 @@ affects the CPU platform).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-from common import base_parser, build, emit, log, make_task, random_masks, time_fn
+from common import base_parser, build, emit, log, make_task, parse_args, random_masks, time_fn
 
 MODELS = {"toy": {"n": 100, "m": 20}, "rnn": {"hidden": 12, "length": 32},
+          "rnn128": {"hidden": 128, "length": 32},
           "mlp": {"n_in": 64, "hidden": 512, "classes": 10}}
 
 
 def measure(model_name: str, num_masks: int, examples: int, chunk: int, args) -> dict:
-    model = build(model_name, examples=examples, seed=args.seed, **MODELS[model_name])
+    kind = "rnn" if model_name.startswith("rnn") else model_name
+    model = build(kind, examples=examples, seed=args.seed, **MODELS[model_name])
     task = make_task(model)
     masks = random_masks(num_masks, model["num_units"], args.seed)
     t = time_fn(lambda: task.log_odds(masks, chunk_size=chunk), repeat=args.repeat,
@@ -62,22 +63,19 @@ def devices_sweep(counts, args) -> None:
     first = None
     for n in counts:
         log(f"devices = {n} (subprocess)")
-        # Replace (not add to) any device count already in XLA_FLAGS (CI forces 4).
-        flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-                 if not f.startswith("--xla_force_host_platform_device_count")]
-        flags.append(f"--xla_force_host_platform_device_count={n}")
-        env = {**os.environ, "XLA_FLAGS": " ".join(flags)}
-        cmd = [sys.executable, __file__, "--worker-devices", "--model", args.model,
-               "--masks", str(args.masks), "--examples", str(args.examples),
-               "--chunk-size", str(args.chunk_size), "--repeat", str(args.repeat),
-               "--min-seconds", str(args.min_seconds), "--seed", str(args.seed)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        # bablate.sharding.use_cpu_devices(n) in the worker (it overrides a device count
+        # forced in XLA_FLAGS, which CI sets to 4).
+        cmd = [sys.executable, __file__, "--worker-devices", "--cpu-devices", str(n),
+               "--model", args.model, "--masks", str(args.masks), "--examples",
+               str(args.examples), "--chunk-size", str(args.chunk_size), "--repeat",
+               str(args.repeat), "--min-seconds", str(args.min_seconds), "--seed", str(args.seed)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rec = json.loads(out.stdout.strip().splitlines()[-1])
         first = first or rec["throughput"]
         emit({"bench": "scaling", "case": f"{args.model}_devices_{n}", "sweep": "devices",
-              "value": n, "forced_host_devices": n, **rec,
+              "value": n, "cpu_devices": n, **rec,
               "ratio": {"vs_first_point": rec["throughput"] / first},
-              "note": "fake host devices share the same cores: overhead, not speed-up"})
+              "note": "CPU devices share the machine's cores: beyond the core count, overhead"})
 
 
 def main():
@@ -93,8 +91,8 @@ def main():
     p.add_argument("--device-values", default="1,2,4,8")
     p.add_argument("--min-seconds", type=float, default=0.5)
     p.add_argument("--worker-devices", action="store_true", help=argparse_hidden())
-    args = p.parse_args()
-    if args.model == "rnn" and args.examples == 1024:
+    args = parse_args(p)
+    if args.model.startswith("rnn") and args.examples == 1024:
         args.examples = 64  # sequences of 32 tokens
     if args.worker_devices:
         device_worker(args)

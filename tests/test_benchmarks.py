@@ -72,8 +72,13 @@ def test_sampler_efficiency():
     for rec in mcmc:
         assert rec["ess_per_s"] >= 0 and rec["seconds"] > 0
         assert 0 < rec["ess_min"] <= 4 * rec["chains"] * rec["samples_per_chain"]
+    for rec in mcmc:  # bb.infer end to end: a first task (compiles), a second of one shape
+        assert rec["end_to_end_s"] > 0 and rec["end_to_end_second_task_s"] > 0
+        assert 0 < rec["end_to_end_second_task_ess_min"]
     ours = [r for r in mcmc if r["sampler"] != "stock"]
     assert all("ess_per_s_vs_stock" in r["ratio"] for r in ours)
+    assert all(r["chain_method"] in ("vectorized", "parallel") for r in ours)
+    assert all(r["chain_devices"] <= r["machine"]["device_count"] for r in ours)
     svi = [r for r in records if r["case"].startswith("svi")]
     assert svi and all(0 <= r["max_abs_err_vs_mcmc"] <= 1 for r in svi)
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+
+import chex
 import jax
 import numpy as np
 import pytest
 from core_models import head_rule, trained_mlp
 
 import bablate as bb
+
+# The module (``bablate.inference.mcmc``, the attribute, is the function of the same name).
+mcmc_module = importlib.import_module("bablate.inference.mcmc")
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +84,64 @@ def test_exact_many_shares_one_enumeration_and_matches_one_task_at_a_time():
         alone = bb.infer(task, "exact")
         np.testing.assert_allclose(post.log_probs, alone.log_probs, atol=1e-5)
         assert post.task == task.name
+
+
+def test_tasks_on_one_site_share_one_compiled_sampling_loop(monkeypatch):
+    model, variables, x, _ = trained_mlp()
+    site = bb.flax_site(model, variables, "Dense_0", x)
+    # Two tasks with other data of the same shape (two halves of the inputs, each with the
+    # network's own predictions as targets), both with a rule from one factory.
+    tasks = []
+    for name, part in (("first", x[:128]), ("second", x[128:])):
+        logits = model.apply(variables, part)
+        tasks.append(bb.Task.build(site, part, bb.rules.top1(np.argmax(logits, -1)), name=name))
+    monkeypatch.setattr(mcmc_module, "_trace_guard", lambda f: chex.assert_max_traces(f, n=1))
+    mcmc_module.clear_cache()
+    # The prior and β are arguments of the compiled loop too: another prior, no new program.
+    kw = [dict(prior=0.5, beta=1.0), dict(prior=0.3, beta=2.0)]
+    posts = [bb.infer(t, "mcmc", key=jax.random.key(i), num_samples=3000, num_warmup=300,
+                      num_chains=4, **k) for i, (t, k) in enumerate(zip(tasks, kw, strict=True))]
+    # One cache entry, each of its functions traced once (a retrace fails the chex guard).
+    assert len(mcmc_module._PROGRAMS) == 1
+    assert posts[0].method == posts[1].method == "mcmc-gradient-multi"
+    # The shared program samples each task's own posterior.
+    exact = [bb.infer(t, "exact", **k) for t, k in zip(tasks, kw, strict=True)]
+    assert np.abs(exact[0].marginals - exact[1].marginals).max() > 0.2
+    for post, reference in zip(posts, exact, strict=True):
+        np.testing.assert_allclose(post.marginals, reference.marginals, atol=0.05)
+    mcmc_module.clear_cache()
+
+
+def test_chain_methods_give_the_same_draws(task_and_exact):
+    task, _ = task_and_exact
+    kw = dict(key=jax.random.key(3), num_samples=300, num_warmup=50, num_chains=2, thinning=3)
+    vec = bb.infer(task, "mcmc", chain_method="vectorized", **kw)
+    seq = bb.infer(task, "mcmc", chain_method="sequential", **kw)
+    assert vec.samples.shape == (2 * 100, task.num_units)
+    np.testing.assert_array_equal(seq.samples, vec.samples)
+    assert seq.diagnostics["accept_prob"] == pytest.approx(vec.diagnostics["accept_prob"])
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"chain_method": "pmap"}, "unknown chain_method"),
+    ({"num_samples": 2, "thinning": 3}, "at least one kept draw"),
+    ({"num_chains": 0}, "num_chains >= 1"),
+])
+def test_mcmc_bad_settings_are_refused(task_and_exact, options, message):
+    task, _ = task_and_exact
+    with pytest.raises(ValueError, match=message):
+        bb.infer(task, "mcmc", **options)
+
+
+def test_flip_kernel_still_runs_in_numpyros_mcmc_driver(task_and_exact):
+    from numpyro.infer import MCMC
+
+    task, exact = task_and_exact
+    # The plain numpyro interface: per-mask model densities, one chain (an unbatched state).
+    kernel = bb.FlipKernel(bb.make_model(task), proposal="gradient",
+                           gradient_model=bb.make_model(task, smooth=True))
+    driver = MCMC(kernel, num_warmup=300, num_samples=4000, num_chains=1, progress_bar=False)
+    driver.run(jax.random.PRNGKey(0), task.data)
+    samples = np.asarray(driver.get_samples()["mask"])
+    assert samples.shape == (4000, task.num_units)
+    np.testing.assert_allclose(samples.mean(0), exact.marginals, atol=0.06)

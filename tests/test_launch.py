@@ -1,6 +1,9 @@
 """launch.py end to end in subprocesses: overrides, workdirs, refusals, sweeps, bad input."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ BAD_INPUTS = [
     ([f"--config={FAKE}", "--jobs=0"], "--jobs must be at least 1"),
     ([f"--config={FAKE}", "--workdir={file}"], "is a file; pass --workdir"),
     (["--config={nosweep}", "--sweep"], "defines no get_sweep(arg)"),
+    ([f"--config={FAKE}", "--cpu_devices=0"], "--cpu_devices must be at least 1"),
 ]
 
 
@@ -95,3 +99,21 @@ def test_sweep_in_parallel_jobs_then_resume(launch, tmp_path, fake_config):
     for name in names:
         starts = (tmp_path / name / "log.txt").read_text().count(" in ")
         assert starts == (4 if name == names[1] else 2), name  # start+finish lines per attempt
+
+
+@pytest.mark.parametrize("flag,xla_count,expected", [
+    (None, None, "cores"),   # default: one CPU device per core
+    (None, 3, 3),            # a count forced in XLA_FLAGS is kept
+    (2, 3, 2),               # an explicit --cpu_devices wins
+    (1, None, 1),
+])
+def test_cpu_devices_flag_sets_the_jax_device_count(flag, xla_count, expected):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if xla_count is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={xla_count}"
+    code = (f"import launch; launch.setup_cpu_devices({flag}); import jax; "
+            "print(jax.device_count())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         env=env, capture_output=True, text=True, timeout=120, check=True)
+    cores = len(os.sched_getaffinity(0))
+    assert int(out.stdout.split()[-1]) == (cores if expected == "cores" else expected)

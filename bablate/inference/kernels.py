@@ -10,9 +10,10 @@ single binary site of a model (``mask`` in a plate) with two proposals:
   the same way, so the Metropolis–Hastings ratio is exact: accept with min(1, Z(x) / Z(y)).
 * ``"gradient"`` — Gibbs-with-gradients (Grathwohl et al. 2021): Δ_j is approximated to first
   order, (1 − 2x_j) ∂f/∂x_j, from the gradient of a smooth log density f (the rule's smooth
-  surrogate, from ``gradient_model``), so a step costs two gradient and two density evaluations
-  whatever d is. The acceptance ratio uses the target model's exact density, so the chain
-  targets the hard-count AMD even though its proposals come from the smooth one.
+  surrogate, from ``gradient_model``), so a step costs one density and one gradient evaluation
+  (at the proposed mask; the current mask's are carried in the state) whatever d is. The
+  acceptance ratio uses the target model's exact density, so the chain targets the hard-count
+  AMD even though its proposals come from the smooth one.
 
 Each proposal flips one bit per step (``flips="single"``) or many (``flips="multi"``): with the
 same Δ_j, every bit flips independently with probability σ(Δ_j/2 − 1/(2α)), the binary case of
@@ -20,11 +21,14 @@ the discrete Langevin proposal (Zhang et al. 2022). Bits that matter little flip
 step refreshes many units at the cost of one batch of evaluations; the step size α is adapted
 during warm-up towards an acceptance rate of 0.5 (Robbins–Monro on log α), then frozen.
 
-All variants are pure JAX and run under ``chain_method="vectorized"``.
+All variants are pure JAX. A step advances a batch of chains with one batched evaluation (also
+under numpyro's ``chain_method="vectorized"``); :func:`bablate.inference.mcmc.mcmc` runs the
+kernel in a cached, jitted loop of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -70,7 +74,13 @@ def _flip_all(x: jax.Array) -> jax.Array:
 
 
 class FlipKernel(MCMCKernel):
-    """Locally-informed / gradient-informed single-flip MH for one binary site of a model.
+    """Locally-informed / gradient-informed flip MH for one binary site of a model.
+
+    A step is written for a batch of chains: every log density of the batch is evaluated in one
+    call (``[C, d]`` masks), and the gradients of all chains come from one gradient of their
+    sum (the chains do not interact). With ``chain_method="vectorized"`` numpyro hands the
+    kernel such a batch; a single chain is a batch of one. Random draws use each chain's own
+    key, so a chain's draws do not depend on which other chains share its batch.
 
     Args:
       model: a numpyro model with one latent binary site (sampled inside a plate).
@@ -80,12 +90,20 @@ class FlipKernel(MCMCKernel):
       site: name of the binary site.
       flips: "single" (one bit per step) or "multi" (independent flips of every bit).
       step_size: initial α of the multi-flip proposal.
+      log_density_fn: optional ``(masks_CxD, *model_args, **model_kwargs) -> [C]``, the log
+        density of ``model`` for a batch of masks (e.g. a closure over
+        :func:`bablate.amd.log_joint`). When given it replaces numpyro's per-mask
+        ``log_density`` vmapped over the batch, whose gradient is several times slower on CPU
+        (d = 64, N = 256: 1.0 vs 0.13 ms per 4-chain step).
+      gradient_log_density_fn: the same for ``gradient_model``.
     """
 
     sample_field = "z"
 
     def __init__(self, model, proposal: str = "informed", gradient_model=None,
-                 site: str = "mask", flips: str = "multi", step_size: float = 1.0):
+                 site: str = "mask", flips: str = "multi", step_size: float = 1.0,
+                 log_density_fn: Callable | None = None,
+                 gradient_log_density_fn: Callable | None = None):
         if proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {proposal!r}; choose one of {PROPOSALS}.")
         if flips not in FLIPS:
@@ -95,6 +113,9 @@ class FlipKernel(MCMCKernel):
         self._num_warmup = 0
         self._model = model
         self._gradient_model = model if gradient_model is None else gradient_model
+        self._log_density_fn = log_density_fn
+        self._gradient_log_density_fn = (log_density_fn if gradient_model is None
+                                         else gradient_log_density_fn)
         self._proposal = proposal
         self._site = site
         self._vectorized = False
@@ -113,18 +134,26 @@ class FlipKernel(MCMCKernel):
     def postprocess_fn(self, model_args, model_kwargs):
         return lambda z: z
 
-    # ---- densities -------------------------------------------------------------------------
+    # ---- densities of a batch of masks ``[C, d]`` -----------------------------------------
 
-    def _log_density(self, model, x, args, kwargs):
-        return log_density(model, args, kwargs, {self._site: x})[0]
+    def _log_density(self, x_CxD, args, kwargs, gradient: bool = False):
+        fn = self._gradient_log_density_fn if gradient else self._log_density_fn
+        if fn is not None:
+            return fn(x_CxD, *args, **kwargs)
+        model = self._gradient_model if gradient else self._model
+        return jax.vmap(lambda x: log_density(model, args, kwargs, {self._site: x})[0])(x_CxD)
 
-    def _proposal_logits(self, x, log_px, args, kwargs):
+    def _proposal_logits(self, x_CxD, log_px_C, args, kwargs):
         if self._proposal == "informed":
-            neighbours = _flip_all(x)
-            lp = jax.vmap(lambda y: self._log_density(self._model, y, args, kwargs))(neighbours)
-            return 0.5 * (lp - log_px)
-        grad = jax.grad(lambda y: self._log_density(self._gradient_model, y, args, kwargs))(x)
-        return 0.5 * (1.0 - 2.0 * x) * grad
+            c, d = x_CxD.shape
+            neighbours = jax.vmap(_flip_all)(x_CxD).reshape(c * d, d)
+            lp = self._log_density(neighbours, args, kwargs).reshape(c, d)
+            return 0.5 * (lp - log_px_C[:, None])
+        # The chains are independent, so the gradient of their summed log densities holds
+        # every chain's own gradient: one backward pass for the whole batch.
+        grad = jax.grad(lambda y: self._log_density(y, args, kwargs, gradient=True).sum())(
+            x_CxD)
+        return 0.5 * (1.0 - 2.0 * x_CxD) * grad
 
     # ---- MCMCKernel interface --------------------------------------------------------------
 
@@ -140,62 +169,89 @@ class FlipKernel(MCMCKernel):
         if len(shape) != 1:
             raise ValueError(f"FlipKernel needs a 1-D binary site (sample it inside a plate), "
                              f"got shape {shape}.")
-
-        def init_one(key, x0):
-            x0 = jnp.ones(shape, jnp.float32) if x0 is None else jnp.asarray(x0, jnp.float32)
-            lp = self._log_density(self._model, x0, model_args, model_kwargs)
-            logits = self._proposal_logits(x0, lp, model_args, model_kwargs)
-            zero = jnp.zeros((), jnp.float32)
-            log_alpha = jnp.log(jnp.asarray(self._step_size, jnp.float32))
-            return FlipState(jnp.zeros((), jnp.int32), {self._site: x0}, lp, logits, zero,
-                             zero, log_alpha, key)
-
+        single = is_prng_key(rng_key)
+        # chain_method="vectorized" hands a batch of keys; one chain is a batch of one.
+        keys = rng_key[None] if single else rng_key
+        if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+            keys = jax.random.key_data(keys)  # the state holds raw key words
+        self._vectorized = not single
+        num_chains = keys.shape[0]
         x0 = None if init_params is None else init_params.get(self._site)
-        if is_prng_key(rng_key):
-            return init_one(rng_key, x0)
-        # chain_method="vectorized" hands a batch of keys.
-        self._vectorized = True
-        return jax.vmap(init_one, in_axes=(0, None if x0 is None or jnp.ndim(x0) == 1 else 0))(
-            rng_key, x0)
+        if x0 is None:
+            x0 = jnp.ones(shape, jnp.float32)
+        x0 = jnp.broadcast_to(jnp.asarray(x0, jnp.float32), (num_chains, *shape))
+        lp = self._log_density(x0, model_args, model_kwargs)
+        logits = self._proposal_logits(x0, lp, model_args, model_kwargs)
+        zero = jnp.zeros((num_chains,), jnp.float32)
+        log_alpha = jnp.full((num_chains,), jnp.log(self._step_size), jnp.float32)
+        state = FlipState(jnp.zeros((num_chains,), jnp.int32), {self._site: x0}, lp, logits,
+                          zero, zero, log_alpha, keys)
+        return jax.tree.map(lambda v: v[0], state) if single else state
 
     def sample(self, state, model_args, model_kwargs):
         model_kwargs = {} if model_kwargs is None else model_kwargs
-        step = lambda s: self._sample_one(s, model_args, model_kwargs)
-        return jax.vmap(step)(state) if self._vectorized else step(state)
+        if self._vectorized:
+            return self._sample_batch(state, model_args, model_kwargs)
+        batch = jax.tree.map(lambda v: v[None], state)
+        return jax.tree.map(lambda v: v[0], self._sample_batch(batch, model_args, model_kwargs))
 
-    def _sample_one(self, state: FlipState, args, kwargs) -> FlipState:
-        key, key_flip, key_accept = jax.random.split(state.rng_key, 3)
+    def _sample_batch(self, state: FlipState, args, kwargs) -> FlipState:
         x = state.z[self._site]
+        d = x.shape[-1]
+        # d + 1 uniforms per chain (flips, or Gumbel noise for the single flip; acceptance)
+        # and the chain's next key, from one call of the chain's generator.
+        key, u = jax.vmap(lambda k: _uniforms(k, d + 1))(state.rng_key)
+        u_accept = u[:, d]
         if self._flips == "single":
-            j = jax.random.categorical(key_flip, state.proposal_logits)
-            y = x.at[j].set(1.0 - x[j])
+            gumbel = -jnp.log(-jnp.log(jnp.maximum(u[:, :d], jnp.finfo(jnp.float32).tiny)))
+            j = jnp.argmax(state.proposal_logits + gumbel, axis=-1)
+            flip = jax.nn.one_hot(j, d, dtype=bool)
+            penalty = None
         else:
-            penalty = 0.5 * jnp.exp(-state.log_step_size)
-            flip = jax.random.bernoulli(key_flip, jax.nn.sigmoid(state.proposal_logits - penalty))
-            y = jnp.where(flip, 1.0 - x, x)
-        log_py = self._log_density(self._model, y, args, kwargs)
+            # Independent flips: u_j < p_j is a Bernoulli(p_j) draw.
+            penalty = 0.5 * jnp.exp(-state.log_step_size)[:, None]
+            flip = u[:, :d] < jax.nn.sigmoid(state.proposal_logits - penalty)
+        y = jnp.where(flip, 1.0 - x, x)
+        log_py = self._log_density(y, args, kwargs)
         logits_y = self._proposal_logits(y, log_py, args, kwargs)
         if self._flips == "single":
-            log_q_forward = state.proposal_logits[j] - jax.nn.logsumexp(state.proposal_logits)
-            log_q_reverse = logits_y[j] - jax.nn.logsumexp(logits_y)
+            pick = lambda logits: jnp.take_along_axis(logits, j[:, None], axis=-1)[:, 0]
+            log_q_forward = pick(state.proposal_logits) - jax.nn.logsumexp(
+                state.proposal_logits, axis=-1)
+            log_q_reverse = pick(logits_y) - jax.nn.logsumexp(logits_y, axis=-1)
         else:
             log_q_forward = _flip_log_prob(state.proposal_logits - penalty, flip)
             log_q_reverse = _flip_log_prob(logits_y - penalty, flip)
         log_ratio = log_py - state.log_density + log_q_reverse - log_q_forward
         accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
         accept_prob = jnp.where(jnp.isfinite(accept_prob), accept_prob, 0.0)
-        accept = jax.random.uniform(key_accept) < accept_prob
-        keep = lambda a, b: jnp.where(accept, a, b)
+        accept = u_accept < accept_prob
+        keep = lambda a, b: jnp.where(accept.reshape(accept.shape + (1,) * (a.ndim - 1)), a, b)
         i = state.i + 1
         mean_accept = state.mean_accept_prob + (accept_prob - state.mean_accept_prob) / i
         # Robbins-Monro on log α during warm-up only, so post-warm-up draws are a valid chain.
-        rate = jnp.where(i <= self._num_warmup, 1.0 / jnp.sqrt(i.astype(jnp.float32)), 0.0)
+        rate = jnp.where(i <= self._num_warmup, jax.lax.rsqrt(i.astype(jnp.float32)), 0.0)
         log_alpha = state.log_step_size + rate * (accept_prob - TARGET_ACCEPT)
         return FlipState(i, {self._site: keep(y, x)}, keep(log_py, state.log_density),
                          keep(logits_y, state.proposal_logits), accept_prob, mean_accept,
                          log_alpha, key)
 
 
+def _uniforms(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """``n`` uniforms in [0, 1) and a fresh key from one draw of raw random bits.
+
+    Splitting the key and then drawing costs two calls of the generator (threefry) per step;
+    one call that also yields the next key's words costs one, in run time and in compile time.
+    """
+    words = key.shape[-1]
+    bits = jax.random.bits(key, (n + words,), jnp.uint32)
+    # 23 random mantissa bits under exponent 0: a float in [1, 2), shifted to [0, 1).
+    one = jnp.uint32(0x3F800000)
+    u = jax.lax.bitcast_convert_type((bits[:n] >> jnp.uint32(9)) | one, jnp.float32) - 1.0
+    return bits[n:].astype(key.dtype), u
+
+
 def _flip_log_prob(logits: jax.Array, flip: jax.Array) -> jax.Array:
-    """log-probability of the flip pattern under independent Bernoulli(σ(logits)) flips."""
-    return jnp.sum(jnp.where(flip, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)))
+    """log-probability of each chain's flip pattern under independent Bernoulli(σ(logits))."""
+    return jnp.sum(jnp.where(flip, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)),
+                   axis=-1)

@@ -1,21 +1,42 @@
-"""MCMC over masks through numpyro's ``MCMC`` driver, with R-hat and ESS diagnostics."""
+"""MCMC over masks: :class:`FlipKernel` in a cached, jitted sampling loop, numpyro's stock
+``DiscreteGibbs`` through numpyro's ``MCMC`` driver, R-hat and ESS from ``numpyro.diagnostics``.
+
+numpyro's ``MCMC.run`` compiles its sampling loop on every call (several seconds on CPU, more
+than the sampling itself for most sites). Our kernel runs in a loop of its own instead: warm-up
+with step-size adaptation, then thinned draws, jitted with ``task.data``, the prior and β as
+arguments and cached on what the program depends on (the site, the rule's code, the sampler and
+the sizes), so every task on one site with data of one shape reuses one compilation. Chains
+are split over devices (``shard_map``) when the devices allow, else vectorised on one.
+"""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import functools
+import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.infer import MCMC, DiscreteGibbs
 
-from bablate import progress
+from bablate import progress, sharding
 from bablate.amd import MASK_SITE, make_model, prior_probs
 from bablate.inference.kernels import FlipKernel
 from bablate.inference.posterior import Posterior
 from bablate.tasks import Task
 
 SAMPLERS = ("auto", "informed", "gradient", "stock")
+CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
+# Calls per run of the jitted loop (progress-bar updates); the host only enqueues between them.
+_CHUNKS = 10
+_CACHE_SIZE = 32
 
 
 def legacy_key(key: jax.Array) -> jax.Array:
@@ -45,7 +66,7 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
          thinning: int = 1, smooth: bool = False, chain_method: str = "auto",
          init_mask: np.ndarray | None = None, flips: str = "multi",
          step_size: float = 1.0) -> Posterior:
-    """Samples the AMD with numpyro's ``MCMC`` driver.
+    """Samples the AMD with :class:`FlipKernel` (or numpyro's stock Gibbs sampler).
 
     Args:
       task: the task.
@@ -54,65 +75,341 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
       beta: inverse temperature.
       sampler: "informed" (all single flips scored with vmap), "gradient" (Gibbs with gradients
         from the smooth likelihood; targets the hard one unless ``smooth``), "stock"
-        (numpyro's ``DiscreteGibbs``, one coordinate per step; the baseline), or "auto":
-        "gradient" when the rule has a smooth surrogate (a step costs a few evaluations
-        whatever d is), else "informed" (a step scores all d flips: worth it on accelerators).
-      num_samples: draws kept per chain (after thinning: num_samples // thinning).
-      num_warmup: draws discarded per chain.
+        (numpyro's ``DiscreteGibbs`` in numpyro's ``MCMC``, one coordinate per step; the
+        baseline), or "auto": "gradient" when the rule has a smooth surrogate (a step costs a
+        few evaluations whatever d is), else "informed" (a step scores all d flips: worth it
+        on accelerators).
+      num_samples: draws per chain after warm-up; every ``thinning``-th is kept
+        (``num_samples // thinning`` per chain).
+      num_warmup: draws discarded per chain (the step size adapts during them).
       num_chains: chains (for R-hat).
       thinning: keep every k-th draw.
       smooth: target the smooth-likelihood AMD instead of the hard-count one.
-      chain_method: numpyro chain method. "auto" spreads chains over devices ("parallel") when
-        there are at least as many devices as chains, else vectorises them ("vectorized"; the
-        stock Gibbs sampler cannot be vectorised and runs "sequential").
+      chain_method: "auto" splits the chains over devices ("parallel") when there are several
+        devices and the chains divide evenly among as many of them as possible, else runs
+        them as one batch ("vectorized"); "sequential" runs one chain after another (all
+        three give the same draws). The stock sampler cannot be vectorised and runs
+        "sequential" instead.
       init_mask: starting mask ``[d]``; default all ones (the intact network).
       flips: "single" (one bit per step) or "multi" (every bit may flip; see FlipKernel).
       step_size: initial step size α of the multi-flip proposal (adapted during warm-up).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+    if chain_method not in CHAIN_METHODS:
+        raise ValueError(f"unknown chain_method {chain_method!r}; choose one of "
+                         f"{CHAIN_METHODS}.")
+    if num_chains < 1 or thinning < 1 or num_warmup < 0 or num_samples // thinning < 1:
+        raise ValueError(f"need num_chains >= 1, thinning >= 1, num_warmup >= 0 and at least "
+                         f"one kept draw (num_samples // thinning >= 1); got num_chains="
+                         f"{num_chains}, thinning={thinning}, num_warmup={num_warmup}, "
+                         f"num_samples={num_samples}.")
     if sampler == "auto":
         sampler = "gradient" if task.rule.soft is not None else "informed"
-    model = make_model(task, prior, beta, smooth)
-    if chain_method == "auto":
-        chain_method = "vectorized"
-        if 1 < num_chains <= jax.local_device_count():
-            chain_method = "parallel"
-    if sampler == "stock":
-        kernel = DiscreteGibbs(model)
-        if chain_method == "vectorized":
-            chain_method = "sequential"  # the Gibbs family does not vectorise across chains
-    else:
-        gradient_model = None
-        if sampler == "gradient":
-            gradient_model = make_model(task, prior, beta, smooth=True)
-        if sampler == "gradient" and task.rule.soft is None:
-            raise ValueError(f"the gradient sampler needs a smooth surrogate for rule "
-                             f"{task.rule.name!r}; use sampler='informed'.")
-        kernel = FlipKernel(model, proposal=sampler, gradient_model=gradient_model, flips=flips,
-                            step_size=step_size)
-    driver = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                  thinning=thinning, chain_method=chain_method, jit_model_args=True,
-                  progress_bar=progress.enabled())
-    init = None
+    if sampler == "gradient" and task.rule.soft is None:
+        raise ValueError(f"the gradient sampler needs a smooth surrogate for rule "
+                         f"{task.rule.name!r}; use sampler='informed'.")
+    x0 = np.ones((task.num_units,), np.float32)
     if init_mask is not None:
         x0 = np.asarray(init_mask, np.float32)
         if x0.shape != (task.num_units,):
             raise ValueError(f"init_mask must have shape ({task.num_units},), got {x0.shape}.")
-        init = {MASK_SITE: np.broadcast_to(x0, (num_chains, x0.size)) if num_chains > 1 else x0}
+    p = prior_probs(prior, task.num_units)
     start = time.perf_counter()
-    driver.run(legacy_key(key), task.data, init_params=init)
-    samples = np.asarray(driver.get_samples(group_by_chain=True)[MASK_SITE]).astype(np.uint8)
+    if sampler == "stock":
+        samples, diagnostics = _stock(task, key, p, beta, smooth, num_samples, num_warmup,
+                                      num_chains, thinning, chain_method, x0)
+    else:
+        run = Run(proposal=sampler, flips=flips, smooth=smooth, num_warmup=num_warmup,
+                  num_samples=num_samples, thinning=thinning, num_chains=num_chains,
+                  chain_method=chain_method)
+        samples, diagnostics = sample_flip_kernel(task, key, p, beta, run, x0, step_size)
+        if flips == "multi":
+            sampler = f"{sampler}-multi"
     seconds = time.perf_counter() - start
     flat = samples.reshape(-1, task.num_units)
     diagnostics = {"seconds": seconds, "num_chains": num_chains,
-                   "num_draws": int(flat.shape[0]), **chain_diagnostics(samples)}
-    if sampler != "stock":
-        state = driver.last_state
-        diagnostics["accept_prob"] = float(np.mean(np.asarray(state.mean_accept_prob)))
-    if sampler != "stock" and flips == "multi":
-        diagnostics["step_size"] = float(np.mean(np.exp(np.asarray(state.log_step_size))))
-        sampler = f"{sampler}-multi"
+                   "num_draws": int(flat.shape[0]), **diagnostics,
+                   **chain_diagnostics(samples)}
     return Posterior(task=task.name, method=f"mcmc-{sampler}", marginals=flat.mean(axis=0),
-                     prior=np.asarray(prior_probs(prior, task.num_units)), beta=beta,
-                     samples=flat, diagnostics=diagnostics)
+                     prior=p, beta=beta, samples=flat, diagnostics=diagnostics)
+
+
+def _stock(task, key, p, beta, smooth, num_samples, num_warmup, num_chains, thinning,
+           chain_method, x0):
+    """numpyro's ``DiscreteGibbs`` in numpyro's ``MCMC`` (the baseline, as numpyro ships it)."""
+    if chain_method == "auto":
+        chain_method = "parallel" if 1 < num_chains <= jax.local_device_count() else "sequential"
+    if chain_method == "vectorized":
+        chain_method = "sequential"  # the Gibbs family does not vectorise across chains
+    driver = MCMC(DiscreteGibbs(make_model(task, p, beta, smooth)), num_warmup=num_warmup,
+                  num_samples=num_samples, num_chains=num_chains, thinning=thinning,
+                  chain_method=chain_method, jit_model_args=True,
+                  progress_bar=progress.enabled())
+    init = {MASK_SITE: np.broadcast_to(x0, (num_chains, x0.size)) if num_chains > 1 else x0}
+    driver.run(legacy_key(key), task.data, init_params=init)
+    samples = np.asarray(driver.get_samples(group_by_chain=True)[MASK_SITE]).astype(np.uint8)
+    return samples, {"chain_method": chain_method}
+
+
+# ---- FlipKernel in a cached, jitted loop -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """The static settings of a :class:`FlipKernel` run (part of the compilation key)."""
+
+    proposal: str
+    flips: str
+    smooth: bool
+    num_warmup: int
+    num_samples: int
+    thinning: int
+    num_chains: int
+    chain_method: str = "auto"
+
+    @property
+    def num_kept(self) -> int:
+        return self.num_samples // self.thinning
+
+    @property
+    def chunk(self) -> int:
+        """Kept draws per call of the loop."""
+        return -(-self.num_kept // _CHUNKS)
+
+
+def chain_layout(num_chains: int, chain_method: str = "auto") -> tuple[str, int]:
+    """(method, devices): how the chains run; "parallel" splits them evenly over ``devices``
+    (the most devices that divide ``num_chains``)."""
+    if chain_method in ("sequential", "vectorized"):
+        return chain_method, 1
+    devices = min(num_chains, jax.device_count())
+    while num_chains % devices:
+        devices -= 1
+    if devices > 1:
+        return "parallel", devices
+    if chain_method == "parallel" and num_chains > 1:
+        raise ValueError(f"chain_method='parallel' needs at least 2 devices that split "
+                         f"{num_chains} chains evenly; this process has {jax.device_count()} "
+                         "device(s). Use 'vectorized' or 'auto'.")
+    return "vectorized", 1
+
+
+def sample_flip_kernel(task: Task, key: jax.Array, p: np.ndarray, beta: float, run: Run,
+                       x0: np.ndarray, step_size: float = 1.0) -> tuple[np.ndarray, dict]:
+    """Runs ``run.num_chains`` chains of :class:`FlipKernel` on the AMD of ``task``.
+
+    Returns:
+      draws ``[C, S, d]`` uint8 (S = ``run.num_kept``) and a diagnostics dict (acceptance,
+      adapted step size, chain method, devices).
+    """
+    method, devices = chain_layout(run.num_chains, run.chain_method)
+    keys = jax.random.split(legacy_key(key), run.num_chains)
+    args = amd_args(task, p, beta)
+    x0_CxD = np.broadcast_to(x0, (run.num_chains, x0.size))
+    log_step = np.full((run.num_chains,), np.log(step_size), np.float32)
+    if method == "sequential":
+        program = compiled_loop(task, dataclasses.replace(run, num_chains=1), devices=1)
+        outs = [_drive(program, keys[c:c + 1], x0_CxD[c:c + 1], log_step[c:c + 1], args, run,
+                       task.name, c) for c in range(run.num_chains)]
+        draws = np.concatenate([o[0] for o in outs])
+        state = jax.tree.map(lambda *v: np.concatenate(v), *[o[1] for o in outs])
+    else:
+        program = compiled_loop(task, run, devices)
+        draws, state = _drive(program, keys, x0_CxD, log_step, args, run, task.name)
+    diagnostics = {"chain_method": method, "devices": devices,
+                   "accept_prob": float(np.mean(state.mean_accept_prob))}
+    if run.flips == "multi":
+        diagnostics["step_size"] = float(np.mean(np.exp(state.log_step_size)))
+    return draws, diagnostics
+
+
+def _drive(program, keys, x0, log_step, args, run: Run, name: str, chain: int | None = None):
+    """Calls the compiled loop chunk by chunk (warm-up, then draws), updating a progress bar
+    between calls; the draws stay on the device until the end."""
+    init, advance, place = program
+    args = place(args)
+    state = init(keys, jnp.asarray(x0), jnp.asarray(log_step), args)
+    steps_per_call = run.chunk * run.thinning
+    desc = f"mcmc {name}" + ("" if chain is None else f" chain {chain}")
+    total = run.num_warmup + run.num_kept * run.thinning
+    draws = []
+    with progress.bar(total=total, desc=desc, unit="step") as bar:
+        for start in range(0, run.num_warmup, steps_per_call):
+            n = min(steps_per_call, run.num_warmup - start)
+            state, _ = advance(state, args, np.int32(n), np.int32(0))
+            _progress(bar, state, n)
+        for start in range(0, run.num_kept, run.chunk):
+            n = min(run.chunk, run.num_kept - start)
+            state, block = advance(state, args, np.int32(0), np.int32(n))
+            draws.append(block[:n])
+            _progress(bar, state, n * run.thinning)
+    draws = np.swapaxes(np.concatenate([np.asarray(b) for b in draws]), 0, 1)
+    return draws, jax.tree.map(np.asarray, state)
+
+
+def _progress(bar, state, n: int) -> None:
+    if not bar.disable:  # waiting for the device only when someone watches
+        jax.block_until_ready(state.i)
+    bar.update(n)
+
+
+def amd_args(task: Task, p: np.ndarray, beta: float) -> dict:
+    """The arrays of the AMD of ``task``: the loop's argument (nothing of it is compiled in)."""
+    positive = task.rule.positive
+    return {"data": task.data, "positive": positive,
+            "log_prior": np.stack([np.log(p), np.log1p(-p)]).astype(np.float32),
+            "beta": np.float32(beta)}
+
+
+def probe(task: Task, args: dict) -> Task:
+    """``task``'s evaluators with the rule's ``positive`` taken from ``args`` (traced)."""
+    rule = dataclasses.replace(task.rule, positive=args["positive"])
+    return Task(name=task.name, site=task.site, rule=rule, data={})
+
+
+def _amd_model(args: dict, *, task: Task, smooth: bool):
+    """:func:`bablate.amd.amd_model` with the prior and β as arguments."""
+    log_p, log_not_p = args["log_prior"][0], args["log_prior"][1]
+    with numpyro.plate("units", task.num_units):
+        mask = numpyro.sample(MASK_SITE, dist.Bernoulli(logits=log_p - log_not_p))
+    log_odds = probe(task, args).log_odds_fn(args["data"], mask[None], smooth)[0]
+    numpyro.factor("log_odds", args["beta"] * log_odds)
+
+
+def _log_joint(masks_CxD: jax.Array, args: dict, *, task: Task, smooth: bool) -> jax.Array:
+    """The log density of :func:`_amd_model` for a batch of masks, in one evaluation."""
+    masks = masks_CxD.astype(jnp.float32)
+    log_prior = masks @ args["log_prior"][0] + (1.0 - masks) @ args["log_prior"][1]
+    return log_prior + args["beta"] * probe(task, args).log_odds_fn(args["data"], masks, smooth)
+
+
+def make_kernel(task: Task, proposal: str, flips: str = "multi", smooth: bool = False,
+                step_size: float = 1.0) -> FlipKernel:
+    """The :class:`FlipKernel` of the AMD of ``task``; its model takes :func:`amd_args`."""
+    model = functools.partial(_amd_model, task=task, smooth=smooth)
+    fn = functools.partial(_log_joint, task=task, smooth=smooth)
+    gradient_model = gradient_fn = None
+    if proposal == "gradient":
+        gradient_model = functools.partial(_amd_model, task=task, smooth=True)
+        gradient_fn = functools.partial(_log_joint, task=task, smooth=True)
+    return FlipKernel(model, proposal=proposal, gradient_model=gradient_model, flips=flips,
+                      step_size=step_size, log_density_fn=fn, gradient_log_density_fn=gradient_fn)
+
+
+def _function_key(fn):
+    """A function by its code and captured values, so that rules rebuilt by one factory
+    (``bb.rules.top1(y)`` per task) share a compilation; by identity when a captured value is
+    not hashable (arrays), which is always safe."""
+    if fn is None or not hasattr(fn, "__code__"):
+        return fn
+    cells = tuple(c.cell_contents for c in fn.__closure__ or ())
+    key = (fn.__code__, cells, fn.__defaults__,
+           tuple(sorted((fn.__kwdefaults__ or {}).items())))
+    try:
+        hash(key)
+    except TypeError:
+        return fn
+    return key
+
+
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_LOCK = threading.Lock()
+
+
+def cached_program(key: tuple, build):
+    """``build()``'s result, kept in a small LRU cache under ``key`` (compiled programs of the
+    sampling loops here and of SVI)."""
+    with _LOCK:
+        if key in _PROGRAMS:
+            _PROGRAMS.move_to_end(key)
+            return _PROGRAMS[key]
+    program = build()
+    with _LOCK:
+        _PROGRAMS[key] = program
+        while len(_PROGRAMS) > _CACHE_SIZE:
+            _PROGRAMS.popitem(last=False)
+    return program
+
+
+def program_key(task: Task) -> tuple:
+    """What a compiled program of ``task`` depends on beyond its arrays: the site object and
+    the rule's code (see :func:`_function_key`); ``rule.positive`` is an argument."""
+    rule = task.rule
+    return (task.site, _function_key(rule.hard), _function_key(rule.soft),
+            rule.positive is None)
+
+
+def compiled_loop(task: Task, run: Run, devices: int):
+    """The jitted ``(init, advance, place)`` of ``task``'s site and rule and ``run``, cached.
+
+    ``init(keys_C, x0_CxD, log_step_C, args)`` builds the chains' states; ``advance(state,
+    args, n_warm, n_keep)`` takes ``n_warm`` warm-up steps, then keeps ``n_keep`` draws
+    (``run.thinning`` steps each) into a ``[run.chunk, C, d]`` uint8 block; ``place(args)``
+    puts the arguments on the loop's devices once. Both counts are arguments, so warm-up and
+    draws, and runs of any length with the same chunk, share one program. Tasks with the same
+    site object and rule code share the cache entry; the data's shapes are jit's own key.
+    """
+    key = ("mcmc", *program_key(task), run.proposal, run.flips, run.smooth, run.num_warmup,
+           run.thinning, run.num_chains, run.chunk, devices)
+    return cached_program(key, lambda: _build_loop(task, run, devices))
+
+
+def _build_loop(task: Task, run: Run, devices: int):
+    kernel = make_kernel(task, run.proposal, run.flips, run.smooth)
+
+    def init(keys, x0, log_step, args):
+        with sharding.unsplit():  # a device's chains are one small batch: never split it
+            state = kernel.init(keys, run.num_warmup, {MASK_SITE: x0}, (args,), {})
+        return state._replace(log_step_size=log_step)
+
+    def advance(state, args, n_warm, n_keep):
+        with sharding.unsplit():
+            return _advance(state, args, n_warm, n_keep)
+
+    def _advance(state, args, n_warm, n_keep):
+        # One loop over warm-up and kept steps, so the program holds one copy of the step.
+        # Step t > n_warm that ends a thinning interval writes its mask to row
+        # (t - n_warm) / thinning - 1; every other step writes to a spare last row, so the
+        # loop has no branch.
+        def body(t, carry):
+            s, buf = carry
+            s = kernel.sample(s, (args,), {})
+            k = t + 1 - n_warm
+            row = jnp.where((k > 0) & (k % run.thinning == 0), k // run.thinning - 1, run.chunk)
+            return s, buf.at[row].set(s.z[MASK_SITE].astype(jnp.uint8))
+
+        buf = jnp.zeros((run.chunk + 1,) + state.z[MASK_SITE].shape, jnp.uint8)
+        state, buf = jax.lax.fori_loop(0, n_warm + n_keep * run.thinning, body, (state, buf))
+        return state, buf[:run.chunk]
+
+    init_guarded, advance_guarded = _trace_guard(init), _trace_guard(advance)
+    if devices == 1:
+        return jax.jit(init_guarded), jax.jit(advance_guarded, donate_argnums=0), lambda a: a
+    mesh = Mesh(np.asarray(jax.devices()[:devices]), ("chains",))
+    everywhere = NamedSharding(mesh, PartitionSpec())
+
+    def place(args):  # the task's arrays on every device once, not on every call
+        return jax.tree.map(lambda x: jax.device_put(x, everywhere), args)
+
+    chains, rep = PartitionSpec("chains"), PartitionSpec()
+    # Each device runs its share of the chains as one batch; nothing crosses devices.
+    init_sharded = jax.shard_map(init_guarded, mesh=mesh, in_specs=(chains, chains, chains, rep),
+                                 out_specs=chains, check_vma=False)
+    advance_sharded = jax.shard_map(advance_guarded, mesh=mesh,
+                                    in_specs=(chains, rep, rep, rep),
+                                    out_specs=(chains, PartitionSpec(None, "chains")),
+                                    check_vma=False)
+    return jax.jit(init_sharded), jax.jit(advance_sharded, donate_argnums=0), place
+
+
+def _trace_guard(fn):
+    """Identity; tests replace it with ``chex.assert_max_traces`` to catch retracing."""
+    return fn
+
+
+def clear_cache() -> None:
+    """Forgets the compiled programs (sampling loops and SVI steps)."""
+    with _LOCK:
+        _PROGRAMS.clear()
+

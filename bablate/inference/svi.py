@@ -15,6 +15,8 @@ and marginals can differ from the exact AMD where units are redundant or synergi
 
 from __future__ import annotations
 
+import functools
+import importlib
 import time
 
 import jax
@@ -23,10 +25,13 @@ import numpy as np
 import numpyro.distributions as dist
 import optax
 
-from bablate import progress
+from bablate import progress, sharding
 from bablate.amd import prior_probs
 from bablate.inference.posterior import Posterior
 from bablate.tasks import Task
+
+# The module (``bablate.inference.mcmc``, the package attribute, is the function).
+mcmc = importlib.import_module("bablate.inference.mcmc")
 
 ESTIMATORS = ("score", "concrete")
 
@@ -45,13 +50,16 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
         num_draws: int = 2000, steps_per_call: int = 50) -> Posterior:
     """Fits a mean-field Bernoulli guide to the AMD with optax.
 
+    The optimisation steps are compiled once per site, rule and settings and cached (the
+    task's arrays, the prior and β are arguments), so tasks sharing a site reuse the program.
+
     Args:
       task: the task.
       key: PRNG key.
       prior: keep-probability, scalar or ``[d]``.
       beta: inverse temperature.
       estimator: "score" (hard or smooth likelihood) or "concrete" (smooth likelihood).
-      num_steps: optimisation steps.
+      num_steps: optimisation steps (rounded up to a multiple of ``steps_per_call``).
       num_particles: masks drawn per step (evaluated together with vmap).
       learning_rate: Adam step size on the guide's logits.
       temperature: Concrete relaxation temperature.
@@ -61,52 +69,23 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}.")
+    if num_particles < 2 or num_steps < 1 or steps_per_call < 1:
+        raise ValueError(f"need num_particles >= 2 (the score estimator's baseline leaves one "
+                         f"out), num_steps >= 1 and steps_per_call >= 1; got {num_particles}, "
+                         f"{num_steps}, {steps_per_call}.")
     d = task.num_units
     p = prior_probs(prior, d)
     use_smooth = smooth or estimator == "concrete"
     if use_smooth and task.rule.soft is None:
         raise ValueError(f"rule {task.rule.name!r} has no smooth surrogate; use "
                          "estimator='score' with smooth=False.")
-    optimizer = optax.adam(learning_rate)
-
-    def closed_form(phi):
-        q = jax.nn.sigmoid(phi)
-        cross = q @ jnp.log(p) + (1 - q) @ jnp.log1p(-p)
-        entropy = dist.Bernoulli(logits=phi).entropy().sum()
-        return cross + entropy
-
-    def loss(phi, key, data):
-        guide = dist.Bernoulli(logits=jnp.broadcast_to(phi, (num_particles, d)))
-        if estimator == "concrete":
-            masks = dist.RelaxedBernoulliLogits(temperature, logits=jnp.broadcast_to(
-                phi, (num_particles, d))).rsample(key)
-            f = beta * task.log_odds_fn(data, masks, smooth=True)
-            expected = f.mean()
-        else:
-            masks = jax.lax.stop_gradient(guide.sample(key))
-            f = beta * task.log_odds_fn(data, masks, smooth=use_smooth)
-            baseline = (f.sum() - f) / (num_particles - 1)
-            log_q = guide.log_prob(masks).sum(-1)
-            # Value: the Monte Carlo mean; gradient: the leave-one-out score-function estimate.
-            surrogate = (jax.lax.stop_gradient(f - baseline) * log_q).mean()
-            expected = (jax.lax.stop_gradient(f.mean()) + surrogate
-                        - jax.lax.stop_gradient(surrogate))
-        return -(expected + closed_form(phi))
-
-    @jax.jit
-    def run_chunk(phi, opt_state, key, data):
-        def step(carry, k):
-            phi, opt_state = carry
-            value, grad = jax.value_and_grad(loss)(phi, k, data)
-            updates, opt_state = optimizer.update(grad, opt_state, phi)
-            return (optax.apply_updates(phi, updates), opt_state), -value
-
-        (phi, opt_state), elbo = jax.lax.scan(step, (phi, opt_state),
-                                              jax.random.split(key, steps_per_call))
-        return phi, opt_state, elbo
-
+    settings = (estimator, num_particles, float(learning_rate), float(temperature), use_smooth,
+                steps_per_call)
+    optimizer, run_chunk = mcmc.cached_program(
+        ("svi", *mcmc.program_key(task), *settings), lambda: _build(task, *settings))
+    args = mcmc.amd_args(task, p, beta)
     # Start at the prior: the guide moves away from it only where the likelihood says so.
-    phi = jnp.log(p) - jnp.log1p(-p)
+    phi = jnp.asarray(np.log(p) - np.log1p(-p))
     opt_state = optimizer.init(phi)
     key, key_draw = jax.random.split(key)
     elbos = []
@@ -114,11 +93,12 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
     with progress.bar(total=num_steps, desc=f"svi {task.name}", unit="step") as bar:
         for chunk in range(-(-num_steps // steps_per_call)):
             phi, opt_state, elbo = run_chunk(phi, opt_state, jax.random.fold_in(key, chunk),
-                                             task.data)
-            elbos.append(np.asarray(elbo))
-            bar.update(steps_per_call)
-            bar.set_postfix(elbo=f"{float(elbos[-1][-10:].mean()):.3f}")
-    elbo = np.concatenate(elbos)
+                                             args)
+            elbos.append(elbo)
+            if not bar.disable:
+                bar.update(steps_per_call)
+                bar.set_postfix(elbo=f"{float(elbo[-10:].mean()):.3f}")
+    elbo = np.concatenate([np.asarray(e) for e in elbos])
     q = np.asarray(jax.nn.sigmoid(phi), np.float64)
     q_draws = jnp.broadcast_to(jnp.asarray(q), (num_draws, d))
     draws = np.asarray(jax.random.bernoulli(key_draw, q_draws), np.uint8)
@@ -128,3 +108,51 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
                      diagnostics={"seconds": time.perf_counter() - start,
                                   "elbo_final": float(elbo[-50:].mean()),
                                   "num_steps": int(elbo.size)})
+
+
+def _build(task: Task, estimator: str, num_particles: int, learning_rate: float,
+           temperature: float, use_smooth: bool, steps_per_call: int):
+    """The optimiser and the jitted chunk of ``steps_per_call`` SVI steps for ``task``'s site."""
+    d = task.num_units
+    optimizer = optax.adam(learning_rate)
+
+    def closed_form(phi, log_prior):
+        q = jax.nn.sigmoid(phi)
+        cross = q @ log_prior[0] + (1 - q) @ log_prior[1]
+        entropy = dist.Bernoulli(logits=phi).entropy().sum()
+        return cross + entropy
+
+    def loss(phi, key, args):
+        log_odds = functools.partial(mcmc.probe(task, args).log_odds_fn, args["data"])
+        guide = dist.Bernoulli(logits=jnp.broadcast_to(phi, (num_particles, d)))
+        if estimator == "concrete":
+            masks = dist.RelaxedBernoulliLogits(temperature, logits=jnp.broadcast_to(
+                phi, (num_particles, d))).rsample(key)
+            f = args["beta"] * log_odds(masks, smooth=True)
+            expected = f.mean()
+        else:
+            masks = jax.lax.stop_gradient(guide.sample(key))
+            f = args["beta"] * log_odds(masks, smooth=use_smooth)
+            baseline = (f.sum() - f) / (num_particles - 1)
+            log_q = guide.log_prob(masks).sum(-1)
+            # Value: the Monte Carlo mean; gradient: the leave-one-out score-function estimate.
+            surrogate = (jax.lax.stop_gradient(f - baseline) * log_q).mean()
+            expected = (jax.lax.stop_gradient(f.mean()) + surrogate
+                        - jax.lax.stop_gradient(surrogate))
+        return -(expected + closed_form(phi, args["log_prior"]))
+
+    def run_chunk(phi, opt_state, key, args):
+        def step(carry, k):
+            phi, opt_state = carry
+            value, grad = jax.value_and_grad(loss)(phi, k, args)
+            updates, opt_state = optimizer.update(grad, opt_state, phi)
+            return (optax.apply_updates(phi, updates), opt_state), -value
+
+        # A step evaluates a few dozen masks: splitting them over devices would cost more in
+        # synchronisation on every step than it saves.
+        with sharding.unsplit():
+            (phi, opt_state), elbo = jax.lax.scan(step, (phi, opt_state),
+                                                  jax.random.split(key, steps_per_call))
+        return phi, opt_state, elbo
+
+    return optimizer, jax.jit(mcmc._trace_guard(run_chunk))
