@@ -22,13 +22,13 @@ Commands (runtimes on 2 CPU cores shared with other jobs, load ~2–5):
     python launch.py --config=experiments/basis_comparison.py:toy     # toy at 1−S = 0.3, 0.1, 0.03
     python launch.py --config=experiments/basis_comparison.py:rnn     # RNN, top-k and L1 SAEs
     python launch.py --config=experiments/basis_comparison.py:llm     # 3.5–8 min: SmolLM2 layer
-    python launch.py --config=experiments/basis_comparison.py:full    # toy + rnn + llm (4 concepts)
+    python launch.py --config=experiments/basis_comparison.py:full    # 21 min: toy + rnn + llm
     python launch.py --config=experiments/basis_comparison.py:toy --sweep   # seeds 0..2
 
 quick: 67 s at load 2 (3.7 min at load 12). llm: 210 s at load 2, 307 s at load 2.5, 462 s at
 load 5 (model and prompt passes ~20 s, SAE fit ~17 s, SVI 9 × ~14 s, reproducibility reruns
-~40 s at load 2). full: not measured; its LLM part (4 concepts × 16 prompts, 200 SVI steps, 2
-rerun seeds, SAE on 6 concepts' prompts) is estimated at ~15 min.
+~40 s at load 2). full: 20.6 min wall (27 CPU-min) at load 4–5, of which the LLM part (4
+concepts × 16 prompts, 200 SVI steps, 2 rerun seeds, SAE on 6 concepts' prompts) took 15 min.
 
 Expected numbers (quick, seed 0; report.md has the full table): toy at 1−S = 0.03, 9 of the 16
 half-feature directions represented in 5 neurons; NMF and top-k SAE (16 codes) recover them
