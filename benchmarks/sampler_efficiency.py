@@ -30,7 +30,6 @@ them; the JSON's ``machine.device_count`` records it).
 
 from __future__ import annotations
 
-import importlib
 import time
 
 import jax
@@ -41,10 +40,8 @@ from common import base_parser, emit, log, parse_args
 from numpyro.infer import DiscreteGibbs
 
 import bablate as bb
-from bablate.inference.mcmc import chain_diagnostics, legacy_key
-
-# The module (``bablate.inference.mcmc`` the attribute is the function of the same name).
-bmcmc = importlib.import_module("bablate.inference.mcmc")
+from bablate.inference import programs
+from bablate.inference.mcmc import Run, chain_diagnostics, legacy_key, sample_flip_kernel
 
 
 def trained_mlp_tasks(hidden: int, examples: int, seed: int, steps: int = 300,
@@ -140,12 +137,12 @@ def ours_steady_state(task, sampler, num_samples, num_warmup, num_chains, thinni
     called twice with different keys: the second call is timed (the loop is compiled once and
     cached)."""
     proposal, flips = split_sampler(sampler)
-    run = bmcmc.Run(proposal=proposal, flips=flips, smooth=False, num_warmup=num_warmup,
+    run = Run(proposal=proposal, flips=flips, smooth=False, num_warmup=num_warmup,
                     num_samples=num_samples, thinning=thinning, num_chains=num_chains,
                     chain_method=chain_method)
     p = np.full((task.num_units,), 0.5, np.float32)
     x0 = np.ones((task.num_units,), np.float32)
-    go = lambda k: bmcmc.sample_flip_kernel(task, jax.random.key(k), p, 1.0, run, x0)
+    go = lambda k: sample_flip_kernel(task, jax.random.key(k), p, 1.0, run, x0)
     t0 = time.perf_counter()
     go(seed)
     first = time.perf_counter() - t0
@@ -161,7 +158,7 @@ def end_to_end(tasks, sampler, num_samples, num_warmup, num_chains, thinning, se
     on one task with nothing compiled (compilation included), then on another task of the same
     shape (same site, other targets), which reuses our compiled loop (numpyro's ``MCMC``
     compiles its loop again on every run)."""
-    bmcmc.clear_cache()
+    programs.clear_cache()
     proposal, flips = split_sampler(sampler) if sampler != "stock" else ("stock", "multi")
     out = {}
     for label, task in zip(("end_to_end", "end_to_end_second_task"), tasks, strict=True):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import chex
 import jax
 import numpy as np
@@ -11,9 +9,7 @@ import pytest
 from core_models import head_rule, trained_mlp
 
 import bablate as bb
-
-# The module (``bablate.inference.mcmc``, the attribute, is the function of the same name).
-mcmc_module = importlib.import_module("bablate.inference.mcmc")
+from bablate.inference import programs
 
 
 @pytest.fixture(scope="module")
@@ -95,21 +91,21 @@ def test_tasks_on_one_site_share_one_compiled_sampling_loop(monkeypatch):
     for name, part in (("first", x[:128]), ("second", x[128:])):
         logits = model.apply(variables, part)
         tasks.append(bb.Task.build(site, part, bb.rules.top1(np.argmax(logits, -1)), name=name))
-    monkeypatch.setattr(mcmc_module, "_trace_guard", lambda f: chex.assert_max_traces(f, n=1))
-    mcmc_module.clear_cache()
+    monkeypatch.setattr(programs, "trace_guard", lambda f: chex.assert_max_traces(f, n=1))
+    programs.clear_cache()
     # The prior and β are arguments of the compiled loop too: another prior, no new program.
     kw = [dict(prior=0.5, beta=1.0), dict(prior=0.3, beta=2.0)]
     posts = [bb.infer(t, "mcmc", key=jax.random.key(i), num_samples=3000, num_warmup=300,
                       num_chains=4, **k) for i, (t, k) in enumerate(zip(tasks, kw, strict=True))]
     # One cache entry, each of its functions traced once (a retrace fails the chex guard).
-    assert len(mcmc_module._PROGRAMS) == 1
+    assert len(programs._PROGRAMS) == 1
     assert posts[0].method == posts[1].method == "mcmc-gradient-multi"
     # The shared program samples each task's own posterior.
     exact = [bb.infer(t, "exact", **k) for t, k in zip(tasks, kw, strict=True)]
     assert np.abs(exact[0].marginals - exact[1].marginals).max() > 0.2
     for post, reference in zip(posts, exact, strict=True):
         np.testing.assert_allclose(post.marginals, reference.marginals, atol=0.05)
-    mcmc_module.clear_cache()
+    programs.clear_cache()
 
 
 def test_chain_methods_give_the_same_draws(task_and_exact):

@@ -11,10 +11,8 @@ are split over devices (``shard_map``) when the devices allow, else vectorised o
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import threading
 import time
 
 import jax
@@ -28,6 +26,7 @@ from numpyro.infer import MCMC, DiscreteGibbs
 
 from bablate import progress, sharding
 from bablate.amd import MASK_SITE, make_model, prior_probs
+from bablate.inference import programs
 from bablate.inference.kernels import FlipKernel
 from bablate.inference.posterior import Posterior
 from bablate.tasks import Task
@@ -36,7 +35,6 @@ SAMPLERS = ("auto", "informed", "gradient", "stock")
 CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
 # Calls per run of the jitted loop (progress-bar updates); the host only enqueues between them.
 _CHUNKS = 10
-_CACHE_SIZE = 32
 
 
 def legacy_key(key: jax.Array) -> jax.Array:
@@ -205,7 +203,7 @@ def sample_flip_kernel(task: Task, key: jax.Array, p: np.ndarray, beta: float, r
     """
     method, devices = chain_layout(run.num_chains, run.chain_method)
     keys = jax.random.split(legacy_key(key), run.num_chains)
-    args = amd_args(task, p, beta)
+    args = programs.amd_args(task, p, beta)
     x0_CxD = np.broadcast_to(x0, (run.num_chains, x0.size))
     log_step = np.full((run.num_chains,), np.log(step_size), np.float32)
     if method == "sequential":
@@ -254,26 +252,12 @@ def _progress(bar, state, n: int) -> None:
     bar.update(n)
 
 
-def amd_args(task: Task, p: np.ndarray, beta: float) -> dict:
-    """The arrays of the AMD of ``task``: the loop's argument (nothing of it is compiled in)."""
-    positive = task.rule.positive
-    return {"data": task.data, "positive": positive,
-            "log_prior": np.stack([np.log(p), np.log1p(-p)]).astype(np.float32),
-            "beta": np.float32(beta)}
-
-
-def probe(task: Task, args: dict) -> Task:
-    """``task``'s evaluators with the rule's ``positive`` taken from ``args`` (traced)."""
-    rule = dataclasses.replace(task.rule, positive=args["positive"])
-    return Task(name=task.name, site=task.site, rule=rule, data={})
-
-
 def _amd_model(args: dict, *, task: Task, smooth: bool):
     """:func:`bablate.amd.amd_model` with the prior and β as arguments."""
     log_p, log_not_p = args["log_prior"][0], args["log_prior"][1]
     with numpyro.plate("units", task.num_units):
         mask = numpyro.sample(MASK_SITE, dist.Bernoulli(logits=log_p - log_not_p))
-    log_odds = probe(task, args).log_odds_fn(args["data"], mask[None], smooth)[0]
+    log_odds = programs.probe(task, args).log_odds_fn(args["data"], mask[None], smooth)[0]
     numpyro.factor("log_odds", args["beta"] * log_odds)
 
 
@@ -281,12 +265,14 @@ def _log_joint(masks_CxD: jax.Array, args: dict, *, task: Task, smooth: bool) ->
     """The log density of :func:`_amd_model` for a batch of masks, in one evaluation."""
     masks = masks_CxD.astype(jnp.float32)
     log_prior = masks @ args["log_prior"][0] + (1.0 - masks) @ args["log_prior"][1]
-    return log_prior + args["beta"] * probe(task, args).log_odds_fn(args["data"], masks, smooth)
+    log_odds = programs.probe(task, args).log_odds_fn(args["data"], masks, smooth)
+    return log_prior + args["beta"] * log_odds
 
 
 def make_kernel(task: Task, proposal: str, flips: str = "multi", smooth: bool = False,
                 step_size: float = 1.0) -> FlipKernel:
-    """The :class:`FlipKernel` of the AMD of ``task``; its model takes :func:`amd_args`."""
+    """The :class:`FlipKernel` of the AMD of ``task``; its model takes
+    :func:`bablate.inference.programs.amd_args`."""
     model = functools.partial(_amd_model, task=task, smooth=smooth)
     fn = functools.partial(_log_joint, task=task, smooth=smooth)
     gradient_model = gradient_fn = None
@@ -295,49 +281,6 @@ def make_kernel(task: Task, proposal: str, flips: str = "multi", smooth: bool = 
         gradient_fn = functools.partial(_log_joint, task=task, smooth=True)
     return FlipKernel(model, proposal=proposal, gradient_model=gradient_model, flips=flips,
                       step_size=step_size, log_density_fn=fn, gradient_log_density_fn=gradient_fn)
-
-
-def _function_key(fn):
-    """A function by its code and captured values, so that rules rebuilt by one factory
-    (``bb.rules.top1(y)`` per task) share a compilation; by identity when a captured value is
-    not hashable (arrays), which is always safe."""
-    if fn is None or not hasattr(fn, "__code__"):
-        return fn
-    cells = tuple(c.cell_contents for c in fn.__closure__ or ())
-    key = (fn.__code__, cells, fn.__defaults__,
-           tuple(sorted((fn.__kwdefaults__ or {}).items())))
-    try:
-        hash(key)
-    except TypeError:
-        return fn
-    return key
-
-
-_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
-_LOCK = threading.Lock()
-
-
-def cached_program(key: tuple, build):
-    """``build()``'s result, kept in a small LRU cache under ``key`` (compiled programs of the
-    sampling loops here and of SVI)."""
-    with _LOCK:
-        if key in _PROGRAMS:
-            _PROGRAMS.move_to_end(key)
-            return _PROGRAMS[key]
-    program = build()
-    with _LOCK:
-        _PROGRAMS[key] = program
-        while len(_PROGRAMS) > _CACHE_SIZE:
-            _PROGRAMS.popitem(last=False)
-    return program
-
-
-def program_key(task: Task) -> tuple:
-    """What a compiled program of ``task`` depends on beyond its arrays: the site object and
-    the rule's code (see :func:`_function_key`); ``rule.positive`` is an argument."""
-    rule = task.rule
-    return (task.site, _function_key(rule.hard), _function_key(rule.soft),
-            rule.positive is None)
 
 
 def compiled_loop(task: Task, run: Run, devices: int):
@@ -350,9 +293,9 @@ def compiled_loop(task: Task, run: Run, devices: int):
     draws, and runs of any length with the same chunk, share one program. Tasks with the same
     site object and rule code share the cache entry; the data's shapes are jit's own key.
     """
-    key = ("mcmc", *program_key(task), run.proposal, run.flips, run.smooth, run.num_warmup,
-           run.thinning, run.num_chains, run.chunk, devices)
-    return cached_program(key, lambda: _build_loop(task, run, devices))
+    key = ("mcmc", *programs.program_key(task), run.proposal, run.flips, run.smooth,
+           run.num_warmup, run.thinning, run.num_chains, run.chunk, devices)
+    return programs.cached_program(key, lambda: _build_loop(task, run, devices))
 
 
 def _build_loop(task: Task, run: Run, devices: int):
@@ -383,7 +326,7 @@ def _build_loop(task: Task, run: Run, devices: int):
         state, buf = jax.lax.fori_loop(0, n_warm + n_keep * run.thinning, body, (state, buf))
         return state, buf[:run.chunk]
 
-    init_guarded, advance_guarded = _trace_guard(init), _trace_guard(advance)
+    init_guarded, advance_guarded = programs.trace_guard(init), programs.trace_guard(advance)
     if devices == 1:
         return jax.jit(init_guarded), jax.jit(advance_guarded, donate_argnums=0), lambda a: a
     mesh = Mesh(np.asarray(jax.devices()[:devices]), ("chains",))
@@ -401,15 +344,3 @@ def _build_loop(task: Task, run: Run, devices: int):
                                     out_specs=(chains, PartitionSpec(None, "chains")),
                                     check_vma=False)
     return jax.jit(init_sharded), jax.jit(advance_sharded, donate_argnums=0), place
-
-
-def _trace_guard(fn):
-    """Identity; tests replace it with ``chex.assert_max_traces`` to catch retracing."""
-    return fn
-
-
-def clear_cache() -> None:
-    """Forgets the compiled programs (sampling loops and SVI steps)."""
-    with _LOCK:
-        _PROGRAMS.clear()
-

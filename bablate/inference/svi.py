@@ -16,7 +16,6 @@ and marginals can differ from the exact AMD where units are redundant or synergi
 from __future__ import annotations
 
 import functools
-import importlib
 import time
 
 import jax
@@ -27,11 +26,9 @@ import optax
 
 from bablate import progress, sharding
 from bablate.amd import prior_probs
+from bablate.inference import programs
 from bablate.inference.posterior import Posterior
 from bablate.tasks import Task
-
-# The module (``bablate.inference.mcmc``, the package attribute, is the function).
-mcmc = importlib.import_module("bablate.inference.mcmc")
 
 ESTIMATORS = ("score", "concrete")
 
@@ -81,9 +78,9 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
                          "estimator='score' with smooth=False.")
     settings = (estimator, num_particles, float(learning_rate), float(temperature), use_smooth,
                 steps_per_call)
-    optimizer, run_chunk = mcmc.cached_program(
-        ("svi", *mcmc.program_key(task), *settings), lambda: _build(task, *settings))
-    args = mcmc.amd_args(task, p, beta)
+    optimizer, run_chunk = programs.cached_program(
+        ("svi", *programs.program_key(task), *settings), lambda: _build(task, *settings))
+    args = programs.amd_args(task, p, beta)
     # Start at the prior: the guide moves away from it only where the likelihood says so.
     phi = jnp.asarray(np.log(p) - np.log1p(-p))
     opt_state = optimizer.init(phi)
@@ -123,7 +120,7 @@ def _build(task: Task, estimator: str, num_particles: int, learning_rate: float,
         return cross + entropy
 
     def loss(phi, key, args):
-        log_odds = functools.partial(mcmc.probe(task, args).log_odds_fn, args["data"])
+        log_odds = functools.partial(programs.probe(task, args).log_odds_fn, args["data"])
         guide = dist.Bernoulli(logits=jnp.broadcast_to(phi, (num_particles, d)))
         if estimator == "concrete":
             masks = dist.RelaxedBernoulliLogits(temperature, logits=jnp.broadcast_to(
@@ -155,4 +152,4 @@ def _build(task: Task, estimator: str, num_particles: int, learning_rate: float,
                                                   jax.random.split(key, steps_per_call))
         return phi, opt_state, elbo
 
-    return optimizer, jax.jit(mcmc._trace_guard(run_chunk))
+    return optimizer, jax.jit(programs.trace_guard(run_chunk))

@@ -1,0 +1,83 @@
+"""Compiled programs shared by the MCMC loop and SVI: their cache and their arguments.
+
+A program is compiled for what it depends on beyond arrays (the site object, the rule's code
+and the run's static settings) and takes everything else as an argument (:func:`amd_args`:
+the task's data, the rule's positives, the log prior and β), so every task on one site with
+data of one shape reuses one compilation.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+
+import numpy as np
+
+from bablate.tasks import Task
+
+_CACHE_SIZE = 32
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_LOCK = threading.Lock()
+
+
+def amd_args(task: Task, p: np.ndarray, beta: float) -> dict:
+    """The arrays of the AMD of ``task``: a program's argument (nothing of it is compiled in)."""
+    return {"data": task.data, "positive": task.rule.positive,
+            "log_prior": np.stack([np.log(p), np.log1p(-p)]).astype(np.float32),
+            "beta": np.float32(beta)}
+
+
+def probe(task: Task, args: dict) -> Task:
+    """``task``'s evaluators with the rule's ``positive`` taken from ``args`` (traced)."""
+    rule = dataclasses.replace(task.rule, positive=args["positive"])
+    return Task(name=task.name, site=task.site, rule=rule, data={})
+
+
+def _function_key(fn):
+    """A function by its code and captured values, so that rules rebuilt by one factory
+    (``bb.rules.top1(y)`` per task) share a compilation; by identity when a captured value is
+    not hashable (arrays), which is always safe."""
+    if fn is None or not hasattr(fn, "__code__"):
+        return fn
+    cells = tuple(c.cell_contents for c in fn.__closure__ or ())
+    key = (fn.__code__, cells, fn.__defaults__,
+           tuple(sorted((fn.__kwdefaults__ or {}).items())))
+    try:
+        hash(key)
+    except TypeError:
+        return fn
+    return key
+
+
+def program_key(task: Task) -> tuple:
+    """What a compiled program of ``task`` depends on beyond its arrays: the site object and
+    the rule's code (see :func:`_function_key`); ``rule.positive`` is an argument."""
+    rule = task.rule
+    return (task.site, _function_key(rule.hard), _function_key(rule.soft),
+            rule.positive is None)
+
+
+def cached_program(key: tuple, build):
+    """``build()``'s result, kept in a small LRU cache under ``key``."""
+    with _LOCK:
+        if key in _PROGRAMS:
+            _PROGRAMS.move_to_end(key)
+            return _PROGRAMS[key]
+    program = build()
+    with _LOCK:
+        _PROGRAMS[key] = program
+        while len(_PROGRAMS) > _CACHE_SIZE:
+            _PROGRAMS.popitem(last=False)
+    return program
+
+
+def trace_guard(fn):
+    """Identity; tests replace it with ``chex.assert_max_traces`` to catch retracing."""
+    return fn
+
+
+def clear_cache() -> None:
+    """Forgets the compiled programs (sampling loops and SVI steps)."""
+    with _LOCK:
+        _PROGRAMS.clear()
