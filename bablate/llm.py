@@ -33,8 +33,8 @@ import numpy as np
 from bablate import rules
 from bablate.models import llama
 from bablate.models.llama import Interventions, LlamaConfig
-from bablate.sites import Basis, Site, ablation_value, mask_activation
-from bablate.tasks import Rule
+from bablate.sites import Basis, Site, ablation_value
+from bablate.tasks import Rule, site_outputs
 
 KINDS = ("heads", "neurons", "resid")
 ABLATIONS = ("zero", "mean")
@@ -419,23 +419,14 @@ def evaluate_masks(site: Site, inputs: dict, masks_MxD, key: jax.Array | None = 
     cached ones of :func:`build_mlp_site` (``[M, N, 2]`` with ``targets``; ``key`` draws the
     permutation of resample ablation).
     """
-    masks = jnp.asarray(masks_MxD, jnp.float32)
-    if site.apply_mask is not None:
-        return _mask_evaluator(site)(masks, inputs)
-    act = jax.jit(site.prefix)(inputs)
-    value = ablation_value(site, act, jax.random.key(0) if key is None else key)
-    return _cached_evaluator(site)(masks, inputs, act, value)
+    data = {"inputs": inputs}
+    if site.cached:
+        act = jax.jit(site.prefix)(inputs)
+        data.update(act=act, value=ablation_value(site, act,
+                                                  jax.random.key(0) if key is None else key))
+    return _evaluator(site)(data, jnp.asarray(masks_MxD, jnp.float32))
 
 
 @functools.lru_cache(maxsize=16)
-def _mask_evaluator(site: Site):
-    return jax.jit(jax.vmap(site.apply_mask, in_axes=(0, None)))
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_evaluator(site: Site):
-    def one(mask, inputs, act, value):
-        masked = mask_activation(act, mask, value, site.unit_axis, site.basis)
-        return site.suffix(masked, inputs)
-
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+def _evaluator(site: Site):
+    return jax.jit(jax.vmap(functools.partial(site_outputs, site), in_axes=(None, 0)))

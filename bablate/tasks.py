@@ -130,6 +130,24 @@ def _logit(p: Array) -> Array:
     return jnp.log(p) - jnp.log1p(-p)
 
 
+def site_outputs(site: Site, data: dict, mask: Array) -> Any:
+    """The network's outputs under one mask ``[d]`` at ``site``, rule-free.
+
+    ``data`` holds ``"inputs"`` and, for cached and in-place sites, the ablation ``"value"``
+    (and the cached activation ``"act"``), as :meth:`Task.build` stores them.
+    """
+    if site.apply_mask is not None:
+        return site.apply_mask(mask, data["inputs"])
+    if site.cached:
+        masked = mask_activation(data["act"], mask, data["value"], site.unit_axis, site.basis)
+        return site.suffix(masked, data["inputs"])
+
+    def ablate(h):
+        return mask_activation(h, mask, data["value"], site.unit_axis, site.basis)
+
+    return site.apply(data["inputs"], ablate)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Task:
     """A site + a dataset + a correctness rule. Build with :meth:`Task.build`.
@@ -209,17 +227,7 @@ class Task:
 
     def outputs_fn(self, data: dict, mask: Array) -> Any:
         """Network outputs under one mask ``[d]``."""
-        site = self.site
-        if site.apply_mask is not None:
-            return site.apply_mask(mask, data["inputs"])
-        if site.cached:
-            masked = mask_activation(data["act"], mask, data["value"], site.unit_axis, site.basis)
-            return site.suffix(masked, data["inputs"])
-
-        def ablate(h):
-            return mask_activation(h, mask, data["value"], site.unit_axis, site.basis)
-
-        return site.apply(data["inputs"], ablate)
+        return site_outputs(self.site, data, mask)
 
     def log_odds_fn(self, data: dict, masks: Array, smooth: bool = False) -> Array:
         """β-free log-odds of correctness for a batch of masks ``[M, d]`` -> ``[M]``."""

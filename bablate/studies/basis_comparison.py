@@ -46,7 +46,7 @@ from bablate import dictionary as dl
 from bablate import progress
 from bablate.models import toy
 from bablate.studies import basis_plots
-from bablate.tasks import p_correct_from
+from bablate.tasks import p_correct_from, site_outputs
 
 INFORMATIVE_BITS = 0.1  # tasks carrying less information are left out of per-task means
 NEURON, ROTATION = "neuron", "rotation"
@@ -268,8 +268,8 @@ def p_correct_many(tasks: list[bb.Task], masks_TxMxD: np.ndarray) -> np.ndarray:
 
 def _outputs_evaluator(site: bb.Site):
     """A jitted ``(data, masks [M, d]) -> outputs`` for one site (rule-independent)."""
-    probe = bb.Task(name="outputs", site=site, rule=None, data={})
-    return jax.jit(lambda data, masks: jax.lax.map(lambda m: probe.outputs_fn(data, m), masks))
+    return jax.jit(lambda data, masks: jax.lax.map(lambda m: site_outputs(site, data, m),
+                                                    masks))
 
 
 def read_tasks(tasks: list[bb.Task], icfg: InferenceConfig, key: jax.Array,
