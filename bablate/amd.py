@@ -63,6 +63,14 @@ def log_joint(task: Task, data, masks: jax.Array, prior=0.5, beta: float = 1.0,
     the whole batch of masks in one vmapped call.
     """
     p = prior_probs(prior, task.num_units)
+    return log_joint_from(task, data, masks, jnp.stack([jnp.log(p), jnp.log1p(-p)]), beta,
+                          smooth)
+
+
+def log_joint_from(task: Task, data, masks: jax.Array, log_prior_2xD: jax.Array, beta,
+                   smooth: bool = False) -> jax.Array:
+    """:func:`log_joint` with the prior given as ``[log p, log(1 − p)]`` ``[2, d]``, so that the
+    prior and β can be traced arguments of a compiled program."""
     masks = masks.astype(jnp.float32)
-    log_prior = masks @ jnp.log(p) + (1.0 - masks) @ jnp.log1p(-p)
+    log_prior = masks @ log_prior_2xD[0] + (1.0 - masks) @ log_prior_2xD[1]
     return log_prior + beta * task.log_odds_fn(data, masks, smooth)

@@ -25,7 +25,7 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.infer import MCMC, DiscreteGibbs
 
 from bablate import progress, sharding
-from bablate.amd import MASK_SITE, make_model, prior_probs
+from bablate.amd import MASK_SITE, log_joint_from, make_model, prior_probs
 from bablate.inference import programs
 from bablate.inference.kernels import FlipKernel
 from bablate.inference.posterior import Posterior
@@ -263,10 +263,8 @@ def _amd_model(args: dict, *, task: Task, smooth: bool):
 
 def _log_joint(masks_CxD: jax.Array, args: dict, *, task: Task, smooth: bool) -> jax.Array:
     """The log density of :func:`_amd_model` for a batch of masks, in one evaluation."""
-    masks = masks_CxD.astype(jnp.float32)
-    log_prior = masks @ args["log_prior"][0] + (1.0 - masks) @ args["log_prior"][1]
-    log_odds = programs.probe(task, args).log_odds_fn(args["data"], masks, smooth)
-    return log_prior + args["beta"] * log_odds
+    return log_joint_from(programs.probe(task, args), args["data"], masks_CxD,
+                          args["log_prior"], args["beta"], smooth)
 
 
 def make_kernel(task: Task, proposal: str, flips: str = "multi", smooth: bool = False,
