@@ -34,6 +34,26 @@ def prior_probs(prior, num_units: int) -> np.ndarray:
     return p
 
 
+def check_beta(beta) -> float:
+    """β as a float, refusing a negative or non-finite value with a clear error."""
+    try:
+        value = float(beta)
+    except (TypeError, ValueError):
+        raise ValueError(f"beta (β, the inverse temperature on the log-odds) must be a number, "
+                         f"got {beta!r}.") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"beta (β, the inverse temperature on the log-odds) must be finite and "
+                         f">= 0, got {beta!r}; the paper uses β = 1.")
+    return value
+
+
+def nonfinite_error(task_name: str, where: str) -> ValueError:
+    """The one error every inference method raises for a NaN/inf log density."""
+    return ValueError(f"task {task_name!r}: non-finite log-probabilities ({where}); the rule's "
+                      "correctness or the network's outputs are NaN/inf under some masks. Check "
+                      "the rule and the outputs under ablation (e.g. task.p_correct(masks)).")
+
+
 def amd_model(data, *, task: Task, prior, beta: float = 1.0, smooth: bool = False):
     """numpyro model of the AMD for ``task`` (pass ``task.data`` as the model argument).
 
@@ -45,6 +65,7 @@ def amd_model(data, *, task: Task, prior, beta: float = 1.0, smooth: bool = Fals
       smooth: use the rule's smooth surrogate (needed for gradients).
     """
     p = prior_probs(prior, task.num_units)
+    beta = check_beta(beta)
     with numpyro.plate("units", task.num_units):
         mask = numpyro.sample(MASK_SITE, dist.Bernoulli(probs=p))
     numpyro.factor("log_odds", beta * task.log_odds_fn(data, mask[None], smooth)[0])
@@ -63,6 +84,7 @@ def log_joint(task: Task, data, masks: jax.Array, prior=0.5, beta: float = 1.0,
     the whole batch of masks in one vmapped call.
     """
     p = prior_probs(prior, task.num_units)
+    beta = check_beta(beta)
     return log_joint_from(task, data, masks, jnp.stack([jnp.log(p), jnp.log1p(-p)]), beta,
                           smooth)
 

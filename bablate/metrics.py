@@ -10,19 +10,35 @@ These are our reconstructions of the paper's suite; all quantities are in bits.
 * polysemanticity over a task set: effective number of tasks per unit exp(H(I_i(t)/Σ_t I_i(t)))
   and I(T; M_i) under the uniform mixture of task AMDs; task overlap by Jensen–Shannon.
 
-H(q) is exact for enumerated posteriors and exact-for-q for mean-field SVI (whose TC is 0 by
-construction). From MCMC samples it is estimated one of two ways (``entropy_estimate`` says
-which):
+Information below the prior. A unit whose removal *helps* the task has q_i < prior_i; KL counts
+that as information too. ``unit_information_used`` is the part from units with q_i > prior_i (the
+task uses them), ``unit_information_harmful`` the part from q_i < prior_i (the task goes better
+without them). Distributedness and polysemanticity describe the code a task *uses*, so by
+default (``information="used"``) they are computed on the used part; ``information="all"``
+gives the plain KL of every unit.
 
-* ``"plug-in"`` while the draws revisit masks (fewer distinct masks than half the draws): the
-  empirical entropy with the Miller–Madow correction (K−1)/(2S ln 2). It is biased low and
-  cannot exceed log2 S bits, so TC and task information are biased high;
-* ``"chow-liu bound"`` once most draws are distinct (large d), where the plug-in joint entropy
-  only measures the sample size: TC(q) ≥ Σ_(i,j)∈T I(M_i; M_j) for the maximum spanning tree
-  T of pairwise mutual informations (the KL from q to its Chow–Liu tree is TC minus that sum,
-  and KL ≥ 0). Pairwise MI needs only 2×2 tables, so this lower bound is well estimated from a
-  few thousand draws; H(q) = Σ H(q_i) − TC is then an upper bound and task information a lower
-  bound. The plug-in pairwise MI is biased up by about 1/(2S ln 2) bits per edge; we subtract it.
+H(q) is exact for enumerated posteriors and exact-for-q for mean-field SVI (whose TC is 0 by
+construction). From MCMC draws, which are autocorrelated, it is estimated one of two ways
+(``entropy_estimate`` says which and ``entropy_error`` gives a size for its error):
+
+* ``"normaliser ratio"`` when the chains revisit masks: H(q) = log Z − E_q[log q̃(m)], with the
+  unnormalised log density q̃ of each draw recorded by the sampler, E_q from all draws, and Z
+  from a set A of masks seen in the first half of the chains: Z = Σ_{m∈A} q̃(m) / q(A), where
+  q(A) is the fraction of second-half draws that fall in A (and the same with the halves
+  swapped). Only frequencies of a *set* are estimated, never those of single masks, so the
+  estimate does not depend on how many distinct masks the draws hold; it is consistent for a
+  converged chain, with a bias of order 1/(draws in A) from the log of a ratio.
+  ``entropy_error`` is half the difference of the two half-swapped estimates;
+* ``"chow-liu bound"`` once the chains rarely revisit masks (large d): TC(q) ≥ Σ_(i,j)∈T
+  I(M_i; M_j) for the maximum spanning tree T of pairwise mutual informations (the KL from q to
+  its Chow–Liu tree is TC minus that sum, and KL ≥ 0). Pairwise MI needs only 2×2 tables, so
+  this lower bound is well estimated from a few thousand draws; H(q) = Σ H(q_i) − TC is then an
+  upper bound and task information a lower bound. The plug-in pairwise MI is biased up by
+  about 1/(2 n ln 2) bits per edge, n the effective sample size (autocorrelated draws count as
+  fewer); we subtract it.
+
+The plug-in entropy of the draws (:func:`plugin_entropy`) is kept for independent draws only: a
+chain that repeats masks through rejections makes it far too low.
 """
 
 from __future__ import annotations
@@ -98,8 +114,14 @@ def pairwise_mutual_information(samples: jax.Array) -> jax.Array:
     return jnp.maximum(mi, 0.0) * (1.0 - jnp.eye(mi.shape[0])) / LN2
 
 
-def chow_liu_bound(samples: np.ndarray) -> float:
-    """Lower bound on total correlation (bits): the maximum spanning tree of pairwise MI."""
+def chow_liu_bound(samples: np.ndarray, effective_size: float | None = None) -> float:
+    """Lower bound on total correlation (bits): the maximum spanning tree of pairwise MI.
+
+    Args:
+      samples: masks ``[S, d]``.
+      effective_size: the number of independent draws the samples are worth (the ESS of a
+        chain); sets the bias correction. Default: S (independent draws).
+    """
     samples = np.asarray(samples)
     d = samples.shape[1]
     if d < 2:
@@ -115,28 +137,153 @@ def chow_liu_bound(samples: np.ndarray) -> float:
         total += best[j]
         in_tree[j] = True
         best = np.maximum(best, mi[j])
-    bias = (d - 1) / (2 * samples.shape[0] * LN2)
+    n = samples.shape[0] if effective_size is None else min(effective_size, samples.shape[0])
+    bias = (d - 1) / (2 * max(n, 1.0) * LN2)
     return max(total - bias, 0.0)
 
 
-def joint_entropy(post: Posterior) -> tuple[float, str]:
-    """H(q) in bits and how it was obtained (see the module docstring)."""
+# Second-half draws that must fall in the first half's set of masks (each way) before the
+# normaliser-ratio estimate is used: the relative error of q(A) is then a few per cent.
+MIN_RATIO_HITS = 200
+
+
+def _row_keys(samples: np.ndarray) -> np.ndarray:
+    """One hashable key per mask row (the packed bits as a void scalar)."""
+    packed = np.packbits(np.asarray(samples, np.uint8), axis=1)
+    return np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1]))).ravel()
+
+
+@dataclasses.dataclass(frozen=True)
+class RatioEstimate:
+    """H(q) and the marginals of q from MCMC draws reweighted by their known densities.
+
+    Attributes:
+      entropy: H(q) in bits.
+      marginals: ``[d]`` q(m_i = 1) from the same reweighting (consistent with ``entropy``, so
+        total correlation Σ H(q_i) − H(q) does not mix two estimates).
+      error: half the difference of the two half-swapped entropy estimates, in bits.
+      coverage: c, the estimated mass of the revisited mask set.
+    """
+
+    entropy: float
+    marginals: np.ndarray
+    error: float
+    coverage: float
+
+
+def normaliser_ratio_estimate(samples: np.ndarray, log_density: np.ndarray,
+                              num_chains: int = 1, min_hits: int = MIN_RATIO_HITS,
+                              ) -> RatioEstimate | None:
+    """H(q) and marginals from MCMC draws and their unnormalised log densities.
+
+    With A the masks of one half of the chains, c = q(A) estimated by the fraction of the other
+    half's draws in A, and Z = Σ_A q̃ / c, q is estimated as the mixture of q̃/Z on A (known
+    masks, exact weights) and the other half's draws outside A (weight 1 − c):
+
+        H = c · (log Z − E_{q|A}[log q̃]) + (1 − c) · (log Z − mean over draws ∉ A of log q̃),
+
+    and the marginals likewise. Where the draws revisit masks (c → 1) almost nothing is left to
+    sampling noise; the two halves swap roles and the estimates are averaged.
+
+    Args:
+      samples: ``[C·S, d]`` draws, chain-major.
+      log_density: ``[C·S]`` log q̃ of each draw.
+      num_chains: C; each chain is split into its first and second half.
+      min_hits: fewest draws of one half that must fall in the other half's mask set.
+
+    Returns:
+      The estimate, or None when the chains revisit masks too rarely for it.
+    """
+    samples = np.asarray(samples, np.uint8)
+    d = samples.shape[1]
+    keys = _row_keys(samples).reshape(num_chains, -1)
+    lp = np.asarray(log_density, np.float64).reshape(num_chains, -1)
+    x = samples.reshape(num_chains, -1, d)
+    half = keys.shape[1] // 2
+    if half < 1:
+        return None
+    halves = [(keys[:, :half].ravel(), lp[:, :half].ravel(), x[:, :half].reshape(-1, d)),
+              (keys[:, half:].ravel(), lp[:, half:].ravel(), x[:, half:].reshape(-1, d))]
+    entropies, marginals, coverages = [], [], []
+    for (k_set, lp_set, x_set), (k_test, lp_test, x_test) in (halves, halves[::-1]):
+        uniq, index = np.unique(k_set, return_index=True)
+        inside = np.isin(k_test, uniq)
+        hits = int(inside.sum())
+        if hits < min_hits:
+            return None
+        c = hits / k_test.size
+        lp_a = lp_set[index]
+        log_mass = float(np.logaddexp.reduce(lp_a))
+        w = np.exp(lp_a - log_mass)  # q restricted to A, normalised
+        log_z = log_mass - np.log(c)
+        h = c * (log_z - float(w @ lp_a))
+        q = c * (w @ x_set[index].astype(np.float64))
+        if hits < k_test.size:
+            h += (1 - c) * (log_z - float(lp_test[~inside].mean()))
+            q += (1 - c) * x_test[~inside].mean(axis=0)
+        entropies.append(h / LN2)
+        marginals.append(q)
+        coverages.append(c)
+    return RatioEstimate(entropy=float(np.mean(entropies)), marginals=np.mean(marginals, axis=0),
+                         error=float(abs(entropies[0] - entropies[1]) / 2),
+                         coverage=float(np.mean(coverages)))
+
+
+def _entropy(post: Posterior) -> tuple[float, str, float, np.ndarray]:
+    """(H(q) bits, estimator, error size, the marginals consistent with that H)."""
+    marginals = np.asarray(post.marginals, np.float64)
     if post.log_probs is not None:
-        return float(table_entropy(jnp.asarray(post.log_probs))), "exact"
+        return float(table_entropy(jnp.asarray(post.log_probs))), "exact", 0.0, marginals
     if post.entropy_bits is not None:
-        return float(post.entropy_bits), "mean-field" if post.mean_field else "exact"
+        how = "mean-field" if post.mean_field else "exact"
+        return float(post.entropy_bits), how, 0.0, marginals
     if post.samples is None:
         raise ValueError(f"posterior {post.task!r} has neither a table nor samples.")
-    distinct = len(np.unique(np.asarray(post.samples, np.uint8), axis=0))
-    if distinct < 0.5 * len(post.samples):
-        return plugin_entropy(post.samples), "plug-in"
-    h_marg = float(bernoulli_entropy(jnp.asarray(post.marginals, jnp.float32)).sum())
-    return h_marg - chow_liu_bound(post.samples), "chow-liu bound"
+    if post.log_density is not None:
+        est = normaliser_ratio_estimate(post.samples, post.log_density, post.num_chains or 1)
+        if est is not None:
+            return est.entropy, "normaliser ratio", est.error, est.marginals
+    h_marg = float(bernoulli_entropy(jnp.asarray(marginals, jnp.float32)).sum())
+    tc = chow_liu_bound(post.samples, post.diagnostics.get("ess_mean"))
+    return h_marg - tc, "chow-liu bound", float("nan"), marginals
+
+
+def joint_entropy(post: Posterior) -> tuple[float, str, float]:
+    """H(q) in bits, how it was obtained and a size for its error (0 when exact, NaN for the
+    Chow–Liu bound; see the module docstring)."""
+    return _entropy(post)[:3]
+
+
+INFORMATION = ("used", "all")
+
+
+def split_information(q: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """KL(q_i ‖ prior_i) in bits split into (used: q_i > prior_i, harmful: q_i < prior_i)."""
+    q, prior = np.asarray(q, np.float64), np.asarray(prior, np.float64)
+    info = np.asarray(bernoulli_kl(jnp.asarray(q, jnp.float32), jnp.asarray(prior, jnp.float32)),
+                      np.float64)
+    used = q > prior
+    return np.where(used, info, 0.0), np.where(q < prior, info, 0.0)
+
+
+def _check_information(information: str) -> None:
+    if information not in INFORMATION:
+        raise ValueError(f"unknown information={information!r}; choose one of {INFORMATION} "
+                         "('used' counts only units the task uses, q > prior).")
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskMetrics:
-    """Metrics of one task's AMD (bits). See the module docstring for definitions."""
+    """Metrics of one task's AMD (bits). See the module docstring for definitions.
+
+    Attributes:
+      unit_information: ``[d]`` KL(q_i ‖ prior_i), used + harmful.
+      unit_information_used / unit_information_harmful: its parts from q_i > prior_i and
+        q_i < prior_i.
+      distributedness, effective_units: of ``information`` ("used" by default, or "all").
+      entropy_estimate: how H(q) was obtained ("exact", "mean-field", "normaliser ratio",
+        "chow-liu bound"); ``entropy_error`` a size for its error in bits (NaN: a bound).
+    """
 
     task: str
     unit_importance: np.ndarray
@@ -147,10 +294,34 @@ class TaskMetrics:
     total_correlation: float
     entropy: float
     entropy_estimate: str
+    unit_information_used: np.ndarray = None
+    unit_information_harmful: np.ndarray = None
+    information: str = "used"
+    entropy_error: float = 0.0
+
+    @property
+    def used_information(self) -> float:
+        """Σ_i of the used part of the unit information (bits)."""
+        return float(np.sum(self.unit_information_used))
+
+    @property
+    def harmful_information(self) -> float:
+        """Σ_i of the harmful part of the unit information (bits)."""
+        return float(np.sum(self.unit_information_harmful))
 
     def as_dict(self) -> dict:
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                for k, v in dataclasses.asdict(self).items()}
+        out = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+               for k, v in dataclasses.asdict(self).items()}
+        out["used_information"] = self.used_information
+        out["harmful_information"] = self.harmful_information
+        return out
+
+    def __repr__(self) -> str:
+        return (f"TaskMetrics({self.task!r}: information {self.task_information:.3g} bits "
+                f"(used {self.used_information:.3g}, harmful {self.harmful_information:.3g}), "
+                f"distributedness {self.distributedness:.3g} ({self.information}), "
+                f"TC {self.total_correlation:.3g} [{self.entropy_estimate}], "
+                f"d={self.unit_importance.size})")
 
 
 def distributedness(unit_information: np.ndarray) -> tuple[float, float]:
@@ -162,20 +333,43 @@ def distributedness(unit_information: np.ndarray) -> tuple[float, float]:
     return float(eff) / info.shape[-1], float(eff)
 
 
-def summarize(post: Posterior) -> TaskMetrics:
-    """All single-task metrics of a posterior."""
-    q = jnp.asarray(post.marginals, jnp.float32)
+def summarize(post: Posterior, information: str = "used") -> TaskMetrics:
+    """All single-task metrics of a posterior.
+
+    Args:
+      post: the posterior.
+      information: "used" (default): distributedness is computed on the information of units
+        the task uses (q_i > prior_i); "all": on every unit's KL, harmful units included.
+    """
+    _check_information(information)
     p = jnp.asarray(post.prior, jnp.float32)
-    info = np.asarray(bernoulli_kl(q, p), np.float64)
-    h_marg = float(bernoulli_entropy(q).sum())
-    h, how = joint_entropy(post)
+    used, harmful = split_information(post.marginals, post.prior)
+    info = used + harmful
+    h, how, err, q_h = _entropy(post)
+    # TC and task information take H(q) and the marginals from one estimate (for MCMC draws
+    # the reweighted ones), so that the two errors do not add up.
+    q_h = jnp.asarray(q_h, jnp.float32)
+    h_marg = float(bernoulli_entropy(q_h).sum())
     # KL(q‖prior) = −H(q) − E_q log prior(m), and the prior factorises over units.
-    cross = -float((q * jnp.log2(p) + (1 - q) * jnp.log2(1 - p)).sum())
-    dist_, eff = distributedness(info)
+    cross = -float((q_h * jnp.log2(p) + (1 - q_h) * jnp.log2(1 - p)).sum())
+    dist_, eff = distributedness(used if information == "used" else info)
     return TaskMetrics(task=post.task, unit_importance=np.asarray(post.marginals, np.float64),
                        unit_information=info, task_information=max(cross - h, 0.0),
                        distributedness=dist_, effective_units=eff,
-                       total_correlation=max(h_marg - h, 0.0), entropy=h, entropy_estimate=how)
+                       total_correlation=max(h_marg - h, 0.0), entropy=h, entropy_estimate=how,
+                       unit_information_used=used, unit_information_harmful=harmful,
+                       information=information, entropy_error=err)
+
+
+def _check_same_site(posts: list[Posterior], what: str) -> None:
+    """Refuses an empty list, or posteriors over different sites (by d and site identity)."""
+    if not posts:
+        raise ValueError(f"{what} needs at least one posterior, got an empty list.")
+    sites = {(p.num_units, p.site) for p in posts}
+    if len(sites) != 1:
+        names = sorted({f"{p.site or '?'} [d={p.num_units}]" for p in posts})
+        raise ValueError(f"{what} needs posteriors over one site; got {', '.join(names)}. "
+                         "Compare tasks on the same site (same name, units, ablation, basis).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +378,8 @@ class Polysemanticity:
 
     Attributes:
       tasks: task names.
-      information: ``[T, d]`` I_i(t) in bits.
+      information: ``[T, d]`` I_i(t) in bits (the used part, or all of it; see
+        :func:`polysemanticity`).
       effective_tasks: ``[d]`` exp(H(I_i(t)/Σ_t I_i(t))) ∈ [1, T]; NaN for units carrying less
         than ``min_information`` bits in total (they serve no task).
       mutual_information: ``[d]`` I(T; M_i) in bits under the uniform mixture of task AMDs.
@@ -201,51 +396,83 @@ class Polysemanticity:
         vals = self.effective_tasks[np.isfinite(self.effective_tasks)]
         return float(vals.mean()) if vals.size else float("nan")
 
+    def __repr__(self) -> str:
+        return (f"Polysemanticity({len(self.tasks)} tasks, d={self.effective_tasks.size}: "
+                f"mean {self.mean:.3g} effective tasks per unit)")
 
-def polysemanticity(posts: list[Posterior], min_information: float = 1e-3) -> Polysemanticity:
-    """Polysemanticity of each unit across the tasks of ``posts`` (same site)."""
-    if len({p.num_units for p in posts}) != 1:
-        raise ValueError("polysemanticity needs posteriors over the same site (same d).")
+
+def polysemanticity(posts: list[Posterior], min_information: float = 1e-3,
+                    information: str = "used") -> Polysemanticity:
+    """Polysemanticity of each unit across the tasks of ``posts`` (same site).
+
+    Args:
+      posts: one posterior per task, all over one site.
+      min_information: units with less total information are left out (NaN).
+      information: "used" (default): a unit serves a task by the information from q > prior
+        (the task uses it); "all": its whole KL, harmful information included.
+    """
+    _check_information(information)
+    _check_same_site(posts, "polysemanticity")
     q = jnp.asarray(np.stack([p.marginals for p in posts]), jnp.float32)
-    prior = jnp.asarray(np.stack([p.prior for p in posts]), jnp.float32)
-    info = bernoulli_kl(q, prior)
-    eff, total = _spread(info.T)
+    used, harmful = zip(*[split_information(p.marginals, p.prior) for p in posts], strict=True)
+    info = np.stack(used) if information == "used" else np.stack(used) + np.stack(harmful)
+    eff, total = _spread(jnp.asarray(info.T, jnp.float32))
     eff = np.where(np.asarray(total) >= min_information, np.asarray(eff), np.nan)
     mi = bernoulli_entropy(q.mean(0)) - bernoulli_entropy(q).mean(0)
-    return Polysemanticity(tasks=[p.task for p in posts], information=np.asarray(info),
+    return Polysemanticity(tasks=[p.task for p in posts], information=info,
                            effective_tasks=eff, mutual_information=np.maximum(np.asarray(mi), 0))
 
 
 def _js_bits(p: np.ndarray, q: np.ndarray) -> float:
     m = 0.5 * (p + q)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl = lambda a: float(np.sum(np.where(a > 0, a * (np.log2(a) - np.log2(m)), 0.0)))
-    return max(0.5 * kl(p) + 0.5 * kl(q), 0.0)
+    kl = lambda a: float(np.sum(np.where(a > 0, a * (np.log2(a) - np.log2(m)), 0.0)))
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 · log 0 is masked out
+        return max(0.5 * kl(p) + 0.5 * kl(q), 0.0)
 
 
-def js_divergence(a: Posterior, b: Posterior, joint: bool | None = None) -> float:
-    """Jensen–Shannon divergence (bits) between two task AMDs on the same site.
+def js_divergence(a: Posterior, b: Posterior) -> float:
+    """Jensen–Shannon divergence (bits, ∈ [0, 1]) between two task AMDs on the same site: the
+    JS of the full mask distributions, which needs exact tables.
 
-    With exact tables (``joint`` default) it is the JS of the full mask distributions ∈ [0, 1];
-    otherwise the mean over units of the JS between marginals (a lower-resolution overlap that
-    ignores correlations between units).
+    For sampled posteriors use :func:`marginal_js_divergence`, a different (smaller) quantity.
     """
-    if a.num_units != b.num_units:
-        raise ValueError("JS divergence needs posteriors over the same site.")
-    if joint is None:
-        joint = a.log_probs is not None and b.log_probs is not None
-    if joint:
-        return _js_bits(a.probs(), b.probs())
+    _check_same_site([a, b], "js_divergence")
+    if a.log_probs is None or b.log_probs is None:
+        raise ValueError(f"js_divergence is the JS of the whole mask distributions and needs "
+                         f"exact posteriors; {a.task!r} ({a.method}) and {b.task!r} ({b.method})"
+                         " are not both exact. Use bablate.metrics.marginal_js_divergence (mean "
+                         "over units of the JS between marginals) for sampled posteriors.")
+    return _js_bits(a.probs(), b.probs())
+
+
+def marginal_js_divergence(a: Posterior, b: Posterior) -> float:
+    """Mean over units of the JS divergence (bits) between the two tasks' marginals q_i.
+
+    Defined for any posteriors. It ignores the correlations between units, so it is a
+    different quantity from the joint :func:`js_divergence` (often an order of magnitude
+    smaller) and goes by its own name.
+    """
+    _check_same_site([a, b], "marginal_js_divergence")
     vals = [_js_bits(np.array([1 - x, x]), np.array([1 - y, y]))
             for x, y in zip(a.marginals, b.marginals, strict=True)]
     return float(np.mean(vals))
 
 
-def js_matrix(posts: list[Posterior], joint: bool | None = None) -> np.ndarray:
-    """``[T, T]`` task-overlap matrix of pairwise JS divergences (bits)."""
+def _pairwise(posts: list[Posterior], fn, what: str) -> np.ndarray:
+    _check_same_site(posts, what)
     n = len(posts)
     out = np.zeros((n, n))
     for i in range(n):
         for j in range(i + 1, n):
-            out[i, j] = out[j, i] = js_divergence(posts[i], posts[j], joint)
+            out[i, j] = out[j, i] = fn(posts[i], posts[j])
     return out
+
+
+def js_matrix(posts: list[Posterior]) -> np.ndarray:
+    """``[T, T]`` task-overlap matrix of joint JS divergences (bits; exact posteriors)."""
+    return _pairwise(posts, js_divergence, "js_matrix")
+
+
+def marginal_js_matrix(posts: list[Posterior]) -> np.ndarray:
+    """``[T, T]`` matrix of :func:`marginal_js_divergence` (bits; any posteriors)."""
+    return _pairwise(posts, marginal_js_divergence, "marginal_js_matrix")

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Ablation = Literal["zero", "mean", "resample"]
@@ -47,6 +48,15 @@ class Basis:
     decoder: Array
     center: Array | None = None
     name: str = "basis"
+
+    def __post_init__(self):
+        enc, dec = jnp.shape(self.encoder), jnp.shape(self.decoder)
+        if len(enc) != 2 or len(dec) != 2 or enc != dec[::-1]:
+            raise ValueError(f"Basis {self.name!r}: encoder must be [d_act, k] and decoder "
+                             f"[k, d_act]; got encoder {enc} and decoder {dec}.")
+        if self.center is not None and jnp.shape(self.center) != (enc[0],):
+            raise ValueError(f"Basis {self.name!r}: center must be [d_act] = ({enc[0]},), got "
+                             f"shape {jnp.shape(self.center)}.")
 
     @property
     def num_units(self) -> int:
@@ -90,6 +100,11 @@ def mask_activation(act: Array, mask: Array, value: Array | float, unit_axis: in
     Returns:
       The masked activation, same shape and dtype as ``act``.
     """
+    if not isinstance(mask, jax.core.Tracer):  # concrete masks are checked; traced ones can't be
+        m = np.asarray(mask)
+        if m.size and not (np.all(m >= 0) and np.all(m <= 1)):
+            raise ValueError("mask values must lie in [0, 1] (1 keeps a unit, 0 ablates it); "
+                             f"got {m[~((m >= 0) & (m <= 1))].ravel()[0]!r}.")
     if basis is None:
         units_last = _move_units_last(act, unit_axis)
         m, v = _lift(mask, units_last.ndim), _lift(value, units_last.ndim)
@@ -144,6 +159,13 @@ class Site:
         if self.apply is not None and self.ablation == "resample":
             raise ValueError(f"Site {self.name!r}: resample ablation needs a cached site "
                              "(it draws another example's activation); use 'zero' or 'mean'.")
+
+    @property
+    def identity(self) -> str:
+        """What tells this site from another in reports and metric checks: the name, d, the
+        ablation and the basis."""
+        basis = "" if self.basis is None else f", basis {self.basis.name}"
+        return f"{self.name} (d={self.num_units}, {self.ablation} ablation{basis})"
 
     @property
     def cached(self) -> bool:
@@ -233,6 +255,10 @@ def ablation_value(site: Site, act: Array | None, key: Array) -> Array:
 
 def check_activation(site: Site, act: Array) -> None:
     """Raises a clear error for a wrong unit count or non-finite activations."""
+    if site.basis is None and act.ndim >= 2 and site.unit_axis % act.ndim == 0:
+        raise ValueError(f"Site {site.name!r}: unit_axis={site.unit_axis} is the example axis "
+                         f"(axis 0) of the activation of shape {tuple(act.shape)}; the units "
+                         "must lie on another axis (usually the last, unit_axis=-1).")
     units = unit_values(site, act)
     if units.shape[-1] != site.num_units:
         raise ValueError(f"Site {site.name!r} declares {site.num_units} units but its activation "

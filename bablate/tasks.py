@@ -47,6 +47,7 @@ class Rule:
     soft: Callable[[Any, Any], Array] | None
     data: Any
     positive: Array | None = None
+    check: Callable[[Any, Any], None] | None = None
 
 
 def _check_targets(targets, n_dim: int, what: str) -> Array:
@@ -55,6 +56,21 @@ def _check_targets(targets, n_dim: int, what: str) -> Array:
         raise ValueError(f"{what}: targets must have {n_dim} dimension(s), got shape "
                          f"{tuple(targets.shape)}.")
     return targets
+
+
+def _num_examples(outputs) -> int | None:
+    """The example count of a rule's outputs (their leading axis), or None for a scalar."""
+    leaves = jax.tree.leaves(outputs)
+    if not leaves or not leaves[0].shape:
+        return None
+    return int(leaves[0].shape[0])
+
+
+def _check_same_length(what: str, outputs, targets) -> None:
+    n = _num_examples(outputs)
+    if n is not None and n != targets.shape[0]:
+        raise ValueError(f"{what}: the network gives {n} examples but there are "
+                         f"{targets.shape[0]} targets; pass one target per input example.")
 
 
 def binary(targets, threshold: float = 0.0, temperature: float = 1.0) -> Rule:
@@ -72,27 +88,76 @@ def binary(targets, threshold: float = 0.0, temperature: float = 1.0) -> Rule:
         p = jax.nn.sigmoid((out - threshold) / temperature)
         return jnp.where(y, p, 1.0 - p)
 
-    return Rule("binary", hard, soft, targets, positive=targets)
+    def check(out, y):
+        if not hasattr(out, "shape") or len(out.shape) != 1:
+            raise ValueError(f"binary rule: outputs must be one score per example, shape [N]; "
+                             f"got {getattr(out, 'shape', type(out).__name__)}. Use top1 for "
+                             "[N, C] logits, or index the score column in the suffix.")
+        _check_same_length("binary rule", out, y)
+
+    return Rule("binary", hard, soft, targets, positive=targets, check=check)
 
 
-def top1(targets) -> Rule:
-    """Multi-class / next token: correct when the target is the arg-max of ``[N, C]`` logits.
+TIES = ("wrong", "correct")
 
-    A tie for the maximum counts as correct (comparing the target's logit with the maximum is
-    several times faster on CPU than an arg-max). The smooth surrogate is the softmax
-    probability of the target.
+
+def _class_targets(targets, what: str) -> Array:
+    """Integer class indices ``[N]``, refusing floats and negative values."""
+    arr = np.asarray(targets)
+    if arr.ndim != 1:
+        raise ValueError(f"{what}: targets must be one class index per example, shape [N]; got "
+                         f"shape {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what}: targets must be integer class indices, got dtype "
+                         f"{arr.dtype}; convert them with y.astype(int) (or use bablate.rules."
+                         "binary for scores).")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{what}: targets must be class indices >= 0, got {int(arr.min())}.")
+    return jnp.asarray(arr, jnp.int32)
+
+
+def top1(targets, ties: str = "wrong") -> Rule:
+    """Multi-class / next token: correct when the target is the unique arg-max of ``[N, C]``
+    logits.
+
+    Args:
+      targets: ``[N]`` integer class indices in ``[0, C)``.
+      ties: "wrong" (default): a tie for the maximum is not a correct answer, so a network
+        whose ablated read-out gives equal logits (e.g. zero ablation before a bias-free
+        layer makes every logit 0) is not credited with the task. "correct" counts a target
+        tied for the maximum as correct (the behaviour of bablate 0.1.0).
+
+    The smooth surrogate is the softmax probability of the target.
     """
-    targets = _check_targets(targets, 1, "top1 rule").astype(jnp.int32)
+    if ties not in TIES:
+        raise ValueError(f"top1 rule: unknown ties={ties!r}; choose one of {TIES}.")
+    targets = _class_targets(targets, "top1 rule")
 
     def hard(logits, y):
         target = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
-        return (target >= logits.max(axis=-1)).astype(jnp.float32)
+        if ties == "correct":
+            return (target >= logits.max(axis=-1)).astype(jnp.float32)
+        # Comparing with the best other logit costs one fused pass, like the maximum (an
+        # arg-max is several times slower on CPU).
+        is_target = jnp.arange(logits.shape[-1])[None, :] == y[:, None]
+        others = jnp.where(is_target, -jnp.inf, logits).max(axis=-1)
+        return (target > others).astype(jnp.float32)
 
     def soft(logits, y):
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
         return jnp.take_along_axis(probs, y[:, None], axis=-1)[:, 0]
 
-    return Rule("top1", hard, soft, targets)
+    def check(logits, y):
+        if not hasattr(logits, "shape") or len(logits.shape) != 2:
+            raise ValueError(f"top1 rule: outputs must be logits [N, C]; got "
+                             f"{getattr(logits, 'shape', type(logits).__name__)}.")
+        _check_same_length("top1 rule", logits, y)
+        hi = int(np.asarray(y).max()) if y.size else -1
+        if hi >= logits.shape[1]:
+            raise ValueError(f"top1 rule: target class {hi} is out of range for {logits.shape[1]}"
+                             f" logits per example; targets must lie in [0, {logits.shape[1]}).")
+
+    return Rule("top1", hard, soft, targets, check=check)
 
 
 def smooth_top1(targets) -> Rule:
@@ -180,7 +245,12 @@ class Task:
           key: PRNG key for resample ablation (default ``jax.random.key(0)``).
           check_intact: warn when the intact network already fails the task.
         """
-        key = jax.random.key(0) if key is None else key
+        key = jax.random.key(0) if key is None else check_key(key, f"Task {name!r}")
+        if not jax.tree.leaves(inputs) or any(np.ndim(x) >= 1 and np.shape(x)[0] == 0
+                                              for x in jax.tree.leaves(inputs)):
+            raise ValueError(f"Task {name!r}: the dataset is empty (inputs need a leading "
+                             "example axis with at least one example); a task without "
+                             "examples carries no evidence about the mask.")
         if site.cached:
             act = jax.jit(site.prefix)(inputs) if activation is None else activation
             check_activation(site, act)
@@ -192,6 +262,7 @@ class Task:
             value = ablation_value(site, None, key)
         task = cls(name=name, site=site, rule=rule,
                    data={"inputs": inputs, "act": act, "value": value, "rule": rule.data})
+        task.check_rule()
         if check_intact:
             full = float(task.log_odds(np.ones((1, site.num_units), np.float32))[0])
             if not np.isfinite(full):
@@ -222,6 +293,24 @@ class Task:
                                                        "value": tasks[0].data["value"]})
             tasks.append(task)
         return tasks
+
+    def check_rule(self) -> None:
+        """Checks the rule against the shapes of the network's outputs (without running it):
+        a clear error for an empty dataset, targets of the wrong length or out of range."""
+        out = jax.eval_shape(lambda d: self.outputs_fn(d, jnp.ones((self.num_units,))),
+                             self.data)
+        n = _num_examples(out)
+        if n == 0:
+            raise ValueError(f"Task {self.name!r}: the network gives no examples (empty "
+                             "dataset); a task without examples carries no evidence.")
+        try:
+            if self.rule.positive is not None:
+                _check_same_length(f"rule {self.rule.name!r} (positives)", out,
+                                   self.rule.positive)
+            if self.rule.check is not None:
+                self.rule.check(out, self.rule.data)
+        except ValueError as err:
+            raise ValueError(f"Task {self.name!r}: {err}") from None
 
     # ---- pure evaluators (take ``data`` so they can be jitted / traced by samplers) ----
 
@@ -289,11 +378,32 @@ def _jitted(task_site: Site, rule: Rule, name: str, smooth: bool, kind: str):
     return jax.jit(lambda data, masks: fn(data, masks, smooth))
 
 
-def _chunked(task: Task, kind: str, masks, smooth: bool, chunk_size: int) -> np.ndarray:
+def check_masks(masks, num_units: int, what: str) -> np.ndarray:
+    """Host masks ``[M, d]`` as float32, refusing a wrong shape or values outside [0, 1]."""
     masks = np.asarray(masks, np.float32)
-    if masks.ndim != 2 or masks.shape[1] != task.num_units:
-        raise ValueError(f"Task {task.name!r}: masks must be [num_masks, {task.num_units}], got "
-                         f"shape {masks.shape}.")
+    if masks.ndim != 2 or masks.shape[1] != num_units:
+        raise ValueError(f"{what}: masks must be [num_masks, {num_units}], got shape "
+                         f"{masks.shape}.")
+    if masks.size and not (np.all(masks >= 0.0) and np.all(masks <= 1.0)):
+        bad = masks[~((masks >= 0.0) & (masks <= 1.0))]
+        raise ValueError(f"{what}: mask values must lie in [0, 1] (1 keeps a unit, 0 ablates "
+                         f"it); got {bad.ravel()[0]!r}.")
+    return masks
+
+
+def check_key(key, what: str) -> Array:
+    """A JAX PRNG key (typed, or raw uint32 words), or a clear error naming the fix."""
+    ok = isinstance(key, jax.Array | np.ndarray) and (
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == np.uint32 and key.shape == (2,)))
+    if not ok:
+        raise TypeError(f"{what}: key must be a JAX PRNG key such as jax.random.key(0), got "
+                        f"{type(key).__name__} {key!r:.40}.")
+    return key
+
+
+def _chunked(task: Task, kind: str, masks, smooth: bool, chunk_size: int) -> np.ndarray:
+    masks = check_masks(masks, task.num_units, f"Task {task.name!r}")
     fn = _jitted(task.site, task.rule, task.name, smooth, kind)
     data = sharding.replicate(task.data)
     # Power-of-two buckets bound the number of compiled shapes to log2(chunk_size).

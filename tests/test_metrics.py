@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,51 @@ def test_chow_liu_bound_is_exact_for_a_chain_and_a_lower_bound_otherwise():
     idx = np.random.default_rng(1).choice(8, size=50_000, p=table)
     draws = ((idx[:, None] >> np.arange(3)) & 1).astype(np.uint8)
     assert bb.metrics.chow_liu_bound(draws) < exact.total_correlation
+
+
+def test_joint_and_marginal_js_are_different_quantities_under_different_names():
+    # Two tasks with identical marginals (all 0.5) but opposite correlations: the joint JS
+    # sees the difference, the mean JS between marginals cannot.
+    same = _table_post(np.array([0.5, 0, 0, 0.5]), name="same")   # m0 == m1
+    other = _table_post(np.array([0, 0.5, 0.5, 0]), name="other")  # m0 != m1
+    assert bb.metrics.js_divergence(same, other) == pytest.approx(1.0, abs=1e-9)
+    assert bb.metrics.marginal_js_divergence(same, other) == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(bb.metrics.marginal_js_matrix([same, other]), 0.0, atol=1e-9)
+    sampled = Posterior(task="s", method="mcmc", marginals=np.full(2, 0.5), prior=np.full(2, .5),
+                        beta=1.0, samples=np.zeros((10, 2), np.uint8))
+    with pytest.raises(ValueError, match="marginal_js_divergence"):
+        bb.metrics.js_matrix([same, sampled])
+
+
+def test_used_and_harmful_information_split_closed_form():
+    # Unit 0 is used (q = 0.9), unit 1 harmful (q = 0.1), unit 2 irrelevant; prior 0.5.
+    q = np.array([0.9, 0.1, 0.5])
+    m = bb.metrics.summarize(_table_post(_independent(q)))
+    kl = 1 - (-(0.9 * np.log2(0.9) + 0.1 * np.log2(0.1)))
+    np.testing.assert_allclose(m.unit_information_used, [kl, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(m.unit_information_harmful, [0, kl, 0], atol=1e-6)
+    np.testing.assert_allclose(m.unit_information, [kl, kl, 0], atol=1e-6)
+    # On used information the code is local (one unit); counting harm makes it look spread.
+    assert m.effective_units == pytest.approx(1.0, abs=1e-6)
+    assert bb.metrics.summarize(_table_post(_independent(q)), information="all"
+                                ).effective_units == pytest.approx(2.0, abs=1e-6)
+
+
+def test_polysemanticity_counts_only_used_information_by_default():
+    # Unit 0 is used by task a and harmful to task b: it serves one task, not two.
+    a = _table_post(_independent([0.9, 0.5]), name="a")
+    b = _table_post(_independent([0.1, 0.5]), name="b")
+    assert bb.metrics.polysemanticity([a, b]).effective_tasks[0] == pytest.approx(1.0)
+    assert bb.metrics.polysemanticity([a, b], information="all").effective_tasks[0] == \
+        pytest.approx(2.0)
+
+
+def test_task_set_metrics_refuse_an_empty_list_and_mixed_sites():
+    with pytest.raises(ValueError, match="at least one posterior"):
+        bb.metrics.polysemanticity([])
+    a = _table_post(_independent([0.9, 0.5]), name="a")
+    b = _table_post(_independent([0.1, 0.5]), name="b")
+    a, b = (dataclasses.replace(p, site=s) for p, s in ((a, "layer1 (d=2)"), (b, "layer2 (d=2)")))
+    for fn in (bb.metrics.polysemanticity, bb.metrics.js_matrix, bb.metrics.marginal_js_matrix):
+        with pytest.raises(ValueError, match="posteriors over one site; got layer1"):
+            fn([a, b])

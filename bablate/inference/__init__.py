@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import jax
 
-from bablate.inference.exact import exact, exact_many, index_to_masks, table_marginals
+from bablate.inference.exact import (
+    exact,
+    exact_many,
+    index_to_masks,
+    mean_field_optimum,
+    table_marginals,
+)
 from bablate.inference.kernels import FlipKernel, FlipState
 from bablate.inference.mcmc import chain_diagnostics, mcmc
-from bablate.inference.posterior import Posterior
+from bablate.inference.posterior import ConvergenceWarning, Posterior
 from bablate.inference.svi import svi
 from bablate.tasks import Task
 
@@ -50,6 +56,6 @@ def infer_many(tasks: list[Task], method: str = "exact", key: jax.Array | None =
             for i, t in enumerate(tasks)]
 
 
-__all__ = ["METHODS", "FlipKernel", "FlipState", "Posterior", "chain_diagnostics", "exact",
-           "exact_many", "index_to_masks", "infer", "infer_many", "mcmc", "svi",
-           "table_marginals"]
+__all__ = ["METHODS", "ConvergenceWarning", "FlipKernel", "FlipState", "Posterior",
+           "chain_diagnostics", "exact", "exact_many", "index_to_masks", "infer", "infer_many",
+           "mcmc", "mean_field_optimum", "svi", "table_marginals"]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bablate import progress, sharding
-from bablate.amd import log_joint, prior_probs
+from bablate.amd import check_beta, log_joint, nonfinite_error, prior_probs
 from bablate.inference.posterior import Posterior
 from bablate.tasks import Task, p_correct_from
 
@@ -36,24 +36,32 @@ def table_marginals(log_probs: np.ndarray, num_units: int) -> np.ndarray:
 
 def _check_size(task: Task, max_units: int) -> None:
     d = task.num_units
-    if d > min(max_units, MAX_EXACT_UNITS):
-        raise ValueError(f"exact enumeration of task {task.name!r} needs 2^{d} masks; it is "
-                         f"limited to d <= {max_units}. Use method='mcmc' (any d) or "
-                         "method='svi' (thousands of units), or raise max_units (<= 24).")
+    if max_units > MAX_EXACT_UNITS:
+        raise ValueError(f"max_units={max_units} is above the largest enumerable site, "
+                         f"d = {MAX_EXACT_UNITS} (2^{MAX_EXACT_UNITS} masks); use "
+                         f"max_units <= {MAX_EXACT_UNITS}, or method='mcmc' / 'svi'.")
+    if d > max_units:
+        hint = (f"raise max_units (up to {MAX_EXACT_UNITS}), or use " if d <= MAX_EXACT_UNITS
+                else "use ")
+        raise ValueError(f"exact enumeration of task {task.name!r} needs 2^{d} masks, above "
+                         f"max_units={max_units}; {hint}method='mcmc' (any d) or method='svi' "
+                         "(thousands of units).")
 
 
 def _posterior(task: Task, log_unnorm: np.ndarray, prior, beta: float, seconds: float,
                ) -> Posterior:
     d = task.num_units
     if not np.all(np.isfinite(log_unnorm)):
-        raise ValueError(f"task {task.name!r}: non-finite log-probabilities during enumeration.")
+        bad = int((~np.isfinite(log_unnorm)).sum())
+        raise nonfinite_error(task.name, f"{bad} of {log_unnorm.size} masks in exact "
+                              "enumeration")
     log_z = float(np.logaddexp.reduce(log_unnorm))
     log_probs = log_unnorm - log_z
     p = np.exp(log_probs)
     entropy_bits = float(-(p * log_probs).sum() / np.log(2.0))
     return Posterior(task=task.name, method="exact", marginals=table_marginals(log_probs, d),
                      prior=np.asarray(prior_probs(prior, d)), beta=beta, log_probs=log_probs,
-                     entropy_bits=entropy_bits,
+                     entropy_bits=entropy_bits, site=task.site.identity,
                      diagnostics={"log_z": log_z, "num_masks": 2 ** d, "seconds": seconds})
 
 
@@ -84,6 +92,7 @@ def exact_many(tasks: list[Task], prior=0.5, beta: float = 1.0, smooth: bool = F
     """
     if not tasks:
         return []
+    beta = check_beta(beta)
     base = tasks[0]
     same_value = lambda t: (t.data["value"] is base.data["value"]
                             or np.array_equal(t.data["value"], base.data["value"]))
@@ -132,6 +141,7 @@ def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
       ValueError: d > max_units, naming the alternatives.
     """
     _check_size(task, max_units)
+    beta = check_beta(beta)
     d = task.num_units
     chunk = sharding.round_up(min(chunk_size, 2 ** d))
 
@@ -143,3 +153,50 @@ def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
 
     log_unnorm, seconds = _enumerate(score, task.data, d, chunk, f"exact {task.name}")
     return _posterior(task, log_unnorm, prior, beta, seconds)
+
+
+def mean_field_optimum(post: Posterior, init: np.ndarray | None = None, tol: float = 1e-9,
+                       max_sweeps: int = 2000) -> tuple[np.ndarray, float]:
+    """The best mean-field (independent Bernoulli) fit to an exact AMD, by coordinate ascent.
+
+    Each sweep sets every unit's keep-probability to its optimum given the others,
+    logit r_i = logit prior_i + E_{r_-i}[f(m_i = 1, m_-i) − f(m_i = 0, m_-i)], with
+    f = β · log-odds read off the exact table; the ELBO never decreases, so the sweeps converge
+    to a local optimum (the one reached from ``init``, by default the prior, where SVI starts
+    too). This is the optimum :func:`bablate.svi` approximates, computed another way.
+
+    Args:
+      post: an exact posterior (with its table).
+      init: starting keep-probabilities ``[d]`` (default: the prior).
+      tol: stop when no probability moves by more than this in a sweep.
+      max_sweeps: the most sweeps.
+
+    Returns:
+      (keep-probabilities ``[d]``, the ELBO − log Z in nats, i.e. −KL(r ‖ q) ≤ 0).
+    """
+    if post.log_probs is None:
+        raise ValueError(f"mean_field_optimum needs an exact posterior (a table); "
+                         f"{post.task!r} is {post.method}.")
+    d = post.num_units
+    bits = ((np.arange(2 ** d)[:, None] >> np.arange(d)[None, :]) & 1).astype(np.float64)
+    p = np.asarray(post.prior, np.float64)
+    log_prior = bits @ np.log(p) + (1 - bits) @ np.log1p(-p)
+    f = post.log_probs - log_prior  # β · log-odds − log Z
+    r = np.array(p if init is None else init, np.float64)
+    logit_p = np.log(p) - np.log1p(-p)
+    unit_log = lambda i, ri: np.where(bits[:, i] == 1, np.log(ri), np.log1p(-ri))
+    log_r = bits @ np.log(r) + (1 - bits) @ np.log1p(-r)  # log r(m), kept up to date
+    for _ in range(max_sweeps):
+        moved = 0.0
+        for i in range(d):
+            w = np.exp(log_r - unit_log(i, r[i]))  # r_-i(m_-i)
+            on = bits[:, i] == 1
+            delta = w[on] @ f[on] - w[~on] @ f[~on]
+            new = float(np.clip(1.0 / (1.0 + np.exp(-(logit_p[i] + delta))), 1e-12, 1 - 1e-12))
+            log_r += unit_log(i, new) - unit_log(i, r[i])
+            moved = max(moved, abs(new - r[i]))
+            r[i] = new
+        if moved < tol:
+            break
+    elbo = float(np.exp(log_r) @ (post.log_probs - log_r))
+    return r, elbo

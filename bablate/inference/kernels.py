@@ -55,6 +55,8 @@ class FlipState(NamedTuple):
       mean_accept_prob: running mean of the acceptance probability.
       log_step_size: log α of the multi-flip proposal (adapted during warm-up).
       rng_key: PRNG key.
+      num_nonfinite: steps whose proposed mask had a NaN/inf log density or proposal (such
+        proposals are rejected, so without this count a broken likelihood would go unseen).
     """
 
     i: jax.Array
@@ -65,6 +67,7 @@ class FlipState(NamedTuple):
     mean_accept_prob: jax.Array
     log_step_size: jax.Array
     rng_key: jax.Array
+    num_nonfinite: jax.Array
 
 
 def _flip_all(x: jax.Array) -> jax.Array:
@@ -185,7 +188,7 @@ class FlipKernel(MCMCKernel):
         zero = jnp.zeros((num_chains,), jnp.float32)
         log_alpha = jnp.full((num_chains,), jnp.log(self._step_size), jnp.float32)
         state = FlipState(jnp.zeros((num_chains,), jnp.int32), {self._site: x0}, lp, logits,
-                          zero, zero, log_alpha, keys)
+                          zero, zero, log_alpha, keys, _nonfinite(lp, logits))
         return jax.tree.map(lambda v: v[0], state) if single else state
 
     def sample(self, state, model_args, model_kwargs):
@@ -234,7 +237,13 @@ class FlipKernel(MCMCKernel):
         log_alpha = state.log_step_size + rate * (accept_prob - TARGET_ACCEPT)
         return FlipState(i, {self._site: keep(y, x)}, keep(log_py, state.log_density),
                          keep(logits_y, state.proposal_logits), accept_prob, mean_accept,
-                         log_alpha, key)
+                         log_alpha, key, state.num_nonfinite + _nonfinite(log_py, logits_y))
+
+
+def _nonfinite(log_p_C: jax.Array, logits_CxD: jax.Array) -> jax.Array:
+    """1 for each chain whose density or proposal logits hold a NaN/inf, else 0 (int32)."""
+    bad = ~jnp.isfinite(log_p_C) | ~jnp.all(jnp.isfinite(logits_CxD), axis=-1)
+    return bad.astype(jnp.int32)
 
 
 def _uniforms(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:

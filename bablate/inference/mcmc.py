@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +26,18 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.infer import MCMC, DiscreteGibbs
 
 from bablate import progress, sharding
-from bablate.amd import MASK_SITE, log_joint_from, make_model, prior_probs
+from bablate.amd import (
+    MASK_SITE,
+    check_beta,
+    log_joint_from,
+    make_model,
+    nonfinite_error,
+    prior_probs,
+)
 from bablate.inference import programs
 from bablate.inference.kernels import FlipKernel
-from bablate.inference.posterior import Posterior
-from bablate.tasks import Task
+from bablate.inference.posterior import ConvergenceWarning, Posterior
+from bablate.tasks import Task, check_key
 
 SAMPLERS = ("auto", "informed", "gradient", "stock")
 CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
@@ -94,6 +102,8 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+    key = check_key(key, f"mcmc for task {task.name!r}")
+    beta = check_beta(beta)
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"unknown chain_method {chain_method!r}; choose one of "
                          f"{CHAIN_METHODS}.")
@@ -124,13 +134,47 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
         samples, diagnostics = sample_flip_kernel(task, key, p, beta, run, x0, step_size)
         if flips == "multi":
             sampler = f"{sampler}-multi"
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start  # the sampler alone; stock draws are scored after
+    if sampler == "stock":
+        diagnostics["log_density"] = _score_stock_draws(task, samples, p, beta, smooth)
     flat = samples.reshape(-1, task.num_units)
+    log_density = diagnostics.pop("log_density").reshape(-1).astype(np.float64)
+    if not np.all(np.isfinite(log_density)):
+        raise nonfinite_error(task.name, "at masks drawn by MCMC")
     diagnostics = {"seconds": seconds, "num_chains": num_chains,
                    "num_draws": int(flat.shape[0]), **diagnostics,
                    **chain_diagnostics(samples)}
+    diagnostics["warnings"] = convergence_warnings(diagnostics)
+    for message in diagnostics["warnings"]:
+        warnings.warn(f"MCMC for task {task.name!r}: {message}", ConvergenceWarning,
+                      stacklevel=2)
     return Posterior(task=task.name, method=f"mcmc-{sampler}", marginals=flat.mean(axis=0),
-                     prior=p, beta=beta, samples=flat, diagnostics=diagnostics)
+                     prior=p, beta=beta, samples=flat, diagnostics=diagnostics,
+                     site=task.site.identity, log_density=log_density, num_chains=num_chains)
+
+
+# Vehtari et al. (2021): R-hat below 1.01-1.05 and a bulk ESS of at least 100 per chain (400
+# for four chains) before estimates are reported.
+R_HAT_MAX = 1.05
+ESS_MIN = 400
+STEP_SIZE_MAX = 100.0
+
+
+def convergence_warnings(diagnostics: dict) -> list[str]:
+    """What the chain diagnostics say is wrong, in words (empty when nothing is)."""
+    out = []
+    r_hat, ess = diagnostics.get("r_hat_max"), diagnostics.get("ess_min")
+    if r_hat is not None and not r_hat <= R_HAT_MAX:
+        out.append(f"R-hat {r_hat:.3g} > {R_HAT_MAX}: the chains disagree; run longer "
+                   "(num_samples, num_warmup) or check for separated modes")
+    if ess is not None and not ess >= ESS_MIN:
+        out.append(f"effective sample size {ess:.3g} < {ESS_MIN} for some unit: marginals and "
+                   "metrics carry large Monte Carlo error; raise num_samples")
+    step = diagnostics.get("step_size")
+    if step is not None and not step <= STEP_SIZE_MAX:
+        out.append(f"the adapted step size {step:.3g} exceeds {STEP_SIZE_MAX:g}: the proposal "
+                   "flips bits almost at random (a flat or broken likelihood?)")
+    return out
 
 
 def _stock(task, key, p, beta, smooth, num_samples, num_warmup, num_chains, thinning,
@@ -148,6 +192,32 @@ def _stock(task, key, p, beta, smooth, num_samples, num_warmup, num_chains, thin
     driver.run(legacy_key(key), task.data, init_params=init)
     samples = np.asarray(driver.get_samples(group_by_chain=True)[MASK_SITE]).astype(np.uint8)
     return samples, {"chain_method": chain_method}
+
+
+# Single-flip neighbours of the stock sampler's draws scored to look for a broken likelihood.
+_MAX_NEIGHBOURS = 1 << 16
+
+
+def _score_stock_draws(task: Task, samples: np.ndarray, p: np.ndarray, beta: float,
+                       smooth: bool) -> np.ndarray:
+    """The log density ``[C, S]`` of the stock sampler's draws (its driver keeps none).
+
+    Gibbs rejects a proposal whose density is NaN without a trace, so the single-flip
+    neighbours of the distinct draws (the masks it proposed; up to ``_MAX_NEIGHBOURS``) are
+    scored too, and a non-finite one raises like every other method.
+    """
+    flat = samples.reshape(-1, samples.shape[-1]).astype(np.float32)
+    unique, inverse = np.unique(flat, axis=0, return_inverse=True)
+    d = unique.shape[1]
+    keep = max(1, _MAX_NEIGHBOURS // d)
+    flips = np.abs(unique[:keep, None, :] - np.eye(d, dtype=np.float32)[None]).reshape(-1, d)
+    masks = np.concatenate([unique, flips])
+    log_prior = masks @ np.log(p) + (1 - masks) @ np.log1p(-p)
+    lp = log_prior + beta * task.log_odds(masks, smooth)
+    if not np.all(np.isfinite(lp)):
+        raise nonfinite_error(task.name, f"at {int((~np.isfinite(lp)).sum())} masks proposed "
+                              "by the stock sampler")
+    return lp[:len(unique)][inverse.reshape(-1)].reshape(samples.shape[:2])
 
 
 # ---- FlipKernel in a cached, jitted loop -----------------------------------------------------
@@ -210,13 +280,19 @@ def sample_flip_kernel(task: Task, key: jax.Array, p: np.ndarray, beta: float, r
         program = compiled_loop(task, dataclasses.replace(run, num_chains=1), devices=1)
         outs = [_drive(program, keys[c:c + 1], x0_CxD[c:c + 1], log_step[c:c + 1], args, run,
                        task.name, c) for c in range(run.num_chains)]
-        draws = np.concatenate([o[0] for o in outs])
+        draws = np.concatenate([o[0][0] for o in outs])
+        log_density = np.concatenate([o[0][1] for o in outs])
         state = jax.tree.map(lambda *v: np.concatenate(v), *[o[1] for o in outs])
     else:
         program = compiled_loop(task, run, devices)
-        draws, state = _drive(program, keys, x0_CxD, log_step, args, run, task.name)
+        (draws, log_density), state = _drive(program, keys, x0_CxD, log_step, args, run,
+                                             task.name)
+    bad = int(np.sum(state.num_nonfinite))
+    if bad or not np.all(np.isfinite(log_density)):
+        raise nonfinite_error(task.name, f"at {bad} proposed masks during MCMC")
     diagnostics = {"chain_method": method, "devices": devices,
-                   "accept_prob": float(np.mean(state.mean_accept_prob))}
+                   "accept_prob": float(np.mean(state.mean_accept_prob)),
+                   "log_density": log_density}
     if run.flips == "multi":
         diagnostics["step_size"] = float(np.mean(np.exp(state.log_step_size)))
     return draws, diagnostics
@@ -231,7 +307,7 @@ def _drive(program, keys, x0, log_step, args, run: Run, name: str, chain: int | 
     steps_per_call = run.chunk * run.thinning
     desc = f"mcmc {name}" + ("" if chain is None else f" chain {chain}")
     total = run.num_warmup + run.num_kept * run.thinning
-    draws = []
+    draws, log_density = [], []
     with progress.bar(total=total, desc=desc, unit="step") as bar:
         for start in range(0, run.num_warmup, steps_per_call):
             n = min(steps_per_call, run.num_warmup - start)
@@ -239,11 +315,13 @@ def _drive(program, keys, x0, log_step, args, run: Run, name: str, chain: int | 
             _progress(bar, state, n)
         for start in range(0, run.num_kept, run.chunk):
             n = min(run.chunk, run.num_kept - start)
-            state, block = advance(state, args, np.int32(0), np.int32(n))
+            state, (block, lp) = advance(state, args, np.int32(0), np.int32(n))
             draws.append(block[:n])
+            log_density.append(lp[:n])
             _progress(bar, state, n * run.thinning)
     draws = np.swapaxes(np.concatenate([np.asarray(b) for b in draws]), 0, 1)
-    return draws, jax.tree.map(np.asarray, state)
+    log_density = np.swapaxes(np.concatenate([np.asarray(b) for b in log_density]), 0, 1)
+    return (draws, log_density), jax.tree.map(np.asarray, state)
 
 
 def _progress(bar, state, n: int) -> None:
@@ -313,16 +391,21 @@ def _build_loop(task: Task, run: Run, devices: int):
         # Step t > n_warm that ends a thinning interval writes its mask to row
         # (t - n_warm) / thinning - 1; every other step writes to a spare last row, so the
         # loop has no branch.
+        # The kept draw's log density (the target's, which the kernel carries anyway) is
+        # stored beside it: the entropy estimate of the metrics needs it, at no extra cost.
         def body(t, carry):
-            s, buf = carry
+            s, buf, lp = carry
             s = kernel.sample(s, (args,), {})
             k = t + 1 - n_warm
             row = jnp.where((k > 0) & (k % run.thinning == 0), k // run.thinning - 1, run.chunk)
-            return s, buf.at[row].set(s.z[MASK_SITE].astype(jnp.uint8))
+            return s, buf.at[row].set(s.z[MASK_SITE].astype(jnp.uint8)), lp.at[row].set(
+                s.log_density)
 
         buf = jnp.zeros((run.chunk + 1,) + state.z[MASK_SITE].shape, jnp.uint8)
-        state, buf = jax.lax.fori_loop(0, n_warm + n_keep * run.thinning, body, (state, buf))
-        return state, buf[:run.chunk]
+        lp = jnp.zeros((run.chunk + 1,) + state.log_density.shape, jnp.float32)
+        state, buf, lp = jax.lax.fori_loop(0, n_warm + n_keep * run.thinning, body,
+                                           (state, buf, lp))
+        return state, (buf[:run.chunk], lp[:run.chunk])
 
     init_guarded, advance_guarded = programs.trace_guard(init), programs.trace_guard(advance)
     if devices == 1:
@@ -337,8 +420,9 @@ def _build_loop(task: Task, run: Run, devices: int):
     # Each device runs its share of the chains as one batch; nothing crosses devices.
     init_sharded = jax.shard_map(init_guarded, mesh=mesh, in_specs=(chains, chains, chains, rep),
                                  out_specs=chains, check_vma=False)
+    by_chain = PartitionSpec(None, "chains")
     advance_sharded = jax.shard_map(advance_guarded, mesh=mesh,
                                     in_specs=(chains, rep, rep, rep),
-                                    out_specs=(chains, PartitionSpec(None, "chains")),
+                                    out_specs=(chains, (by_chain, by_chain)),
                                     check_vma=False)
     return jax.jit(init_sharded), jax.jit(advance_sharded, donate_argnums=0), place

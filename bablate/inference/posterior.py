@@ -12,7 +12,11 @@ import numpy as np
 
 from bablate.runs import atomic_write_bytes
 
-_ARRAYS = ("marginals", "prior", "log_probs", "samples")
+_ARRAYS = ("marginals", "prior", "log_probs", "samples", "log_density")
+
+
+class ConvergenceWarning(UserWarning):
+    """An inference run whose diagnostics say its numbers are not yet to be trusted."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -31,7 +35,13 @@ class Posterior:
         the fitted mean-field guide; exact: None).
       entropy_bits: H(q) in bits when known exactly (exact: the table; svi: the mean-field
         entropy), else None (then metrics use a plug-in estimate from samples).
-      diagnostics: method-specific numbers (r_hat, ess, acceptance, elbo, wall time...).
+      diagnostics: method-specific numbers (r_hat, ess, acceptance, elbo, wall time...);
+        ``diagnostics["warnings"]`` lists convergence problems in words.
+      site: the identity of the site (name, d, ablation, basis): metrics that combine several
+        posteriors refuse to mix sites.
+      log_density: ``[S]`` unnormalised log q of each draw in ``samples`` (mcmc), which the
+        entropy estimate of :func:`bablate.metrics.joint_entropy` uses; None otherwise.
+      num_chains: how many chains ``samples`` concatenates (chain-major), or None.
     """
 
     task: str
@@ -44,6 +54,9 @@ class Posterior:
     entropy_bits: float | None = None
     mean_field: bool = False
     diagnostics: dict = dataclasses.field(default_factory=dict)
+    site: str = ""
+    log_density: np.ndarray | None = None
+    num_chains: int | None = None
 
     @property
     def num_units(self) -> int:
@@ -67,7 +80,8 @@ class Posterior:
         path = Path(path)
         meta = {"task": self.task, "method": self.method, "beta": self.beta,
                 "entropy_bits": self.entropy_bits, "mean_field": self.mean_field,
-                "diagnostics": self.diagnostics}
+                "diagnostics": self.diagnostics, "site": self.site,
+                "num_chains": self.num_chains}
         arrays = {k: getattr(self, k) for k in _ARRAYS if getattr(self, k) is not None}
         buffer = io.BytesIO()
         np.savez_compressed(buffer, meta=np.asarray(json.dumps(meta)), **arrays)
@@ -81,8 +95,15 @@ class Posterior:
             arrays = {k: f[k] for k in _ARRAYS if k in f}
         return cls(**meta, **arrays)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Convergence problems found by the inference method, in words (empty if none)."""
+        return list(self.diagnostics.get("warnings", []))
+
     def summary(self) -> str:
+        """One line: task, method, mean importance, numeric diagnostics and any warnings."""
         diag = ", ".join(f"{k}={v:.3g}" for k, v in self.diagnostics.items()
-                         if isinstance(v, int | float))
-        return (f"{self.task} [{self.method}, d={self.num_units}] mean importance "
+                         if isinstance(v, int | float) and not isinstance(v, bool))
+        line = (f"{self.task} [{self.method}, d={self.num_units}] mean importance "
                 f"{self.marginals.mean():.3f}; {diag}")
+        return line + "".join(f"; WARNING: {w}" for w in self.warnings)

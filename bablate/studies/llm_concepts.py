@@ -158,7 +158,12 @@ def _ablation(c: Config, params, cfg, tok, data: list[ConceptData], key, ctx) ->
     for kind in ("heads", "neurons"):
         poly = bb.metrics.polysemanticity(posts[kind])
         out[f"{kind}_polysemanticity_mean"] = _num(poly.mean)
-        out[f"{kind}_js"] = bb.metrics.js_matrix(posts[kind]).tolist()
+        # The joint JS needs exact tables; sampled posteriors get the mean JS between
+        # marginals, a different quantity, and the results say which one it is.
+        joint = all(p.log_probs is not None for p in posts[kind])
+        js = bb.metrics.js_matrix if joint else bb.metrics.marginal_js_matrix
+        out[f"{kind}_js"] = js(posts[kind]).tolist()
+        out[f"{kind}_js_kind"] = "joint" if joint else "marginal"
     out["_posts"] = posts
     return out
 
@@ -373,7 +378,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
                                  for k in ("heads", "neurons")},
         "concept_overlap": {"concepts": names, "heads": abl["heads_js"],
                             "neurons": abl["neurons_js"],
-                            "heads_method": abl["heads"][names[0]]["main"]["method"]},
+                            "heads_method": abl["heads"][names[0]]["main"]["method"],
+                            "heads_js": abl["heads_js_kind"], "neurons_js": abl["neurons_js_kind"]},
         "ablation_details": {k: {n: {kk: vv for kk, vv in abl[k][n].items()
                                      if kk not in ("svi", "exact", "mcmc", "main")}
                                  for n in names} for k in ("heads", "neurons")},

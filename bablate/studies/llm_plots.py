@@ -110,10 +110,13 @@ def report(ctx, c, results, posts) -> None:
                f"Head importance q(m_i = 1) per concept "
                f"({results['concept_overlap']['heads_method']}): red = needed for the "
                "concept's completions, 0.5 = irrelevant, blue = harmful.")
+    overlap = results["concept_overlap"]
+    kinds = {"joint": "joint JS of the whole mask distributions",
+             "marginal": "mean over units of the JS between marginals"}
     ctx.figure(_overlap(results, names), "concept_overlap",
-               "Concept × concept Jensen–Shannon divergence between AMDs (heads: "
-               f"{results['concept_overlap']['heads_method']}; neurons: mean over units of the "
-               "marginal JS).")
+               "Concept × concept Jensen–Shannon divergence between AMDs (heads, "
+               f"{overlap['heads_method']}: {kinds[overlap['heads_js']]}; neurons: "
+               f"{kinds[overlap['neurons_js']]}).")
     ctx.figure(_neurons(results, names), "neuron_importance",
                f"Sorted MLP-neuron importance at layer {results['neuron_layer']} (SVI).")
     pa_rows = ["| concept | " + " | ".join(f"L{l}" for l in results["pa_layers"]) + " |",

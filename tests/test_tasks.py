@@ -1,0 +1,153 @@
+"""Tasks and rules: the top-1 tie rule, and bad input refused with one clear error each."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bablate as bb
+
+
+class BiasFreeReadout(nn.Module):
+    """The README's MLP with a bias-free output layer: zero ablation of every hidden unit
+    makes every logit exactly 0 (a three-way tie on every example)."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3, use_bias=False)(nn.relu(nn.Dense(8, name="hidden")(x)))
+
+
+@pytest.fixture(scope="module")
+def readme_mlp():
+    x = jax.random.normal(jax.random.key(0), (512, 4))
+    model = BiasFreeReadout()
+    variables = model.init(jax.random.key(1), x)
+    site = bb.flax_site(model, variables, "hidden", x)
+    pred = np.asarray(model.apply(variables, x).argmax(-1))
+    return site, x, pred
+
+
+def test_a_tie_for_the_maximum_is_not_a_correct_answer(readme_mlp):
+    site, x, pred = readme_mlp
+    n = len(pred)
+    task = bb.Task.build(site, x, bb.rules.top1(pred))
+    # Closed form: all units off -> all logits 0 -> no example correct -> P = 1/(n+2).
+    np.testing.assert_allclose(task.p_correct(np.zeros((1, 8))), [1 / (n + 2)], rtol=1e-6)
+    # The intact network predicts its own arg-max: every example correct unless tied.
+    np.testing.assert_allclose(task.p_correct(np.ones((1, 8))), [(n + 1) / (n + 2)], rtol=1e-6)
+    # The old behaviour, explicitly: a tie counts as correct, so all-off looks intact.
+    old = bb.Task.build(site, x, bb.rules.top1(pred, ties="correct"))
+    np.testing.assert_allclose(old.p_correct(np.zeros((1, 8))), [(n + 1) / (n + 2)], rtol=1e-6)
+    # Under the tie rule the all-off mask is no longer a sizeable part of the posterior.
+    post, old_post = bb.infer(task, "exact"), bb.infer(old, "exact")
+    assert np.exp(post.log_probs[0]) < 1e-3 < np.exp(old_post.log_probs[0])
+
+
+def test_top1_tie_rule_against_a_numpy_reference():
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 3, size=(200, 4)).astype(np.float32)  # many ties
+    y = rng.integers(0, 4, size=200)
+    site = bb.Site.from_functions("id", 4, lambda x: x, lambda a, x: a)
+    task = bb.Task.build(site, logits, bb.rules.top1(y), check_intact=False)
+    others = np.where(np.eye(4, dtype=bool)[y], -np.inf, logits).max(1)
+    correct = (logits[np.arange(200), y] > others).sum()
+    np.testing.assert_allclose(task.p_correct(np.ones((1, 4))), [(correct + 1) / 202], rtol=1e-6)
+
+
+def _identity_site(d=3):
+    return bb.Site.from_functions("id", d, lambda x: x, lambda a, x: a)
+
+
+@pytest.mark.parametrize("targets,message", [
+    (np.array([0, 1, 3]), r"target class 3 is out of range for 3 logits"),
+    (np.array([0, -1, 2]), r"class indices >= 0"),
+    (np.array([0.0, 1.0, 2.0]), r"must be integer class indices, got dtype float64"),
+    (np.array([0, 1]), r"gives 3 examples but there are 2 targets"),
+])
+def test_bad_top1_targets_are_refused(targets, message):
+    with pytest.raises(ValueError, match=message):
+        bb.Task.build(_identity_site(), np.eye(3, dtype=np.float32), bb.rules.top1(targets))
+
+
+def test_top1_unknown_tie_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown ties='maybe'"):
+        bb.rules.top1(np.array([0]), ties="maybe")
+
+
+def test_binary_rule_needs_one_score_per_example():
+    with pytest.raises(ValueError, match=r"binary rule: outputs must be one score per example"):
+        bb.Task.build(_identity_site(), np.eye(3, dtype=np.float32),
+                      bb.rules.binary(np.array([True, False, True])))
+
+
+def test_binary_targets_of_the_wrong_length_are_refused():
+    site = bb.Site.from_functions("s", 3, lambda x: x, lambda a, x: a.sum(-1))
+    with pytest.raises(ValueError, match=r"gives 4 examples but there are 3 targets"):
+        bb.Task.build(site, np.ones((4, 3), np.float32), bb.rules.binary(np.ones(3, bool)))
+
+
+def test_an_empty_dataset_is_refused():
+    with pytest.raises(ValueError, match="dataset is empty"):
+        bb.Task.build(_identity_site(), np.zeros((0, 3), np.float32),
+                      bb.rules.top1(np.zeros(0, int)))
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.2, np.nan])
+def test_masks_outside_zero_one_are_refused(bad):
+    task = bb.Task.build(_identity_site(), np.eye(3, dtype=np.float32),
+                         bb.rules.top1(np.arange(3)))
+    masks = np.array([[1.0, bad, 1.0]])
+    with pytest.raises(ValueError, match=r"mask values must lie in \[0, 1\]"):
+        task.log_odds(masks)
+    with pytest.raises(ValueError, match=r"mask values must lie in \[0, 1\]"):
+        task.p_correct(masks)
+    with pytest.raises(ValueError, match=r"mask values must lie in \[0, 1\]"):
+        bb.mask_activation(jnp.ones((2, 3)), jnp.asarray(masks[0]), 0.0)
+
+
+@pytest.mark.parametrize("beta", [-1.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("method", ["exact", "mcmc", "svi"])
+def test_a_negative_or_non_finite_beta_is_refused_by_name(beta, method):
+    task = bb.Task.build(_identity_site(), np.eye(3, dtype=np.float32),
+                         bb.rules.top1(np.arange(3)))
+    with pytest.raises(ValueError, match=r"beta \(β"):
+        bb.infer(task, method, beta=beta)
+
+
+@pytest.mark.parametrize("method", ["mcmc", "svi"])
+def test_an_integer_key_is_refused(method):
+    task = bb.Task.build(_identity_site(), np.eye(3, dtype=np.float32),
+                         bb.rules.top1(np.arange(3)))
+    with pytest.raises(TypeError, match=r"key must be a JAX PRNG key such as jax.random.key"):
+        bb.infer(task, method, key=123)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(encoder=np.ones((3, 2)), decoder=np.ones((3, 2))), r"encoder must be \[d_act, k\]"),
+    (dict(encoder=np.ones((3,)), decoder=np.ones((3,))), r"encoder must be \[d_act, k\]"),
+    (dict(encoder=np.ones((3, 2)), decoder=np.ones((2, 3)), center=np.ones(2)),
+     r"center must be \[d_act\] = \(3,\)"),
+])
+def test_a_basis_with_wrong_shapes_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bb.Basis(**kwargs)
+
+
+def test_unit_axis_on_the_example_axis_is_refused():
+    site = bb.Site.from_functions("h", 4, lambda x: x, lambda a, x: a, unit_axis=0)
+    with pytest.raises(ValueError, match=r"unit_axis=0 is the example axis"):
+        bb.Task.build(site, np.ones((4, 4), np.float32), bb.rules.top1(np.zeros(4, int)))
+
+
+@pytest.mark.parametrize("max_units,message", [
+    (8, r"needs 2\^10 masks, above max_units=8; raise max_units \(up to 24\)"),
+    (30, r"max_units=30 is above the largest enumerable site"),
+])
+def test_exact_size_messages_say_what_is_possible(max_units, message):
+    site = bb.Site.from_functions("h", 10, lambda x: x, lambda a, x: a)
+    task = bb.Task.build(site, np.eye(10, dtype=np.float32), bb.rules.top1(np.arange(10)))
+    with pytest.raises(ValueError, match=message):
+        bb.infer(task, "exact", max_units=max_units)
