@@ -4,6 +4,7 @@ It accumulates ``steps`` seeded random vectors, checkpointing after every step, 
 check resume-from-state, determinism, figures, text and result conversion without training
 anything. ``FAKE_STUDY_FAIL_AT_STEP=k`` makes the run raise when it reaches step k (a crash
 that leaves a checkpoint behind); ``config.sleep`` slows each step (for kill tests).
+``validate(config)`` refuses bad values before any work, like a real study's.
 """
 
 import os
@@ -11,6 +12,16 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from bablate import config_checks as cc
+
+CONFIG_RULES = {"seed": cc.integer(0), "steps": cc.integer(1), "scale": cc.number(),
+                "sleep": cc.number(0), "model.width": cc.integer(1), "model.name": cc.text()}
+
+
+def validate(config):
+    """Checks the config before any work, as every study does."""
+    cc.check(config, CONFIG_RULES)
 
 
 def run(config, ctx):
