@@ -17,12 +17,14 @@ A device count forced in XLA_FLAGS (--xla_force_host_platform_device_count) is k
 
 import ast
 import errno
+import logging
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # runs write PNGs; never open windows
 
+import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -134,6 +136,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if not os.path.isfile(path):
         _die(f"config file {path!r} does not exist; pass --config=experiments/<study>.py[:variant]"
              " (the files in experiments/ are the available studies)")
+    # ml_collections logs a warning when get_config returns None; main reports it as one line.
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # ml_collections: an override names no field
@@ -144,6 +150,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
              f"--config={spec} and its overrides)")
     except Exception as e:  # flags.Error, or get_config raising (e.g. an unknown variant)
         _die(f"{_message(e, last=True)} (while reading --config={spec} and its overrides)")
+    finally:
+        absl_log.setLevel(level)
 
 
 def main(argv: list[str]) -> None:
@@ -168,11 +176,16 @@ def main(argv: list[str]) -> None:
 
     try:
         config = _CONFIG.value
-        study, variant = config.study, config.get("variant", None) or "default"
     except OSError as e:
         _die(f"could not load the config: {str(e).splitlines()[-1]}")
-    except AttributeError:
+    except flags.Error:  # get_config returned None
+        config = None
+    if not isinstance(config, ml_collections.ConfigDict):
+        _die(f"get_config in {flags.FLAGS['config'].config_filename.split(':')[0]} returned "
+             f"{type(config).__name__}; it must return an ml_collections.ConfigDict")
+    if "study" not in config:
         _die("the config has no 'study' field; every config needs 'study', 'variant' and 'seed'")
+    study, variant = config.study, config.get("variant", None) or "default"
     if not isinstance(study, str) or not study:
         _die(f"config.study must be a study module name, got {study!r}")
     workdir = Path(_WORKDIR.value or Path("runs") / study.rsplit(".", 1)[-1] / str(variant))

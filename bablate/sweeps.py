@@ -186,6 +186,10 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
 
     Returns:
       ``{"ran": [names], "skipped": [names], "failed": {name: message}}``.
+
+    Raises:
+      RunError: a member's config fails its study's ``validate`` (before anything runs), or
+        another process holds the sweep directory's lock.
     """
     if jobs < 1:
         raise runs.RunError(f"jobs must be at least 1, got {jobs}")
@@ -193,6 +197,12 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
         raise ValueError("run_sweep needs command_for to run members in parallel")
     workdir = Path(workdir)
     runs.check_workdir(workdir)
+    for m in members:  # every member's config is checked before any of them runs
+        runs.load_study(m.config.study)
+        try:
+            runs.validate_config(m.config)
+        except runs.ConfigError as e:
+            raise runs.ConfigError(f"sweep member {m.name}: {e}") from e
     with runs.run_lock(workdir):  # one sweep per directory at a time
         return _run_sweep_locked(members, workdir, jobs, overwrite, command_for)
 
