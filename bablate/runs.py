@@ -514,8 +514,8 @@ def run_status(config: Mapping, workdir: Path) -> tuple[str, list[str]]:
     """
     path = workdir / CONFIG_FILE
     if not path.exists():
-        stale = [n for n in (RESULTS_FILE, STATE_DIR, FIGURES_DIR) if (workdir / n).exists()]
-        return "new", ([f"removing {', '.join(stale)} left without {CONFIG_FILE}"]
+        stale = [n for n in (RESULTS_FILE, STATE_DIR) if (workdir / n).exists()]
+        return "new", ([f"removing the {' and '.join(stale)} left without {CONFIG_FILE}"]
                        if stale else [])
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -547,6 +547,21 @@ def clear_run(workdir: Path) -> None:
             (workdir / name).unlink()
     for name in (FIGURES_DIR, STATE_DIR):
         shutil.rmtree(workdir / name, ignore_errors=True)
+    remove_stale_temps(workdir)
+
+
+def clear_stale(workdir: Path) -> None:
+    """Before a run starts where no config.json is: removes what an earlier run of unknown
+    config may have left (results, checkpoints, temp files), and nothing else, since the
+    directory may also hold the user's own files."""
+    for name in (RESULTS_FILE, RUN_FILE):
+        with contextlib.suppress(OSError):
+            (workdir / name).unlink()
+    state = workdir / STATE_DIR
+    if state.is_dir():
+        for p in [*state.glob(f"*{STATE_SUFFIX}"), *state.glob("*.pkl")]:
+            with contextlib.suppress(OSError):
+                p.unlink()
     remove_stale_temps(workdir)
 
 
@@ -611,8 +626,10 @@ def run_lock(workdir: Path):
 
 def _prepare(workdir: Path, status: str, overwrite: bool, resolved: dict) -> None:
     """Makes the directory ready to (re)run: clears what must not survive, writes config.json."""
-    if overwrite or status in ("different", "new"):
-        clear_run(workdir)  # a "new" run must not find checkpoints of some earlier config
+    if overwrite or status == "different":
+        clear_run(workdir)
+    elif status == "new":
+        clear_stale(workdir)  # a "new" run must not find checkpoints of some earlier config
     else:
         for name in (RESULTS_FILE, RUN_FILE):  # invalid results: never let the dir look finished
             with contextlib.suppress(FileNotFoundError):
@@ -661,7 +678,7 @@ def _run_locked(config, resolved, study_run, workdir: Path, overwrite: bool, wri
         raise RunError(mismatch_message(workdir, notes))
     if status == "finished" and not overwrite:
         print(f"skipping {workdir}: finished with the same config "
-              f"({RESULTS_FILE} exists; pass --overwrite to redo)", file=sys.stderr)
+              f"({RESULTS_FILE} matches {RUN_FILE}; pass --overwrite to redo)", file=sys.stderr)
         return "skipped"
     chash = config_hash(resolved)
     ctx = RunContext(workdir=workdir, writer=writer, config_hash=chash)

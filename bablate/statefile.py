@@ -74,12 +74,12 @@ def _pack_array(arr: np.ndarray, where: str) -> bytes:
 
 def _encode(obj: Any, where: str) -> Any:
     """``obj`` as msgpack-native values and extension types (see the module docstring)."""
+    if isinstance(obj, np.generic):  # before float: np.float64 is a float, and stays np
+        return msgpack.ExtType(_EXT_SCALAR, _pack_array(np.asarray(obj), where))
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         if isinstance(obj, int) and not isinstance(obj, bool) and not -2**63 <= obj < 2**64:
             raise TypeError(f"{where}: integer {obj} is too large to save as state")
         return obj
-    if isinstance(obj, np.generic):
-        return msgpack.ExtType(_EXT_SCALAR, _pack_array(np.asarray(obj), where))
     if isinstance(obj, Mapping):
         out = {}
         for k, v in obj.items():

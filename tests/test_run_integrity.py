@@ -30,7 +30,7 @@ def test_state_file_round_trips_every_kind_of_leaf():
         "i64": np.array([-(2**40), 3]), "u8": np.arange(3, dtype=np.uint8),
         "bool": np.array([True, False]), "c64": np.array([1 + 2j], np.complex64),
         "big_endian": np.arange(3, dtype=">f8"), "empty": np.zeros((0, 4)),
-        "strings": np.array(["a", "bc"]), "scalar": np.float32(2.5),
+        "strings": np.array(["a", "bc"]), "scalar": np.float32(2.5), "f64": np.float64(0.1),
         "history": {"loss": [0.5, float("nan")], "step": [1, 2]},
         "nested": [(1, "a"), None, True, b"raw"], 7: "int key",
     }
@@ -43,6 +43,7 @@ def test_state_file_round_trips_every_kind_of_leaf():
         np.testing.assert_array_equal(back[key], tree[key])
     np.testing.assert_array_equal(back["big_endian"], np.arange(3.0))
     assert isinstance(back["scalar"], np.float32) and back["scalar"] == 2.5
+    assert type(back["f64"]) is np.float64 and back["f64"] == 0.1
     assert back["history"]["step"] == [1, 2] and np.isnan(back["history"]["loss"][1])
     assert back["nested"] == [(1, "a"), None, True, b"raw"] and back[7] == "int key"
     back["f32"][0, 0] = 9.0  # loaded arrays are ordinary writable arrays
@@ -149,6 +150,23 @@ def test_resume_removes_stale_temp_files_only(fake_config, tmp_path, monkeypatch
     assert runs.run_one(fake_config("quick"), workdir) == "ran"
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in keep)
+
+
+def test_new_run_clears_stale_checkpoints_but_not_the_users_files(fake_config, tmp_path):
+    workdir = tmp_path / "mine"
+    (workdir / "figures").mkdir(parents=True)
+    (workdir / "figures" / "my_plot.png").write_bytes(b"user data")
+    (workdir / "notes.md").write_text("user notes")
+    (workdir / "state").mkdir()
+    (workdir / "state" / "progress.msgpack").write_bytes(b"stale checkpoint")
+    (workdir / "state" / "old.pkl").write_bytes(b"stale pickle")
+    (workdir / "results.json").write_text("{}")
+    assert runs.run_one(fake_config("quick"), workdir) == "ran"
+    assert (workdir / "figures" / "my_plot.png").read_bytes() == b"user data"
+    assert (workdir / "notes.md").read_text() == "user notes"
+    assert not (workdir / "state" / "old.pkl").exists()
+    assert "removing the results.json and state left without config.json" in (
+        workdir / "log.txt").read_text()
 
 
 def test_lock_is_exclusive_and_names_the_holder(tmp_path):
