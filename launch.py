@@ -15,13 +15,16 @@ A device count forced in XLA_FLAGS (--xla_force_host_platform_device_count) is k
 --cpu_devices is given.
 """
 
+import ast
+import errno
+import logging
 import os
-import re
 import sys
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # runs write PNGs; never open windows
 
+import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -46,6 +49,81 @@ def _die(msg: str):
     sys.exit(2)
 
 
+class _ListParser(flags.ArgumentParser):
+    """Parses a list field's override: ``1,0.1``, ``(1, 0.1)``, ``[1, 0.1]`` or one value."""
+
+    def parse(self, argument):
+        if isinstance(argument, (list, tuple)):
+            return list(argument)
+        text = str(argument).strip()
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):  # e.g. a,b: comma-separated words
+            value = [_literal(part) for part in text.split(",")] if text else []
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    def flag_type(self):
+        return "list"
+
+
+def _literal(text: str):
+    text = text.strip()
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+# ml_collections overrides tuples but not lists; fields whose value is None take any literal.
+config_flags.register_flag_parser_for_type(list, _ListParser())
+config_flags.register_flag_parser_for_type(type(None), config_flags.config_flags._LiteralParser())
+
+
+def _message(e: BaseException, last: bool = False) -> str:
+    """An exception's text as one line (KeyError's str() would add quotes and escapes): its
+    lines joined, or only the ``last`` one (absl puts the cause there)."""
+    text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    line = lines[-1] if last else " ".join(lines)
+    if len(line) > 1 and line[0] == line[-1] and line[0] in "\"'":  # a quoted repr
+        line = line[1:-1]
+    return line
+
+
+def _load_config_module(path: str):
+    import importlib.util
+
+    module_spec = importlib.util.spec_from_file_location("bablate_launch_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _bad_override(path: str, arg: str | None, argv: list[str]) -> str | None:
+    """The one-line message for the first --config.<key> naming no field of the config."""
+    try:
+        config = _load_config_module(path).get_config(arg or None)
+    except Exception:
+        return None
+    for a in argv[1:]:
+        if not a.startswith(("--config.", "-config.", "--noconfig.")):
+            continue
+        key = a.split("=", 1)[0].split(".", 1)[1]
+        node, parts = config, key.split(".")
+        for i, part in enumerate(parts):
+            if not hasattr(node, "keys") or part not in node:
+                where = ".".join(parts[:i]) or "the top level"
+                known = (", ".join(sorted(node.keys())) if hasattr(node, "keys")
+                         else f"none, {where} holds a {type(node).__name__} value")
+                return (f"'--config.{key}' overrides a key the config does not have ({part!r} "
+                        f"not found at {where}; keys there: {known}); check the field names in "
+                        f"{path}")
+            node = node[part]
+    return None
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors instead of tracebacks and usage text."""
     spec = _DEFAULT
@@ -54,22 +132,26 @@ def _parse_flags(argv: list[str]) -> list[str]:
             spec = a.split("=", 1)[1]
         elif a in ("--config", "-config") and i + 1 < len(argv):
             spec = argv[i + 1]
-    path = spec.split(":", 1)[0]
+    path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         _die(f"config file {path!r} does not exist; pass --config=experiments/<study>.py[:variant]"
              " (the files in experiments/ are the available studies)")
+    # ml_collections logs a warning when get_config returns None; main reports it as one line.
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
     try:
         return flags.FLAGS(argv)
-    except AttributeError as e:  # ml_collections: an override names a key the config lacks
-        key = str(e).strip("\"'")
-        bad = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")
-               and key in re.split(r"[.=]", a.split("=", 1)[0])[1:]]
-        _die(f"{bad[0] if bad else key!r} overrides a key the config does not have ({key!r}); "
-             f"check the field names in {path}")
+    except (AttributeError, KeyError) as e:  # ml_collections: an override names no field
+        if "get_config" in str(e):
+            _die(f"{path} defines no get_config(arg); a config file needs get_config(arg=None) "
+                 "returning an ml_collections.ConfigDict (see experiments/ for examples)")
+        _die(_bad_override(path, arg, argv) or f"{_message(e, last=True)} (while reading "
+             f"--config={spec} and its overrides)")
     except Exception as e:  # flags.Error, or get_config raising (e.g. an unknown variant)
-        last = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        _die(f"{last[-1].strip() if last else type(e).__name__}"
-             f" (while reading --config={spec} and its overrides)")
+        _die(f"{_message(e, last=True)} (while reading --config={spec} and its overrides)")
+    finally:
+        absl_log.setLevel(level)
 
 
 def main(argv: list[str]) -> None:
@@ -94,18 +176,27 @@ def main(argv: list[str]) -> None:
 
     try:
         config = _CONFIG.value
-        study, variant = config.study, config.get("variant", None) or "default"
     except OSError as e:
         _die(f"could not load the config: {str(e).splitlines()[-1]}")
-    except AttributeError:
+    except flags.Error:  # get_config returned None
+        config = None
+    if not isinstance(config, ml_collections.ConfigDict):
+        _die(f"get_config in {flags.FLAGS['config'].config_filename.split(':')[0]} returned "
+             f"{type(config).__name__}; it must return an ml_collections.ConfigDict")
+    if "study" not in config:
         _die("the config has no 'study' field; every config needs 'study', 'variant' and 'seed'")
-    workdir = Path(_WORKDIR.value or Path("runs") / study.rsplit(".", 1)[-1] / variant)
+    study, variant = config.study, config.get("variant", None) or "default"
+    if not isinstance(study, str) or not study:
+        _die(f"config.study must be a study module name, got {study!r}")
+    workdir = Path(_WORKDIR.value or Path("runs") / study.rsplit(".", 1)[-1] / str(variant))
     writer = True
     if _MULTIHOST.value:
         import jax
 
         jax.distributed.initialize()
         writer = jax.process_index() == 0
+    # User errors (RunError, a refused write) are one line and exit 2; anything else is a bug
+    # and keeps its traceback.
     try:
         if not _SWEEP.value:
             runs.run_one(config, workdir, overwrite=_OVERWRITE.value, writer=writer)
@@ -113,7 +204,13 @@ def main(argv: list[str]) -> None:
         out = sweeps.run_sweep(_sweep_members(config), workdir, jobs=_JOBS.value,
                                overwrite=_OVERWRITE.value, command_for=_member_command)
     except runs.RunError as e:
-        _die(str(e))
+        _die(_message(e))
+    except KeyboardInterrupt:
+        interrupted()
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        _die(runs.disk_message(e, workdir))
     if out["failed"]:
         print(f"error: {len(out['failed'])} sweep run(s) failed: {', '.join(out['failed'])}; "
               "see their log.txt / console.txt", file=sys.stderr)
@@ -135,11 +232,7 @@ def setup_cpu_devices(n: int | None) -> int | None:
 def _sweep_members(config) -> list:
     spec = config_flags.get_config_filename(flags.FLAGS["config"])
     path, _, arg = spec.partition(":")
-    import importlib.util
-
-    module_spec = importlib.util.spec_from_file_location("bablate_sweep_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = _load_config_module(path)
     if not callable(getattr(module, "get_sweep", None)):
         _die(f"{path} defines no get_sweep(arg); add one returning a list of override dicts "
              "such as [{'seed': 0}, {'seed': 1}], or drop --sweep")
@@ -166,5 +259,14 @@ def _member_command(member, member_workdir: Path) -> list[str]:
     return cmd
 
 
+def interrupted() -> None:
+    """What Ctrl-C prints: checkpoints and finished runs are kept, the same command resumes."""
+    print("interrupted; rerun the same command to resume", file=sys.stderr)
+    sys.exit(130)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    try:
+        app.run(main, flags_parser=_parse_flags)
+    except KeyboardInterrupt:
+        interrupted()

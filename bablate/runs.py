@@ -2,17 +2,30 @@
 
 A run directory holds::
 
-    config.json    the resolved config, written when the run starts
-    log.txt        everything ``ctx.log`` printed, appended line by line
-    figures/*.png  every figure passed to ``ctx.figure``
-    state/*.pkl    checkpoints from ``ctx.save_state`` (so an interrupted run resumes)
-    report.md      title, config, the study's text and figures in call order
-    results.json   the study's numbers, written LAST: its presence marks the run finished
+    config.json       the resolved config, written when the run starts
+    log.txt           everything ``ctx.log`` printed, appended line by line
+    figures/*.png     every figure passed to ``ctx.figure``
+    state/*.msgpack   checkpoints from ``ctx.save_state`` (so an interrupted run resumes)
+    report.md         title, config, the study's text and figures in call order
+    run.json          the config's and the results' SHA-256, written just before results.json
+    results.json      the study's numbers, written LAST: a run is finished when it parses and
+                      run.json binds it to this config
+    .lock             held (``fcntl.flock``) by the one process working in the directory
 
 Every file except the append-only log is written atomically (temp file in the same directory,
-then ``os.replace``), so a run killed at any moment never leaves a half-written file behind and
-never looks finished unless it is. Rerunning with the same config skips a finished run and
-resumes an unfinished one; a different config is refused unless ``overwrite=True``.
+fsync, ``os.replace``, fsync of the directory), so a run killed at any moment never leaves a
+half-written file behind and never looks finished unless it is. Rerunning with the same config
+skips a finished run and resumes an unfinished one; a different config is refused unless
+``overwrite=True``.
+
+Nothing in a run directory is trusted blindly: checkpoints are msgpack data (numbers, strings,
+arrays and containers; loading one cannot run code) stamped with the config's hash and never
+loaded for another config, and a ``results.json`` that does not parse, or does not match
+``run.json``, makes the run unfinished.
+
+Errors meant for the user (bad config values, an unusable or locked directory, a full disk, a
+corrupt checkpoint) are `RunError`; launch.py prints them as one line. Everything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -21,12 +34,14 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import errno
+import fcntl
+import hashlib
 import importlib
 import io
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -40,12 +55,20 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from bablate import statefile
+
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
+RUN_FILE = "run.json"
 REPORT_FILE = "report.md"
 LOG_FILE = "log.txt"
+LOCK_FILE = ".lock"
 FIGURES_DIR = "figures"
 STATE_DIR = "state"
+STATE_SUFFIX = ".msgpack"
+# Write failures that are the disk's or the user's (not a bug): reported as one line.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                          errno.EIO})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -54,21 +77,55 @@ class RunError(Exception):
     """A problem with the user's input or run directory, reported as one line without traceback."""
 
 
+class ConfigError(RunError, ValueError):
+    """A study config value that cannot work (raised by a study's ``validate(config)``)."""
+
+
+class RunInterrupted(RunError):
+    """Ctrl-C (SIGINT) stopped the run; what it checkpointed is kept for a resume."""
+
+
 # ----------------------------------------------------------------------------- atomic writes
+
+
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    """Makes a rename in ``path`` durable (best effort: some filesystems refuse)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` so that readers see either the old file or the new one.
 
     The bytes go to a temporary file in the same directory (same filesystem, so the final
-    ``os.replace`` is atomic), are flushed and fsynced, then renamed over ``path``. If anything
-    fails before the rename the temporary file is removed and ``path`` is untouched.
+    ``os.replace`` is atomic), are flushed and fsynced, then renamed over ``path`` and the
+    directory is fsynced. The file gets the mode ``open`` would give (0666 less the umask). If
+    anything fails before the rename the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would ignore the umask
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -77,6 +134,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temps(workdir: Path) -> list[Path]:
+    """Deletes the temporary files an atomic write killed mid-way left in a run directory.
+
+    Only names `atomic_write_bytes` makes (``.<name>.<random>.tmp``) are removed, in the run
+    directory, figures/ and state/. Call it while holding the run's lock.
+    """
+    removed = []
+    for d in (workdir, workdir / FIGURES_DIR, workdir / STATE_DIR):
+        if not d.is_dir():
+            continue
+        for p in d.glob(".*.tmp"):
+            if p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -173,6 +249,27 @@ def config_diff(old: Mapping, new: Mapping) -> list[str]:
     return diffs
 
 
+def _canonical(obj: Any) -> Any:
+    """A config value in the form its hash is taken of: ``1.0`` and ``1`` compare equal in a
+    config diff, so they hash the same too."""
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    return obj
+
+
+def config_hash(config: Mapping | ml_collections.ConfigDict) -> str:
+    """SHA-256 (hex) of a resolved config: the identity of a run's checkpoints and results."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config_to_dict(config)
+    text = json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"),
+                      allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # ----------------------------------------------------------------------------- run context
 
 
@@ -184,18 +281,23 @@ class RunContext:
       workdir: the run directory.
       writer: False on every process but the first in a multi-host job, where all processes
         compute the same run and only process 0 writes files.
+      config_hash: `config_hash` of the run's config; checkpoints are stamped with it and a
+        checkpoint stamped with another hash is never loaded.
     """
 
     workdir: Path
     writer: bool = True
+    config_hash: str | None = None
     _items: list[tuple[str, str, str]] = dataclasses.field(default_factory=list, repr=False)
 
-    def log(self, msg: str) -> None:
-        """Prints a timestamped line to stderr and appends it to ``log.txt``."""
+    def log(self, msg: str, console: bool = True) -> None:
+        """Prints a timestamped line to stderr (unless ``console=False``) and appends it to
+        ``log.txt``."""
         line = f"[{datetime.datetime.now():%H:%M:%S}] {msg}"
-        from tqdm.auto import tqdm  # writes above any active progress bar
+        if console:
+            from tqdm.auto import tqdm  # writes above any active progress bar
 
-        tqdm.write(line, file=sys.stderr)
+            tqdm.write(line, file=sys.stderr)
         if self.writer:
             self.workdir.mkdir(parents=True, exist_ok=True)
             with open(self.workdir / LOG_FILE, "a", encoding="utf-8") as f:
@@ -231,10 +333,12 @@ class RunContext:
         return path
 
     def save_state(self, name: str, pytree: Any) -> None:
-        """Atomically checkpoints a pytree of arrays (e.g. trained params) as ``state/<name>.pkl``.
+        """Atomically checkpoints a pytree (e.g. trained params) as ``state/<name>.msgpack``.
 
-        Leaves are converted to numpy arrays first. PRNG key arrays cannot be stored directly:
-        save ``jax.random.key_data(key)`` instead.
+        The tree may hold arrays (numpy or jax; saved as numpy), numbers, strings, None and
+        dicts / lists / tuples of them. The file is data only (see `bablate.statefile`) and is
+        stamped with the run's config hash. PRNG key arrays cannot be stored directly: save
+        ``jax.random.key_data(key)`` instead.
         """
         _check_name(name, "state name")
         jax = sys.modules.get("jax")  # without jax loaded the tree holds no jax arrays
@@ -250,18 +354,40 @@ class RunContext:
                 return np.asarray(x) if isinstance(x, jax.Array) else x
 
             tree = jax.tree.map(to_numpy, pytree)
+        data = statefile.dumps(tree, self.config_hash, f"state {name!r}")
         if self.writer:
-            atomic_write_bytes(self.workdir / STATE_DIR / f"{name}.pkl",
-                               pickle.dumps(tree, protocol=pickle.HIGHEST_PROTOCOL))
+            atomic_write_bytes(self.state_path(name), data)
+
+    def state_path(self, name: str) -> Path:
+        """Where ``save_state(name, ...)`` writes."""
+        return self.workdir / STATE_DIR / f"{name}{STATE_SUFFIX}"
 
     def load_state(self, name: str) -> Any | None:
-        """The pytree saved by ``save_state(name, ...)`` (numpy leaves), or None if none was."""
+        """The pytree saved by ``save_state(name, ...)`` (numpy leaves), or None if none was.
+
+        A checkpoint stamped with another config's hash is ignored (None, with a log line).
+        Pickled checkpoints of older versions (``state/<name>.pkl``) are never read.
+
+        Raises:
+          RunError: the checkpoint exists but is not a valid state file (names the file and
+            suggests ``--overwrite``).
+        """
         _check_name(name, "state name")
-        path = self.workdir / STATE_DIR / f"{name}.pkl"
+        path = self.state_path(name)
         if not path.exists():
+            if (self.workdir / STATE_DIR / f"{name}.pkl").exists():
+                self.log(f"ignoring {STATE_DIR}/{name}.pkl: pickle checkpoints are never "
+                         "loaded (they can run code); recomputing")
             return None
-        with open(path, "rb") as f:
-            return pickle.load(f)
+        try:
+            tree, stamp = statefile.loads(path.read_bytes())
+        except statefile.StateFormatError as e:
+            raise RunError(f"checkpoint {str(path)!r} is corrupt ({e}); rerun with --overwrite "
+                           "to start this run afresh") from e
+        if stamp != self.config_hash:
+            self.log(f"ignoring {STATE_DIR}/{path.name}: it was saved by a run of another config")
+            return None
+        return tree
 
     def render_report(self, title: str, config: Mapping, results: Mapping, footer: str = "") -> str:
         """The report.md text: title, key numbers, the study's sections and figures, config."""
@@ -302,26 +428,43 @@ def _fmt_cell(v: Any) -> str:
 # ----------------------------------------------------------------------------- running
 
 
+def _study_module(name: str):
+    if not isinstance(name, str) or not name:
+        raise RunError(f"config.study must be a non-empty module name, got {name!r}")
+    module_name = name if "." in name else f"bablate.studies.{name}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise RunError(f"no study module {module_name!r} (config.study = {name!r}); create "
+                           f"it with a run(config, ctx) function or fix config.study") from e
+        raise
+
+
 def load_study(name: str) -> Callable:
     """The ``run`` function of study ``name``.
 
     A plain name (``"toy_superposition"``) is looked up as ``bablate.studies.<name>``; a dotted
     name (``"mypackage.my_study"``) is imported as given, so a study can live outside bablate.
     """
-    if not isinstance(name, str) or not name:
-        raise RunError(f"config.study must be a non-empty module name, got {name!r}")
-    module_name = name if "." in name else f"bablate.studies.{name}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            raise RunError(f"no study module {module_name!r} (config.study = {name!r}); create "
-                           f"it with a run(config, ctx) function or fix config.study") from e
-        raise
+    module = _study_module(name)
     run = getattr(module, "run", None)
     if not callable(run):
-        raise RunError(f"study module {module_name!r} has no run(config, ctx) function")
+        raise RunError(f"study module {module.__name__!r} has no run(config, ctx) function")
     return run
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Calls the study's ``validate(config)`` (if it defines one) on a locked copy.
+
+    A study's ``validate`` checks every value before any work and raises `ConfigError` naming
+    the key, the bad value and what would work; it must not train, load or write anything.
+    """
+    check = getattr(_study_module(config.study), "validate", None)
+    if callable(check):
+        frozen = copy.deepcopy(config)
+        frozen.lock()
+        check(frozen)
 
 
 def check_workdir(workdir: Path) -> None:
@@ -332,34 +475,94 @@ def check_workdir(workdir: Path) -> None:
                            "pass --workdir=<a directory path>")
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _results_problem(workdir: Path, chash: str) -> str | None:
+    """Why the results in ``workdir`` do not make a finished run of config ``chash`` (None: they
+    do). ``results.json`` must exist, parse as a JSON object and match ``run.json``."""
+    results_path = workdir / RESULTS_FILE
+    if not results_path.exists():
+        return f"no {RESULTS_FILE}"
+    try:
+        raw = results_path.read_bytes()
+        results = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"{RESULTS_FILE} is unreadable or not valid JSON ({type(e).__name__})"
+    if not isinstance(results, dict):
+        return f"{RESULTS_FILE} holds a {type(results).__name__}, not the run's numbers"
+    try:
+        stamp = json.loads((workdir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"{RESULTS_FILE} has no valid {RUN_FILE} beside it (older bablate or tampered)"
+    if not isinstance(stamp, dict) or stamp.get("config_sha256") != chash:
+        return f"{RUN_FILE} was written for another config"
+    if stamp.get("results_sha256") != _sha256(raw):
+        return f"{RESULTS_FILE} does not match the checksum in {RUN_FILE}"
+    return None
+
+
 def run_status(config: Mapping, workdir: Path) -> tuple[str, list[str]]:
     """Compares a resolved config with what ``workdir`` holds.
 
     Returns:
-      ``(status, diffs)`` with status ``"new"`` (no config.json), ``"finished"`` (same config and
-      results.json present), ``"unfinished"`` (same config, no results.json) or ``"different"``
-      (config.json differs; ``diffs`` names the differing keys).
+      ``(status, notes)`` with status ``"new"`` (no config.json), ``"finished"`` (same config,
+      and results.json parses and matches run.json), ``"unfinished"`` (same config, no valid
+      results; ``notes`` says what is wrong with results that exist) or ``"different"``
+      (config.json differs or is not a config; ``notes`` names the differing keys).
     """
     path = workdir / CONFIG_FILE
     if not path.exists():
-        return "new", []
+        stale = [n for n in (RESULTS_FILE, STATE_DIR) if (workdir / n).exists()]
+        return "new", ([f"removing the {' and '.join(stale)} left without {CONFIG_FILE}"]
+                       if stale else [])
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return "different", [f"{CONFIG_FILE} is not valid JSON"]
+    except OSError as e:
+        return "different", [f"{CONFIG_FILE} cannot be read ({e.strerror})"]
+    if not isinstance(old, dict):
+        return "different", [f"{CONFIG_FILE} holds {json.dumps(old)[:40]} instead of a config"]
     diffs = config_diff(old, config)
     if diffs:
         return "different", diffs
-    return ("finished" if (workdir / RESULTS_FILE).exists() else "unfinished"), []
+    problem = _results_problem(workdir, config_hash(config))
+    if problem is None:
+        return "finished", []
+    return "unfinished", ([] if problem == f"no {RESULTS_FILE}" else
+                          [f"redoing: {problem}"])
+
+
+def is_finished(config: Mapping, workdir: Path) -> bool:
+    """Whether ``workdir`` holds a finished run of ``config`` (see `run_status`)."""
+    return run_status(config, workdir)[0] == "finished"
 
 
 def clear_run(workdir: Path) -> None:
     """Removes a run's outputs, results.json first so the directory never looks finished."""
-    for name in (RESULTS_FILE, REPORT_FILE, CONFIG_FILE, LOG_FILE):
+    for name in (RESULTS_FILE, RUN_FILE, REPORT_FILE, CONFIG_FILE, LOG_FILE):
         with contextlib.suppress(OSError):
             (workdir / name).unlink()
     for name in (FIGURES_DIR, STATE_DIR):
         shutil.rmtree(workdir / name, ignore_errors=True)
+    remove_stale_temps(workdir)
+
+
+def clear_stale(workdir: Path) -> None:
+    """Before a run starts where no config.json is: removes what an earlier run of unknown
+    config may have left (results, checkpoints, temp files), and nothing else, since the
+    directory may also hold the user's own files."""
+    for name in (RESULTS_FILE, RUN_FILE):
+        with contextlib.suppress(OSError):
+            (workdir / name).unlink()
+    state = workdir / STATE_DIR
+    if state.is_dir():
+        for p in [*state.glob(f"*{STATE_SUFFIX}"), *state.glob("*.pkl")]:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    remove_stale_temps(workdir)
 
 
 def mismatch_message(workdir: Path, diffs: list[str]) -> str:
@@ -369,9 +572,78 @@ def mismatch_message(workdir: Path, diffs: list[str]) -> str:
             "pass --overwrite to replace it, or choose another --workdir")
 
 
+def disk_message(e: OSError, workdir: Path) -> str:
+    """One line for a write that the disk or the permissions refused."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some disk space (or choose another --workdir)"
+    elif e.errno == errno.EIO:
+        fix = "check the disk"
+    else:
+        fix = "make it writable or choose another --workdir"
+    where = f" ({e.filename})" if e.filename else ""
+    return (f"cannot write in {str(workdir)!r}: {e.strerror or e}{where}; {fix}, then rerun the "
+            "same command to resume")
+
+
+def _read_pid(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+        if text:
+            return str(int(text))
+    return "unknown"
+
+
+@contextlib.contextmanager
+def run_lock(workdir: Path):
+    """Holds an exclusive ``fcntl.flock`` on ``workdir/.lock`` (created with the directory).
+
+    The holder's pid is written into the file, so a refused launch can name it. The lock goes
+    with the process (even on kill -9), so it is never stale.
+
+    Raises:
+      RunError: another process holds the lock, or the directory cannot be created.
+    """
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunError(f"cannot use workdir {str(workdir)!r}: {e.strerror or e}; choose a "
+                       "writable --workdir") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"workdir {str(workdir)!r} is in use by another launch (pid "
+                           f"{_read_pid(fd)}); wait for it to finish or choose another "
+                           "--workdir") from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _prepare(workdir: Path, status: str, overwrite: bool, resolved: dict) -> None:
+    """Makes the directory ready to (re)run: clears what must not survive, writes config.json."""
+    if overwrite or status == "different":
+        clear_run(workdir)
+    elif status == "new":
+        clear_stale(workdir)  # a "new" run must not find checkpoints of some earlier config
+    else:
+        for name in (RESULTS_FILE, RUN_FILE):  # invalid results: never let the dir look finished
+            with contextlib.suppress(FileNotFoundError):
+                (workdir / name).unlink()
+        remove_stale_temps(workdir)
+    atomic_write_json(workdir / CONFIG_FILE, resolved)
+
+
 def run_one(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
             overwrite: bool = False, writer: bool = True) -> str:
     """Runs one study in ``workdir`` unless an identical finished run is already there.
+
+    The study's ``validate(config)`` runs first, before the directory is touched. The
+    directory is locked for the whole run.
 
     Args:
       config: the resolved config; ``config.study`` names the study module.
@@ -383,8 +655,9 @@ def run_one(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       ``"skipped"`` when a finished run with the same config was found, else ``"ran"``.
 
     Raises:
-      RunError: the workdir is unusable, holds a different config (without ``overwrite``), or
-        the study cannot be found. Exceptions raised by the study propagate after being logged.
+      RunError: the config is invalid (`ConfigError`), the workdir is unusable, locked, full or
+        holds a different config (without ``overwrite``), a checkpoint is corrupt, or the study
+        cannot be found. Other exceptions raised by the study propagate after being logged.
     """
     workdir = Path(workdir)
     check_workdir(workdir)
@@ -393,25 +666,31 @@ def run_one(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
             raise RunError(f"the config has no {key!r} field; every study config needs "
                            "'study', 'variant' and 'seed'")
     resolved = config_to_dict(config)
-    status, diffs = run_status(resolved, workdir)
+    study_run = load_study(config.study)  # before touching the directory: bad input leaves nothing
+    validate_config(config)
+    with run_lock(workdir) if writer else contextlib.nullcontext():
+        return _run_locked(config, resolved, study_run, workdir, overwrite, writer)
+
+
+def _run_locked(config, resolved, study_run, workdir: Path, overwrite: bool, writer: bool) -> str:
+    status, notes = run_status(resolved, workdir)
     if status == "different" and not overwrite:
-        raise RunError(mismatch_message(workdir, diffs))
+        raise RunError(mismatch_message(workdir, notes))
     if status == "finished" and not overwrite:
         print(f"skipping {workdir}: finished with the same config "
-              f"({RESULTS_FILE} exists; pass --overwrite to redo)", file=sys.stderr)
+              f"({RESULTS_FILE} matches {RUN_FILE}; pass --overwrite to redo)", file=sys.stderr)
         return "skipped"
-    study_run = load_study(config.study)  # before touching the directory: bad names leave nothing
-    if writer:
-        if overwrite or status == "different":
-            clear_run(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(workdir / CONFIG_FILE, resolved)
-    ctx = RunContext(workdir=workdir, writer=writer)
-    resumed = status == "unfinished" and not overwrite
-    ctx.log(f"{'resuming' if resumed else 'starting'} {config.study} "
-            f"({config.get('variant', None)}) in {workdir}")
-    start = time.perf_counter()
+    chash = config_hash(resolved)
+    ctx = RunContext(workdir=workdir, writer=writer, config_hash=chash)
     try:
+        if writer:
+            _prepare(workdir, status, overwrite, resolved)
+        for note in notes if status in ("new", "unfinished") else []:
+            ctx.log(f"note: {note}")
+        resumed = status == "unfinished" and not overwrite
+        ctx.log(f"{'resuming' if resumed else 'starting'} {config.study} "
+                f"({config.get('variant', None)}) in {workdir}")
+        start = time.perf_counter()
         study_config = copy.deepcopy(config)  # the study cannot change what config.json says
         study_config.lock()
         results = study_run(study_config, ctx)
@@ -419,15 +698,45 @@ def run_one(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
             raise TypeError(f"{config.study}.run must return a dict of results, "
                             f"got {type(results).__name__}")
         results = to_jsonable(results, "results")
-    except BaseException:
-        ctx.log("run failed:\n" + traceback.format_exc().rstrip())
+        seconds = time.perf_counter() - start
+        if writer:
+            _write_results(ctx, config, resolved, results, seconds, chash)
+    except KeyboardInterrupt:
+        _log_quietly(ctx, "interrupted; rerun the same command to resume")
         raise
-    seconds = time.perf_counter() - start
-    title = f"{config.study}: {config.get('variant', None)}"
-    footer = f"Ran in {seconds:.1f} s (seed {config.seed})."
-    if writer:
-        report = ctx.render_report(title, resolved, results, footer)
-        atomic_write_text(workdir / REPORT_FILE, report)
-        atomic_write_json(workdir / RESULTS_FILE, results)  # last: marks the run finished
+    except RunError as e:
+        _log_quietly(ctx, f"run failed: {e}")
+        raise
+    except OSError as e:
+        if e.errno not in _DISK_ERRNOS:
+            _log_quietly(ctx, "run failed:\n" + traceback.format_exc().rstrip())
+            raise
+        msg = disk_message(e, workdir)
+        _log_quietly(ctx, f"run failed: {msg}")
+        raise RunError(msg) from e
+    except BaseException:
+        _log_quietly(ctx, "run failed:\n" + traceback.format_exc().rstrip())
+        raise
     ctx.log(f"finished in {seconds:.1f} s; report: {workdir / REPORT_FILE}")
     return "ran"
+
+
+def _write_results(ctx: RunContext, config, resolved: dict, results: dict, seconds: float,
+                   chash: str) -> None:
+    """report.md, run.json, then results.json (last: its arrival marks the run finished)."""
+    workdir = ctx.workdir
+    title = f"{config.study}: {config.get('variant', None)}"
+    footer = f"Ran in {seconds:.1f} s (seed {config.seed})."
+    atomic_write_text(workdir / REPORT_FILE, ctx.render_report(title, resolved, results, footer))
+    data = (json.dumps(results, indent=2, allow_nan=False) + "\n").encode("utf-8")
+    atomic_write_json(workdir / RUN_FILE, {"config_sha256": chash,
+                                           "results_sha256": _sha256(data)})
+    atomic_write_bytes(workdir / RESULTS_FILE, data)
+
+
+def _log_quietly(ctx: RunContext, msg: str) -> None:
+    """Logs where possible: the failure being logged may be the disk refusing writes."""
+    try:
+        ctx.log(msg, console=False)  # the caller reports it (launch.py: one line, or traceback)
+    except OSError:
+        pass

@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -118,6 +119,8 @@ def expand(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]]
             raise runs.RunError(f"get_sweep item {i} is a {type(overrides).__name__}, not a dict "
                                 "of config overrides")
         overrides = dict(overrides)
+        for key, value in overrides.items():
+            _check_value(i, key, value)
         name = member_name(overrides)
         if name in seen:
             raise runs.RunError(f"sweep items {seen[name]} and {i} both map to directory {name!r}; "
@@ -125,6 +128,23 @@ def expand(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]]
         seen[name] = i
         members.append(Member(name, overrides, apply_overrides(config, overrides)))
     return members
+
+
+def _check_value(i: int, key: Any, value: Any) -> None:
+    """Refuses sweep values that cannot round-trip through a command line and config.json."""
+    if value is None:
+        raise runs.RunError(f"get_sweep item {i} sets {key}=None; a sweep value must be a number, "
+                            "string, bool or list (to switch something off use its own off "
+                            "value, e.g. 0 or false)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise runs.RunError(f"get_sweep item {i} sets {key}={value!r}; sweep values must be "
+                            "finite numbers")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_value(i, key, v)
+    elif not isinstance(value, (bool, int, float, str)):
+        raise runs.RunError(f"get_sweep item {i} sets {key} to a {type(value).__name__}; sweep "
+                            "values must be numbers, strings, bools or lists of them")
 
 
 class _SweepLog:
@@ -166,6 +186,10 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
 
     Returns:
       ``{"ran": [names], "skipped": [names], "failed": {name: message}}``.
+
+    Raises:
+      RunError: a member's config fails its study's ``validate`` (before anything runs), or
+        another process holds the sweep directory's lock.
     """
     if jobs < 1:
         raise runs.RunError(f"jobs must be at least 1, got {jobs}")
@@ -173,7 +197,17 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
         raise ValueError("run_sweep needs command_for to run members in parallel")
     workdir = Path(workdir)
     runs.check_workdir(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    for m in members:  # every member's config is checked before any of them runs
+        runs.load_study(m.config.study)
+        try:
+            runs.validate_config(m.config)
+        except runs.ConfigError as e:
+            raise runs.ConfigError(f"sweep member {m.name}: {e}") from e
+    with runs.run_lock(workdir):  # one sweep per directory at a time
+        return _run_sweep_locked(members, workdir, jobs, overwrite, command_for)
+
+
+def _run_sweep_locked(members, workdir: Path, jobs: int, overwrite: bool, command_for) -> dict:
     runs.atomic_write_json(workdir / SWEEP_FILE, {
         "members": [{"name": m.name, "overrides": m.overrides} for m in members]})
     log = _SweepLog(workdir / SWEEP_LOG)
@@ -237,7 +271,7 @@ def _run_parallel(pending, workdir, jobs, command_for, out, log, bar) -> None:
             for proc in [p for p in running if p.poll() is not None]:
                 m = running.pop(proc)
                 if proc.returncode == 0:
-                    ran = (workdir / m.name / runs.RESULTS_FILE).exists()
+                    ran = runs.is_finished(runs.config_to_dict(m.config), workdir / m.name)
                     out["ran"].append(m.name) if ran else out["skipped"].append(m.name)
                     log(f"{m.name}: done")
                 else:
@@ -259,7 +293,7 @@ def _write_index(members: Sequence[Member], workdir: Path, out: dict) -> None:
     for m in members:
         if m.name in out["failed"]:
             status = "failed"
-        elif (workdir / m.name / runs.RESULTS_FILE).exists():
+        elif runs.is_finished(runs.config_to_dict(m.config), workdir / m.name):
             status = f"[done]({m.name}/{runs.REPORT_FILE})"
         else:
             status = "not finished"

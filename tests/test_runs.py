@@ -65,7 +65,9 @@ def test_config_diff_names_changed_added_and_removed_keys():
 def test_run_writes_the_run_directory(fake_config, workdir):
     assert runs.run_one(fake_config("quick"), workdir) == "ran"
     names = sorted(p.name for p in workdir.iterdir())
-    assert names == ["config.json", "figures", "log.txt", "report.md", "results.json", "state"]
+    assert names == [".lock", "config.json", "figures", "log.txt", "report.md", "results.json",
+                     "run.json", "state"]
+    assert sorted(p.name for p in (workdir / "state").iterdir()) == ["progress.msgpack"]
     config = json.loads((workdir / "config.json").read_text())
     assert config["study"] == "tests.fake_study" and config["model"] == {"width": 3, "name": "tiny"}
     results = json.loads((workdir / "results.json").read_text())
@@ -150,7 +152,7 @@ def test_state_round_trip_and_bad_inputs(tmp_path):
         ctx.save_state("key", {"k": jax.random.key(0)})
     with pytest.raises(ValueError, match="file name"):
         ctx.save_state("../escape", tree)
-    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["params.pkl"]
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["params.msgpack"]
 
 
 # ----------------------------------------------------------------------------- sweeps

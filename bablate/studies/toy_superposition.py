@@ -22,11 +22,51 @@ import ml_collections
 import numpy as np
 
 import bablate as bb
+from bablate import config_checks as cc
 from bablate import progress, toy_geometry
 from bablate.models import toy
 from bablate.studies import toy_plots
 
 INFORMATIVE_BITS = 0.1  # tasks carrying less information are left out of per-task means
+
+
+# Every field of experiments/toy_superposition.py's config, checked before any work.
+CONFIG_RULES = {
+    "seed": cc.integer(0), "setting": cc.text(),
+    "model": cc.one_of("relu_out", "linear", "relu_hidden"),
+    "n_features": cc.integer(1), "m_hidden": cc.integer(1),
+    "importance.kind": cc.one_of("geometric", "loglinear"),
+    "importance.value": cc.number(0, low_open=True),
+    "densities": cc.sequence(cc.number(0, 1, low_open=True)),
+    "density_grid.num": cc.integer(0), "density_grid.ratio": cc.number(1, low_open=True),
+    "num_replicates": cc.integer(1), "control.num_seeds": cc.optional(cc.integer(0)),
+    "train.steps": cc.integer(1), "train.batch_size": cc.integer(1),
+    "train.learning_rate": cc.number(0, low_open=True), "train.weight_decay": cc.number(0),
+    "train.chunk_steps": cc.integer(1),
+    "geometry.num_samples": cc.integer(1), "geometry.num_points": cc.integer(2),
+    "geometry.num_projections": cc.integer(1),
+    "ablation.enabled": cc.boolean(), "ablation.epsilon": cc.number(0, low_open=True),
+    "ablation.num_positive": cc.integer(1), "ablation.num_negative": cc.integer(1),
+    "ablation.method": cc.one_of("exact", "mcmc"), "ablation.feature_stride": cc.integer(1),
+    "ablation.num_densities": cc.optional(cc.integer(0)),
+    "ablation.mcmc_check.enabled": cc.boolean(), "ablation.mcmc_check.num_samples": cc.integer(1),
+    "ablation.mcmc_check.num_warmup": cc.integer(0),
+    "ablation.mcmc_check.num_chains": cc.integer(1),
+    "ablation.mcmc_check.num_tasks": cc.integer(0),
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the whole config before any work (called by the runner); raises ConfigError."""
+    cc.check(config, CONFIG_RULES)
+    cc.require(config.densities or config.density_grid.num > 0,
+               "config.densities is empty and config.density_grid.num is 0; give densities "
+               "(e.g. --config.densities=1,0.1) or a grid size")
+    cc.require(not (config.ablation.enabled and config.ablation.method == "exact"
+                    and config.m_hidden > 20),
+               f"exact ablation needs m_hidden <= 20 (got {config.m_hidden}); set "
+               "--config.ablation.method=mcmc")
+    cc.parses(StudyConfig.from_config, config)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,9 @@ It accumulates ``steps`` seeded random vectors, checkpointing after every step, 
 check resume-from-state, determinism, figures, text and result conversion without training
 anything. ``FAKE_STUDY_FAIL_AT_STEP=k`` makes the run raise when it reaches step k (a crash
 that leaves a checkpoint behind); ``config.sleep`` slows each step (for kill tests).
+``FAKE_STUDY_PAUSE_FILE=path`` holds the run after step k of seed s while that file exists and
+reads "s k" (or is empty: after every step).
+``validate(config)`` refuses bad values before any work, like a real study's.
 """
 
 import os
@@ -11,6 +14,26 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from bablate import config_checks as cc
+
+CONFIG_RULES = {"seed": cc.integer(0), "steps": cc.integer(1), "scale": cc.number(),
+                "sleep": cc.number(0), "model.width": cc.integer(1), "model.name": cc.text()}
+
+
+def validate(config):
+    """Checks the config before any work, as every study does."""
+    cc.check(config, CONFIG_RULES)
+
+
+def _paused(seed: int, step: int) -> bool:
+    """Whether FAKE_STUDY_PAUSE_FILE exists and names this point ("<seed> <step>"; empty: any)."""
+    try:
+        with open(os.environ.get("FAKE_STUDY_PAUSE_FILE", ""), encoding="ascii") as f:
+            where = f.read().split()
+    except OSError:
+        return False
+    return not where or where == [str(seed), str(step)]
 
 
 def run(config, ctx):
@@ -29,6 +52,8 @@ def run(config, ctx):
         time.sleep(config.sleep)
         ctx.save_state("progress", {"step": s + 1, "acc": acc})
         ctx.log(f"step {s + 1}/{config.steps}")
+        while _paused(config.seed, s + 1):
+            time.sleep(0.05)  # held here (after a checkpoint) for lock / kill / Ctrl-C tests
     fig, ax = plt.subplots(figsize=(3, 2))
     ax.bar(range(3), acc)
     ctx.text("## Accumulated sums\n\nThree sums of seeded normal draws.")

@@ -1,0 +1,166 @@
+"""Checks of study config values, run before any work (a study's ``validate(config)``).
+
+A study lists its fields with a rule each::
+
+    RULES = {"train.steps": integer(1), "ablation.method": one_of("exact", "mcmc"),
+             "ablation.epsilon": number(0, None, low_open=True), ...}
+
+    def validate(config):
+        config_checks.check(config, RULES)
+
+and every bad value becomes one `bablate.runs.ConfigError` line naming the key, the value and
+what would work (e.g. ``config.ablation.method = 'exct' is not one of 'exact', 'mcmc'``), before
+the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bablate.runs import ConfigError
+
+Rule = Callable[[Any], str | None]  # the problem with a value, or None when it is fine
+_MISSING = object()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def integer(low: int | None = None, high: int | None = None) -> Rule:
+    """An int in [low, high] (either bound may be None)."""
+
+    def rule(v):
+        if not _is_int(v):
+            return "is not an integer"
+        if low is not None and v < low:
+            return f"must be at least {low}"
+        if high is not None and v > high:
+            return f"must be at most {high}"
+        return None
+
+    return rule
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Rule:
+    """A finite int or float within the bounds (closed unless ``*_open``)."""
+
+    def rule(v):
+        if not _is_number(v) or not math.isfinite(v):
+            return "is not a finite number"
+        if low is not None and (v <= low if low_open else v < low):
+            return f"must be {'above' if low_open else 'at least'} {low}"
+        if high is not None and (v >= high if high_open else v > high):
+            return f"must be {'below' if high_open else 'at most'} {high}"
+        return None
+
+    return rule
+
+
+def one_of(*options: Any) -> Rule:
+    """One of the given values (e.g. an enum of method names)."""
+
+    def rule(v):
+        if v in options and type(v) in {type(o) for o in options}:
+            return None
+        return "is not one of " + ", ".join(repr(o) for o in options)
+
+    return rule
+
+
+def boolean() -> Rule:
+    """True or False."""
+    return lambda v: None if isinstance(v, bool) else "is not true or false"
+
+
+def text(nonempty: bool = True) -> Rule:
+    """A string (non-empty unless told otherwise)."""
+
+    def rule(v):
+        if not isinstance(v, str):
+            return "is not a string"
+        return "is empty" if nonempty and not v.strip() else None
+
+    return rule
+
+
+def sequence(item: Rule, min_len: int = 0) -> Rule:
+    """A list or tuple of at least ``min_len`` items, each passing ``item``."""
+
+    def rule(v):
+        if not isinstance(v, (list, tuple)):
+            return "is not a list"
+        if len(v) < min_len:
+            return f"needs at least {min_len} item{'s' * (min_len != 1)}"
+        for i, x in enumerate(v):
+            problem = item(x)
+            if problem:
+                return f"has item {i} = {x!r} that {problem}"
+        return None
+
+    return rule
+
+
+def optional(rule: Rule) -> Rule:
+    """``rule``, but a field the config does not have is fine."""
+
+    def wrapped(v):
+        return None if v is _MISSING else rule(v)
+
+    wrapped.optional = True
+    return wrapped
+
+
+def get(config: Mapping, key: str) -> Any:
+    """The value at dotted ``key``, or a sentinel when any part is missing."""
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def check(config: Mapping, rules: Mapping[str, Rule]) -> None:
+    """Checks every rule; the first failure raises.
+
+    Raises:
+      ConfigError: ``config.<key> = <value> <problem>; set --config.<key> to ...``.
+    """
+    for key, rule in rules.items():
+        value = get(config, key)
+        if value is _MISSING and not getattr(rule, "optional", False):
+            raise ConfigError(f"the config has no field {key!r}, which this study needs; add it "
+                              "to the config file")
+        problem = rule(value)
+        if problem:
+            raise ConfigError(f"config.{key} = {value!r} {problem}; fix it in the config file or "
+                              f"with --config.{key}=...")
+
+
+def require(ok: bool, message: str) -> None:
+    """Raises `ConfigError(message)` unless ``ok`` (for checks across several fields)."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def parses(from_config: Callable[[Any], Any], config: Any) -> Any:
+    """``from_config(config)``, its ValueError / TypeError turned into one `ConfigError` line.
+
+    For a study's own config parser (which builds frozen dataclasses that check themselves):
+    whatever it refuses is a config problem, reported before any work.
+    """
+    try:
+        return from_config(config)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        msg = " ".join(str(e).split())
+        raise ConfigError(f"invalid config: {msg}") from e

@@ -1,0 +1,156 @@
+"""Checkpoint files that hold data only: loading one can never run code.
+
+A state file is a short magic line followed by one msgpack document::
+
+    {"format": 1, "config_hash": "<sha256 of the run's config>", "tree": <the pytree>}
+
+The tree is made of dicts (string or integer keys), lists, tuples, ``None``, bools, ints,
+floats, strings, bytes and numpy arrays / scalars of numeric, bool or string dtype. Tuples and
+arrays travel as msgpack extension types whose payload is again plain data; decoding builds
+arrays with ``np.frombuffer`` from a whitelisted dtype, so there is no path from the file's bytes
+to an import or a call (unlike pickle, which can call any function it names).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+
+MAGIC = b"bablate-state\n"
+FORMAT = 1
+_EXT_ARRAY, _EXT_TUPLE, _EXT_SCALAR = 1, 2, 3
+_NUMPY_KINDS = frozenset("biufcUS")  # bool, ints, floats, complex, strings: no objects or voids
+
+
+class StateFormatError(ValueError):
+    """A state file is not a valid bablate checkpoint (truncated, foreign or tampered with)."""
+
+
+def _ml_dtypes() -> dict[str, np.dtype]:
+    """Extra array dtypes JAX uses (bfloat16, float8...), by name."""
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - ml_dtypes ships with jax
+        return {}
+    names = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3b11fnuz",
+             "float8_e4m3fnuz", "float8_e5m2fnuz", "int4", "uint4")
+    return {n: np.dtype(getattr(ml_dtypes, n)) for n in names if hasattr(ml_dtypes, n)}
+
+
+def _dtype_name(dtype: np.dtype, where: str) -> str:
+    for name, extra in _ml_dtypes().items():
+        if dtype == extra:
+            return name
+    if dtype.kind not in _NUMPY_KINDS:
+        raise TypeError(f"{where}: arrays of dtype {dtype} cannot be saved as state; use numbers, "
+                        "bools or strings")
+    return dtype.newbyteorder("<").str if dtype.byteorder not in "|" else dtype.str
+
+
+def _dtype_from_name(name: Any) -> np.dtype:
+    if not isinstance(name, str):
+        raise StateFormatError(f"array dtype {name!r} is not a string")
+    extra = _ml_dtypes()
+    if name in extra:
+        return extra[name]
+    try:
+        dtype = np.dtype(name)
+    except TypeError as e:
+        raise StateFormatError(f"unknown array dtype {name!r}") from e
+    if dtype.kind not in _NUMPY_KINDS or dtype.hasobject:
+        raise StateFormatError(f"array dtype {name!r} is not allowed in a state file")
+    return dtype
+
+
+def _pack_array(arr: np.ndarray, where: str) -> bytes:
+    name = _dtype_name(arr.dtype, where)
+    little = np.ascontiguousarray(arr, dtype=_dtype_from_name(name))
+    return msgpack.packb([name, list(arr.shape), little.tobytes()], use_bin_type=True)
+
+
+def _encode(obj: Any, where: str) -> Any:
+    """``obj`` as msgpack-native values and extension types (see the module docstring)."""
+    if isinstance(obj, np.generic):  # before float: np.float64 is a float, and stays np
+        return msgpack.ExtType(_EXT_SCALAR, _pack_array(np.asarray(obj), where))
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        if isinstance(obj, int) and not isinstance(obj, bool) and not -2**63 <= obj < 2**64:
+            raise TypeError(f"{where}: integer {obj} is too large to save as state")
+        return obj
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise TypeError(f"{where}: key {k!r} must be a string or an int to save as state")
+            out[k] = _encode(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(obj, list):
+        return [_encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        items = [_encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return msgpack.ExtType(_EXT_TUPLE, msgpack.packb(items, use_bin_type=True))
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _encode(dataclasses.asdict(obj), where)
+    if hasattr(obj, "__array__"):  # numpy and jax arrays
+        arr = np.asarray(obj)
+        return msgpack.ExtType(_EXT_ARRAY, _pack_array(arr, where))
+    raise TypeError(f"{where}: a {type(obj).__name__} cannot be saved as state; use arrays, "
+                    "numbers, strings, lists, tuples or dicts")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_TUPLE:
+        return tuple(_unpack(data))
+    if code not in (_EXT_ARRAY, _EXT_SCALAR):
+        raise StateFormatError(f"unknown extension type {code}")
+    parts = _unpack(data)
+    if (not isinstance(parts, list) or len(parts) != 3 or not isinstance(parts[1], list)
+            or not isinstance(parts[2], bytes)):
+        raise StateFormatError("malformed array record")
+    name, shape, raw = parts
+    dtype = _dtype_from_name(name)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise StateFormatError(f"malformed array shape {shape!r}")
+    if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise StateFormatError(f"array of shape {tuple(shape)} and dtype {name} has "
+                               f"{len(raw)} bytes")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()  # copy: writable, owns its data
+    return arr[()] if code == _EXT_SCALAR else arr
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False,
+                           use_list=True)
+
+
+def dumps(tree: Any, config_hash: str | None, where: str = "state") -> bytes:
+    """The bytes of a state file holding ``tree``, stamped with ``config_hash``.
+
+    Raises:
+      TypeError: naming the path of the first value that cannot be stored.
+    """
+    doc = {"format": FORMAT, "config_hash": config_hash, "tree": _encode(tree, where)}
+    return MAGIC + msgpack.packb(doc, use_bin_type=True)
+
+
+def loads(data: bytes) -> tuple[Any, str | None]:
+    """``(tree, config_hash)`` of a state file's bytes.
+
+    Raises:
+      StateFormatError: the bytes are not a complete state file of this format.
+    """
+    if not data.startswith(MAGIC):
+        raise StateFormatError("it does not start with the bablate state header")
+    try:
+        doc = _unpack(data[len(MAGIC):])
+    except StateFormatError:
+        raise
+    except Exception as e:  # msgpack's errors for truncated or garbled bytes vary by version
+        raise StateFormatError(f"it is not valid msgpack ({type(e).__name__})") from e
+    if (not isinstance(doc, dict) or doc.get("format") != FORMAT or "tree" not in doc
+            or not isinstance(doc.get("config_hash"), (str, type(None)))):
+        raise StateFormatError(f"unexpected contents (format {FORMAT} expected)")
+    return doc["tree"], doc["config_hash"]
