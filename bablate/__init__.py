@@ -17,7 +17,7 @@ from bablate.inference import FlipKernel, Posterior, exact, infer, infer_many, m
 from bablate.sites import Basis, Site, mask_activation
 from bablate.tasks import Rule, Task
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source; pyproject.toml reads it
 
 __all__ = [
     "Basis", "FlipKernel", "Posterior", "Rule", "Site", "Task", "amd_model", "exact",
