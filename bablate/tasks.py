@@ -246,13 +246,12 @@ class Task:
           check_intact: warn when the intact network already fails the task.
         """
         key = jax.random.key(0) if key is None else check_key(key, f"Task {name!r}")
-        if not jax.tree.leaves(inputs) or any(np.ndim(x) >= 1 and np.shape(x)[0] == 0
-                                              for x in jax.tree.leaves(inputs)):
-            raise ValueError(f"Task {name!r}: the dataset is empty (inputs need a leading "
-                             "example axis with at least one example); a task without "
-                             "examples carries no evidence about the mask.")
         if site.cached:
             act = jax.jit(site.prefix)(inputs) if activation is None else activation
+            if act.ndim >= 1 and act.shape[0] == 0:  # before a mean of nothing turns into NaN
+                raise ValueError(f"Task {name!r}: the dataset is empty (the site's activation "
+                                 f"has shape {tuple(act.shape)}); a task without examples "
+                                 "carries no evidence about the mask.")
             check_activation(site, act)
             value = ablation_value(site, act, key)
         else:
