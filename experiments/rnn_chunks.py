@@ -51,8 +51,12 @@ def get_config(arg=None):
     c.train = ml_collections.ConfigDict({"steps": 800, "window": 200, "batch": 8,
                                          "learning_rate": 5e-3, "chunk": 50, "eval_every": 50})
     c.compare_seeds = 10  # trained vs untrained DSC comparison
+    # protocol: "long" (ours), "authors" (their notebooks: one trajectory of authors_length
+    # tokens, lookup fitted on its first authors_fit_steps, vocabulary rebuilt from each
+    # parse) or "both" (long fills the headline keys; results["dsc"][protocol] holds each).
     c.dsc = ml_collections.ConfigDict({"k": 5, "rounds": 6, "top": 5, "min_count": 10,
-                                       "max_tokens": 30_000})
+                                       "max_tokens": 30_000, "protocol": "both",
+                                       "authors_length": 2000, "authors_fit_steps": 100})
     c.pa_tolerance = 0.5  # PA tolerance, in units of the std of all hidden values
     c.perturbation = True
     c.grafting = ml_collections.ConfigDict({"enabled": True, "seeds": 10, "steps": 100,
