@@ -173,3 +173,28 @@ def test_quick_study_smoke(tmp_path):
     assert all(0 <= a <= 1 for a in res["pa_auc_by_layer"]["cheese"])
     js = np.asarray(res["concept_overlap"]["heads"])
     assert js.shape == (2, 2) and np.allclose(js, js.T)
+
+
+def test_concept_prompts_never_contain_their_answer():
+    # A target inside its own question or the shared prefix makes the task copying, not
+    # recall; a single-word concept inside another concept's prompt leaks it into the negatives.
+    from bablate.studies import llm_concepts
+
+    concepts = llm_concepts.load_concepts()
+    single = {name: spec["prompts"][0]["target"].lower() for name, spec in concepts.items()
+              if len({p["target"] for p in spec["prompts"]}) == 1}
+    assert set(single) == {"cheese", "cake"}
+    problems = []
+    for name, spec in concepts.items():
+        prefix = spec["prefix"].lower()
+        for p in spec["prompts"]:
+            text, target = p["text"].lower(), p["target"].lower()
+            if target in text or target in prefix:
+                problems.append((name, p["text"], p["target"]))
+            problems += [(name, p["text"], word) for other, word in single.items()
+                         if other != name and (word in text or word in prefix)]
+        # The prefix's questions are not prompts of the set.
+        questions = [line for line in spec["prefix"].splitlines() if line.startswith("Q:")]
+        problems += [(name, q, "prefix question") for q in questions
+                     if any(p["text"].startswith(q) for p in spec["prompts"])]
+    assert not problems, problems
