@@ -135,6 +135,7 @@ def get_config(arg=None):
         c.densities = [0.001]
         c.num_replicates = 8
         c.train.init, c.train.loss = "notebook", "mean"
+        c.ablation.feature_stride = 4  # the point here is the weight norms; ablate 5 features
         c.ablation.mcmc_check.enabled = False
     elif variant == "relu_hidden":
         c.setting = "20->10 |x|"

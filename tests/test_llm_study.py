@@ -121,6 +121,26 @@ def test_mlp_site_target_readout_equals_top1_on_logits(tiny):
         llm.build_mlp_site(params, CFG, 2, prompts, targets=targets[:3])
 
 
+def test_statistics_leave_out_the_sink_and_held_out_prompts():
+    from bablate.studies import llm_concepts
+
+    valid = np.array([[False, True, True, True], [True, True, True, True],
+                      [False, False, True, True]])
+    test = np.array([False, True, False])
+    sink = llm_concepts.sink_positions(valid)
+    np.testing.assert_array_equal(np.argwhere(sink), [[0, 1], [1, 0], [2, 2]])
+    fit, held = llm_concepts.statistic_positions(valid, test)
+    np.testing.assert_array_equal(fit, [[False, False, True, True], [False] * 4,
+                                        [False, False, False, True]])
+    np.testing.assert_array_equal(held, [[False] * 4, [False, True, True, True], [False] * 4])
+    # Token identity: a perfect detector when the word occurs only at the labelled positions,
+    # less when it also occurs elsewhere (here once among the three negatives).
+    tokens = np.array([7, 3, 7, 5])
+    assert llm_concepts.token_identity_auc(tokens, np.array([1, 0, 0, 0], bool), {7}) == \
+        pytest.approx((1.0 * 2 + 0.5) / 3)
+    assert llm_concepts.token_identity_auc(tokens, np.array([1, 0, 1, 0], bool), {7}) == 1.0
+
+
 def test_ucd_recovers_planted_directions():
     rng = np.random.default_rng(0)
     dirs = np.linalg.qr(rng.normal(size=(20, 3)))[0].T  # 3 orthonormal directions in R^20
@@ -171,6 +191,9 @@ def test_quick_study_smoke(tmp_path):
     assert np.asarray(res["head_importance"]["cheese"]).shape == (1, 9)
     assert len(res["neuron_importance"]["capitals"]) == 1536
     assert all(0 <= a <= 1 for a in res["pa_auc_by_layer"]["cheese"])
+    assert 0.5 <= res["token_identity_auc"]["cheese"] <= 1
+    # The sink token's residual norm dwarfs the others' from the middle layers on.
+    assert min(res["pa_sink_norm_ratio"]) > 10
     js = np.asarray(res["concept_overlap"]["heads"])
     assert js.shape == (2, 2) and np.allclose(js, js.T)
 

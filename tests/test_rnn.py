@@ -128,7 +128,7 @@ def test_every_variant_runs_tiny(variant, tmp_path):
         assert key in results, key
     assert set(results["n_unique_states"]) == {"trained", "untrained"}
     assert set(results["dsc"]) == {"long", "authors"}
-    for protocol, d in results["dsc"].items():
+    for d in results["dsc"].values():
         assert set(d) == {"trained", "untrained"}
         assert d["trained"]["n_unique_states"] >= 1
     # The headline keys are the long protocol's.

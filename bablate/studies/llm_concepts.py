@@ -180,10 +180,41 @@ def _num(x):
 
 
 def _completed_states(params, cfg, tok, texts, targets, layers):
-    """Residual states [L, N, T, D] (entering each layer) of prompt + ' ' + target texts."""
+    """Residual states [L, N, T, D] (entering each layer) of prompt + ' ' + target texts, with
+    the prompts (tokens and valid mask)."""
     prompts = llm.encode(tok, [t + " " + w for t, w in zip(texts, targets, strict=True)])
     states = llm.collect_states(params, cfg, prompts, "resid")
-    return np.asarray(states[np.asarray(layers)]), prompts.valid
+    return np.asarray(states[np.asarray(layers)]), prompts
+
+
+def sink_positions(valid_NxT: np.ndarray) -> np.ndarray:
+    """bool [N, T]: each prompt's first token (left padding: its first valid column).
+
+    From layer ~3 on, SmolLM2's residual stream at the first token (the attention sink) is
+    30–170× the norm of the others; any statistic over positions that includes it is that
+    token's statistic.
+    """
+    valid = np.asarray(valid_NxT, bool)
+    sink = np.zeros_like(valid)
+    rows = np.nonzero(valid.any(axis=1))[0]
+    sink[rows, np.argmax(valid[rows], axis=1)] = True
+    return sink
+
+
+def statistic_positions(valid_NxT: np.ndarray, test_N: np.ndarray) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+    """(fit, held) bool [N, T]: the positions PA and UCD statistics are computed on (valid
+    tokens of training prompts) and scored on (valid tokens of held-out prompts); both leave
+    out every prompt's first token (the attention sink)."""
+    valid, test = np.asarray(valid_NxT, bool), np.asarray(test_N, bool)
+    content = valid & ~sink_positions(valid)
+    return content & ~test[:, None], content & test[:, None]
+
+
+def token_identity_auc(tokens_M: np.ndarray, labels_M: np.ndarray, word_ids) -> float:
+    """AUC of the trivial detector "this token is one of the concept's words" (a 0/1 score)."""
+    score = np.isin(np.asarray(tokens_M), np.asarray(list(word_ids))).astype(np.float64)
+    return pa.tpr_fpr_auc(score, labels_M, lower_is_positive=False).auc
 
 
 def _pa(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
@@ -197,19 +228,29 @@ def _pa(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
     owner, test = np.array(owner), np.array(test)
     # The residual stream *entering* layer l+1 is the output of layer l; collect the stream at
     # the requested layers (entering them).
-    states, valid = _completed_states(params, cfg, tok, texts, targets, c.pa_layers)
+    states, prompts = _completed_states(params, cfg, tok, texts, targets, c.pa_layers)
+    valid = prompts.valid
     n, t = valid.shape
     last = np.zeros((n, t), bool)
     last[:, -1] = True  # the concept word is the last token (left-padded rows)
+    # Statistics (the tolerance unit) use training prompts only and no sink token; held-out
+    # scoring leaves the sink out too (a 100×-norm token is no test of a template).
+    fit, held = statistic_positions(valid, test)
+    sink = sink_positions(valid)
     out = {d.name: {"auc": [], "tpr": [], "fpr": [], "num_neurons": [], "tolerance": []}
            for d in data}
+    identity = {d.name: token_identity_auc(
+        prompts.tokens[held], (last & (owner == i)[:, None])[held], set(d.target_ids.tolist()))
+        for i, d in enumerate(data)}
+    sink_ratio = []
     templates = {}
     for li, layer in enumerate(c.pa_layers):
         s = states[li]
+        norms = np.linalg.norm(s, axis=-1)
+        sink_ratio.append(float(np.median(norms[sink]) / np.median(norms[fit | held])))
         # A few residual dimensions are orders of magnitude larger than the rest, so the
         # tolerance unit is the median over neurons of each neuron's std (not the pooled std).
-        scale = float(np.median(np.std(s[valid], axis=0)))
-        held = valid & test[:, None]
+        scale = float(np.median(np.std(s[fit], axis=0)))
         for i, d in enumerate(data):
             train = s[(owner == i) & ~test, -1]
             # Category concepts (capitals, numbers) vary more across occurrences than a single
@@ -228,8 +269,10 @@ def _pa(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
             out[d.name]["tpr"].append(tpr)
             out[d.name]["fpr"].append(fpr)
             out[d.name]["num_neurons"].append(tpl.num_neurons)
-    return {"layers": list(c.pa_layers), "by_concept": out, "_templates": templates,
-            "_states": states, "_valid": valid, "_owner": owner, "_test": test}
+    return {"layers": list(c.pa_layers), "by_concept": out, "token_identity_auc": identity,
+            "sink_norm_ratio": sink_ratio, "width": int(states.shape[-1]),
+            "_templates": templates, "_states": states, "_valid": valid, "_owner": owner,
+            "_test": test}
 
 
 def _mentions(text: str, words) -> bool:
@@ -295,10 +338,10 @@ def _ucd(c: Config, data, pa_out, key) -> dict:
     out = {}
     for li, layer in enumerate(c.pa_layers):
         s = states[li]
-        train = s[valid & ~test[:, None]]
+        fit, held = statistic_positions(valid, test)
+        train = s[fit]
         chunks = ucd.discover(train, c.ucd_chunks, jax.random.fold_in(key, layer),
                               steps=c.ucd_steps)
-        held = valid & test[:, None]
         s_held = s[held]
         last = np.zeros(valid.shape, bool)
         last[:, -1] = True
@@ -378,7 +421,13 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
                                      if kk not in ("svi", "exact", "mcmc", "main")}
                                  for n in names} for k in ("heads", "neurons")},
         "pa_auc_by_layer": {n: pa_out["by_concept"][n]["auc"] for n in names},
+        "token_identity_auc": pa_out["token_identity_auc"],
+        "pa_sink_norm_ratio": pa_out["sink_norm_ratio"],
+        "pa_template_fraction": {n: [k / pa_out["width"]
+                                     for k in pa_out["by_concept"][n]["num_neurons"]]
+                                 for n in names},
         "pa_layers": pa_out["layers"],
+        "pa_width": pa_out["width"],
         "pa_detail": pa_out["by_concept"],
         "intervention_rates": inter,
         "ucd": ucd_out,

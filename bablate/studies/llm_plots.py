@@ -116,14 +116,7 @@ def report(ctx, c, results, posts) -> None:
                "marginal JS).")
     ctx.figure(_neurons(results, names), "neuron_importance",
                f"Sorted MLP-neuron importance at layer {results['neuron_layer']} (SVI).")
-    pa_rows = ["| concept | " + " | ".join(f"L{l}" for l in results["pa_layers"]) + " |",
-               "|---|" + "---|" * len(results["pa_layers"])]
-    for n in names:
-        pa_rows.append(f"| {n} | " + " | ".join(f"{a:.2f}" for a in
-                                                results["pa_auc_by_layer"][n]) + " |")
-    ctx.text("## Population averaging\n\nHeld-out AUC of each concept's PA template per layer "
-             "(positives: the concept word's position in held-out prompts; negatives: every "
-             "other token):\n\n" + "\n".join(pa_rows))
+    ctx.text("## Population averaging\n\n" + pa_text(results, names))
     ctx.figure(_pa_auc(results, names), "pa_auc", "PA template detection AUC per layer.")
     r = results["intervention_rates"]
     iv_rows = ["| concept | activation without | with | inhibition without | with |",
@@ -144,6 +137,36 @@ def report(ctx, c, results, posts) -> None:
             u_rows.append(f"| {layer} | {n} | {a['recall']:.2f} | {a['precision']:.2f} | "
                           f"{a['chance_precision']:.3f} | {a['template_cosine']:.2f} |")
     ctx.text("## Unsupervised chunk discovery\n\n" + "\n".join(u_rows))
+
+
+def pa_text(results: dict, names) -> str:
+    """PA AUC per layer beside the token-identity AUC, and where PA beats it."""
+    layers = results["pa_layers"]
+    rows = ["| concept | token identity | " + " | ".join(f"L{l}" for l in layers) + " |",
+            "|---|---|" + "---|" * len(layers)]
+    beats = []
+    for n in names:
+        ident = results["token_identity_auc"][n]
+        aucs = results["pa_auc_by_layer"][n]
+        rows.append(f"| {n} | {ident:.4f} | " + " | ".join(f"{a:.4f}" for a in aucs) + " |")
+        better = [l for l, a in zip(layers, aucs, strict=True) if a > ident]
+        beats.append(f"{n}: " + (", ".join(f"L{l}" for l in better) if better else "no layer"))
+    frac = results.get("pa_template_fraction", {})
+    sizes = "; ".join(f"{n} " + ", ".join(f"{f:.0%}" for f in frac[n]) for n in names
+                      if n in frac)
+    ratio = ", ".join(f"L{l} {r:.0f}×" for l, r in zip(layers, results["pa_sink_norm_ratio"],
+                                                        strict=True))
+    return ("Held-out AUC of each concept's PA template per layer (positives: the concept "
+            "word's position in held-out prompts; negatives: every other token of the held-out "
+            "prompts except each prompt's first token), beside the AUC of the trivial detector "
+            "\"this token is the concept word\" (it needs no network):\n\n" + "\n".join(rows)
+            + "\n\nLayers where PA beats token identity: " + "; ".join(beats) + ". Where it "
+            "does not, the template detects the word's token, not a concept the network "
+            "builds.\n\nEvery statistic a template is built from (the tolerance unit) uses "
+            "training prompts only and leaves out each prompt's first token: its residual norm "
+            f"is {ratio} the median of the other tokens (the attention sink). Template size "
+            f"(share of the {results.get('pa_width', 576)} residual dimensions) per layer: "
+            f"{sizes}.")
 
 
 def _f(x) -> str:
