@@ -34,10 +34,54 @@ import ml_collections
 
 VARIANTS = ("quick", "full")
 
-NEUTRAL_PROMPTS = (
-    "Q: What should I have for lunch today?\nA:",
-    "Here is a short story about my weekend.",
-)
+# Neutral prompts for the activation experiment, written for the project after the paper's
+# design (questions from several categories, 5 each, none naming a concept of the study):
+# abbreviations, descriptions, entities, people, places, quantities.
+NEUTRAL_CATEGORIES = {
+    "abbreviation": (
+        "What does the abbreviation NASA stand for?",
+        "What is the full form of the letters HTML?",
+        "What does it mean when a letter ends with PS?",
+        "What does the short form etc. mean in a sentence?",
+        "What do the letters DNA stand for in biology?",
+    ),
+    "description": (
+        "How does a rainbow form in the sky?",
+        "Why do leaves change in the autumn?",
+        "What is the best way to learn a new language?",
+        "How do bees find their way back to the hive?",
+        "Why is the ocean salty?",
+    ),
+    "entity": (
+        "What instrument has keys, pedals and hammers inside?",
+        "What is the name of the tallest tree species?",
+        "Which sport uses a bat and a ball on a pitch?",
+        "What is a good book to read on holiday?",
+        "Which planet has the most moons?",
+    ),
+    "human": (
+        "Who painted the ceiling of the Sistine Chapel?",
+        "Who wrote the play about a prince of Denmark?",
+        "Who was the first person to walk on the moon?",
+        "Who invented the telephone?",
+        "Who is known as the father of modern physics?",
+    ),
+    "location": (
+        "Where do penguins live in the wild?",
+        "Where is the largest desert on Earth?",
+        "Where would you go to see the northern lights?",
+        "Where do most people in the world live?",
+        "Where does the river Nile begin?",
+    ),
+    "numeric": (
+        "How long does it take to boil an egg?",
+        "How far is the moon from the Earth?",
+        "How tall is the highest mountain in the world?",
+        "When did the first airplane fly?",
+        "How much water should a person drink in a day?",
+    ),
+}
+NEUTRAL_PROMPTS = tuple(f"Q: {q}\nA:" for qs in NEUTRAL_CATEGORIES.values() for q in qs)
 
 
 def get_config(arg=None):
@@ -65,9 +109,16 @@ def get_config(arg=None):
     c.pa_layers = [0, 5, 10, 15, 20, 25]
     c.pa_tolerance = 0.5          # in units of the median per-neuron std of the layer
     c.pa_min_neurons = 16         # raise the tolerance where fewer neurons qualify
-    c.intervention_layer = 15
-    c.intervention_samples = 10   # per prompt; 2 prompts per condition → 20 samples
-    c.intervention_tokens = 16
+    # Interventions as the paper's occurrence experiment: overwrite the residual stream entering
+    # layers intervention_layer .. + intervention_num_layers − 1 (2..9: 8 early layers) on the
+    # template's neurons at the intervention_positions prompt tokens before the last one, in
+    # the prompt pass only; sample intervention_tokens new tokens (the paper: 200).
+    c.intervention_layer = 2
+    c.intervention_num_layers = 8
+    c.intervention_positions = 3
+    c.intervention_samples = 1    # per neutral prompt (30 prompts → 30 samples per arm)
+    c.intervention_own_rows = 8   # inhibition: held-out concept prompts, repeated to 8 rows
+    c.intervention_tokens = 48
     c.temperature = 0.8
     c.neutral_prompts = list(NEUTRAL_PROMPTS)
     c.ucd_chunks = 16
@@ -86,7 +137,8 @@ def get_config(arg=None):
         c.mcmc_warmup = 100
         c.mcmc_chains = 2
         c.pa_layers = list(range(30))
-        c.intervention_samples = 25
+        c.intervention_samples = 4
+        c.intervention_own_rows = 32
         c.ucd_chunks = 32
         c.ucd_steps = 500
     return c

@@ -141,6 +141,30 @@ def test_statistics_leave_out_the_sink_and_held_out_prompts():
     assert llm_concepts.token_identity_auc(tokens, np.array([1, 0, 1, 0], bool), {7}) == 1.0
 
 
+def test_wilson_interval_closed_form():
+    from bablate.studies import llm_concepts
+
+    # 0 of 30: the upper end solves p = z² / (n + z²) → 3.8416 / 33.8416.
+    lo, hi = llm_concepts.wilson(0, 30)
+    assert lo == 0.0 and hi == pytest.approx(3.8416 / 33.8416, abs=1e-4)
+    lo, hi = llm_concepts.wilson(15, 30)  # symmetric about 1/2 (tabulated 0.3315–0.6685)
+    assert (lo, hi) == (pytest.approx(0.3315, abs=1e-4), pytest.approx(0.6685, abs=1e-4))
+
+
+def test_neutral_prompts_name_no_concept():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bablate.studies import llm_concepts
+    from experiments.llm_concepts import NEUTRAL_CATEGORIES, NEUTRAL_PROMPTS
+
+    assert len(NEUTRAL_PROMPTS) >= 30 and len(NEUTRAL_CATEGORIES) >= 5
+    words = {p["target"] for spec in llm_concepts.load_concepts().values()
+             for p in spec["prompts"]}
+    assert not [p for p in NEUTRAL_PROMPTS if llm_concepts._mentions(p, words)]
+
+
 def test_ucd_recovers_planted_directions():
     rng = np.random.default_rng(0)
     dirs = np.linalg.qr(rng.normal(size=(20, 3)))[0].T  # 3 orthonormal directions in R^20
@@ -178,7 +202,8 @@ def test_quick_study_smoke(tmp_path):
     c.mcmc_samples = 4
     c.mcmc_warmup = 2
     c.pa_layers = [15, 25]
-    c.intervention_samples = 2
+    c.intervention_samples = 1
+    c.intervention_own_rows = 2
     c.intervention_tokens = 4
     c.ucd_steps = 10
     c.ucd_chunks = 4
@@ -192,6 +217,13 @@ def test_quick_study_smoke(tmp_path):
     assert len(res["neuron_importance"]["capitals"]) == 1536
     assert all(0 <= a <= 1 for a in res["pa_auc_by_layer"]["cheese"])
     assert 0.5 <= res["token_identity_auc"]["cheese"] <= 1
+    rates = res["intervention_rates"]["cheese"]
+    assert set(rates) == {"baseline", "activation", "token_control", "inhibition_baseline",
+                          "inhibition"}
+    for arm in rates.values():
+        assert set(arm) == {"rate", "lo", "hi", "n"}
+        assert arm["n"] == 0 or arm["lo"] <= arm["rate"] <= arm["hi"]
+    assert rates["activation"]["n"] == rates["baseline"]["n"] == 30 * c.intervention_samples
     # The sink token's residual norm dwarfs the others' from the middle layers on.
     assert min(res["pa_sink_norm_ratio"]) > 10
     js = np.asarray(res["concept_overlap"]["heads"])

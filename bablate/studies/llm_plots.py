@@ -53,21 +53,60 @@ def _pa_auc(results, names):
     return fig
 
 
+ARMS = ("baseline", "activation", "token_control", "inhibition_baseline", "inhibition")
+
+
 def _rates(results, names):
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
-    x = np.arange(len(names))
-    for ax, kind in zip(axes, ("activation", "inhibition"), strict=True):
-        r = results["intervention_rates"]
-        ax.bar(x - 0.2, [r[n][kind]["without"] for n in names], 0.4, label="without")
-        ax.bar(x + 0.2, [r[n][kind]["with"] for n in names], 0.4, label="with")
-        ax.set_xticks(x)
-        ax.set_xticklabels(names)
-        ax.set_title(kind)
-        ax.set_ylim(0, 1)
-    axes[0].set_ylabel("fraction of samples naming the concept")
-    axes[0].legend()
+    fig, ax = plt.subplots(figsize=(2.2 * len(names) + 2, 3.4))
+    r = results["intervention_rates"]
+    width = 0.8 / len(ARMS)
+    for j, arm in enumerate(ARMS):
+        x = np.arange(len(names)) + (j - (len(ARMS) - 1) / 2) * width
+        rate = np.array([r[n][arm]["rate"] for n in names], float)
+        err = np.array([[r[n][arm]["rate"] - r[n][arm]["lo"], r[n][arm]["hi"] - r[n][arm]["rate"]]
+                        for n in names], float).T
+        ax.bar(x, rate, width, yerr=err, capsize=2, label=arm.replace("_", " "))
+    ax.set_xticks(np.arange(len(names)))
+    ax.set_xticklabels(names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction of samples naming the concept")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def interventions_text(c, results, names) -> str:
+    """The intervention table (rates with 95% intervals) and what it shows."""
+    r, det = results["intervention_rates"], results["intervention_details"]
+    fmt = lambda a: (f"{a['rate']:.2f} [{a['lo']:.2f}, {a['hi']:.2f}] (n={a['n']})"
+                     if a["n"] else "–")
+    rows = ["| concept | " + " | ".join(a.replace("_", " ") for a in ARMS) + " |",
+            "|---|" + "---|" * len(ARMS)]
+    verdicts = []
+    for n in names:
+        rows.append(f"| {n} | " + " | ".join(fmt(r[n][a]) for a in ARMS) + " |")
+        b, act, typed = r[n]["baseline"], r[n]["activation"], r[n]["token_control"]
+        raised = act["lo"] > b["hi"]
+        beyond = act["lo"] > typed["hi"]
+        verdicts.append(f"{n}: activation {'raises' if raised else 'does not clearly raise'} "
+                        f"the rate ({b['rate']:.2f} → {act['rate']:.2f}; typing the word: "
+                        f"{typed['rate']:.2f}){', beyond typing the word' if beyond else ''}")
+        ib, inh = r[n]["inhibition_baseline"], r[n]["inhibition"]
+        if ib["n"]:
+            lowered = inh["hi"] < ib["lo"]
+            verdicts[-1] += (f"; inhibition {'lowers' if lowered else 'does not clearly lower'}"
+                             f" it ({ib['rate']:.2f} → {inh['rate']:.2f})")
+    layers = det["layers"]
+    return (f"The paper's occurrence protocol: the residual stream entering layers "
+            f"{layers[0]}–{layers[-1]} is overwritten on each layer's template neurons at the "
+            f"{det['positions']} prompt tokens before the last one, in the prompt pass only; "
+            f"{det['tokens']} tokens are sampled (temperature {c.temperature}, top-k 50; the "
+            f"paper generates 200) over {det['num_neutral_prompts']} neutral questions from 6 "
+            "categories. Token control: the concept word typed at the same positions instead "
+            "(the word's own embedding path). Inhibition: the template neurons zeroed in "
+            "held-out prompts the model completes with the concept. Every arm uses the same "
+            "sampler and keys. Rates with 95% Wilson intervals:\n\n" + "\n".join(rows)
+            + "\n\n" + "; ".join(verdicts) + ". (Clearly = the 95% intervals do not overlap.)")
 
 
 def _neurons(results, names):
@@ -118,18 +157,11 @@ def report(ctx, c, results, posts) -> None:
                f"Sorted MLP-neuron importance at layer {results['neuron_layer']} (SVI).")
     ctx.text("## Population averaging\n\n" + pa_text(results, names))
     ctx.figure(_pa_auc(results, names), "pa_auc", "PA template detection AUC per layer.")
-    r = results["intervention_rates"]
-    iv_rows = ["| concept | activation without | with | inhibition without | with |",
-               "|---|---|---|---|---|"]
-    for n in names:
-        iv_rows.append(f"| {n} | {r[n]['activation']['without']:.2f} | "
-                       f"{r[n]['activation']['with']:.2f} | {r[n]['inhibition']['without']:.2f} "
-                       f"| {r[n]['inhibition']['with']:.2f} |")
-    ctx.text(f"## Activation and inhibition (layer {c.intervention_layer})\n\n"
-             "Fraction of sampled continuations naming the concept:\n\n" + "\n".join(iv_rows))
+    ctx.text("## Activation and inhibition\n\n" + interventions_text(c, results, names))
     ctx.figure(_rates(results, names), "interventions",
-               "Grafting the PA template (activation) or zeroing its neurons (inhibition) at "
-               "the last prompt position.")
+               "Rate of continuations naming the concept per arm (95% Wilson intervals): "
+               "neutral prompts as they are, with the template grafted, with the word typed; "
+               "concept prompts as they are and with the template's neurons zeroed.")
     u_rows = ["| layer | concept | recall | precision | chance | cos(chunk, template) |",
               "|---|---|---|---|---|---|"]
     for layer, v in results["ucd"].items():
