@@ -109,6 +109,9 @@ def get_config(arg=None):
     c.pa_layers = [0, 5, 10, 15, 20, 25]
     c.pa_tolerance = 0.5          # in units of the median per-neuron std of the layer
     c.pa_min_neurons = 16         # raise the tolerance where fewer neurons qualify
+    # PA as the authors build it, from the prose in bablate/data/pa_prose.json: K random
+    # occurrences, tolerance swept and chosen by training accuracy.
+    c.pa_prose_k = 5
     # Interventions as the paper's occurrence experiment: overwrite the residual stream entering
     # layers intervention_layer .. + intervention_num_layers − 1 (2..9: 8 early layers) on the
     # template's neurons at the intervention_positions prompt tokens before the last one, in

@@ -149,3 +149,32 @@ def test_authors_protocol_fits_the_lookup_on_the_first_steps_only():
     assert res.decoding_accuracy == pytest.approx(150 / 200)
     with pytest.raises(ValueError, match="fit_steps"):
         chunks.run_dsc_authors(h[:50], sym[:50], fit_steps=100)
+
+
+def test_sweep_template_picks_the_accurate_tolerance():
+    rng = np.random.default_rng(4)
+    d = 12
+    concept = rng.normal(size=d)
+    stable = np.arange(d) < 4
+    n = 400
+    y = np.zeros(n, bool)
+    y[::20] = True  # 20 occurrences
+    s = rng.normal(size=(n, d)) * 3.0
+    s[np.ix_(y, stable)] = concept[stable]  # exactly fixed: every occurrence has MSE 0
+    sweep = chunks.sweep_template(s, y, 5, np.random.default_rng(0),
+                                  tolerances=(100.0, 0.1, 0.0))
+    # 100 keeps every neuron (the varying ones too); 0.1 keeps the 4 stable neurons and
+    # detects every occurrence and nothing else; 0 keeps none and detects nothing.
+    np.testing.assert_array_equal(sweep.num_neurons, [d, 4, 0])
+    assert sweep.tolerance == 0.1
+    np.testing.assert_array_equal(sweep.template.neuron_mask, stable)
+    assert sweep.tpr[1] == 1.0 and sweep.fpr[1] == 0.0 and sweep.accuracy[1] == 1.0
+    assert sweep.tpr[2] == 0.0 and sweep.fpr[2] == 0.0
+    # The authors' AUC: trapezoid over the sweep's points sorted by FPR, (1, 1) appended.
+    f, t = sweep.fpr[0], sweep.tpr[0]
+    assert 0 < f < 1
+    expected = np.trapezoid([0.0, 1.0, t, 1.0], [0.0, 0.0, f, 1.0])
+    assert sweep.auc == pytest.approx(expected)
+    assert len(sweep.occurrences) == 5 and y[sweep.occurrences].all()
+    with pytest.raises(ValueError, match="occurrences"):
+        chunks.sweep_template(s, np.zeros(n, bool), 5, np.random.default_rng(0))

@@ -224,6 +224,12 @@ def test_quick_study_smoke(tmp_path):
         assert set(arm) == {"rate", "lo", "hi", "n"}
         assert arm["n"] == 0 or arm["lo"] <= arm["rate"] <= arm["hi"]
     assert rates["activation"]["n"] == rates["baseline"]["n"] == 30 * c.intervention_samples
+    # PA from natural prose: ≥ 10 occurrences in each paragraph, one AUC of each kind per layer.
+    prose = res["pa_prose"]["cheese"]
+    assert prose["num_train_occurrences"] >= 10 and prose["num_test_occurrences"] >= 10
+    assert len(res["pa_auc_authors_by_layer"]["capitals"]) == len(c.pa_layers)
+    assert all(0 <= a <= 1 for a in res["pa_auc_authors_by_layer"]["cheese"])
+    assert all(a is None or 0 <= a <= 1 for a in prose["test_auc"])
     # The sink token's residual norm dwarfs the others' from the middle layers on.
     assert min(res["pa_sink_norm_ratio"]) > 10
     js = np.asarray(res["concept_overlap"]["heads"])

@@ -21,16 +21,20 @@ from bablate.chunks.dsc import (
     unit_chunk_information,
 )
 from bablate.chunks.pa import (
+    AUTHORS_TOLERANCES,
     ROC,
+    SweepPA,
     Template,
     detection_rates,
     pa_detect,
     pa_scores,
     pa_template,
+    sweep_template,
     tpr_fpr_auc,
 )
 
 __all__ = [
+    "AUTHORS_TOLERANCES", "SweepPA", "sweep_template",
     "AUTHORS_FIT_STEPS", "PROTOCOLS", "greedy_parse", "rebuild_chunks", "run_dsc_authors",
     "ChunkDictionary", "DSCResult", "Discretizer", "Lookup", "ROC", "Template", "bpe_chunks",
     "detection_rates", "fit_discretizer", "fit_lookup", "kmeans_1d", "pa_detect", "pa_scores",

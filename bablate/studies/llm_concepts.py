@@ -57,6 +57,7 @@ class Config:
     pa_layers: tuple[int, ...]
     pa_tolerance: float
     pa_min_neurons: int
+    pa_prose_k: int
     intervention_layer: int
     intervention_samples: int
     intervention_tokens: int
@@ -285,6 +286,68 @@ def _pa(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
             "_valid": valid, "_owner": owner, "_test": test}
 
 
+def load_prose() -> dict:
+    """Training and test paragraphs per concept (see ``bablate/data/pa_prose.json``)."""
+    text = importlib.resources.files("bablate").joinpath("data/pa_prose.json").read_text()
+    return json.loads(text)["concepts"]
+
+
+def _prose_states(params, cfg, tok, sentences, layers):
+    """States [L, M, D] of every non-first token of the sentences (run one by one, as the
+    authors do; each sentence's first token is its attention sink and is left out) and the
+    token ids [M]."""
+    prompts = llm.encode(tok, sentences)
+    states = np.asarray(llm.collect_states(params, cfg, prompts, "resid"))[np.asarray(layers)]
+    keep = prompts.valid & ~sink_positions(prompts.valid)
+    return states[:, keep], np.asarray(prompts.tokens)[keep]
+
+
+def _pa_prose(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
+    """PA templates built as the authors build them, from natural prose.
+
+    Per concept with paragraphs in ``pa_prose.json``: K = ``pa_prose_k`` random occurrences
+    in the training paragraph, tolerance swept (``pa.AUTHORS_TOLERANCES``) and chosen by
+    training accuracy, threshold = largest training MSE. Reported per layer: the authors' AUC
+    (over the tolerance sweep, on the training paragraph), ours (Mann–Whitney on the test
+    paragraph at the chosen tolerance), TPR/FPR at the template's own threshold on the test
+    paragraph, and the token-identity AUC on the test paragraph.
+    """
+    prose = load_prose()
+    out = {}
+    for i, d in enumerate(data):
+        if d.name not in prose:
+            continue
+        ids = set(d.target_ids.tolist())
+        (s_tr, t_tr), (s_te, t_te) = (
+            _prose_states(params, cfg, tok, prose[d.name][split], c.pa_layers)
+            for split in ("train", "test"))
+        y_tr, y_te = np.isin(t_tr, list(ids)), np.isin(t_te, list(ids))
+        rec = {"num_train_occurrences": int(y_tr.sum()), "num_test_occurrences": int(y_te.sum()),
+               "token_identity_auc": token_identity_auc(t_te, y_te, ids),
+               "authors_auc": [], "test_auc": [], "test_tpr": [], "test_fpr": [],
+               "tolerance": [], "num_neurons": [], "train_accuracy": []}
+        for li in range(len(c.pa_layers)):
+            # The same K occurrences at every layer (one draw per concept).
+            rng = np.random.default_rng([c.seed, i])
+            sw = pa.sweep_template(s_tr[li], y_tr, c.pa_prose_k, rng)
+            best = int(np.argmax(sw.accuracy))
+            rec["authors_auc"].append(sw.auc)
+            rec["tolerance"].append(sw.tolerance)
+            rec["num_neurons"].append(int(sw.num_neurons[best]))
+            rec["train_accuracy"].append(float(sw.accuracy[best]))
+            if sw.template is None:
+                for k in ("test_auc", "test_tpr", "test_fpr"):
+                    rec[k].append(None)
+                continue
+            scores = pa.pa_scores(sw.template, s_te[li])
+            tpr, fpr = pa.detection_rates(scores <= sw.template.threshold, y_te)
+            rec["test_auc"].append(pa.tpr_fpr_auc(scores, y_te).auc)
+            rec["test_tpr"].append(tpr)
+            rec["test_fpr"].append(fpr)
+        out[d.name] = rec
+    return out
+
+
 def _mentions(text: str, words) -> bool:
     return any(re.search(rf"\b{re.escape(w)}\b", text, re.IGNORECASE) for w in words)
 
@@ -453,6 +516,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     timings["ablation"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     pa_out = _pa(c, params, cfg, tok, data)
+    prose = _pa_prose(c, params, cfg, tok, data)
     timings["pa"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     inter = _interventions(c, params, cfg, tok, data, pa_out["_templates"],
@@ -494,6 +558,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
                                  for n in names} for k in ("heads", "neurons")},
         "pa_auc_by_layer": {n: pa_out["by_concept"][n]["auc"] for n in names},
         "token_identity_auc": pa_out["token_identity_auc"],
+        "pa_auc_authors_by_layer": {n: v["authors_auc"] for n, v in prose.items()},
+        "pa_prose": prose,
         "pa_sink_norm_ratio": pa_out["sink_norm_ratio"],
         "pa_template_fraction": {n: [k / pa_out["width"]
                                      for k in pa_out["by_concept"][n]["num_neurons"]]

@@ -156,6 +156,9 @@ def report(ctx, c, results, posts) -> None:
     ctx.figure(_neurons(results, names), "neuron_importance",
                f"Sorted MLP-neuron importance at layer {results['neuron_layer']} (SVI).")
     ctx.text("## Population averaging\n\n" + pa_text(results, names))
+    if results.get("pa_prose"):
+        ctx.text("### PA as the authors build it (natural prose)\n\n"
+                 + prose_text(results, names))
     ctx.figure(_pa_auc(results, names), "pa_auc", "PA template detection AUC per layer.")
     ctx.text("## Activation and inhibition\n\n" + interventions_text(c, results, names))
     ctx.figure(_rates(results, names), "interventions",
@@ -199,6 +202,45 @@ def pa_text(results: dict, names) -> str:
             f"is {ratio} the median of the other tokens (the attention sink). Template size "
             f"(share of the {results.get('pa_width', 576)} residual dimensions) per layer: "
             f"{sizes}.")
+
+
+def prose_text(results: dict, names) -> str:
+    """Templates from natural prose: the authors' AUC and ours, test TPR/FPR, token identity."""
+    layers = results["pa_layers"]
+    prose = results["pa_prose"]
+    f = lambda v: "–" if v is None else f"{v:.2f}"
+    rows = ["| concept | measure | " + " | ".join(f"L{l}" for l in layers) + " |",
+            "|---|---|" + "---|" * len(layers)]
+    notes = []
+    for n in names:
+        if n not in prose:
+            notes.append(f"{n}: no paragraphs in pa_prose.json")
+            continue
+        p = prose[n]
+        for key, what in (("authors_auc", "AUC, authors (sweep, training text)"),
+                          ("test_auc", "AUC, ours (test text, chosen tolerance)"),
+                          ("test_tpr", "TPR at threshold (test)"),
+                          ("test_fpr", "FPR at threshold (test)"),
+                          ("num_neurons", "template neurons"),
+                          ("tolerance", "chosen tolerance")):
+            vals = p[key]
+            cell = (lambda v: str(v)) if key == "num_neurons" else (
+                (lambda v: f"{v:.3g}") if key == "tolerance" else f)
+            rows.append(f"| {n} | {what} | " + " | ".join(cell(v) for v in vals) + " |")
+        ident = p["token_identity_auc"]
+        better = [l for l, a in zip(layers, p["test_auc"], strict=True)
+                  if a is not None and a > ident]
+        notes.append(f"{n}: {p['num_train_occurrences']} / {p['num_test_occurrences']} "
+                     f"occurrences (training / test text); token identity AUC on the test text "
+                     f"{ident:.3f}; PA (ours) beats it at "
+                     + (", ".join(f"L{l}" for l in better) if better else "no layer"))
+    return ("Each concept's training paragraph is run sentence by sentence; K = 5 random "
+            "occurrences make the template, the tolerance is swept and chosen by training "
+            "accuracy, and the threshold is the largest training MSE, as in the authors' code. "
+            "Their AUC is the area under the tolerance sweep's (FPR, TPR) points on the "
+            "training text; ours is the Mann–Whitney AUC of the template's score on the "
+            "separate test paragraph. Each sentence's first token (the attention sink) is left "
+            "out.\n\n" + "\n".join(rows) + "\n\n" + "; ".join(notes) + ".")
 
 
 def _f(x) -> str:
