@@ -113,3 +113,68 @@ def test_pa_errors():
         chunks.pa_template(np.asarray([[0.0, 0.0], [5.0, 5.0]]), tolerance=0.1)
     with pytest.raises(ValueError, match="both positives and negatives"):
         chunks.tpr_fpr_auc(np.zeros(3), np.ones(3, bool))
+
+
+def test_greedy_parse_prefers_the_longest_token():
+    vocab = {(0, 1), (0, 1, 2)}
+    assert chunks.greedy_parse([0, 1, 2, 0, 1, 3], vocab) == [(0, 1, 2), (0, 1), (3,)]
+    # A state outside the vocabulary still parses as itself.
+    assert chunks.greedy_parse([5, 0], vocab) == [(5,), (0,)]
+
+
+def test_rebuilt_vocabulary_drops_absorbed_states():
+    rng = np.random.default_rng(1)
+    text = "".join("ABCD" + "E" * int(k) for k in rng.integers(0, 3, size=300))
+    codes = np.asarray(["ABCDE".index(c) for c in text])[:, None]
+    # One pair per round: AB, then AB+C, then ABC+D (each 300 times; E E is rarer).
+    d = chunks.rebuild_chunks(codes, rounds=3, top=1, min_count=10)
+    names = ["".join("ABCDE"[d.states[s][0]] for s in e) for e in d.entries]
+    # A, B, C and D now occur only inside ABCD, so they left the vocabulary: ABCD and E remain.
+    assert sorted(names) == ["ABCD", "E"]
+    assert d.vocab_size == 2 and d.merges == ()
+    assert d.counts[names.index("ABCD")] == 300
+    assert d.parse_length == 300 + text.count("E")
+    # The cumulative dictionary keeps every state and every intermediate chunk.
+    assert chunks.bpe_chunks(codes, rounds=3, top=1, min_count=10).vocab_size == 8
+
+
+def test_authors_protocol_fits_the_lookup_on_the_first_steps_only():
+    # Symbol = state, except a sixth state that first appears after the fitting steps.
+    sym = np.tile(np.arange(5), 60)  # 300 steps
+    levels = np.linspace(-2, 2, 6)
+    h = levels[sym][:, None] * np.ones((1, 2))
+    h[250:, 1] = 5.0  # steps 250.. land in states never seen in the first 100 steps
+    res = chunks.run_dsc_authors(h, sym, k=6, rounds=1, top=1, min_count=10, fit_steps=100)
+    assert res.unseen_fraction == pytest.approx(50 / 200)
+    assert res.decoding_accuracy == pytest.approx(150 / 200)
+    with pytest.raises(ValueError, match="fit_steps"):
+        chunks.run_dsc_authors(h[:50], sym[:50], fit_steps=100)
+
+
+def test_sweep_template_picks_the_accurate_tolerance():
+    rng = np.random.default_rng(4)
+    d = 12
+    concept = rng.normal(size=d)
+    stable = np.arange(d) < 4
+    n = 400
+    y = np.zeros(n, bool)
+    y[::20] = True  # 20 occurrences
+    s = rng.normal(size=(n, d)) * 3.0
+    s[np.ix_(y, stable)] = concept[stable]  # exactly fixed: every occurrence has MSE 0
+    sweep = chunks.sweep_template(s, y, 5, np.random.default_rng(0),
+                                  tolerances=(100.0, 0.1, 0.0))
+    # 100 keeps every neuron (the varying ones too); 0.1 keeps the 4 stable neurons and
+    # detects every occurrence and nothing else; 0 keeps none and detects nothing.
+    np.testing.assert_array_equal(sweep.num_neurons, [d, 4, 0])
+    assert sweep.tolerance == 0.1
+    np.testing.assert_array_equal(sweep.template.neuron_mask, stable)
+    assert sweep.tpr[1] == 1.0 and sweep.fpr[1] == 0.0 and sweep.accuracy[1] == 1.0
+    assert sweep.tpr[2] == 0.0 and sweep.fpr[2] == 0.0
+    # The authors' AUC: trapezoid over the sweep's points sorted by FPR, (1, 1) appended.
+    f, t = sweep.fpr[0], sweep.tpr[0]
+    assert 0 < f < 1
+    expected = np.trapezoid([0.0, 1.0, t, 1.0], [0.0, 0.0, f, 1.0])
+    assert sweep.auc == pytest.approx(expected)
+    assert len(sweep.occurrences) == 5 and y[sweep.occurrences].all()
+    with pytest.raises(ValueError, match="occurrences"):
+        chunks.sweep_template(s, np.zeros(n, bool), 5, np.random.default_rng(0))

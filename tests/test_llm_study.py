@@ -121,6 +121,50 @@ def test_mlp_site_target_readout_equals_top1_on_logits(tiny):
         llm.build_mlp_site(params, CFG, 2, prompts, targets=targets[:3])
 
 
+def test_statistics_leave_out_the_sink_and_held_out_prompts():
+    from bablate.studies import llm_concepts
+
+    valid = np.array([[False, True, True, True], [True, True, True, True],
+                      [False, False, True, True]])
+    test = np.array([False, True, False])
+    sink = llm_concepts.sink_positions(valid)
+    np.testing.assert_array_equal(np.argwhere(sink), [[0, 1], [1, 0], [2, 2]])
+    fit, held = llm_concepts.statistic_positions(valid, test)
+    np.testing.assert_array_equal(fit, [[False, False, True, True], [False] * 4,
+                                        [False, False, False, True]])
+    np.testing.assert_array_equal(held, [[False] * 4, [False, True, True, True], [False] * 4])
+    # Token identity: a perfect detector when the word occurs only at the labelled positions,
+    # less when it also occurs elsewhere (here once among the three negatives).
+    tokens = np.array([7, 3, 7, 5])
+    assert llm_concepts.token_identity_auc(tokens, np.array([1, 0, 0, 0], bool), {7}) == \
+        pytest.approx((1.0 * 2 + 0.5) / 3)
+    assert llm_concepts.token_identity_auc(tokens, np.array([1, 0, 1, 0], bool), {7}) == 1.0
+
+
+def test_wilson_interval_closed_form():
+    from bablate.studies import llm_concepts
+
+    # 0 of 30: the upper end solves p = z² / (n + z²) → 3.8416 / 33.8416.
+    lo, hi = llm_concepts.wilson(0, 30)
+    assert lo == 0.0 and hi == pytest.approx(3.8416 / 33.8416, abs=1e-4)
+    lo, hi = llm_concepts.wilson(15, 30)  # symmetric about 1/2 (tabulated 0.3315–0.6685)
+    assert (lo, hi) == (pytest.approx(0.3315, abs=1e-4), pytest.approx(0.6685, abs=1e-4))
+
+
+def test_neutral_prompts_name_no_concept():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bablate.studies import llm_concepts
+    from experiments.llm_concepts import NEUTRAL_CATEGORIES, NEUTRAL_PROMPTS
+
+    assert len(NEUTRAL_PROMPTS) >= 30 and len(NEUTRAL_CATEGORIES) >= 5
+    words = {p["target"] for spec in llm_concepts.load_concepts().values()
+             for p in spec["prompts"]}
+    assert not [p for p in NEUTRAL_PROMPTS if llm_concepts._mentions(p, words)]
+
+
 def test_ucd_recovers_planted_directions():
     rng = np.random.default_rng(0)
     dirs = np.linalg.qr(rng.normal(size=(20, 3)))[0].T  # 3 orthonormal directions in R^20
@@ -158,7 +202,8 @@ def test_quick_study_smoke(tmp_path):
     c.mcmc_samples = 4
     c.mcmc_warmup = 2
     c.pa_layers = [15, 25]
-    c.intervention_samples = 2
+    c.intervention_samples = 1
+    c.intervention_own_rows = 2
     c.intervention_tokens = 4
     c.ucd_steps = 10
     c.ucd_chunks = 4
@@ -171,5 +216,46 @@ def test_quick_study_smoke(tmp_path):
     assert np.asarray(res["head_importance"]["cheese"]).shape == (1, 9)
     assert len(res["neuron_importance"]["capitals"]) == 1536
     assert all(0 <= a <= 1 for a in res["pa_auc_by_layer"]["cheese"])
+    assert 0.5 <= res["token_identity_auc"]["cheese"] <= 1
+    rates = res["intervention_rates"]["cheese"]
+    assert set(rates) == {"baseline", "activation", "token_control", "inhibition_baseline",
+                          "inhibition"}
+    for arm in rates.values():
+        assert set(arm) == {"rate", "lo", "hi", "n"}
+        assert arm["n"] == 0 or arm["lo"] <= arm["rate"] <= arm["hi"]
+    assert rates["activation"]["n"] == rates["baseline"]["n"] == 30 * c.intervention_samples
+    # PA from natural prose: ≥ 10 occurrences in each paragraph, one AUC of each kind per layer.
+    prose = res["pa_prose"]["cheese"]
+    assert prose["num_train_occurrences"] >= 10 and prose["num_test_occurrences"] >= 10
+    assert len(res["pa_auc_authors_by_layer"]["capitals"]) == len(c.pa_layers)
+    assert all(0 <= a <= 1 for a in res["pa_auc_authors_by_layer"]["cheese"])
+    assert all(a is None or 0 <= a <= 1 for a in prose["test_auc"])
+    # The sink token's residual norm dwarfs the others' from the middle layers on.
+    assert min(res["pa_sink_norm_ratio"]) > 10
     js = np.asarray(res["concept_overlap"]["heads"])
     assert js.shape == (2, 2) and np.allclose(js, js.T)
+
+
+def test_concept_prompts_never_contain_their_answer():
+    # A target inside its own question or the shared prefix makes the task copying, not
+    # recall; a single-word concept inside another concept's prompt leaks it into the negatives.
+    from bablate.studies import llm_concepts
+
+    concepts = llm_concepts.load_concepts()
+    single = {name: spec["prompts"][0]["target"].lower() for name, spec in concepts.items()
+              if len({p["target"] for p in spec["prompts"]}) == 1}
+    assert set(single) == {"cheese", "cake"}
+    problems = []
+    for name, spec in concepts.items():
+        prefix = spec["prefix"].lower()
+        for p in spec["prompts"]:
+            text, target = p["text"].lower(), p["target"].lower()
+            if target in text or target in prefix:
+                problems.append((name, p["text"], p["target"]))
+            problems += [(name, p["text"], word) for other, word in single.items()
+                         if other != name and (word in text or word in prefix)]
+        # The prefix's questions are not prompts of the set.
+        questions = [line for line in spec["prefix"].splitlines() if line.startswith("Q:")]
+        problems += [(name, q, "prefix question") for q in questions
+                     if any(p["text"].startswith(q) for p in spec["prompts"])]
+    assert not problems, problems

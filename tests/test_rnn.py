@@ -127,6 +127,12 @@ def test_every_variant_runs_tiny(variant, tmp_path):
                 "vocab_size_count_gt5", "parse_length"):
         assert key in results, key
     assert set(results["n_unique_states"]) == {"trained", "untrained"}
+    assert set(results["dsc"]) == {"long", "authors"}
+    for d in results["dsc"].values():
+        assert set(d) == {"trained", "untrained"}
+        assert d["trained"]["n_unique_states"] >= 1
+    # The headline keys are the long protocol's.
+    assert results["dsc"]["long"]["trained"]["vocab_size"] == results["vocab_size"]["trained"]
     if config.ablation.enabled:
         for key in ("unit_importance", "polysemanticity_mean", "distributedness_mean",
                     "ablation_chunk_agreement"):
@@ -138,3 +144,18 @@ def test_every_variant_runs_tiny(variant, tmp_path):
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="unknown variant"):
         rnn_config.get_config("nope")
+
+
+def test_untrained_network_is_the_trained_networks_own_start():
+    cfg = rnn_chunks.from_config(rnn_config.get_config("quick"))
+    seq = sequences.reflection(0, n_repeats=60)
+    tc = rnn.TrainConfig(steps=0, batch=2, chunk=10, eval_every=0)
+    start, _ = rnn.train(cfg.model, tc, seq.tokens, jax.random.key(7))
+    jax.tree.map(np.testing.assert_array_equal, rnn_chunks.initial_variables(cfg, 7), start)
+
+
+def test_dsc_protocol_is_checked():
+    assert rnn_chunks.dsc_protocols("both") == ("long", "authors")
+    assert rnn_chunks.dsc_protocols("authors") == ("authors",)
+    with pytest.raises(ValueError, match="dsc.protocol"):
+        rnn_chunks.dsc_protocols("paper")

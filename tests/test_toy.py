@@ -180,6 +180,9 @@ def test_every_variant_runs(variant, tmp_path, monkeypatch):
                 "unit_importance"):
         assert key in recs[0], key
     assert len(recs[0]["feature_dimensionality"]) == config.n_features
+    at = recs[0]["features_represented_at"]
+    assert list(at) == ["0.1", "0.25", "0.5"]
+    assert at["0.1"] >= at["0.25"] >= at["0.5"] == recs[0]["features_represented"]
     assert (recs[1]["unit_importance"] is not None) == full
     ui = np.array(recs[0]["unit_importance"])
     assert ui.shape == (len(recs[0]["ablated_features"]), config.m_hidden)
@@ -195,3 +198,43 @@ def test_every_variant_runs(variant, tmp_path, monkeypatch):
     assert "What reproduced" in report and "figures/dims_per_feature.png" in report
     assert ("figures/w_columns_2d.png" in report) == (config.m_hidden == 2)
     assert module.get_sweep(variant)[0] == {"seed": 0}
+
+
+def test_notebook_init_scale_and_mean_loss():
+    # torch's xavier-normal on an [I, n, m] tensor: fan_in = n·m, fan_out = I·m.
+    spec = toy.ToySpec(20, 5, "relu_out", toy.importance_geometric(20, 0.7))
+    std = toy.notebook_std(spec, 8)
+    np.testing.assert_allclose(std, np.sqrt(2.0 / (5 * 20 + 8 * 5)))
+    keys = jax.random.split(jax.random.key(1), 400)
+    w = np.asarray(jax.vmap(lambda k: toy.init_notebook(spec, k, 8)["W"])(keys))
+    np.testing.assert_allclose(w.std(), std, rtol=0.02)
+    assert abs(w.mean()) < 0.01 * std * 10
+    # The trainer starts from exactly that draw: zero steps of AdamW are not allowed, so
+    # compare the first loss of a one-step run against the init's loss at lr = 0.
+    cfg = toy.TrainConfig(steps=1, batch_size=64, learning_rate=0.0, weight_decay=0.0,
+                          chunk_steps=1, init="notebook", init_instances=8, loss="mean")
+    params, _ = toy.train_instances(spec, jnp.full((2,), 0.1), keys[:2], cfg)
+    init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(keys[:2])
+    np.testing.assert_allclose(params["W"][1], toy.init_notebook(spec, init_keys[1], 8)["W"],
+                               atol=1e-6)
+    # The notebook's loss is the importance-weighted error averaged over features too.
+    x = toy.sample_features(jax.random.key(2), 32, 20, 0.3)
+    p0 = toy.unstack(params, 0)
+    np.testing.assert_allclose(toy.weighted_mse(spec, p0, x, "mean") * 20,
+                               toy.weighted_mse(spec, p0, x), rtol=1e-6)
+    with pytest.raises(ValueError, match="tied models"):
+        toy.init_notebook(toy.ToySpec(2, 1, "relu_hidden", (1.0, 0.5)), keys[0], 1)
+    with pytest.raises(ValueError, match="train.init"):
+        toy.TrainConfig(init="kaiming")
+    with pytest.raises(ValueError, match="train.loss"):
+        toy.TrainConfig(loss="max")
+
+
+def test_features_represented_at_thresholds():
+    norms = np.array([0.05, 0.1, 0.2, 0.3, 0.6, 1.2])
+    # Strictly above each threshold, as the 0.5 count of weight_geometry.
+    assert toy_superposition.features_represented_at(norms) == {"0.1": 4, "0.25": 3, "0.5": 2}
+    w = np.zeros((2, 6))
+    w[0] = norms
+    assert (toy_superposition.features_represented_at(np.linalg.norm(w, axis=0))["0.5"]
+            == toy_geometry.weight_geometry(w).features_represented)

@@ -12,6 +12,20 @@
 Vocabulary size = number of dictionary entries (distinct states + merged chunks); "count > 5"
 counts the entries that occur more than 5 times in the final parse; parse length = number of
 tokens in the final parse. The k-means is deterministic (quantile initialisation, Lloyd steps).
+
+Two protocols (``PROTOCOLS``):
+
+- ``"long"`` (``run_dsc``, ours): k-means, lookup and chunks fitted on a long trajectory (many
+  windows), decoding tested on another sequence; the vocabulary accumulates every state and
+  every merged chunk.
+- ``"authors"`` (``run_dsc_authors``), as the authors' notebooks (github swu32/
+  Chunk-Interpretability, RNN_1/RNN_3) do it: one trajectory; the lookup is fitted on its first
+  100 steps and tested on the rest of the same trajectory; the vocabulary is rebuilt each round
+  from the tokens of the current parse plus the new pairs, and the state sequence is parsed
+  again from scratch (``rebuild_chunks``), so states absorbed into chunks drop out. Their
+  parsing function is not public; ours is greedy longest match, left to right. Their lookup
+  keeps the last symbol written for a state; ours keeps the majority (equal wherever a state
+  maps to one symbol).
 """
 
 from __future__ import annotations
@@ -20,6 +34,9 @@ import collections
 import dataclasses
 
 import numpy as np
+
+PROTOCOLS = ("long", "authors")
+AUTHORS_FIT_STEPS = 100  # the notebooks fit the lookup on the first 100 steps
 
 
 def kmeans_1d(x_N: np.ndarray, k: int = 5, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
@@ -257,3 +274,87 @@ def unit_chunk_information(codes_NxD: np.ndarray, in_chunk_N: np.ndarray) -> np.
         nz = joint > 0
         out[i] = float(np.sum(joint[nz] * np.log2(joint[nz] / (px @ py)[nz])))
     return out
+
+
+def greedy_parse(ids_N: np.ndarray | list[int], vocab: set[tuple[int, ...]]) -> list[tuple]:
+    """Left-to-right longest-match parse of a state-id sequence into vocabulary tokens.
+
+    A single state is always a valid token (so every sequence parses), whether or not it is in
+    ``vocab``.
+    """
+    seq = [int(i) for i in np.asarray(ids_N).tolist()]
+    by_len = sorted({len(v) for v in vocab if len(v) > 1}, reverse=True)
+    out, i = [], 0
+    while i < len(seq):
+        for n in by_len:
+            tok = tuple(seq[i:i + n])
+            if len(tok) == n and tok in vocab:
+                out.append(tok)
+                i += n
+                break
+        else:
+            out.append((seq[i],))
+            i += 1
+    return out
+
+
+def rebuild_chunks(codes_NxD: np.ndarray, rounds: int = 6, top: int = 5,
+                   min_count: int = 10) -> ChunkDictionary:
+    """The authors' chunking: the vocabulary is rebuilt from the current parse every round.
+
+    Each round, the vocabulary is the set of tokens in the current parse plus the `top` most
+    frequent adjacent token pairs with count >= `min_count` (each pair concatenated into one
+    token); the state sequence is then parsed again from scratch with it (``greedy_parse``). A
+    state that now occurs only inside chunks is no longer a token of the parse, so it leaves
+    the vocabulary the next round. Rounds stop early when no pair qualifies.
+
+    Returns:
+      A ``ChunkDictionary`` whose entries are the distinct tokens of the final parse (its
+      vocabulary, the authors' "vocab size"), in order of first appearance; ``merges`` is empty
+      (there is no merge tree).
+    """
+    ids, states = state_ids(codes_NxD)
+    parse: list[tuple[int, ...]] = [(int(i),) for i in ids]
+    for _ in range(rounds):
+        pairs = collections.Counter(zip(parse[:-1], parse[1:], strict=True))
+        new = [a + b for (a, b), c in pairs.most_common(top) if c >= min_count]
+        if not new:
+            break
+        parse = greedy_parse(ids, set(parse) | set(new))
+    index: dict[tuple[int, ...], int] = {}
+    seq = [index.setdefault(tok, len(index)) for tok in parse]
+    counts = np.bincount(np.asarray(seq, np.int64), minlength=len(index))
+    return ChunkDictionary(entries=tuple(index), counts=counts, parse=np.asarray(seq),
+                           states=states, merges=())
+
+
+def run_dsc_authors(h_NxD: np.ndarray, symbols_N: np.ndarray, k: int = 5, rounds: int = 6,
+                    top: int = 5, min_count: int = 10,
+                    fit_steps: int = AUTHORS_FIT_STEPS) -> DSCResult:
+    """DSC as the authors' notebooks run it, on one trajectory.
+
+    k-means on the whole trajectory; lookup fitted on its first `fit_steps` steps and tested on
+    the rest; chunks by ``rebuild_chunks`` on the whole trajectory.
+
+    Args:
+      h_NxD: hidden states of one trajectory (the notebooks: 2,000 steps).
+      symbols_N: input symbol at each step.
+      k, rounds, top, min_count: DSC settings (the notebooks: 5, 6, 5, 10).
+      fit_steps: lookup fitting steps (the notebooks: 100).
+    """
+    h, sym = np.asarray(h_NxD), np.asarray(symbols_N)
+    if h.ndim != 2 or h.shape[0] != sym.shape[0]:
+        raise ValueError(f"states must be [N, D] with one symbol per step; got {h.shape} and "
+                         f"{sym.shape}.")
+    if not 0 < fit_steps < h.shape[0]:
+        raise ValueError(f"fit_steps must be in (0, {h.shape[0]}) so that steps remain for "
+                         f"testing; got {fit_steps}. Use a longer trajectory.")
+    disc = fit_discretizer(h, k)
+    codes = disc.codes(h)
+    lookup = fit_lookup(codes[:fit_steps], sym[:fit_steps])
+    decoded = lookup.decode(codes[fit_steps:])
+    chunk_dict = rebuild_chunks(codes, rounds, top, min_count)
+    return DSCResult(discretizer=disc, lookup=lookup, chunks=chunk_dict,
+                     n_unique_states=len(chunk_dict.states),
+                     decoding_accuracy=float(np.mean(decoded == sym[fit_steps:])),
+                     unseen_fraction=float(np.mean(decoded < 0)))

@@ -139,3 +139,88 @@ def tpr_fpr_auc(scores: np.ndarray, labels: np.ndarray, lower_is_positive: bool 
     thr = -thresholds if lower_is_positive else thresholds
     thr = np.concatenate([[-np.inf if lower_is_positive else np.inf], thr])
     return ROC(fpr=fpr, tpr=tpr, thresholds=thr, auc=float(auc))
+
+
+# The authors' tolerance sweep (absolute units of the layer's activations), largest first.
+AUTHORS_TOLERANCES = (100.0, 30.0, 20.0, 10.0, 3.0) + tuple(0.8**i for i in range(35))
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPA:
+    """A PA template chosen as the chunk paper's authors choose it, with its sweep.
+
+    Attributes:
+      template: the template at the chosen tolerance (None when no tolerance kept a neuron).
+      tolerance: the chosen tolerance (best training accuracy; the first of equals).
+      tolerances, tpr, fpr, accuracy, num_neurons: the sweep on the training sequence.
+      auc: area under the sweep's (FPR, TPR) points, sorted by FPR with (1, 1) appended, by the
+        trapezoid rule: the authors' "AUC", a curve over tolerances, not over a score threshold.
+      occurrences: indices of the K training occurrences.
+    """
+
+    template: Template | None
+    tolerance: float
+    tolerances: np.ndarray
+    tpr: np.ndarray
+    fpr: np.ndarray
+    accuracy: np.ndarray
+    num_neurons: np.ndarray
+    auc: float
+    occurrences: np.ndarray
+
+
+def sweep_template(states_NxD: np.ndarray, labels_N: np.ndarray, k: int,
+                   rng: np.random.Generator,
+                   tolerances: tuple[float, ...] = AUTHORS_TOLERANCES) -> SweepPA:
+    """PA as the authors build it on one training sequence.
+
+    K random occurrences of the concept form the template at each tolerance (a neuron is kept
+    when every occurrence is strictly within the tolerance of their mean; the detection
+    threshold is the largest training-occurrence MSE); every position of the sequence is then
+    detected or not, giving TPR, FPR and accuracy; the tolerance with the best accuracy is kept.
+    A tolerance that keeps no neuron detects nothing. The authors draw new occurrences for each
+    tolerance; here one draw serves the whole sweep (so tolerance is the only thing varied).
+
+    Args:
+      states_NxD: states at every position of the training sequence.
+      labels_N: bool, the position is an occurrence of the concept.
+      k: number of training occurrences (the authors: 5).
+      rng: draws the occurrences.
+      tolerances: the sweep.
+    """
+    s, y = np.asarray(states_NxD, np.float64), np.asarray(labels_N, bool)
+    if s.ndim != 2 or y.shape != (s.shape[0],):
+        raise ValueError(f"states must be [N, D] with one label per row; got {s.shape}, "
+                         f"{y.shape}.")
+    if y.sum() < k or k < 2:
+        raise ValueError(f"need at least k = {k} >= 2 occurrences; the sequence has "
+                         f"{int(y.sum())}. Use a longer text or a smaller k.")
+    if y.all():
+        raise ValueError("every position is an occurrence; the sequence needs other tokens.")
+    occ = np.sort(rng.choice(np.flatnonzero(y), k, replace=False))
+    train = s[occ]
+    mean = train.mean(axis=0)
+    spread = np.max(np.abs(train - mean), axis=0)
+    tpr, fpr, acc, nn, templates = [], [], [], [], []
+    for tol in tolerances:
+        mask = spread < tol
+        if not mask.any():
+            detected = np.zeros(len(y), bool)
+            templates.append(None)
+        else:
+            thr = float(np.max(np.mean((train[:, mask] - mean[mask]) ** 2, axis=1)))
+            tpl = Template(mean=mean, neuron_mask=mask, threshold=thr, tolerance=float(tol))
+            detected = pa_detect(tpl, s)
+            templates.append(tpl)
+        tpr.append(float(detected[y].mean()))
+        fpr.append(float(detected[~y].mean()))
+        acc.append(float(np.mean(detected == y)))
+        nn.append(int(mask.sum()))
+    best = int(np.argmax(acc))
+    pts = sorted(zip(fpr, tpr, strict=True)) + [(1.0, 1.0)]
+    x, h = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    auc = float(np.sum((x[1:] - x[:-1]) * (h[1:] + h[:-1]) / 2.0))
+    return SweepPA(template=templates[best], tolerance=float(tolerances[best]),
+                   tolerances=np.asarray(tolerances, float), tpr=np.asarray(tpr),
+                   fpr=np.asarray(fpr), accuracy=np.asarray(acc), num_neurons=np.asarray(nn),
+                   auc=auc, occurrences=occ)

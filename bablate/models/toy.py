@@ -13,7 +13,17 @@ Three small autoencoders of n sparse features through m < n hidden dimensions:
 Data: x_i ~ U[0, 1] (U[−1, 1] for ``"relu_hidden"``) with probability 1 − S (the density),
 else 0, independently. Loss Σ_i I_i (target_i − x'_i)², mean over the batch. Training as in
 the paper: AdamW (lr 1e-3, weight decay 0.01, the torch default), batch 1024, 10,000 steps,
-xavier-normal W, b = 0. Many instances (density × seed) train at once: the step is vmapped
+xavier-normal W, b = 0.
+
+The paper's public notebook (anthropics/toy-models-of-superposition, ``toy_models.ipynb``) trains
+the same model with two differences, offered here as ``TrainConfig(init="notebook",
+loss="mean")``: its W is one [instances, n, m] tensor initialised by torch's xavier-normal, whose
+fans count the instance axis (fan_in = n·m, fan_out = instances·m), so each instance's weights
+have std √(2 / (m (n + instances))) — smaller the more instances train together — where ours is
+xavier-normal on each instance's own [m, n] matrix; and its loss is the importance-weighted error
+averaged over features as well as the batch (ours sums over features). With AdamW the loss
+scale barely matters (Adam normalises the gradient scale); the init scale is what differs.
+Many instances (density × seed) train at once: the step is vmapped
 over instances and run as a jitted ``lax.scan`` over chunks of steps, with a progress bar
 between chunks.
 """
@@ -33,6 +43,8 @@ import optax
 from bablate import progress
 
 MODEL_KINDS = ("relu_out", "linear", "relu_hidden")
+INITS = ("xavier", "notebook")
+LOSSES = ("sum", "mean")
 Params = Any
 
 
@@ -164,22 +176,64 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     chunk_steps: int = 250
+    # "xavier": xavier-normal on each instance's [m, n] W (ours); "notebook": the public
+    # notebook's xavier on the stacked [instances, n, m] tensor (see the module docstring).
+    init: str = "xavier"
+    # Instance count the "notebook" init scale uses; 0 = the number of instances trained at once.
+    init_instances: int = 0
+    # "sum" over features (ours) or "mean" over features (the notebook); both mean over the batch.
+    loss: str = "sum"
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.chunk_steps < 1:
             raise ValueError(f"steps, batch_size and chunk_steps must be positive; got {self}.")
+        if self.init not in INITS:
+            raise ValueError(f"train.init must be one of {INITS}; got {self.init!r}.")
+        if self.loss not in LOSSES:
+            raise ValueError(f"train.loss must be one of {LOSSES}; got {self.loss!r}.")
+        if self.init_instances < 0:
+            raise ValueError(f"train.init_instances must be >= 0 (0 = instances trained at "
+                             f"once); got {self.init_instances}.")
 
 
-def weighted_mse(spec: ToySpec, params: Params, x_BxN: jax.Array) -> jax.Array:
-    """Σ_i I_i (target_i − x'_i)², averaged over the batch."""
+def weighted_mse(spec: ToySpec, params: Params, x_BxN: jax.Array,
+                 reduce: str = "sum") -> jax.Array:
+    """Σ_i I_i (target_i − x'_i)², averaged over the batch (``reduce="mean"``: also averaged
+    over features, the public notebook's loss, 1/n of ours)."""
     out = spec.model().apply({"params": params}, x_BxN)
     importance = jnp.asarray(spec.importance, x_BxN.dtype)
-    return jnp.mean(jnp.sum(importance[None, :] * (spec.target(x_BxN) - out) ** 2, axis=-1))
+    per_example = jnp.sum(importance[None, :] * (spec.target(x_BxN) - out) ** 2, axis=-1)
+    scale = 1.0 / spec.n_features if reduce == "mean" else 1.0
+    return scale * jnp.mean(per_example)
 
 
 def init_params(spec: ToySpec, key: jax.Array) -> Params:
     """Parameters of one instance (xavier-normal weights, zero bias)."""
     return spec.model().init(key, jnp.zeros((1, spec.n_features)))["params"]
+
+
+def notebook_std(spec: ToySpec, num_instances: int) -> float:
+    """Std of the public notebook's W entries: torch xavier-normal on an [I, n, m] tensor.
+
+    torch takes fan_in = size(1) · receptive field = n·m and fan_out = size(0) · m = I·m, so
+    std = √(2 / (fan_in + fan_out)) = √(2 / (m (n + I))).
+    """
+    if num_instances < 1:
+        raise ValueError(f"num_instances must be >= 1; got {num_instances}.")
+    return float(np.sqrt(2.0 / (spec.m_hidden * (spec.n_features + num_instances))))
+
+
+def init_notebook(spec: ToySpec, key: jax.Array, num_instances: int) -> Params:
+    """The public notebook's start: W ~ N(0, notebook_std²) i.i.d. (untruncated), b = 0.
+
+    Only for the tied models (the notebook has no |x| model).
+    """
+    if spec.kind == "relu_hidden":
+        raise ValueError("train.init='notebook' is for the tied models ('relu_out', 'linear'); "
+                         "use train.init='xavier' for 'relu_hidden'.")
+    std = notebook_std(spec, num_instances)
+    return {"W": std * jax.random.normal(key, (spec.m_hidden, spec.n_features)),
+            "b": jnp.zeros((spec.n_features,))}
 
 
 def init_all_represented(spec: ToySpec, key: jax.Array, bias: float = -0.2) -> Params:
@@ -206,11 +260,14 @@ def train_instances(spec: ToySpec, densities_K: jax.Array, keys_K: jax.Array,
       spec: the toy setting shared by all instances.
       densities_K: [K] feature density 1 − S of each instance.
       keys_K: [K] PRNG keys; instance k's init and data stream come from keys_K[k] only, so
-        an instance trains the same whichever others it is batched with.
+        an instance trains the same whichever others it is batched with (except under the
+        "notebook" init with ``init_instances = 0``, whose scale depends on K as the
+        notebook's does).
       cfg: optimiser and loop settings.
       desc: progress-bar label.
-      init_K: starting parameters stacked over K; default: ``init_params`` from each instance's
-        key (the paper's xavier-normal W, zero b).
+      init_K: starting parameters stacked over K; default: from each instance's key,
+        ``init_params`` (xavier-normal W, zero b) or, with ``cfg.init == "notebook"``,
+        ``init_notebook`` at ``cfg.init_instances`` (0: K) instances.
 
     Returns:
       (params stacked over K, [K] loss averaged over the last chunk of steps).
@@ -220,13 +277,19 @@ def train_instances(spec: ToySpec, densities_K: jax.Array, keys_K: jax.Array,
     chex.assert_equal(densities_K.shape[0], keys_K.shape[0])
     tx = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
     init_keys, data_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys_K)
-    params = jax.vmap(lambda k: init_params(spec, k))(init_keys) if init_K is None else init_K
+    if init_K is not None:
+        params = init_K
+    elif cfg.init == "notebook":
+        n_inst = cfg.init_instances or int(keys_K.shape[0])
+        params = jax.vmap(lambda k: init_notebook(spec, k, n_inst))(init_keys)
+    else:
+        params = jax.vmap(lambda k: init_params(spec, k))(init_keys)
     opt_state = jax.vmap(tx.init)(params)
 
     def one_step(p, o, key, density, step):
         x = sample_features(jax.random.fold_in(key, step), cfg.batch_size, spec.n_features,
                             density, spec.signed)
-        loss, grads = jax.value_and_grad(lambda q: weighted_mse(spec, q, x))(p)
+        loss, grads = jax.value_and_grad(lambda q: weighted_mse(spec, q, x, cfg.loss))(p)
         updates, o = tx.update(grads, o, p)
         return optax.apply_updates(p, updates), o, loss
 

@@ -90,9 +90,13 @@ class Config:
     pa_layers: tuple[int, ...]
     pa_tolerance: float
     pa_min_neurons: int
+    pa_prose_k: int
     intervention_layer: int
     intervention_samples: int
     intervention_tokens: int
+    intervention_num_layers: int
+    intervention_positions: int
+    intervention_own_rows: int
     temperature: float
     neutral_prompts: tuple[str, ...]
     ucd_chunks: int
@@ -218,10 +222,41 @@ def _num(x):
 
 
 def _completed_states(params, cfg, tok, texts, targets, layers):
-    """Residual states [L, N, T, D] (entering each layer) of prompt + ' ' + target texts."""
+    """Residual states [L, N, T, D] (entering each layer) of prompt + ' ' + target texts, with
+    the prompts (tokens and valid mask)."""
     prompts = llm.encode(tok, [t + " " + w for t, w in zip(texts, targets, strict=True)])
     states = llm.collect_states(params, cfg, prompts, "resid")
-    return np.asarray(states[np.asarray(layers)]), prompts.valid
+    return np.asarray(states[np.asarray(layers)]), prompts
+
+
+def sink_positions(valid_NxT: np.ndarray) -> np.ndarray:
+    """bool [N, T]: each prompt's first token (left padding: its first valid column).
+
+    From layer ~3 on, SmolLM2's residual stream at the first token (the attention sink) is
+    30–170× the norm of the others; any statistic over positions that includes it is that
+    token's statistic.
+    """
+    valid = np.asarray(valid_NxT, bool)
+    sink = np.zeros_like(valid)
+    rows = np.nonzero(valid.any(axis=1))[0]
+    sink[rows, np.argmax(valid[rows], axis=1)] = True
+    return sink
+
+
+def statistic_positions(valid_NxT: np.ndarray, test_N: np.ndarray) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+    """(fit, held) bool [N, T]: the positions PA and UCD statistics are computed on (valid
+    tokens of training prompts) and scored on (valid tokens of held-out prompts); both leave
+    out every prompt's first token (the attention sink)."""
+    valid, test = np.asarray(valid_NxT, bool), np.asarray(test_N, bool)
+    content = valid & ~sink_positions(valid)
+    return content & ~test[:, None], content & test[:, None]
+
+
+def token_identity_auc(tokens_M: np.ndarray, labels_M: np.ndarray, word_ids) -> float:
+    """AUC of the trivial detector "this token is one of the concept's words" (a 0/1 score)."""
+    score = np.isin(np.asarray(tokens_M), np.asarray(list(word_ids))).astype(np.float64)
+    return pa.tpr_fpr_auc(score, labels_M, lower_is_positive=False).auc
 
 
 def _pa(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
@@ -235,19 +270,33 @@ def _pa(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
     owner, test = np.array(owner), np.array(test)
     # The residual stream *entering* layer l+1 is the output of layer l; collect the stream at
     # the requested layers (entering them).
-    states, valid = _completed_states(params, cfg, tok, texts, targets, c.pa_layers)
+    # Templates are also built at the intervention layers (not reported unless in pa_layers).
+    all_layers = sorted(set(c.pa_layers) | set(intervention_layers(c)))
+    states, prompts = _completed_states(params, cfg, tok, texts, targets, all_layers)
+    valid = prompts.valid
     n, t = valid.shape
     last = np.zeros((n, t), bool)
     last[:, -1] = True  # the concept word is the last token (left-padded rows)
+    # Statistics (the tolerance unit) use training prompts only and no sink token; held-out
+    # scoring leaves the sink out too (a 100×-norm token is no test of a template).
+    fit, held = statistic_positions(valid, test)
+    sink = sink_positions(valid)
     out = {d.name: {"auc": [], "tpr": [], "fpr": [], "num_neurons": [], "tolerance": []}
            for d in data}
+    identity = {d.name: token_identity_auc(
+        prompts.tokens[held], (last & (owner == i)[:, None])[held], set(d.target_ids.tolist()))
+        for i, d in enumerate(data)}
+    sink_ratio = []
     templates = {}
-    for li, layer in enumerate(c.pa_layers):
+    for li, layer in enumerate(all_layers):
         s = states[li]
+        reported = layer in c.pa_layers
+        norms = np.linalg.norm(s, axis=-1)
+        if reported:
+            sink_ratio.append(float(np.median(norms[sink]) / np.median(norms[fit | held])))
         # A few residual dimensions are orders of magnitude larger than the rest, so the
         # tolerance unit is the median over neurons of each neuron's std (not the pooled std).
-        scale = float(np.median(np.std(s[valid], axis=0)))
-        held = valid & test[:, None]
+        scale = float(np.median(np.std(s[fit], axis=0)))
         for i, d in enumerate(data):
             train = s[(owner == i) & ~test, -1]
             # Category concepts (capitals, numbers) vary more across occurrences than a single
@@ -256,8 +305,10 @@ def _pa(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
             spread = np.sort(np.max(np.abs(train - train.mean(0)), axis=0))
             tol = max(c.pa_tolerance * scale, float(spread[c.pa_min_neurons - 1]) * (1 + 1e-6))
             tpl = pa.pa_template(train, tol)
-            out[d.name]["tolerance"].append(tol / scale)
             templates[(d.name, layer)] = tpl
+            if not reported:
+                continue
+            out[d.name]["tolerance"].append(tol / scale)
             labels = (last & (owner == i)[:, None])[held]
             scores = pa.pa_scores(tpl, s[held])
             roc = pa.tpr_fpr_auc(scores, labels)
@@ -266,63 +317,190 @@ def _pa(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
             out[d.name]["tpr"].append(tpr)
             out[d.name]["fpr"].append(fpr)
             out[d.name]["num_neurons"].append(tpl.num_neurons)
-    return {"layers": list(c.pa_layers), "by_concept": out, "_templates": templates,
-            "_states": states, "_valid": valid, "_owner": owner, "_test": test}
+    return {"layers": list(c.pa_layers), "by_concept": out, "token_identity_auc": identity,
+            "sink_norm_ratio": sink_ratio, "width": int(states.shape[-1]),
+            "_templates": templates,
+            "_states": states[np.asarray([all_layers.index(l) for l in c.pa_layers])],
+            "_valid": valid, "_owner": owner, "_test": test}
+
+
+def load_prose() -> dict:
+    """Training and test paragraphs per concept (see ``bablate/data/pa_prose.json``)."""
+    text = importlib.resources.files("bablate").joinpath("data/pa_prose.json").read_text()
+    return json.loads(text)["concepts"]
+
+
+def _prose_states(params, cfg, tok, sentences, layers):
+    """States [L, M, D] of every non-first token of the sentences (run one by one, as the
+    authors do; each sentence's first token is its attention sink and is left out) and the
+    token ids [M]."""
+    prompts = llm.encode(tok, sentences)
+    states = np.asarray(llm.collect_states(params, cfg, prompts, "resid"))[np.asarray(layers)]
+    keep = prompts.valid & ~sink_positions(prompts.valid)
+    return states[:, keep], np.asarray(prompts.tokens)[keep]
+
+
+def _pa_prose(c: Config, params, cfg, tok, data: list[ConceptData]) -> dict:
+    """PA templates built as the authors build them, from natural prose.
+
+    Per concept with paragraphs in ``pa_prose.json``: K = ``pa_prose_k`` random occurrences
+    in the training paragraph, tolerance swept (``pa.AUTHORS_TOLERANCES``) and chosen by
+    training accuracy, threshold = largest training MSE. Reported per layer: the authors' AUC
+    (over the tolerance sweep, on the training paragraph), ours (Mann–Whitney on the test
+    paragraph at the chosen tolerance), TPR/FPR at the template's own threshold on the test
+    paragraph, and the token-identity AUC on the test paragraph.
+    """
+    prose = load_prose()
+    out = {}
+    for i, d in enumerate(data):
+        if d.name not in prose:
+            continue
+        ids = set(d.target_ids.tolist())
+        (s_tr, t_tr), (s_te, t_te) = (
+            _prose_states(params, cfg, tok, prose[d.name][split], c.pa_layers)
+            for split in ("train", "test"))
+        y_tr, y_te = np.isin(t_tr, list(ids)), np.isin(t_te, list(ids))
+        rec = {"num_train_occurrences": int(y_tr.sum()), "num_test_occurrences": int(y_te.sum()),
+               "token_identity_auc": token_identity_auc(t_te, y_te, ids),
+               "authors_auc": [], "test_auc": [], "test_tpr": [], "test_fpr": [],
+               "tolerance": [], "num_neurons": [], "train_accuracy": []}
+        for li in range(len(c.pa_layers)):
+            # The same K occurrences at every layer (one draw per concept).
+            rng = np.random.default_rng([c.seed, i])
+            sw = pa.sweep_template(s_tr[li], y_tr, c.pa_prose_k, rng)
+            best = int(np.argmax(sw.accuracy))
+            rec["authors_auc"].append(sw.auc)
+            rec["tolerance"].append(sw.tolerance)
+            rec["num_neurons"].append(int(sw.num_neurons[best]))
+            rec["train_accuracy"].append(float(sw.accuracy[best]))
+            if sw.template is None:
+                for k in ("test_auc", "test_tpr", "test_fpr"):
+                    rec[k].append(None)
+                continue
+            scores = pa.pa_scores(sw.template, s_te[li])
+            tpr, fpr = pa.detection_rates(scores <= sw.template.threshold, y_te)
+            rec["test_auc"].append(pa.tpr_fpr_auc(scores, y_te).auc)
+            rec["test_tpr"].append(tpr)
+            rec["test_fpr"].append(fpr)
+        out[d.name] = rec
+    return out
 
 
 def _mentions(text: str, words) -> bool:
     return any(re.search(rf"\b{re.escape(w)}\b", text, re.IGNORECASE) for w in words)
 
 
-def _sample(params, cfg, tok, texts, c: Config, key, length: int, graft=None):
-    """Sampled continuations (``intervention_samples`` per text), optionally with a residual
-    graft at the last prompt position: ``graft = (neuron_mask [D], values [D])``. Prompts are
-    padded to ``length`` and the (possibly identity) graft is always passed: one compile."""
-    prompts = llm.encode(tok, [t for t in texts for _ in range(c.intervention_samples)],
-                         length=length)
+def intervention_layers(c: Config) -> tuple[int, ...]:
+    """The layers whose entering residual stream the interventions overwrite."""
+    return tuple(range(c.intervention_layer, c.intervention_layer + c.intervention_num_layers))
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial rate k / n."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def _rate(texts, words) -> dict:
+    k, n = sum(_mentions(x, words) for x in texts), len(texts)
+    lo, hi = wilson(k, n)
+    return {"rate": k / n if n else float("nan"), "lo": lo, "hi": hi, "n": n}
+
+
+def _sample(params, cfg, tok, texts, c: Config, key, length: int, samples: int, graft=None,
+            substitute: int | None = None):
+    """Sampled continuations, ``samples`` per text.
+
+    ``graft = {layer: (neuron_mask [D], values [D])}`` overwrites the residual stream entering
+    each of those layers on the masked neurons, at the ``intervention_positions`` prompt tokens
+    before the last one, while the prompt is read (decoding runs unmodified). ``substitute``
+    instead types that token id at the same positions. Prompts are padded to ``length`` and
+    the (possibly identity) graft is always passed: one compile per batch size.
+    """
+    prompts = llm.encode(tok, [t for t in texts for _ in range(samples)], length=length)
     t = prompts.tokens.shape[1]
+    cols = slice(t - 1 - c.intervention_positions, t - 1)
+    tokens = np.array(prompts.tokens)
+    if substitute is not None:
+        tokens[:, cols] = substitute
     m = np.ones((cfg.num_layers, t, cfg.width), np.float32)
     f = np.zeros((cfg.num_layers, t, cfg.width), np.float32)
-    if graft is not None:
-        mask_d, values_d = graft
-        m[c.intervention_layer, -1] = 1.0 - mask_d
-        f[c.intervention_layer, -1] = values_d * mask_d
+    for layer, (mask_d, values_d) in (graft or {}).items():
+        m[layer, cols] = 1.0 - mask_d
+        f[layer, cols] = values_d * mask_d
     iv = llama.Interventions(resid=jnp.asarray(m), resid_fill=jnp.asarray(f))
-    out = llama.generate(params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid),
+    out = llama.generate(params, cfg, jnp.asarray(tokens), jnp.asarray(prompts.valid),
                          key, max_new=c.intervention_tokens, temperature=c.temperature,
                          top_k=50, interventions=iv)
     return [tok.decode([int(i) for i in row]) for row in np.asarray(out)]
 
 
 def _interventions(c: Config, params, cfg, tok, data, templates, key) -> dict:
-    """Activation (graft the template into neutral prompts) and inhibition (zero the template's
-    neurons in prompts that produce the concept): rate of continuations naming the concept."""
-    if c.intervention_layer not in c.pa_layers:
-        raise ValueError(f"intervention_layer {c.intervention_layer} must be one of pa_layers "
-                         f"{c.pa_layers} (its template is needed).")
-    out = {}
-    own = {d.name: [d.texts[j] for j in np.where(d.correct & d.test)[0][:2]] for d in data}
-    every = list(c.neutral_prompts) + [t for v in own.values() for t in v]
+    """Activation, its token-substitution control, and inhibition, as rates of continuations
+    naming the concept (each with a 95% Wilson interval).
+
+    As in the paper's occurrence experiment: the residual stream entering each intervention
+    layer is overwritten on the template's neurons at the ``intervention_positions`` prompt
+    tokens before the last one, in the prompt pass only. Activation grafts the template values
+    into neutral prompts; the control types the concept word at the same positions instead;
+    inhibition zeroes the template's neurons in prompts that produce the concept. Every arm
+    of a comparison uses the same sampler and the same keys.
+    """
+    layers = intervention_layers(c)
+    if layers[-1] >= cfg.num_layers or layers[0] < 0:
+        raise ValueError(f"intervention layers {layers[0]}..{layers[-1]} must lie in 0.."
+                         f"{cfg.num_layers - 1}; lower intervention_layer or "
+                         "intervention_num_layers.")
+    neutral = list(c.neutral_prompts)
+    # Inhibition prompts: the held-out prompts the intact model completes with the concept,
+    # repeated to a fixed number of rows (one batch shape, one compile).
+    own = {d.name: [d.texts[j] for j in np.resize(np.where(d.correct & d.test)[0],
+                                                  c.intervention_own_rows)]
+           if (d.correct & d.test).any() else [] for d in data}
+    every = neutral + [t for v in own.values() for t in v]
     length = max(len(tok.encode(t).ids) for t in every)
+    if min(len(tok.encode(t).ids) for t in every) <= c.intervention_positions:
+        raise ValueError(f"every intervention prompt needs more than intervention_positions="
+                         f"{c.intervention_positions} tokens; lengthen the short prompts.")
+    k_neutral = jax.random.fold_in(key, 0)
+    n_s = c.intervention_samples
+    base = _sample(params, cfg, tok, neutral, c, k_neutral, length, n_s)
+    out, examples = {}, {}
     for i, d in enumerate(data):
-        tpl = templates[(d.name, c.intervention_layer)]
-        mask = tpl.neuron_mask.astype(np.float32)
+        graft = {}
+        for layer in layers:
+            tpl = templates[(d.name, layer)]
+            graft[layer] = (tpl.neuron_mask.astype(np.float32), tpl.mean.astype(np.float32))
+        zero = {layer: (g[0], np.zeros_like(g[0])) for layer, g in graft.items()}
         words = sorted(set(d.targets))
-        k = jax.random.fold_in(key, i)
-        rate = lambda texts, words=words: float(np.mean([_mentions(x, words) for x in texts]))
-        neutral = list(c.neutral_prompts)
-        base = _sample(params, cfg, tok, neutral, c, jax.random.fold_in(k, 0), length)
-        grafted = _sample(params, cfg, tok, neutral, c, jax.random.fold_in(k, 0), length,
-                          (mask, tpl.mean.astype(np.float32)))
-        own_base = _sample(params, cfg, tok, own[d.name], c, jax.random.fold_in(k, 1), length)
-        zeroed = _sample(params, cfg, tok, own[d.name], c, jax.random.fold_in(k, 1), length,
-                         (mask, np.zeros_like(mask)))
-        out[d.name] = {"activation": {"without": rate(base), "with": rate(grafted)},
-                       "inhibition": {"without": rate(own_base), "with": rate(zeroed)},
-                       "num_samples": {"activation": len(base), "inhibition": len(own_base)},
-                       "template_neurons": tpl.num_neurons,
-                       "example_grafted": grafted[0], "example_zeroed": zeroed[0]}
-    return out
+        # The control types the concept's most frequent training word.
+        train_ids = d.target_ids[~d.test]
+        word_id = int(np.bincount(train_ids).argmax())
+        grafted = _sample(params, cfg, tok, neutral, c, k_neutral, length, n_s, graft)
+        typed = _sample(params, cfg, tok, neutral, c, k_neutral, length, n_s,
+                        substitute=word_id)
+        k_own = jax.random.fold_in(key, 1 + i)
+        own_base, zeroed = [], []
+        if own[d.name]:
+            own_base = _sample(params, cfg, tok, own[d.name], c, k_own, length, 1)
+            zeroed = _sample(params, cfg, tok, own[d.name], c, k_own, length, 1, zero)
+        out[d.name] = {"baseline": _rate(base, words), "activation": _rate(grafted, words),
+                       "token_control": _rate(typed, words),
+                       "inhibition_baseline": _rate(own_base, words),
+                       "inhibition": _rate(zeroed, words)}
+        examples[d.name] = {"template_neurons": [int(g[0].sum()) for g in graft.values()],
+                            "control_word": tok.decode([word_id]),
+                            "grafted": grafted[0], "typed": typed[0],
+                            "zeroed": zeroed[0] if zeroed else None}
+    return {"rates": out, "details": {"layers": list(layers),
+                                      "positions": c.intervention_positions,
+                                      "tokens": c.intervention_tokens,
+                                      "num_neutral_prompts": len(neutral),
+                                      "examples": examples}}
 
 
 def _ucd(c: Config, data, pa_out, key) -> dict:
@@ -333,10 +511,10 @@ def _ucd(c: Config, data, pa_out, key) -> dict:
     out = {}
     for li, layer in enumerate(c.pa_layers):
         s = states[li]
-        train = s[valid & ~test[:, None]]
+        fit, held = statistic_positions(valid, test)
+        train = s[fit]
         chunks = ucd.discover(train, c.ucd_chunks, jax.random.fold_in(key, layer),
                               steps=c.ucd_steps)
-        held = valid & test[:, None]
         s_held = s[held]
         last = np.zeros(valid.shape, bool)
         last[:, -1] = True
@@ -376,6 +554,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     timings["ablation"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     pa_out = _pa(c, params, cfg, tok, data)
+    prose = _pa_prose(c, params, cfg, tok, data)
     timings["pa"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     inter = _interventions(c, params, cfg, tok, data, pa_out["_templates"],
@@ -417,9 +596,18 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
                                      if kk not in ("svi", "exact", "mcmc", "main")}
                                  for n in names} for k in ("heads", "neurons")},
         "pa_auc_by_layer": {n: pa_out["by_concept"][n]["auc"] for n in names},
+        "token_identity_auc": pa_out["token_identity_auc"],
+        "pa_auc_authors_by_layer": {n: v["authors_auc"] for n, v in prose.items()},
+        "pa_prose": prose,
+        "pa_sink_norm_ratio": pa_out["sink_norm_ratio"],
+        "pa_template_fraction": {n: [k / pa_out["width"]
+                                     for k in pa_out["by_concept"][n]["num_neurons"]]
+                                 for n in names},
         "pa_layers": pa_out["layers"],
+        "pa_width": pa_out["width"],
         "pa_detail": pa_out["by_concept"],
-        "intervention_rates": inter,
+        "intervention_rates": inter["rates"],
+        "intervention_details": inter["details"],
         "ucd": ucd_out,
         "timings_seconds": timings,
     }

@@ -80,6 +80,11 @@ class StudyConfig:
     mcmc_chains: int
     mcmc_sampler: str
     mcmc_check_exact: bool
+    # DSC protocols run ("long" and/or "authors", see bablate.chunks.dsc); the first one fills
+    # the headline keys; PA, perturbation, grafting and ablation always read the long one.
+    dsc_protocols: tuple[str, ...] = ("long",)
+    dsc_authors_length: int = 2000
+    dsc_authors_fit_steps: int = chunks.AUTHORS_FIT_STEPS
 
 
 # Every field of experiments/rnn_chunks.py's config, checked before any work.
@@ -138,7 +143,20 @@ def from_config(config: ml_collections.ConfigDict) -> StudyConfig:
         ablation_windows=a.windows, ablation_window=a.window,
         max_tasks=a.max_tasks, min_examples=a.min_examples, mcmc_samples=a.mcmc.num_samples,
         mcmc_warmup=a.mcmc.num_warmup, mcmc_chains=a.mcmc.num_chains,
-        mcmc_sampler=a.mcmc.sampler, mcmc_check_exact=a.mcmc.check_exact)
+        mcmc_sampler=a.mcmc.sampler, mcmc_check_exact=a.mcmc.check_exact,
+        dsc_protocols=dsc_protocols(d.get("protocol", "long")),
+        dsc_authors_length=int(d.get("authors_length", 2000)),
+        dsc_authors_fit_steps=int(d.get("authors_fit_steps", chunks.AUTHORS_FIT_STEPS)))
+
+
+def dsc_protocols(protocol: str) -> tuple[str, ...]:
+    """config.dsc.protocol → the protocols to run ("both" = long first, then authors)."""
+    if protocol == "both":
+        return chunks.PROTOCOLS
+    if protocol not in chunks.PROTOCOLS:
+        raise ValueError(f"dsc.protocol must be one of {chunks.PROTOCOLS} or 'both'; got "
+                         f"{protocol!r}.")
+    return (protocol,)
 
 
 def make_sequence(family: str, seed: int, n_h: int = 0, n_draws: int = 0):
@@ -187,6 +205,31 @@ def dsc_summary(cfg: StudyConfig, variables, fit: Windows, test: Windows):
                "decoding_accuracy": res.decoding_accuracy,
                "decoding_unseen_fraction": res.unseen_fraction}
     return res, numbers, h_fit, h_test
+
+
+def dsc_authors_summary(cfg: StudyConfig, variables, seq):
+    """DSC by the authors' protocol on one continuous trajectory of the sequence's first
+    ``dsc_authors_length`` tokens (their notebooks: 2,000), from h_0 = 0."""
+    n = min(cfg.dsc_authors_length, len(seq.tokens))
+    tokens = np.asarray(seq.tokens[:n])
+    _, h = _unroll_windows(cfg.model, variables, jnp.asarray(tokens[None, :], jnp.int32))
+    h = np.asarray(h).reshape(-1, cfg.model.hidden)
+    res = chunks.run_dsc_authors(h, tokens, k=cfg.dsc_k, rounds=cfg.dsc_rounds,
+                                 top=cfg.dsc_top, min_count=cfg.dsc_min_count,
+                                 fit_steps=min(cfg.dsc_authors_fit_steps, n - 1))
+    numbers = {"n_unique_states": res.n_unique_states, "vocab_size": res.chunks.vocab_size,
+               "vocab_size_count_gt5": res.chunks.vocab_size_count_gt(5),
+               "parse_length": res.chunks.parse_length,
+               "decoding_accuracy": res.decoding_accuracy,
+               "decoding_unseen_fraction": res.unseen_fraction, "trajectory_length": n}
+    return res, numbers, h
+
+
+def initial_variables(cfg: StudyConfig, s: int):
+    """The untrained network of seed s: exactly the start ``rnn.train`` trains from with
+    ``jax.random.key(s)`` (it splits the key into (init, data))."""
+    k_init, _ = jax.random.split(jax.random.key(s))
+    return rnn.init(cfg.model, k_init)
 
 
 def word_end_mask(w: Windows, words: tuple[str, ...], k: int) -> np.ndarray:
@@ -461,7 +504,9 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     cfg = from_config(config)
     ctx.log(f"family {cfg.family}, cell {cfg.model.cell}, hidden {cfg.model.hidden}, "
             f"{cfg.compare_seeds} seeds")
-    rows = {"trained": [], "untrained": []}
+    rows_by = {p: {"trained": [], "untrained": []} for p in cfg.dsc_protocols}
+    primary = cfg.dsc_protocols[0]
+    rows = rows_by[primary]
     histories, main = [], None
     for i in range(cfg.compare_seeds):
         s = cfg.seed + i
@@ -471,15 +516,25 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
         test = to_windows(test_seq, cfg.train.window, cfg.dsc_max_tokens)
         variables, hist = train_or_load(cfg, s, seq, test, ctx)
         histories.append(hist)
-        untrained = rnn.init(cfg.model, jax.random.key(s))
+        untrained = initial_variables(cfg, s)
         for name, v in (("trained", variables), ("untrained", untrained)):
-            res, numbers, h_fit, h_test = dsc_summary(cfg, v, fit, test)
-            numbers["accuracy"] = rnn.accuracy(cfg.model, v, test.tokens)
-            rows[name].append(numbers)
-            if i == 0:
-                main = main or {}
-                main[name] = (res, h_fit, h_test)
+            acc = rnn.accuracy(cfg.model, v, test.tokens)
+            for protocol in cfg.dsc_protocols:
+                if protocol == "long":
+                    res, numbers, h_fit, h_test = dsc_summary(cfg, v, fit, test)
+                else:
+                    res, numbers, h_fit = dsc_authors_summary(cfg, v, seq)
+                    h_test = None
+                numbers["accuracy"] = acc
+                rows_by[protocol][name].append(numbers)
+                if i == 0 and protocol == "long":
+                    main = main or {}
+                    main[name] = (res, h_fit, h_test)
         if i == 0:
+            main = main or {}
+            if "trained" not in main:  # PA, perturbation and ablation read the long trajectory
+                res, _, h_fit, h_test = dsc_summary(cfg, variables, fit, test)
+                main["trained"] = (res, h_fit, h_test)
             main.update(seq=seq, fit=fit, test=test, variables=variables)
         ctx.log(f"seed {s}: accuracy {rows['trained'][-1]['accuracy']:.3f}, unique states "
                 f"{rows['trained'][-1]['n_unique_states']} vs "
@@ -491,6 +546,11 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
             "decoding_accuracy", "decoding_unseen_fraction", "accuracy")
     results = {k: {n: _mean(rows[n], k) for n in rows} for k in keys}
     results["per_seed"] = rows
+    results["dsc_primary_protocol"] = primary
+    results["dsc"] = {p: {n: {**{k: _mean(rs[n], k) for k in keys},
+                              "per_seed": {k: [r[k] for r in rs[n]] for k in keys}}
+                          for n in rs}
+                      for p, rs in rows_by.items()}
     results["accuracy"] = results["accuracy"]["trained"]
     results["accuracy_untrained"] = _mean(rows["untrained"], "accuracy")
     results["ground_truth_parse_length"] = int(
@@ -499,7 +559,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     results["pa"] = pa_chunks(cfg, seq.words, fit, test, h_fit, h_test, word_ids)
 
     rnn_plots.training_curves(ctx, histories)
-    rnn_plots.dsc_comparison(ctx, rows)
+    rnn_plots.dsc_comparison(ctx, rows_by, cfg.family)
     rnn_plots.chunk_dictionary(ctx, res, seq.alphabet)
     results["top_chunks"] = rnn_plots.top_chunks(res, seq.alphabet, 15)
 

@@ -28,6 +28,16 @@ from bablate.models import toy
 from bablate.studies import toy_plots
 
 INFORMATIVE_BITS = 0.1  # tasks carrying less information are left out of per-task means
+# ‖W_i‖ thresholds for "feature i represented". The paper's bars show no cut-off; 0.5 is the
+# geometry module's default, and at the sparse end the count depends on it (quick, 1−S = 0.001:
+# 16–19 of 20 features above 0.1–0.25, ~13 above 0.5), so all three are reported.
+REPRESENTED_THRESHOLDS = (0.1, 0.25, 0.5)
+
+
+def features_represented_at(norms: np.ndarray) -> dict[str, int]:
+    """Number of features with ‖W_i‖ above each threshold, keyed by the threshold as text."""
+    norms = np.asarray(norms)
+    return {f"{t:g}": int((norms > t).sum()) for t in REPRESENTED_THRESHOLDS}
 
 
 # Every field of experiments/toy_superposition.py's config, checked before any work.
@@ -125,7 +135,9 @@ class StudyConfig:
             densities=densities, num_replicates=int(c.num_replicates),
             train=toy.TrainConfig(int(c.train.steps), int(c.train.batch_size),
                                   float(c.train.learning_rate), float(c.train.weight_decay),
-                                  int(c.train.chunk_steps)),
+                                  int(c.train.chunk_steps), str(c.train.get("init", "xavier")),
+                                  int(c.train.get("init_instances", 0)),
+                                  str(c.train.get("loss", "sum"))),
             geo_samples=int(c.geometry.num_samples), geo_points=int(c.geometry.num_points),
             geo_projections=int(c.geometry.num_projections),
             ablation=AblationConfig(
@@ -276,11 +288,14 @@ def initialisation_control(cfg: StudyConfig, ctx, key: jax.Array) -> dict:
                                         desc="initialisation control", init_K=init_K)
         norms = np.linalg.norm(np.asarray(params["W"]), axis=1)  # [2n, features]
         counts = (norms > toy_geometry.REPRESENTED_NORM).sum(axis=1)
+        counts_at = {f"{t:g}": (norms > t).sum(axis=1) for t in REPRESENTED_THRESHOLDS}
         losses = np.array([float(heldout_loss(spec, toy.unstack(params, i),
                                               jax.random.fold_in(key, 2 * n),
                                               jnp.float32(density)))
                            for i in range(2 * n)])
         state = {name: {"features_represented": counts[j * n:(j + 1) * n],
+                        **{f"features_represented_at_{t}": c[j * n:(j + 1) * n]
+                           for t, c in counts_at.items()},
                         "feature_norms": norms[j * n:(j + 1) * n],
                         "heldout_loss": losses[j * n:(j + 1) * n]}
                  for j, name in enumerate(("xavier", "all_represented"))}
@@ -332,6 +347,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
             "seed": cfg.seed, "replicate": int(rep_k[k]), "n_features": spec.n_features,
             "m_hidden": spec.m_hidden, "final_loss": float(loss_all[k]),
             "features_represented": wg.features_represented,
+            "features_represented_at": features_represented_at(wg.norms),
             "dims_per_feature": wg.dims_per_feature,
             "coding_theory_dims_per_feature": toy_geometry.coding_theory_dims_per_feature(
                 float(dens_k[k])),
@@ -389,6 +405,9 @@ def summary_numbers(records: list[dict], cfg: StudyConfig) -> dict:
         rs = [r for r in records if r["density"] == d]
         out[f"features_represented_{name}"] = float(np.mean([r["features_represented"]
                                                              for r in rs]))
+        out[f"features_represented_at_{name}"] = {
+            t: float(np.mean([r["features_represented_at"][t] for r in rs]))
+            for t in rs[0]["features_represented_at"]}
         out[f"dims_per_feature_{name}"] = float(np.mean([r["dims_per_feature"] for r in rs]))
         for key in ("polysemanticity_mean", "tasks_served_mean"):
             vals = [r[key] for r in rs if r[key] is not None and np.isfinite(r[key])]
