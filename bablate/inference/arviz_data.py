@@ -43,7 +43,9 @@ def to_inference_data(post: Posterior):
     coords = {"unit": np.arange(d)}
     attrs = {"task": post.task, "method": post.method, "site": post.site, "beta": post.beta,
              "inference_library": "bablate"}
-    return az.from_dict(posterior={"mask": chains}, sample_stats=sample_stats or None,
+    # int64, not uint8: arviz treats signed integers as discrete (histograms, not densities).
+    return az.from_dict(posterior={"mask": chains.astype(np.int64)},
+                        sample_stats=sample_stats or None,
                         constant_data={"prior": np.asarray(post.prior)}, coords=coords,
                         dims={"mask": ["unit"], "prior": ["unit"]}, attrs=dict(attrs),
                         posterior_attrs=dict(attrs))
