@@ -28,7 +28,7 @@ import ml_collections
 
 from bablate import progress, runs
 
-SWEEP_FILE = "sweep.json"
+SWEEP_FILE = runs.SWEEP_MARKER
 SWEEP_INDEX = "sweep.md"
 SWEEP_RESULTS = "sweep_results.json"
 SWEEP_LOG = "sweep_log.txt"
@@ -198,6 +198,11 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
         raise ValueError("run_sweep needs command_for to run members in parallel")
     workdir = Path(workdir)
     runs.check_workdir(workdir)
+    single = [f for f in (runs.CONFIG_FILE, runs.RESULTS_FILE) if (workdir / f).exists()]
+    if single:
+        raise runs.RunError(f"workdir {str(workdir)!r} holds a single run ({single[0]}); a "
+                            "sweep needs its own directory: pass another --workdir (launch.py's "
+                            "default for a sweep is runs/<study>/<variant>-sweep)")
     for m in members:  # every member's config is checked before any of them runs
         runs.load_study(m.config.study)
         try:
@@ -254,23 +259,60 @@ def _run_sweep_locked(members, workdir: Path, jobs: int, overwrite: bool, comman
     return out
 
 
+def core_slots(jobs: int, cores: Sequence[int] | None = None) -> list[list[int]]:
+    """The CPU cores of each of ``jobs`` concurrent members: this process's cores split into
+    ``jobs`` disjoint, contiguous sets as even as possible (with more jobs than cores, each
+    job gets one core and cores are reused round-robin)."""
+    if cores is None:
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = list(cores)
+    if not cores:
+        return [[] for _ in range(jobs)]
+    if jobs >= len(cores):
+        return [[cores[i % len(cores)]] for i in range(jobs)]
+    base, extra = divmod(len(cores), jobs)
+    slots, start = [], 0
+    for j in range(jobs):
+        size = base + (j < extra)
+        slots.append(cores[start:start + size])
+        start += size
+    return slots
+
+
+def pinned_command(command: list[str], cores: list[int]) -> list[str]:
+    """``command`` restricted to ``cores``: a tiny Python launcher sets its affinity mask and
+    execs the command, so every thread of the member inherits the mask from its start (a
+    ``preexec_fn`` is unsafe in a process with threads). Unchanged where the OS has no masks."""
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        return list(command)
+    boot = ("import os, sys; os.sched_setaffinity(0, [int(c) for c in sys.argv[1].split(',')]);"
+            " os.execvp(sys.argv[2], sys.argv[2:])")
+    return [sys.executable, "-c", boot, ",".join(map(str, cores)), *command]
+
+
 def _run_parallel(pending, workdir, jobs, command_for, out, log, bar) -> None:
     env = dict(os.environ, BABLATE_PROGRESS="0")  # the sweep's bar is the only one shown
     queue, running = list(pending), {}
+    # Each member gets its own share of the cores (its affinity mask): JAX sizes its CPU devices
+    # and XLA its thread pools from that mask, so members do not all fight over every core.
+    free = core_slots(jobs)
     try:
         while queue or running:
             while queue and len(running) < jobs:
                 m = queue.pop(0)
                 mdir = workdir / m.name
                 mdir.mkdir(parents=True, exist_ok=True)
+                slot = free.pop(0)
                 with open(mdir / CONSOLE_FILE, "wb") as console:
-                    proc = subprocess.Popen(command_for(m, mdir), stdout=console,
-                                            stderr=subprocess.STDOUT, env=env)
-                running[proc] = m
-                log(f"{m.name}: started (pid {proc.pid})")
+                    proc = subprocess.Popen(pinned_command(command_for(m, mdir), slot),
+                                            stdout=console, stderr=subprocess.STDOUT, env=env)
+                running[proc] = (m, slot)
+                cores = f", cores {','.join(map(str, slot))}" if slot else ""
+                log(f"{m.name}: started (pid {proc.pid}{cores})")
             time.sleep(0.1)
             for proc in [p for p in running if p.poll() is not None]:
-                m = running.pop(proc)
+                m, slot = running.pop(proc)
+                free.append(slot)
                 if proc.returncode == 0:
                     ran = runs.is_finished(runs.config_to_dict(m.config), workdir / m.name)
                     out["ran"].append(m.name) if ran else out["skipped"].append(m.name)
