@@ -74,6 +74,31 @@ def list_sites(model: nn.Module, variables: Any, example_inputs: Any,
     return {k: (v[0], v[1]) for k, v in found.items()}
 
 
+def run_with_cache(model: nn.Module, variables: Any, inputs: Any, method: str = "__call__",
+                   inputs_too: bool = True, **apply_kwargs) -> tuple[Any, dict[str, Any]]:
+    """Runs the model once and returns ``(output, cache)``: every site's activation for this
+    batch, keyed as :func:`list_sites` and :func:`flax_site` name them (``"hidden"``,
+    ``"Dense_0:input"``; inputs left out with ``inputs_too=False``).
+
+    A submodule called once gives an array; one called several times per forward pass (a
+    recurrent cell) gives a tuple with one array per call, in call order.
+    """
+    found: dict[str, list] = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        path = _path(context)
+        if path and context.method_name == method and _is_array(out):
+            found.setdefault(path, []).append(out)
+            if inputs_too and args and _is_array(args[0]):
+                found.setdefault(f"{path}:input", []).append(args[0])
+        return out
+
+    with nn.intercept_methods(record):
+        output = model.apply(variables, inputs, **apply_kwargs)
+    return output, {k: v[0] if len(v) == 1 else tuple(v) for k, v in found.items()}
+
+
 def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, *,
               method: str = "__call__", unit_axis: int = -1, ablation: Ablation = "zero",
               basis: Basis | None = None, reference: jax.Array | None = None,

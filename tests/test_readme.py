@@ -32,6 +32,8 @@ def test_readme_library_example_runs(capsys, tmp_path, monkeypatch):
     exec(compile(blocks[1], "README.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "(4, 2000, 8)" in out and "r_hat" in out and "ess_bulk" in out
+    assert "'Dense_0:input': (4, 8)" in out and "'hidden': (4, 8)" in out
+    assert namespace["post_relu"].num_units == 8
     assert (tmp_path / "importance.png").read_bytes()[:4] == b"\x89PNG"
     report = tmp_path / "amd_report" / "report.md"
     assert out.strip().splitlines()[-1] == "amd_report/report.md" and report.is_file()

@@ -107,3 +107,19 @@ def test_bad_site_parts_are_one_line_errors():
         bb.flax_site(model, variables, "hiden:input", X)
     with pytest.raises(ValueError, match=r"unknown site part 'post'"):
         bb.nnx_site(NnxMLP(nnx.Rngs(0)), "linear1:post", X)
+
+
+def test_run_with_cache_returns_every_site_for_one_batch():
+    model = MLP()
+    variables = model.init(jax.random.key(1), X)
+    p = variables["params"]
+    out, cache = bb.run_with_cache(model, variables, X)
+    np.testing.assert_allclose(out, model.apply(variables, X), rtol=1e-6)
+    assert set(cache) == set(bb.list_sites(model, variables, X, inputs=True))
+    pre = X @ p["hidden"]["kernel"] + p["hidden"]["bias"][None]
+    np.testing.assert_allclose(cache["hidden"], pre, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cache["Dense_0:input"], jax.nn.relu(pre), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(cache["hidden:input"], X)
+    _, shared = bb.run_with_cache(Shared(), Shared().init(jax.random.key(1), X), X,
+                                  inputs_too=False)
+    assert isinstance(shared["shared"], tuple) and len(shared["shared"]) == 2
