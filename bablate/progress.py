@@ -56,6 +56,11 @@ def _is_tty(stream) -> bool:
         return False
 
 
+def on_terminal() -> bool:
+    """Whether progress goes to a terminal (stderr is a tty), where bars may redraw."""
+    return _is_tty(sys.stderr)
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
@@ -156,7 +161,7 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it", **kwargs):
     if not enabled():
         return tqdm(total=total, desc=desc, unit=unit, disable=True, **kwargs)
     depth = len(_open_bars)
-    if _is_tty(sys.stderr):
+    if on_terminal():
         inner = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5,
                      leave=depth == 0, position=depth, **kwargs)
     else:

@@ -193,7 +193,7 @@ def _stock(task, key, p, beta, smooth, num_samples, num_warmup, num_chains, thin
     driver = MCMC(DiscreteGibbs(make_model(task, p, beta, smooth)), num_warmup=num_warmup,
                   num_samples=num_samples, num_chains=num_chains, thinning=thinning,
                   chain_method=chain_method, jit_model_args=True,
-                  progress_bar=progress.enabled())
+                  progress_bar=progress.enabled() and progress.on_terminal())
     init = {MASK_SITE: np.broadcast_to(x0, (num_chains, x0.size)) if num_chains > 1 else x0}
     driver.run(legacy_key(key), task.data, init_params=init)
     samples = np.asarray(driver.get_samples(group_by_chain=True)[MASK_SITE]).astype(np.uint8)
