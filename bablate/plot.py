@@ -35,6 +35,8 @@ from bablate.runs import atomic_write_bytes, atomic_write_text
 Z_95 = 1.96
 # Cells annotated with their value in heatmaps up to this many rows × columns.
 _ANNOTATE_MAX = 144
+# Widest figure, inches: wider units get narrower cells instead.
+_MAX_WIDTH = 16.0
 
 
 def _posts(posts: Posterior | Sequence[Posterior], what: str) -> list[Posterior]:
@@ -76,7 +78,8 @@ def importance_heatmap(posts: Posterior | Sequence[Posterior]) -> Figure:
     """Unit importance q(m_i = 1) of each task (rows) and unit (columns), colour scale [0, 1]."""
     posts = _posts(posts, "importance_heatmap")
     q = np.stack([np.asarray(p.marginals, np.float64) for p in posts])
-    fig = Figure(figsize=(max(4.0, 0.35 * q.shape[1] + 2.5), 0.45 * len(posts) + 1.6))
+    fig = Figure(figsize=(min(max(4.0, 0.35 * q.shape[1] + 2.5), _MAX_WIDTH),
+                          0.45 * len(posts) + 1.6))
     ax = fig.subplots()
     _heatmap(fig, ax, q, _labels(posts), 0.0, 1.0, "viridis",
              "unit importance q(m_i = 1)")
@@ -112,7 +115,7 @@ def marginals(posts: Posterior | Sequence[Posterior]) -> Figure:
     prior as a dashed line."""
     posts = _posts(posts, "marginals")
     d = posts[0].num_units
-    fig = Figure(figsize=(max(5.0, 0.3 * d + 3.0), 3.2))
+    fig = Figure(figsize=(min(max(5.0, 0.3 * d + 3.0), _MAX_WIDTH), 3.2))
     ax = fig.subplots()
     width = 0.8 / len(posts)
     for k, post in enumerate(posts):
@@ -139,8 +142,13 @@ def information(posts: Posterior | Sequence[Posterior]) -> Figure:
                                                 for p in posts], strict=True))
     top = max(float(used.max()), float(harmful.max()), 1e-6)
     rows = _labels(posts)
-    fig = Figure(figsize=(max(8.0, 0.6 * used.shape[1] + 4.0), 0.45 * len(posts) + 1.8))
-    axes = fig.subplots(1, 2, sharey=True)
+    d = used.shape[1]
+    if d <= 16:  # side by side
+        fig = Figure(figsize=(max(8.0, 0.6 * d + 4.0), 0.45 * len(posts) + 1.8))
+        axes = fig.subplots(1, 2, sharey=True)
+    else:  # one above the other, at most a page wide
+        fig = Figure(figsize=(min(0.25 * d + 3.0, _MAX_WIDTH), 0.9 * len(posts) + 3.0))
+        axes = fig.subplots(2, 1, sharex=True)
     for ax, values, title in ((axes[0], used, "used (q_i > prior_i)"),
                               (axes[1], harmful, "harmful (q_i < prior_i)")):
         _heatmap(fig, ax, values, rows, 0.0, top, "magma_r", "information (bits)")
