@@ -5,7 +5,8 @@
     python launch.py --config=experiments/toy_superposition.py:quick --sweep --jobs 2
 
 Each run writes config.json, log.txt, figures/, report.md and results.json into --workdir
-(default runs/<study>/<variant>); see README.md, "Sweeps and run directories".
+(default runs/<study>/<variant>, or runs/<study>/<variant>-sweep for a sweep); see README.md,
+"Sweeps and run directories".
 
 On CPU, --cpu_devices (default: one per core) splits the CPU into that many JAX devices, so
 masks and MCMC chains are evaluated on all cores (XLA:CPU runs most of one device's work on a
@@ -32,7 +33,8 @@ _DEFAULT = str(Path(__file__).resolve().parent / "experiments" / "toy_superposit
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT, "Study config file[:variant]; override fields with --config.a.b=value.",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<study>/<variant>).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<study>/<variant>; "
+                                "runs/<study>/<variant>-sweep with --sweep).")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Run the sweep the config file's get_sweep declares.")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Sweep members run at once (in subprocesses when > 1).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Redo finished runs and replace other configs.")
@@ -188,7 +190,10 @@ def main(argv: list[str]) -> None:
     study, variant = config.study, config.get("variant", None) or "default"
     if not isinstance(study, str) or not study:
         _die(f"config.study must be a study module name, got {study!r}")
-    workdir = Path(_WORKDIR.value or Path("runs") / study.rsplit(".", 1)[-1] / str(variant))
+    # A sweep gets a directory of its own, so it never mixes with a single run of the variant.
+    default = Path("runs") / study.rsplit(".", 1)[-1] / (
+        f"{variant}-sweep" if _SWEEP.value else str(variant))
+    workdir = Path(_WORKDIR.value or default)
     writer = True
     if _MULTIHOST.value:
         import jax

@@ -8,19 +8,24 @@ task, mask)^β tells which sets of units a trained network uses to get a task ri
     task = bb.Task.build(site, inputs, bb.rules.top1(targets))
     post = bb.infer(task, method="exact")                        # or "mcmc", "svi"
     bb.metrics.summarize(post).distributedness
+    bb.report(posts, "out")                                      # figures + report.md
 """
 
-from bablate import metrics, rules
+from bablate import metrics, plot, progress, rules
 from bablate.amd import amd_model, log_joint, make_model
-from bablate.flax_sites import flax_site, list_sites, nnx_site
+from bablate.flax_sites import flax_site, list_sites, nnx_site, run_with_cache
 from bablate.inference import FlipKernel, Posterior, exact, infer, infer_many, mcmc, svi
+from bablate.plot import report
 from bablate.sites import Basis, Site, mask_activation
 from bablate.tasks import Rule, Task
+
+progress.quiet_jax_backend_probe()  # before JAX starts a backend (it does so lazily)
 
 __version__ = "0.1.0"  # the one version source; pyproject.toml reads it
 
 __all__ = [
     "Basis", "FlipKernel", "Posterior", "Rule", "Site", "Task", "amd_model", "exact",
     "flax_site", "infer", "infer_many", "list_sites", "log_joint", "make_model",
-    "mask_activation", "mcmc", "metrics", "nnx_site", "rules", "svi",
+    "mask_activation", "mcmc", "metrics", "nnx_site", "plot", "report", "rules",
+    "run_with_cache", "svi",
 ]

@@ -1,8 +1,11 @@
 """Sites on flax linen models, found by method interception.
 
-``flax_site(model, variables, "Dense_1", x)`` points at the output of a submodule without
-touching the model's code: :func:`flax.linen.intercept_methods` sees every module call, so the
-prefix records the submodule's output and the suffix replaces it with the masked, cached value.
+``flax_site(model, variables, "Dense_1", x)`` points at the output of a submodule, and
+``"Dense_1:input"`` at its input (its first positional argument), without touching the model's
+code. The input of the layer after an activation function is the post-activation value (in the
+README's MLP, ``"Dense_1:input"`` is relu of ``"hidden"``, TransformerLens' ``hook_post``).
+:func:`flax.linen.intercept_methods` sees every module call, so the prefix records the value
+and the suffix replaces it with the masked, cached one.
 Under ``jit`` the computation that only fed the replaced submodule is dead code and XLA drops
 it, which is what makes the cached suffix cheap. A submodule called more than once per forward
 pass (a recurrent cell) cannot be cached; it becomes an in-place site masked at every call.
@@ -22,23 +25,45 @@ def _path(context) -> str:
     return "/".join(str(p) for p in context.module.path)
 
 
+PARTS = ("output", "input")
+
+
+def split_site(spec: str) -> tuple[str, str]:
+    """``"enc/Dense_1:input"`` -> ``("enc/Dense_1", "input")``; no suffix means the output."""
+    path, sep, part = spec.rpartition(":")
+    if not sep:
+        return spec, "output"
+    if part not in PARTS:
+        raise ValueError(f"unknown site part {part!r} in {spec!r}; write '<path>' for a "
+                         "submodule's output or '<path>:input' for its input.")
+    return path, part
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, jax.Array | jax.ShapeDtypeStruct)
+
+
 def list_sites(model: nn.Module, variables: Any, example_inputs: Any,
-               method: str = "__call__", **apply_kwargs) -> dict[str, tuple[int, tuple]]:
-    """Every submodule output a mask can apply to.
+               method: str = "__call__", inputs: bool = False,
+               **apply_kwargs) -> dict[str, tuple[int, tuple]]:
+    """Every submodule output (and with ``inputs=True``, input) a mask can apply to.
 
     Returns:
-      ``{path: (calls_per_forward, output_shape)}`` for every submodule whose ``method`` returns
-      a single array, paths joined with "/" (e.g. ``"Block_0/Dense_1"``).
+      ``{path: (calls_per_forward, shape)}`` for every submodule whose ``method`` returns a
+      single array, paths joined with "/" (e.g. ``"Block_0/Dense_1"``); with ``inputs``, also
+      ``"<path>:input"`` for those whose first positional argument is an array.
     """
     found: dict[str, list] = {}
 
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         path = _path(context)
-        is_array = isinstance(out, jax.Array | jax.ShapeDtypeStruct)
-        if path and context.method_name == method and is_array:
+        if path and context.method_name == method and _is_array(out):
             entry = found.setdefault(path, [0, tuple(out.shape)])
             entry[0] += 1
+            if inputs and args and _is_array(args[0]):
+                entry = found.setdefault(f"{path}:input", [0, tuple(args[0].shape)])
+                entry[0] += 1
         return out
 
     def run(inputs):
@@ -47,6 +72,31 @@ def list_sites(model: nn.Module, variables: Any, example_inputs: Any,
 
     jax.eval_shape(run, example_inputs)
     return {k: (v[0], v[1]) for k, v in found.items()}
+
+
+def run_with_cache(model: nn.Module, variables: Any, inputs: Any, method: str = "__call__",
+                   inputs_too: bool = True, **apply_kwargs) -> tuple[Any, dict[str, Any]]:
+    """Runs the model once and returns ``(output, cache)``: every site's activation for this
+    batch, keyed as :func:`list_sites` and :func:`flax_site` name them (``"hidden"``,
+    ``"Dense_0:input"``; inputs left out with ``inputs_too=False``).
+
+    A submodule called once gives an array; one called several times per forward pass (a
+    recurrent cell) gives a tuple with one array per call, in call order.
+    """
+    found: dict[str, list] = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        path = _path(context)
+        if path and context.method_name == method and _is_array(out):
+            found.setdefault(path, []).append(out)
+            if inputs_too and args and _is_array(args[0]):
+                found.setdefault(f"{path}:input", []).append(args[0])
+        return out
+
+    with nn.intercept_methods(record):
+        output = model.apply(variables, inputs, **apply_kwargs)
+    return output, {k: v[0] if len(v) == 1 else tuple(v) for k, v in found.items()}
 
 
 def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, *,
@@ -58,7 +108,9 @@ def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, 
     Args:
       model: the linen module (unchanged; nothing in it needs rewriting).
       variables: its variables, e.g. ``{"params": ...}``.
-      path: the submodule path, e.g. ``"Dense_0"`` or ``"encoder/hidden"``.
+      path: the submodule path, e.g. ``"Dense_0"`` or ``"encoder/hidden"`` (its output), or
+        ``"Dense_1:input"`` (its first positional argument: after an activation function,
+        the post-activation value).
       example_inputs: inputs with the dataset's structure (used to find the sites).
       method: which submodule method's output to mask.
       unit_axis: axis of the output that holds the units.
@@ -70,35 +122,45 @@ def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, 
     Raises:
       ValueError: the path is not a submodule output; the message lists the ones that exist.
     """
-    sites = list_sites(model, variables, example_inputs, method=method, **apply_kwargs)
-    if path not in sites:
-        listing = ", ".join(f"{p} {shape} x{calls}" for p, (calls, shape) in sites.items())
-        raise ValueError(f"Unknown site {path!r} in {type(model).__name__}. Sites that exist "
-                         f"(path shape x calls per forward): {listing or 'none'}.")
-    calls, shape = sites[path]
+    spec = path
+    module_path, part = split_site(spec)
+    sites = list_sites(model, variables, example_inputs, method=method,
+                       inputs=part == "input", **apply_kwargs)
+    if spec not in sites:
+        listing = ", ".join(f"{p} {shape} x{calls}" for p, (calls, shape) in sites.items()
+                            if not p.endswith(":input"))
+        raise ValueError(f"Unknown site {spec!r} in {type(model).__name__}. Sites that exist "
+                         f"(path shape x calls per forward): {listing or 'none'}; append "
+                         "':input' for a submodule's input.")
+    calls, shape = sites[spec]
     num_units = basis.num_units if basis is not None else int(shape[unit_axis])
+    on_input = part == "input"
 
     def matches(context) -> bool:
-        return _path(context) == path and context.method_name == method
+        return _path(context) == module_path and context.method_name == method
 
     if calls > 1:
         def apply(inputs, ablate):
             def intercept(next_fun, args, kwargs, context):
+                if matches(context) and on_input:
+                    return next_fun(ablate(args[0]), *args[1:], **kwargs)
                 out = next_fun(*args, **kwargs)
                 return ablate(out) if matches(context) else out
 
             with nn.intercept_methods(intercept):
                 return model.apply(variables, inputs, **apply_kwargs)
 
-        return Site.in_place(path, num_units, apply, ablation=ablation, reference=reference,
+        return Site.in_place(spec, num_units, apply, ablation=ablation, reference=reference,
                              unit_axis=unit_axis, basis=basis)
 
     def prefix(inputs):
         captured = []
 
         def intercept(next_fun, args, kwargs, context):
+            if matches(context) and on_input:
+                captured.append(args[0])
             out = next_fun(*args, **kwargs)
-            if matches(context):
+            if matches(context) and not on_input:
                 captured.append(out)
             return out
 
@@ -108,13 +170,16 @@ def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, 
 
     def suffix(act, inputs):
         def intercept(next_fun, args, kwargs, context):
-            # The cached (masked) value replaces the call: what only fed this submodule is dead.
-            return act if matches(context) else next_fun(*args, **kwargs)
+            # The cached (masked) value replaces the call's output, or its input: what only
+            # fed it is dead code under jit.
+            if not matches(context):
+                return next_fun(*args, **kwargs)
+            return next_fun(act, *args[1:], **kwargs) if on_input else act
 
         with nn.intercept_methods(intercept):
             return model.apply(variables, inputs, **apply_kwargs)
 
-    return Site.from_functions(path, num_units, prefix, suffix, unit_axis=unit_axis,
+    return Site.from_functions(spec, num_units, prefix, suffix, unit_axis=unit_axis,
                                ablation=ablation, basis=basis)
 
 
@@ -160,7 +225,8 @@ def _nnx_with(graphdef, state, path: str, fn):
 def nnx_site(model, path: str, example_inputs: Any, *, unit_axis: int = -1,
              ablation: Ablation = "zero", basis: Basis | None = None,
              reference: jax.Array | None = None) -> Site:
-    """A site at the output of a submodule of a flax nnx model (e.g. ``"linear1"``).
+    """A site at the output of a submodule of a flax nnx model (e.g. ``"linear1"``), or at its
+    input (its first positional argument, e.g. ``"linear2:input"``).
 
     The model is split once into its graph and state; each evaluation merges a fresh copy whose
     submodule is wrapped, so the caller's model object is never modified.
@@ -170,17 +236,24 @@ def nnx_site(model, path: str, example_inputs: Any, *, unit_axis: int = -1,
     """
     from flax import nnx
 
+    spec = path
+    path, part = split_site(spec)
+    on_input = part == "input"
     modules = _nnx_submodules(model)
     if path not in modules:
         raise ValueError(f"Unknown site {path!r} in {type(model).__name__}. Submodules that "
-                         f"exist: {', '.join(modules) or 'none'}.")
+                         f"exist: {', '.join(modules) or 'none'} (append ':input' for a "
+                         "submodule's input).")
     graphdef, state = nnx.split(model)
     calls, shapes = [0], []
 
     def count(original, *args, **kwargs):
         out = original(*args, **kwargs)
         calls[0] += 1
-        shapes.append(tuple(out.shape))
+        if on_input and not (args and _is_array(args[0])):
+            raise ValueError(f"site {spec!r}: the submodule's first positional argument is not "
+                             "an array; use its output instead.")
+        shapes.append(tuple((args[0] if on_input else out).shape))
         return out
 
     jax.eval_shape(lambda x: _nnx_with(graphdef, state, path, count)(x), example_inputs)
@@ -188,24 +261,32 @@ def nnx_site(model, path: str, example_inputs: Any, *, unit_axis: int = -1,
 
     if calls[0] > 1:
         def apply(inputs, ablate):
-            wrap = lambda original, *a, **k: ablate(original(*a, **k))
+            def wrap(original, *a, **k):
+                if on_input:
+                    return original(ablate(a[0]), *a[1:], **k)
+                return ablate(original(*a, **k))
+
             return _nnx_with(graphdef, state, path, wrap)(inputs)
 
-        return Site.in_place(path, num_units, apply, ablation=ablation, reference=reference,
+        return Site.in_place(spec, num_units, apply, ablation=ablation, reference=reference,
                              unit_axis=unit_axis, basis=basis)
 
     def prefix(inputs):
         captured = []
 
         def capture(original, *args, **kwargs):
-            captured.append(original(*args, **kwargs))
-            return captured[-1]
+            out = original(*args, **kwargs)
+            captured.append(args[0] if on_input else out)
+            return out
 
         _nnx_with(graphdef, state, path, capture)(inputs)
         return captured[0]
 
     def suffix(act, inputs):
-        return _nnx_with(graphdef, state, path, lambda original, *a, **k: act)(inputs)
+        def replace(original, *args, **kwargs):
+            return original(act, *args[1:], **kwargs) if on_input else act
 
-    return Site.from_functions(path, num_units, prefix, suffix, unit_axis=unit_axis,
+        return _nnx_with(graphdef, state, path, replace)(inputs)
+
+    return Site.from_functions(spec, num_units, prefix, suffix, unit_axis=unit_axis,
                                ablation=ablation, basis=basis)

@@ -64,6 +64,7 @@ REPORT_FILE = "report.md"
 LOG_FILE = "log.txt"
 LOCK_FILE = ".lock"
 FIGURES_DIR = "figures"
+SWEEP_MARKER = "sweep.json"  # bablate.sweeps.SWEEP_FILE: a sweep's directory, not a run's
 STATE_DIR = "state"
 STATE_SUFFIX = ".msgpack"
 # Write failures that are the disk's or the user's (not a bug): reported as one line.
@@ -661,6 +662,9 @@ def run_one(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     """
     workdir = Path(workdir)
     check_workdir(workdir)
+    if (workdir / SWEEP_MARKER).exists():
+        raise RunError(f"workdir {str(workdir)!r} holds a sweep ({SWEEP_MARKER}); a single run "
+                       "needs its own directory: pass another --workdir")
     for key in ("study", "seed"):
         if key not in config:
             raise RunError(f"the config has no {key!r} field; every study config needs "

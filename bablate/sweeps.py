@@ -28,8 +28,9 @@ import ml_collections
 
 from bablate import progress, runs
 
-SWEEP_FILE = "sweep.json"
+SWEEP_FILE = runs.SWEEP_MARKER
 SWEEP_INDEX = "sweep.md"
+SWEEP_RESULTS = "sweep_results.json"
 SWEEP_LOG = "sweep_log.txt"
 CONSOLE_FILE = "console.txt"
 _MAX_NAME = 120
@@ -197,6 +198,11 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
         raise ValueError("run_sweep needs command_for to run members in parallel")
     workdir = Path(workdir)
     runs.check_workdir(workdir)
+    single = [f for f in (runs.CONFIG_FILE, runs.RESULTS_FILE) if (workdir / f).exists()]
+    if single:
+        raise runs.RunError(f"workdir {str(workdir)!r} holds a single run ({single[0]}); a "
+                            "sweep needs its own directory: pass another --workdir (launch.py's "
+                            "default for a sweep is runs/<study>/<variant>-sweep)")
     for m in members:  # every member's config is checked before any of them runs
         runs.load_study(m.config.study)
         try:
@@ -253,23 +259,60 @@ def _run_sweep_locked(members, workdir: Path, jobs: int, overwrite: bool, comman
     return out
 
 
+def core_slots(jobs: int, cores: Sequence[int] | None = None) -> list[list[int]]:
+    """The CPU cores of each of ``jobs`` concurrent members: this process's cores split into
+    ``jobs`` disjoint, contiguous sets as even as possible (with more jobs than cores, each
+    job gets one core and cores are reused round-robin)."""
+    if cores is None:
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = list(cores)
+    if not cores:
+        return [[] for _ in range(jobs)]
+    if jobs >= len(cores):
+        return [[cores[i % len(cores)]] for i in range(jobs)]
+    base, extra = divmod(len(cores), jobs)
+    slots, start = [], 0
+    for j in range(jobs):
+        size = base + (j < extra)
+        slots.append(cores[start:start + size])
+        start += size
+    return slots
+
+
+def pinned_command(command: list[str], cores: list[int]) -> list[str]:
+    """``command`` restricted to ``cores``: a tiny Python launcher sets its affinity mask and
+    execs the command, so every thread of the member inherits the mask from its start (a
+    ``preexec_fn`` is unsafe in a process with threads). Unchanged where the OS has no masks."""
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        return list(command)
+    boot = ("import os, sys; os.sched_setaffinity(0, [int(c) for c in sys.argv[1].split(',')]);"
+            " os.execvp(sys.argv[2], sys.argv[2:])")
+    return [sys.executable, "-c", boot, ",".join(map(str, cores)), *command]
+
+
 def _run_parallel(pending, workdir, jobs, command_for, out, log, bar) -> None:
     env = dict(os.environ, BABLATE_PROGRESS="0")  # the sweep's bar is the only one shown
     queue, running = list(pending), {}
+    # Each member gets its own share of the cores (its affinity mask): JAX sizes its CPU devices
+    # and XLA its thread pools from that mask, so members do not all fight over every core.
+    free = core_slots(jobs)
     try:
         while queue or running:
             while queue and len(running) < jobs:
                 m = queue.pop(0)
                 mdir = workdir / m.name
                 mdir.mkdir(parents=True, exist_ok=True)
+                slot = free.pop(0)
                 with open(mdir / CONSOLE_FILE, "wb") as console:
-                    proc = subprocess.Popen(command_for(m, mdir), stdout=console,
-                                            stderr=subprocess.STDOUT, env=env)
-                running[proc] = m
-                log(f"{m.name}: started (pid {proc.pid})")
+                    proc = subprocess.Popen(pinned_command(command_for(m, mdir), slot),
+                                            stdout=console, stderr=subprocess.STDOUT, env=env)
+                running[proc] = (m, slot)
+                cores = f", cores {','.join(map(str, slot))}" if slot else ""
+                log(f"{m.name}: started (pid {proc.pid}{cores})")
             time.sleep(0.1)
             for proc in [p for p in running if p.poll() is not None]:
-                m = running.pop(proc)
+                m, slot = running.pop(proc)
+                free.append(slot)
                 if proc.returncode == 0:
                     ran = runs.is_finished(runs.config_to_dict(m.config), workdir / m.name)
                     out["ran"].append(m.name) if ran else out["skipped"].append(m.name)
@@ -287,8 +330,100 @@ def _run_parallel(pending, workdir, jobs, command_for, out, log, bar) -> None:
             proc.wait()
 
 
+def _is_seed_key(key: str) -> bool:
+    """Whether an override key sets a random seed (``seed`` or ``<section>.seed``)."""
+    return key.split(".")[-1] == "seed"
+
+
+def numeric_results(results: Mapping, prefix: str = "") -> dict[str, float]:
+    """The scalar numbers of a ``results.json`` by dotted key (bools, strings, lists and
+    nulls left out: a mean of them means nothing)."""
+    out = {}
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(numeric_results(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def aggregate(members: Sequence[Member], workdir: str | os.PathLike) -> list[dict]:
+    """Every finished member's numeric results, grouped by their non-seed overrides.
+
+    Members whose overrides differ only in seed keys (``seed``, ``*.seed``) form one group; for
+    each number of their ``results.json`` the group gets the mean, the sample standard
+    deviation (ddof 1; None for one value), the count and the per-member values (None where a
+    member lacks it or it is not finite). Unfinished members are left out.
+
+    Returns:
+      ``[{"overrides", "members", "seeds", "results": {key: {"mean", "sd", "n", "values"}}}]``
+      in the order the groups first appear.
+    """
+    workdir = Path(workdir)
+    groups: dict[str, dict] = {}
+    for m in members:
+        mdir = workdir / m.name
+        if not runs.is_finished(runs.config_to_dict(m.config), mdir):
+            continue
+        results = json.loads((mdir / runs.RESULTS_FILE).read_text())
+        fixed = {k: v for k, v in m.overrides.items() if not _is_seed_key(k)}
+        key = json.dumps(runs.to_jsonable(fixed), sort_keys=True)
+        group = groups.setdefault(key, {"overrides": fixed, "members": [], "seeds": [],
+                                        "numbers": []})
+        group["members"].append(m.name)
+        group["seeds"].append({k: v for k, v in m.overrides.items() if _is_seed_key(k)})
+        group["numbers"].append(numeric_results(results) if isinstance(results, Mapping)
+                                else {})
+    out = []
+    for group in groups.values():
+        keys = list(dict.fromkeys(k for numbers in group["numbers"] for k in numbers))
+        table = {}
+        for k in keys:
+            values = [n.get(k) for n in group["numbers"]]
+            values = [v if v is not None and math.isfinite(v) else None for v in values]
+            finite = [v for v in values if v is not None]
+            mean = sum(finite) / len(finite) if finite else None
+            sd = (math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+                  if len(finite) > 1 else None)
+            table[k] = {"mean": mean, "sd": sd, "n": len(finite), "values": values}
+        out.append({"overrides": group["overrides"], "members": group["members"],
+                    "seeds": group["seeds"], "results": table})
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4g}"
+
+
+def _aggregate_markdown(groups: list[dict]) -> list[str]:
+    """sweep.md's results section: per group of seeds, mean ± sd and the per-seed values."""
+    if not groups:
+        return []
+    lines = ["", "## Results", "",
+             "Members that differ only in their seed are one group: mean ± sample standard "
+             "deviation over the finished members, then each member's value in the order "
+             "listed. All numbers are in `sweep_results.json`."]
+    for g in groups:
+        title = ", ".join(f"{k}={format_value(v)}" for k, v in g["overrides"].items()) or "all"
+        seeds = "; ".join(", ".join(f"{k}={format_value(v)}" for k, v in s.items()) or name
+                          for s, name in zip(g["seeds"], g["members"], strict=True))
+        lines += ["", f"### {_md(title)} ({len(g['members'])} run(s): {_md(seeds)})", "",
+                  "| result | mean ± sd | per run |", "|---|---|---|"]
+        for key, r in g["results"].items():
+            spread = f"{_fmt(r['mean'])} ± {_fmt(r['sd'])}" if r["sd"] is not None else _fmt(
+                r["mean"])
+            lines.append(f"| `{key}` | {spread} | {', '.join(_fmt(v) for v in r['values'])} |")
+    return lines
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def _write_index(members: Sequence[Member], workdir: Path, out: dict) -> None:
-    """A markdown table of the members with links to their reports."""
+    """sweep.md: a table of the members with links to their reports and the aggregated results
+    (also written to ``sweep_results.json``)."""
     lines = ["# Sweep", "", "| run | status | overrides |", "|---|---|---|"]
     for m in members:
         if m.name in out["failed"]:
@@ -298,4 +433,7 @@ def _write_index(members: Sequence[Member], workdir: Path, out: dict) -> None:
         else:
             status = "not finished"
         lines.append(f"| `{m.name}` | {status} | `{json.dumps(runs.to_jsonable(m.overrides))}` |")
+    groups = aggregate(members, workdir)
+    runs.atomic_write_json(workdir / SWEEP_RESULTS, {"groups": groups})
+    lines += _aggregate_markdown(groups)
     runs.atomic_write_text(workdir / SWEEP_INDEX, "\n".join(lines) + "\n")

@@ -139,6 +139,11 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
         diagnostics["log_density"] = _score_stock_draws(task, samples, p, beta, smooth)
     flat = samples.reshape(-1, task.num_units)
     log_density = diagnostics.pop("log_density").reshape(-1).astype(np.float64)
+    # Per-draw numbers (arviz's sample stats), chain-major like the draws; the stock Gibbs
+    # sampler keeps none (every Gibbs update is accepted).
+    sample_stats = {name: np.asarray(diagnostics.pop(f"{name}_per_draw")).reshape(-1)
+                    for name in ("accept_prob", "step_size")
+                    if f"{name}_per_draw" in diagnostics}
     if not np.all(np.isfinite(log_density)):
         raise nonfinite_error(task.name, "at masks drawn by MCMC")
     diagnostics = {"seconds": seconds, "num_chains": num_chains,
@@ -150,7 +155,8 @@ def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: s
                       stacklevel=2)
     return Posterior(task=task.name, method=f"mcmc-{sampler}", marginals=flat.mean(axis=0),
                      prior=p, beta=beta, samples=flat, diagnostics=diagnostics,
-                     site=task.site.identity, log_density=log_density, num_chains=num_chains)
+                     site=task.site.identity, log_density=log_density, num_chains=num_chains,
+                     sample_stats=sample_stats)
 
 
 # Vehtari et al. (2021): R-hat below 1.01-1.05 and a bulk ESS of at least 100 per chain (400
@@ -187,7 +193,7 @@ def _stock(task, key, p, beta, smooth, num_samples, num_warmup, num_chains, thin
     driver = MCMC(DiscreteGibbs(make_model(task, p, beta, smooth)), num_warmup=num_warmup,
                   num_samples=num_samples, num_chains=num_chains, thinning=thinning,
                   chain_method=chain_method, jit_model_args=True,
-                  progress_bar=progress.enabled())
+                  progress_bar=progress.enabled() and progress.on_terminal())
     init = {MASK_SITE: np.broadcast_to(x0, (num_chains, x0.size)) if num_chains > 1 else x0}
     driver.run(legacy_key(key), task.data, init_params=init)
     samples = np.asarray(driver.get_samples(group_by_chain=True)[MASK_SITE]).astype(np.uint8)
@@ -280,21 +286,24 @@ def sample_flip_kernel(task: Task, key: jax.Array, p: np.ndarray, beta: float, r
         program = compiled_loop(task, dataclasses.replace(run, num_chains=1), devices=1)
         outs = [_drive(program, keys[c:c + 1], x0_CxD[c:c + 1], log_step[c:c + 1], args, run,
                        task.name, c) for c in range(run.num_chains)]
-        draws = np.concatenate([o[0][0] for o in outs])
-        log_density = np.concatenate([o[0][1] for o in outs])
+        draws, log_density, accept_prob = (np.concatenate([o[0][i] for o in outs])
+                                           for i in range(3))
         state = jax.tree.map(lambda *v: np.concatenate(v), *[o[1] for o in outs])
     else:
         program = compiled_loop(task, run, devices)
-        (draws, log_density), state = _drive(program, keys, x0_CxD, log_step, args, run,
-                                             task.name)
+        (draws, log_density, accept_prob), state = _drive(program, keys, x0_CxD, log_step,
+                                                          args, run, task.name)
     bad = int(np.sum(state.num_nonfinite))
     if bad or not np.all(np.isfinite(log_density)):
         raise nonfinite_error(task.name, f"at {bad} proposed masks during MCMC")
     diagnostics = {"chain_method": method, "devices": devices,
                    "accept_prob": float(np.mean(state.mean_accept_prob)),
-                   "log_density": log_density}
+                   "log_density": log_density, "accept_prob_per_draw": accept_prob}
     if run.flips == "multi":
-        diagnostics["step_size"] = float(np.mean(np.exp(state.log_step_size)))
+        step_C = np.exp(state.log_step_size).astype(np.float32)
+        diagnostics["step_size"] = float(np.mean(step_C))
+        # Frozen after warm-up: one value per chain, repeated for each of its draws.
+        diagnostics["step_size_per_draw"] = np.repeat(step_C[:, None], draws.shape[1], axis=1)
     return draws, diagnostics
 
 
@@ -307,7 +316,7 @@ def _drive(program, keys, x0, log_step, args, run: Run, name: str, chain: int | 
     steps_per_call = run.chunk * run.thinning
     desc = f"mcmc {name}" + ("" if chain is None else f" chain {chain}")
     total = run.num_warmup + run.num_kept * run.thinning
-    draws, log_density = [], []
+    draws, log_density, accept_prob = [], [], []
     with progress.bar(total=total, desc=desc, unit="step") as bar:
         for start in range(0, run.num_warmup, steps_per_call):
             n = min(steps_per_call, run.num_warmup - start)
@@ -315,13 +324,14 @@ def _drive(program, keys, x0, log_step, args, run: Run, name: str, chain: int | 
             _progress(bar, state, n)
         for start in range(0, run.num_kept, run.chunk):
             n = min(run.chunk, run.num_kept - start)
-            state, (block, lp) = advance(state, args, np.int32(0), np.int32(n))
+            state, (block, lp, ap) = advance(state, args, np.int32(0), np.int32(n))
             draws.append(block[:n])
             log_density.append(lp[:n])
+            accept_prob.append(ap[:n])
             _progress(bar, state, n * run.thinning)
-    draws = np.swapaxes(np.concatenate([np.asarray(b) for b in draws]), 0, 1)
-    log_density = np.swapaxes(np.concatenate([np.asarray(b) for b in log_density]), 0, 1)
-    return (draws, log_density), jax.tree.map(np.asarray, state)
+    by_chain = tuple(np.swapaxes(np.concatenate([np.asarray(b) for b in blocks]), 0, 1)
+                     for blocks in (draws, log_density, accept_prob))
+    return by_chain, jax.tree.map(np.asarray, state)
 
 
 def _progress(bar, state, n: int) -> None:
@@ -393,19 +403,21 @@ def _build_loop(task: Task, run: Run, devices: int):
         # loop has no branch.
         # The kept draw's log density (the target's, which the kernel carries anyway) is
         # stored beside it: the entropy estimate of the metrics needs it, at no extra cost.
+        # So is the acceptance probability of the step that produced it (a sample stat).
         def body(t, carry):
-            s, buf, lp = carry
+            s, buf, lp, ap = carry
             s = kernel.sample(s, (args,), {})
             k = t + 1 - n_warm
             row = jnp.where((k > 0) & (k % run.thinning == 0), k // run.thinning - 1, run.chunk)
-            return s, buf.at[row].set(s.z[MASK_SITE].astype(jnp.uint8)), lp.at[row].set(
-                s.log_density)
+            return (s, buf.at[row].set(s.z[MASK_SITE].astype(jnp.uint8)),
+                    lp.at[row].set(s.log_density), ap.at[row].set(s.accept_prob))
 
         buf = jnp.zeros((run.chunk + 1,) + state.z[MASK_SITE].shape, jnp.uint8)
         lp = jnp.zeros((run.chunk + 1,) + state.log_density.shape, jnp.float32)
-        state, buf, lp = jax.lax.fori_loop(0, n_warm + n_keep * run.thinning, body,
-                                           (state, buf, lp))
-        return state, (buf[:run.chunk], lp[:run.chunk])
+        ap = jnp.zeros((run.chunk + 1,) + state.accept_prob.shape, jnp.float32)
+        state, buf, lp, ap = jax.lax.fori_loop(0, n_warm + n_keep * run.thinning, body,
+                                               (state, buf, lp, ap))
+        return state, (buf[:run.chunk], lp[:run.chunk], ap[:run.chunk])
 
     init_guarded, advance_guarded = programs.trace_guard(init), programs.trace_guard(advance)
     if devices == 1:
@@ -423,6 +435,6 @@ def _build_loop(task: Task, run: Run, devices: int):
     by_chain = PartitionSpec(None, "chains")
     advance_sharded = jax.shard_map(advance_guarded, mesh=mesh,
                                     in_specs=(chains, rep, rep, rep),
-                                    out_specs=(chains, (by_chain, by_chain)),
+                                    out_specs=(chains, (by_chain, by_chain, by_chain)),
                                     check_vma=False)
     return jax.jit(init_sharded), jax.jit(advance_sharded, donate_argnums=0), place

@@ -13,6 +13,7 @@ import numpy as np
 from bablate.runs import atomic_write_bytes
 
 _ARRAYS = ("marginals", "prior", "log_probs", "samples", "log_density")
+_STAT = "sample_stat__"  # key prefix of the sample stats in a saved .npz
 
 
 class ConvergenceWarning(UserWarning):
@@ -42,6 +43,13 @@ class Posterior:
       log_density: ``[S]`` unnormalised log q of each draw in ``samples`` (mcmc), which the
         entropy estimate of :func:`bablate.metrics.joint_entropy` uses; None otherwise.
       num_chains: how many chains ``samples`` concatenates (chain-major), or None.
+      sample_stats: per-draw numbers of the sampler, each ``[C·S]`` chain-major like
+        ``samples`` (mcmc: ``accept_prob`` of the step that produced the draw, ``step_size``
+        (frozen after warm-up, one value per chain)); empty otherwise.
+
+    ``samples`` stays flat ``[C·S, d]`` (the layout every metric takes); :meth:`chains` gives the
+    ``[C, S, d]`` view and :meth:`to_arviz` an ``arviz.InferenceData`` for R-hat, ESS, trace and
+    rank plots.
     """
 
     task: str
@@ -57,6 +65,7 @@ class Posterior:
     site: str = ""
     log_density: np.ndarray | None = None
     num_chains: int | None = None
+    sample_stats: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_units(self) -> int:
@@ -83,6 +92,7 @@ class Posterior:
                 "diagnostics": self.diagnostics, "site": self.site,
                 "num_chains": self.num_chains}
         arrays = {k: getattr(self, k) for k in _ARRAYS if getattr(self, k) is not None}
+        arrays.update({_STAT + k: np.asarray(v) for k, v in self.sample_stats.items()})
         buffer = io.BytesIO()
         np.savez_compressed(buffer, meta=np.asarray(json.dumps(meta)), **arrays)
         atomic_write_bytes(path, buffer.getvalue())
@@ -93,7 +103,56 @@ class Posterior:
         with np.load(path) as f:
             meta = json.loads(str(f["meta"]))
             arrays = {k: f[k] for k in _ARRAYS if k in f}
-        return cls(**meta, **arrays)
+            stats = {k[len(_STAT):]: f[k] for k in f.files if k.startswith(_STAT)}
+        return cls(**meta, **arrays, sample_stats=stats)
+
+    def _num_chains(self, what: str) -> int:
+        """C of the chain-major draws (1 for independent draws); refuses an exact table."""
+        if self.samples is None:
+            raise ValueError(f"{what} needs draws, and the {self.method} posterior of "
+                             f"{self.task!r} has none (an exact table); use probs() or "
+                             "infer(..., method='mcmc').")
+        chains = self.num_chains or 1
+        if self.samples.shape[0] % chains:
+            raise ValueError(f"{self.samples.shape[0]} draws do not split into {chains} chains "
+                             f"of equal length for {self.task!r}; was num_chains edited?")
+        return chains
+
+    def chains(self) -> np.ndarray:
+        """The draws by chain, ``[C, S, d]`` (a view of ``samples``; C = 1 for independent
+        draws such as SVI's)."""
+        c = self._num_chains("chains()")
+        return self.samples.reshape(c, -1, self.num_units)
+
+    def chain_log_density(self) -> np.ndarray:
+        """The unnormalised log density of each draw by chain, ``[C, S]`` (mcmc only)."""
+        c = self._num_chains("chain_log_density()")
+        if self.log_density is None:
+            raise ValueError(f"the {self.method} posterior of {self.task!r} records no log "
+                             "density per draw (only MCMC does).")
+        return self.log_density.reshape(c, -1)
+
+    def to_arviz(self):
+        """The draws as an ``arviz.InferenceData`` (needs the ``arviz`` extra).
+
+        The posterior group holds ``mask`` with dims ``(chain, draw, unit)``; sample stats hold
+        ``lp`` (the unnormalised log density, mcmc) and the sampler's per-draw stats
+        (``acceptance_rate``, ``step_size``); constant data holds the ``prior``. Then
+        ``az.summary``, ``az.plot_trace`` and ``az.plot_rank`` work as for any numpyro model.
+        """
+        from bablate.inference.arviz_data import to_inference_data
+
+        return to_inference_data(self)
+
+    def __repr__(self) -> str:
+        draws = ""
+        if self.samples is not None:
+            chains = self.num_chains or 1
+            draws = f", {chains} chain(s) x {self.samples.shape[0] // chains} draws"
+        q = self.marginals
+        return (f"Posterior({self.task!r}, {self.method}, d={self.num_units}{draws}: importance "
+                f"mean {q.mean():.3g}, min {q.min():.3g}, max {q.max():.3g}"
+                + (f", {len(self.warnings)} warning(s)" if self.warnings else "") + ")")
 
     @property
     def warnings(self) -> list[str]:

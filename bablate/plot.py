@@ -1,0 +1,306 @@
+"""Figures for your own posteriors, and a small report of them.
+
+Every function takes :class:`bablate.Posterior` objects (one per task, on one site) and returns a
+``matplotlib.figure.Figure`` built without pyplot (nothing global is touched; a notebook shows
+it, :func:`save_png` writes it). :func:`report` writes ``report.md`` with all of them.
+
+* :func:`importance_heatmap` — q(m_i = 1), tasks × units, one colour scale [0, 1];
+* :func:`marginals` — q(m_i = 1) per unit with its Monte Carlo interval (MCMC: standard error
+  from each unit's effective sample size; exact tables and mean-field guides have none);
+* :func:`information` — KL(q_i ‖ prior_i) in bits per unit, split into used (q_i > prior_i)
+  and harmful (q_i < prior_i), tasks × units, one colour scale across tasks;
+* :func:`js_matrix` — task overlap: the joint JS divergence for exact posteriors, else the mean
+  JS between marginals (a different, smaller quantity; the title says which);
+* :func:`trace` and :func:`rank` — arviz's trace and rank plots of an MCMC posterior's draws.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import MatplotlibDeprecationWarning
+from matplotlib.figure import Figure
+from numpyro.diagnostics import effective_sample_size
+
+from bablate import metrics
+from bablate.inference.posterior import Posterior
+from bablate.runs import atomic_write_bytes, atomic_write_text
+
+# Intervals drawn by `marginals`: ± this many Monte Carlo standard errors (95 %).
+Z_95 = 1.96
+# Cells annotated with their value in heatmaps up to this many rows × columns.
+_ANNOTATE_MAX = 144
+# Widest figure, inches: wider units get narrower cells instead.
+_MAX_WIDTH = 16.0
+
+
+def _posts(posts: Posterior | Sequence[Posterior], what: str) -> list[Posterior]:
+    posts = [posts] if isinstance(posts, Posterior) else list(posts)
+    if not posts:
+        raise ValueError(f"{what} needs at least one posterior, got an empty list.")
+    d = {p.num_units for p in posts}
+    if len(d) != 1:
+        raise ValueError(f"{what} needs posteriors over one site; got unit counts {sorted(d)}. "
+                         "Plot tasks on the same site together.")
+    return posts
+
+
+def _labels(posts: list[Posterior]) -> list[str]:
+    """Row labels: task names, with the method added where a name repeats."""
+    names = [p.task for p in posts]
+    return [f"{p.task} [{p.method}]" if names.count(p.task) > 1 else p.task for p in posts]
+
+
+def _heatmap(fig: Figure, ax, values: np.ndarray, rows: list[str], vmin: float, vmax: float,
+             cmap: str, label: str, fmt: str = "{:.2f}") -> None:
+    """``values`` [rows, units] on one colour scale, a labelled colourbar, small-grid labels."""
+    im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                   interpolation="nearest")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("unit")
+    if values.shape[1] <= 32:
+        ax.set_xticks(range(values.shape[1]))
+    cbar = fig.colorbar(im, ax=ax)
+    cbar.set_label(label)
+    if values.size <= _ANNOTATE_MAX:
+        mid = vmin + 0.5 * (vmax - vmin)
+        for (r, c), v in np.ndenumerate(values):
+            ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=7,
+                    color="white" if v > mid else "black")
+
+
+def importance_heatmap(posts: Posterior | Sequence[Posterior]) -> Figure:
+    """Unit importance q(m_i = 1) of each task (rows) and unit (columns), colour scale [0, 1]."""
+    posts = _posts(posts, "importance_heatmap")
+    q = np.stack([np.asarray(p.marginals, np.float64) for p in posts])
+    fig = Figure(figsize=(min(max(4.0, 0.35 * q.shape[1] + 2.5), _MAX_WIDTH),
+                          0.45 * len(posts) + 1.6))
+    ax = fig.subplots()
+    _heatmap(fig, ax, q, _labels(posts), 0.0, 1.0, "viridis",
+             "unit importance q(m_i = 1)")
+    prior = np.unique(np.concatenate([np.asarray(p.prior).ravel() for p in posts]))
+    note = f" (prior {prior[0]:.2g})" if prior.size == 1 else ""
+    ax.set_title(f"Unit importance{note}")
+    fig.tight_layout()
+    return fig
+
+
+def marginal_standard_error(post: Posterior) -> np.ndarray:
+    """``[d]`` Monte Carlo standard error of each marginal q(m_i = 1).
+
+    MCMC: sqrt(q_i (1 − q_i) / ESS_i), with ESS_i from ``numpyro.diagnostics`` on the chains
+    (units that never moved have no error estimate; they get 0). Exact tables and SVI's
+    mean-field marginals (read from the guide, not from draws) have no Monte Carlo error: 0.
+    """
+    q = np.asarray(post.marginals, np.float64)
+    if post.samples is None or not post.method.startswith("mcmc"):
+        return np.zeros_like(q)
+    x = post.chains().astype(np.float64)
+    if x.shape[1] < 4:
+        raise ValueError(f"marginal_standard_error needs at least 4 draws per chain for an "
+                         f"ESS; {post.task!r} has {x.shape[1]}.")
+    ess = np.asarray(effective_sample_size(x), np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = np.sqrt(q * (1 - q) / ess)
+    return np.where(np.isfinite(se), se, 0.0)
+
+
+def marginals(posts: Posterior | Sequence[Posterior]) -> Figure:
+    """q(m_i = 1) per unit for each task, ± 1.96 Monte Carlo standard errors (MCMC), with the
+    prior as a dashed line."""
+    posts = _posts(posts, "marginals")
+    d = posts[0].num_units
+    fig = Figure(figsize=(min(max(5.0, 0.3 * d + 3.0), _MAX_WIDTH), 3.2))
+    ax = fig.subplots()
+    width = 0.8 / len(posts)
+    for k, post in enumerate(posts):
+        x = np.arange(d) + (k - (len(posts) - 1) / 2) * width
+        err = Z_95 * marginal_standard_error(post)
+        label = _labels(posts)[k] + ("" if np.any(err) else f" ({post.method}: no MC error)")
+        ax.errorbar(x, post.marginals, yerr=err, fmt="o", ms=3, capsize=2, label=label)
+    for value in np.unique(np.concatenate([np.asarray(p.prior).ravel() for p in posts])):
+        ax.axhline(value, color="grey", ls="--", lw=0.8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("unit")
+    ax.set_ylabel("q(m_i = 1)")
+    ax.set_title("Marginals ± 1.96 Monte Carlo s.e. (dashed: prior)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def information(posts: Posterior | Sequence[Posterior]) -> Figure:
+    """Information KL(q_i ‖ prior_i) in bits per unit and task: used (q_i > prior_i) and
+    harmful (q_i < prior_i) side by side, both on one colour scale."""
+    posts = _posts(posts, "information")
+    used, harmful = (np.stack(v) for v in zip(*[metrics.split_information(p.marginals, p.prior)
+                                                for p in posts], strict=True))
+    top = max(float(used.max()), float(harmful.max()), 1e-6)
+    rows = _labels(posts)
+    d = used.shape[1]
+    if d <= 16:  # side by side
+        fig = Figure(figsize=(max(8.0, 0.6 * d + 4.0), 0.45 * len(posts) + 1.8))
+        axes = fig.subplots(1, 2, sharey=True)
+    else:  # one above the other, at most a page wide
+        fig = Figure(figsize=(min(0.25 * d + 3.0, _MAX_WIDTH), 0.9 * len(posts) + 3.0))
+        axes = fig.subplots(2, 1, sharex=True)
+    for ax, values, title in ((axes[0], used, "used (q_i > prior_i)"),
+                              (axes[1], harmful, "harmful (q_i < prior_i)")):
+        _heatmap(fig, ax, values, rows, 0.0, top, "magma_r", "information (bits)")
+        ax.set_title(f"{title}; largest task total {values.sum(1).max():.3g} bits", fontsize=9)
+    fig.suptitle("Unit information KL(q_i ‖ prior_i), bits")
+    fig.tight_layout()
+    return fig
+
+
+def js_matrix(posts: Sequence[Posterior]) -> Figure:
+    """Task × task overlap: the joint Jensen–Shannon divergence when every posterior is exact,
+    else the mean JS between marginals (named in the title; bits, 0 = identical)."""
+    posts = _posts(posts, "js_matrix")
+    if all(p.log_probs is not None for p in posts):
+        values, title = metrics.js_matrix(posts), "Joint Jensen–Shannon divergence (bits)"
+    else:
+        values = metrics.marginal_js_matrix(posts)
+        title = "Mean marginal Jensen–Shannon divergence (bits; not the joint JS)"
+    names = _labels(posts)
+    fig = Figure(figsize=(0.5 * len(posts) + 3.5, 0.5 * len(posts) + 2.5))
+    ax = fig.subplots()
+    _heatmap(fig, ax, values, names, 0.0, max(float(values.max()), 1e-6), "Blues",
+             "JS divergence (bits)", fmt="{:.3f}")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_xlabel("")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _diagnostic_units(post: Posterior, units: Sequence[int] | None, k: int) -> list[int]:
+    """The units to show: those given, else the ``k`` moving units with the smallest ESS (the
+    ones most likely to show a problem)."""
+    if units is not None:
+        return [int(u) for u in units]
+    x = post.chains().astype(np.float64)
+    ess = np.asarray(effective_sample_size(x), np.float64)
+    ess = np.where(np.isfinite(ess), ess, np.inf)  # units that never move: last
+    return sorted(int(u) for u in np.argsort(ess, kind="stable")[:k])
+
+
+def _arviz_figure(post: Posterior, units, k: int, kind: str) -> Figure:
+    from bablate.inference.arviz_data import import_arviz
+
+    if post.samples is None or not post.method.startswith("mcmc"):
+        raise ValueError(f"{kind} plots need MCMC chains; the posterior of {post.task!r} is "
+                         f"{post.method}.")
+    az = import_arviz()
+    idata = post.to_arviz()
+    chosen = _diagnostic_units(post, units, k)
+    coords = {"unit": chosen}
+    import matplotlib.pyplot as plt  # arviz draws on pyplot axes
+
+    n = len(chosen)
+    with warnings.catch_warnings():
+        # arviz 0.2x calls a matplotlib helper that matplotlib >= 3.11 deprecates (not ours).
+        warnings.simplefilter("ignore", MatplotlibDeprecationWarning)
+        if kind == "trace":
+            fig, axes = plt.subplots(n, 2, figsize=(10, 1.9 * n + 0.6), squeeze=False,
+                                     layout="constrained")
+            az.plot_trace(idata, var_names=["mask"], coords=coords, compact=False, axes=axes)
+        else:
+            rows = -(-n // 2)
+            fig, axes = plt.subplots(rows, min(n, 2), figsize=(10, 3.0 * rows + 0.6),
+                                     squeeze=False, layout="constrained")
+            az.plot_rank(idata, var_names=["mask"], coords=coords, ax=axes.ravel()[:n])
+            for ax in axes.ravel()[n:]:
+                ax.set_visible(False)
+    fig.suptitle(f"{post.task}: {kind} of units {chosen} ({post.num_chains or 1} chains)")
+    return fig
+
+
+def trace(post: Posterior, units: Sequence[int] | None = None, k: int = 4) -> Figure:
+    """arviz's trace plot of the draws of ``units`` (default: the ``k`` with the lowest ESS)."""
+    return _arviz_figure(post, units, k, "trace")
+
+
+def rank(post: Posterior, units: Sequence[int] | None = None, k: int = 4) -> Figure:
+    """arviz's rank plot (one histogram of within-chain ranks per chain: flat when the chains
+    mix) of ``units`` (default: the ``k`` with the lowest ESS)."""
+    return _arviz_figure(post, units, k, "rank")
+
+
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Writes ``fig`` as a PNG atomically (never a half-written file) and releases it."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # a no-op for our pyplot-free figures; frees arviz's
+    return path
+
+
+def _md_cell(value) -> str:
+    """A markdown table cell: '|' escaped, numbers to 3 significant digits."""
+    if isinstance(value, float):
+        return "nan" if not np.isfinite(value) else f"{value:.3g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def report(posts: Posterior | Sequence[Posterior], path: str | os.PathLike,
+           title: str = "Ablation mask distributions") -> Path:
+    """Writes ``<path>/report.md`` with a metrics table and every figure of this module
+    (``<path>/figures/*.png``); trace and rank plots for MCMC posteriors when arviz is
+    installed. Returns the path of report.md."""
+    posts = _posts(posts, "report")
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"report path {out} is a file; give a directory for report.md and "
+                         "its figures.")
+    figures: list[tuple[str, str, Figure]] = [
+        ("importance", "Unit importance q(m_i = 1) (one colour scale for all tasks).",
+         importance_heatmap(posts)),
+        ("marginals", "Marginals with ± 1.96 Monte Carlo standard errors (MCMC).",
+         marginals(posts)),
+        ("information", "Information per unit in bits, used and harmful, one colour scale.",
+         information(posts)),
+    ]
+    if len(posts) > 1:
+        figures.append(("js_matrix", "Task overlap by Jensen–Shannon divergence.",
+                        js_matrix(posts)))
+    notes = []
+    chains = [p for p in posts if p.method.startswith("mcmc") and p.samples is not None]
+    if chains:
+        try:
+            from bablate.inference.arviz_data import import_arviz
+
+            import_arviz()
+        except ImportError as e:
+            notes.append(f"Trace and rank plots left out: {e}")
+        else:
+            for i, p in enumerate(chains):
+                figures.append((f"trace_{i}", f"Trace of {p.task} (lowest-ESS units).",
+                                trace(p)))
+                figures.append((f"rank_{i}", f"Rank plot of {p.task} (arviz breaks the ties "
+                                "of 0/1 draws at random): flat bars when the chains agree.",
+                                rank(p)))
+    lines = [f"# {title}", "", "| task | method | d | task information (bits) | "
+             "used / harmful (bits) | distributedness | H(q) estimate | warnings |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in posts:
+        m = metrics.summarize(p)
+        lines.append("| " + " | ".join(_md_cell(v) for v in (
+            p.task, p.method, p.num_units, m.task_information,
+            f"{m.used_information:.3g} / {m.harmful_information:.3g}", m.distributedness,
+            m.entropy_estimate, "; ".join(p.warnings) or "none")) + " |")
+    lines += ["", *notes]
+    for name, caption, fig in figures:
+        save_png(fig, out / "figures" / f"{name}.png")
+        lines += ["", f"![{name}](figures/{name}.png)", "", caption]
+    report_path = out / "report.md"
+    atomic_write_text(report_path, "\n".join(lines) + "\n")
+    return report_path

@@ -1,0 +1,184 @@
+"""bablate.plot: figures hold the numbers they claim, PNGs are valid, report.md links them."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import matplotlib.image
+import numpy as np
+import pytest
+from numpyro.diagnostics import effective_sample_size
+
+import bablate as bb
+from bablate import plot
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _exact(name: str, log_w: np.ndarray, d: int = 3) -> bb.Posterior:
+    """An exact posterior from unnormalised log weights of the 2^d masks."""
+    log_probs = log_w - np.logaddexp.reduce(log_w)
+    bits = (np.arange(2**d)[:, None] >> np.arange(d)[None]) & 1
+    return bb.Posterior(task=name, method="exact", marginals=np.exp(log_probs) @ bits,
+                        prior=np.full(d, 0.5), beta=1.0, log_probs=log_probs, site="s")
+
+
+def _mcmc(name: str, q: np.ndarray, chains: int = 4, draws: int = 400, rho: float = 0.7,
+          seed: int = 0) -> bb.Posterior:
+    """Autocorrelated binary chains with marginals near ``q`` (a persistent Bernoulli chain)."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((chains, draws, q.size), np.uint8)
+    for c in range(chains):
+        cur = rng.random(q.size) < q
+        for s in range(draws):
+            fresh = rng.random(q.size) < q
+            cur = np.where(rng.random(q.size) < rho, cur, fresh)
+            x[c, s] = cur
+    flat = x.reshape(-1, q.size)
+    return bb.Posterior(task=name, method="mcmc-test", marginals=flat.mean(0),
+                        prior=np.full(q.size, 0.5), beta=1.0, samples=flat, site="s",
+                        num_chains=chains, log_density=np.zeros(chains * draws))
+
+
+@pytest.fixture(scope="module")
+def exact_posts():
+    rng = np.random.default_rng(1)
+    return [_exact("a|b", rng.normal(size=8) * 2), _exact("c", rng.normal(size=8))]
+
+
+def _assert_png(path) -> None:
+    assert path.is_file()
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    img = matplotlib.image.imread(path)  # decodes the whole file
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+
+
+def test_importance_heatmap_holds_the_marginals_on_one_scale(exact_posts, tmp_path):
+    fig = plot.importance_heatmap(exact_posts)
+    ax = fig.axes[0]
+    image = ax.images[0]
+    np.testing.assert_allclose(image.get_array(), np.stack([p.marginals for p in exact_posts]))
+    assert image.get_clim() == (0.0, 1.0)
+    assert fig.axes[1].get_ylabel() == "unit importance q(m_i = 1)"  # the colourbar
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a|b", "c"]
+    _assert_png(plot.save_png(fig, tmp_path / "importance.png"))
+
+
+def test_information_uses_one_colour_scale_in_bits(exact_posts, tmp_path):
+    fig = plot.information(exact_posts)
+    used_ax, harmful_ax = fig.axes[0], fig.axes[1]
+    expected = [bb.metrics.split_information(p.marginals, p.prior) for p in exact_posts]
+    used = np.stack([u for u, _ in expected])
+    harmful = np.stack([h for _, h in expected])
+    np.testing.assert_allclose(used_ax.images[0].get_array(), used)
+    np.testing.assert_allclose(harmful_ax.images[0].get_array(), harmful)
+    top = max(used.max(), harmful.max())
+    assert used_ax.images[0].get_clim() == harmful_ax.images[0].get_clim() == (0.0, top)
+    assert {a.get_ylabel() for a in fig.axes[2:]} == {"information (bits)"}
+    _assert_png(plot.save_png(fig, tmp_path / "information.png"))
+
+
+def test_js_matrix_is_joint_for_exact_and_marginal_otherwise(exact_posts):
+    fig = plot.js_matrix(exact_posts)
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(),
+                               bb.metrics.js_matrix(exact_posts))
+    assert fig.axes[0].get_title().startswith("Joint")
+    sampled = [_mcmc("x", np.array([0.9, 0.2, 0.5])), _mcmc("y", np.array([0.1, 0.8, 0.5]))]
+    fig = plot.js_matrix(sampled)
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(),
+                               bb.metrics.marginal_js_matrix(sampled))
+    assert "marginal" in fig.axes[0].get_title() and "not the joint" in fig.axes[0].get_title()
+
+
+def test_marginal_standard_error_is_sqrt_q_one_minus_q_over_ess():
+    post = _mcmc("m", np.array([0.3, 0.6, 0.95]), rho=0.8)
+    ess = np.asarray(effective_sample_size(post.chains().astype(np.float64)))
+    q = post.marginals
+    np.testing.assert_allclose(plot.marginal_standard_error(post), np.sqrt(q * (1 - q) / ess))
+    # Autocorrelation (rho = 0.8) makes the error larger than independent draws would give,
+    # by about sqrt((1 + rho) / (1 - rho)) = 3.
+    naive = np.sqrt(q * (1 - q) / post.samples.shape[0])
+    assert np.all(plot.marginal_standard_error(post) > 2 * naive)
+
+
+def test_marginals_plot_draws_the_intervals(exact_posts, tmp_path):
+    post = _mcmc("m", np.array([0.3, 0.6, 0.95]))
+    fig = plot.marginals([post, exact_posts[0]])
+    ax = fig.axes[0]
+    lines = [c for c in ax.containers]
+    assert len(lines) == 2
+    points, _, (bars,) = lines[0].lines
+    np.testing.assert_allclose(points.get_ydata(), post.marginals)
+    half = np.array([abs(seg[1, 1] - seg[0, 1]) / 2 for seg in bars.get_segments()])
+    np.testing.assert_allclose(half, plot.Z_95 * plot.marginal_standard_error(post))
+    assert np.all(exact_posts[0].marginals == lines[1].lines[0].get_ydata())
+    assert "no MC error" in ax.get_legend().get_texts()[1].get_text()  # exact: no interval
+    _assert_png(plot.save_png(fig, tmp_path / "marginals.png"))
+
+
+def test_plots_refuse_posteriors_of_different_sites():
+    with pytest.raises(ValueError, match="one site"):
+        plot.importance_heatmap([_mcmc("a", np.full(3, 0.5)), _mcmc("b", np.full(4, 0.5))])
+    with pytest.raises(ValueError, match="at least one posterior"):
+        plot.information([])
+
+
+def test_trace_and_rank_need_chains(exact_posts):
+    with pytest.raises(ValueError, match="MCMC chains"):
+        plot.trace(exact_posts[0])
+
+
+def test_report_writes_markdown_and_valid_pngs(exact_posts, tmp_path):
+    pytest.importorskip("arviz", reason="trace/rank plots need arviz (pip install "
+                        "'bablate[arviz]')")
+    sampled = _mcmc("sampled", np.array([0.2, 0.7, 0.5]))
+    path = plot.report([*exact_posts, sampled], tmp_path / "rep")
+    text = path.read_text()
+    assert path == tmp_path / "rep" / "report.md"
+    # The '|' in the task name "a|b" is escaped, so the table keeps its 8 columns.
+    row = next(line for line in text.splitlines() if line.startswith("| a"))
+    assert row.startswith("| a\\|b |") and len(re.findall(r"(?<!\\)\|", row)) == 9
+    linked = re.findall(r"!\[[^]]*\]\((figures/[^)]+\.png)\)", text)
+    assert {"figures/importance.png", "figures/js_matrix.png", "figures/trace_0.png",
+            "figures/rank_0.png"} <= set(linked)
+    for rel in linked:
+        _assert_png(tmp_path / "rep" / rel)
+    assert not list((tmp_path / "rep").rglob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_trace_and_rank_show_the_lowest_ess_units(tmp_path):
+    pytest.importorskip("arviz", reason="trace/rank plots need arviz")
+    post = _mcmc("m", np.array([0.5, 0.5, 0.5, 0.5, 0.5]), rho=0.5)
+    # Unit 3 made sticky: it has the lowest ESS, so it is among the units shown by default.
+    x = post.chains().copy()
+    x[:, :, 3] = np.repeat(x[:, ::40, 3], 40, axis=1)[:, :x.shape[1]]
+    flat = x.reshape(-1, 5)
+    post = bb.Posterior(task="m", method="mcmc-test", marginals=flat.mean(0),
+                        prior=np.full(5, 0.5), beta=1.0, samples=flat, num_chains=4)
+    fig = plot.trace(post, k=2)
+    assert "3" in fig._suptitle.get_text()
+    _assert_png(plot.save_png(fig, tmp_path / "trace.png"))
+    _assert_png(plot.save_png(plot.rank(post, units=[0, 3]), tmp_path / "rank.png"))
+
+
+def test_report_on_a_real_mcmc_run(tmp_path):
+    """End to end on the README's kind of model: one site, exact and MCMC posteriors."""
+    pytest.importorskip("arviz", reason="trace/rank plots need arviz")
+    site = bb.Site.from_functions("h", 4, lambda x: x,
+                                  lambda a, x: jnp.stack([a.sum(-1), -a.sum(-1)], -1))
+    x = np.ones((16, 4), np.float32)
+    task = bb.Task.build(site, x, bb.rules.top1(np.zeros(16, np.int32)), name="sum>0")
+    # Every mask but the empty one is correct: a flat posterior, on which the multi-flip step
+    # size runs away; the report must carry that warning into its table.
+    with pytest.warns(bb.inference.ConvergenceWarning, match="step size"):
+        sampled = bb.infer(task, "mcmc", key=jax.random.key(0), num_samples=600,
+                           num_warmup=100, num_chains=2)
+    path = plot.report([bb.infer(task, "exact"), sampled], tmp_path)
+    text = path.read_text()
+    assert "| sum>0 | exact |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| sum>0 | mcmc"))
+    assert "adapted step size" in row
+    for png in (tmp_path / "figures").glob("*.png"):
+        _assert_png(png)
