@@ -215,15 +215,17 @@ def main():
         cases = {c: CASES[c] for c in names}
     torch = torch_or_none(args.no_torch, args.torch_threads)
     start = time.perf_counter()
-    # The peak is the best float32 matmul rate over sizes (small ones run from cache).
+    # The peak is the float32 matmul rate at the largest size (n = 2048): smaller ones run from
+    # cache and, under load, read several times higher than the machine sustains. The other
+    # sizes are recorded beside it.
     sizes = [256, 512] if args.quick else [256, 512, 1024, 2048]
     jax_rates = {s: jax_matmul_peak(s)["flops_per_s"] for s in sizes}
-    peaks = {"jax": max(jax_rates.values())}
+    peaks = {"jax": jax_rates[max(sizes)]}
     rec = {"bench": "masked_eval", "case": "matmul_peak", "sizes": {"matmul": sizes},
            "jax_flops_per_s": peaks["jax"], "jax_by_size": jax_rates}
     if torch is not None:
         torch_rates = {s: torch_matmul_peak(torch, s)["flops_per_s"] for s in sizes}
-        peaks["torch"] = max(torch_rates.values())
+        peaks["torch"] = torch_rates[max(sizes)]
         rec["torch_flops_per_s"] = peaks["torch"]
         rec["torch_by_size"] = torch_rates
     rec["throughput"] = peaks["jax"]
