@@ -14,7 +14,6 @@ The Beta(1,1) smoothing keeps the odds finite when the network is always right o
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -330,21 +329,23 @@ class Task:
         if correct is None:
             raise ValueError(f"Rule {self.rule.name!r} has no smooth surrogate; pass soft_fn= to "
                              "bablate.rules.custom or use the hard likelihood.")
-        positive = self.rule.positive
 
-        def one(data, mask):
+        def one(data, positive, mask):
             c = correct(self.outputs_fn(data, mask), data["rule"])
             return p_correct_from(c.astype(jnp.float32), positive)
 
-        def blocks(data, masks):
+        def blocks(data_and_positive, masks):
             # Vmapping a whole chunk materialises every mask's intermediates at once; blocks
             # of a few MiB stay in cache, which on CPU is several times faster than one wide
             # vmap.
-            return jax.lax.map(lambda mask: one(data, mask), masks,
+            data, positive = data_and_positive
+            return jax.lax.map(lambda mask: one(data, positive, mask), masks,
                                batch_size=_block_size(self, data, masks))
 
-        # Each device evaluates its share of the masks in blocks.
-        return sharding.map_masks(blocks, data, masks.astype(jnp.float32))
+        # Each device evaluates its share of the masks in blocks. The positives travel with
+        # the data: a compiled program may take them as an argument (a traced value).
+        return sharding.map_masks(blocks, (data, self.rule.positive),
+                                  masks.astype(jnp.float32))
 
     # ---- host API: jitted, chunked over masks, sharded over devices ----
 
@@ -370,11 +371,37 @@ def _block_size(task: Task, data: dict, masks: Array) -> int:
     return int(max(1, min(masks.shape[0], BLOCK_BYTES // max(nbytes, 1))))
 
 
-@functools.lru_cache(maxsize=64)
-def _jitted(task_site: Site, rule: Rule, name: str, smooth: bool, kind: str):
-    probe = Task(name=name, site=task_site, rule=rule, data={})
-    fn = probe.log_odds_fn if kind == "log_odds" else probe.p_correct_fn
-    return jax.jit(lambda data, masks: fn(data, masks, smooth))
+def evaluator(task: Task, smooth: bool = False):
+    """The compiled evaluator of ``task``'s masks: ``fn(args, masks) -> (p_correct, log_odds)``
+    with ``args = evaluator_args(task)``.
+
+    It is compiled for what it depends on beyond arrays (the site object and the rule's code,
+    :func:`bablate.inference.programs.program_key`) and takes the task's data and positives as
+    arguments, so every task on one site with data of one shape shares one compilation, and
+    ``p_correct`` and ``log_odds`` share it too.
+    """
+    from bablate.inference import programs  # the inference package imports this module
+
+    key = ("evaluate", *programs.program_key(task), bool(smooth))
+    return programs.cached_program(key, lambda: _build_evaluator(task, smooth))
+
+
+def evaluator_args(task: Task) -> dict:
+    """The arrays :func:`evaluator`'s program takes (nothing of them is compiled in)."""
+    return {"data": sharding.replicate(task.data),
+            "positive": sharding.replicate(task.rule.positive)}
+
+
+def _build_evaluator(task: Task, smooth: bool):
+    from bablate.inference import programs
+
+    bare = dataclasses.replace(task, data={})  # the cache must not keep one task's arrays
+
+    def evaluate(args, masks):
+        p = programs.probe(bare, args).p_correct_fn(args["data"], masks, smooth)
+        return p, _logit(p)
+
+    return jax.jit(programs.trace_guard(evaluate))
 
 
 def check_masks(masks, num_units: int, what: str) -> np.ndarray:
@@ -403,8 +430,9 @@ def check_key(key, what: str) -> Array:
 
 def _chunked(task: Task, kind: str, masks, smooth: bool, chunk_size: int) -> np.ndarray:
     masks = check_masks(masks, task.num_units, f"Task {task.name!r}")
-    fn = _jitted(task.site, task.rule, task.name, smooth, kind)
-    data = sharding.replicate(task.data)
+    fn = evaluator(task, smooth)
+    args = evaluator_args(task)
+    which = 0 if kind == "p_correct" else 1
     # Power-of-two buckets bound the number of compiled shapes to log2(chunk_size).
     bucket = 1 << max(len(masks) - 1, 0).bit_length()
     chunk = sharding.round_up(min(chunk_size, bucket))
@@ -414,5 +442,5 @@ def _chunked(task: Task, kind: str, masks, smooth: bool, chunk_size: int) -> np.
         n = len(block)
         if n < chunk:  # pad so every call has one shape: one compile
             block = np.concatenate([block, np.ones((chunk - n, block.shape[1]), np.float32)])
-        out.append(np.asarray(fn(data, sharding.shard_masks(block)))[:n])
+        out.append(np.asarray(fn(args, sharding.shard_masks(block))[which])[:n])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)

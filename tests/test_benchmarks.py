@@ -37,8 +37,10 @@ def test_masked_eval():
     peak, *cases = records
     assert peak["case"] == "matmul_peak" and peak["jax_flops_per_s"] > 1e8
     assert {c["case"] for c in cases} == {"toy_large", "rnn12"}
+    one_thread = ({"torch_hook_1t", "torch_repeat_1t"}
+                  if peak["machine"]["cpu_count"] > 1 else set())
     expected = {"bablate", "proposed", "jax_loop"} | (
-        {"torch_hook", "torch_repeat"} if HAVE_TORCH else set())
+        {"torch_hook", "torch_repeat"} | one_thread if HAVE_TORCH else set())
     for rec in cases:
         assert set(rec["results"]) == expected
         for entry in rec["results"].values():
@@ -46,6 +48,7 @@ def test_masked_eval():
             assert 0 < entry["frac_of_matmul_peak"]
         assert rec["throughput"] == rec["results"]["bablate"]["mask_examples_per_s"]
         assert rec["ratio"]["bablate_vs_jax_loop"] > 0
+        assert rec["ratio"]["bablate_vs_jax_loop_cpu"] > 0  # CPU-time ratios beside wall ones
         # The baselines and the prototype evaluator were checked against bablate's P(correct).
         assert rec["proposed_check_max_abs_diff"] < 1e-4
         if HAVE_TORCH:
@@ -91,3 +94,38 @@ def test_scaling():
     # The device sweep's subprocess really saw the forced host devices.
     assert [r["worker_device_count"] for r in devices] == [r["value"] for r in devices]
     assert all(r["throughput"] > 0 for r in records)
+
+
+def test_compile_reuse():
+    records = run_script("compile_reuse.py", timeout=240)
+    assert {r["case"] for r in records} == {"toy_exact_3_tasks", "rnn_exact_3_tasks"}
+    for rec in records:
+        shared, cleared = rec["results"]["shared"], rec["results"]["cleared"]
+        # Later tasks on the site compile nothing; with the cache emptied each one compiles.
+        assert shared["compiles_per_task"][0] > 0 and shared["compiles_per_task"][1:] == [0, 0]
+        assert min(cleared["compiles_per_task"]) > 0
+        assert shared["all_finite"] and cleared["all_finite"]
+        # Both runs compute the same posteriors.
+        assert shared["max_marginals"] == cleared["max_marginals"]
+        assert rec["ratio"]["tasks_vs_one_wall"] >= 1 and rec["ratio"]["tasks_vs_one_cpu"] > 0
+
+
+def test_llm_head_site():
+    (rec,) = run_script("llm_head_site.py", timeout=180)
+    assert rec["sizes"]["heads"] == 2 * 9
+    assert rec["results"]["svi"]["seconds"] > 0 and rec["throughput"] > 0
+    assert 0 < rec["results"]["svi"]["mean_marginal"] < 1
+
+
+def test_run_gpu_script_runs_every_step_tiny(tmp_path):
+    env = {**os.environ, "BABLATE_PROGRESS": "0"}
+    out = subprocess.run(["bash", str(BENCH / "run_gpu.sh"), str(tmp_path), "--tiny"], cwd=REPO,
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == ["masked_eval", "exact_enumeration", "sampler",
+                                          "sampler_stock", "llm_head_site"]
+    for s in steps:
+        assert s["rc"] == 0, (s, (tmp_path / f"{s['step']}.log").read_text()[-2000:])
+        lines = (tmp_path / f"{s['step']}.jsonl").read_text().splitlines()
+        assert lines and all(COMMON_KEYS <= json.loads(x).keys() for x in lines)

@@ -141,3 +141,53 @@ def test_flip_kernel_still_runs_in_numpyros_mcmc_driver(task_and_exact):
     samples = np.asarray(driver.get_samples()["mask"])
     assert samples.shape == (4000, task.num_units)
     np.testing.assert_allclose(samples.mean(0), exact.marginals, atol=0.06)
+
+
+def test_a_second_task_on_one_site_compiles_nothing_for_exact_log_odds_and_p_correct(
+        monkeypatch):
+    from jax import monitoring
+
+    model, variables, x, _ = trained_mlp()
+    site = bb.flax_site(model, variables, "Dense_0", x)
+    tasks = []
+    for name, part in (("first", x[:128]), ("second", x[128:])):
+        logits = model.apply(variables, part)
+        tasks.append(bb.Task.build(site, part, bb.rules.top1(np.argmax(logits, -1)), name=name))
+    # From here every program is traced at most once (a retrace fails the chex guard) ...
+    monkeypatch.setattr(programs, "trace_guard", lambda f: chex.assert_max_traces(f, n=1))
+    programs.clear_cache()
+    compiles = []
+
+    def count(event, _secs, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    monitoring.register_event_duration_secs_listener(count)
+    masks = np.random.default_rng(0).integers(0, 2, (64, 12)).astype(np.float32)
+    kw = [dict(prior=0.5, beta=1.0), dict(prior=0.3, beta=2.0)]  # traced arguments too
+    results = []
+    for task, k in zip(tasks, kw, strict=True):
+        before = len(compiles)
+        results.append((bb.infer(task, "exact", **k), task.log_odds(masks),
+                        task.p_correct(masks)))
+        new = len(compiles) - before
+    monitoring.unregister_event_duration_listener(count)
+    # ... and the second task compiles nothing at all: one exact scorer and one evaluator
+    # (P(correct) and log-odds from the same program) serve both tasks.
+    assert new == 0
+    assert len(programs._PROGRAMS) == 2
+    (exact0, lo0, pc0), (exact1, lo1, pc1) = results
+    assert np.abs(exact0.marginals - exact1.marginals).max() > 0.2
+    # The shared programs compute each task's own numbers: against a fresh, uncached
+    # evaluation of the second task's formula.
+    for task, (post, lo, pc), k in zip(tasks, results, kw, strict=True):
+        direct = np.asarray(jax.jit(lambda d, m, t=task: t.p_correct_fn(d, m))(task.data,
+                                                                             masks))
+        np.testing.assert_allclose(pc, direct, rtol=1e-6)
+        np.testing.assert_allclose(lo, np.log(direct) - np.log1p(-direct), rtol=1e-4,
+                                   atol=1e-5)
+        bits = ((np.arange(2 ** 12)[:, None] >> np.arange(12)) & 1).astype(np.float32)
+        table = bb.amd.log_joint(task, task.data, bits[:256], k["prior"], k["beta"])
+        shift = post.log_probs[:256] - np.asarray(table)  # = −log Z for every mask
+        np.testing.assert_allclose(shift, shift[0], atol=1e-4)
+    programs.clear_cache()

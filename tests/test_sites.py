@@ -142,9 +142,9 @@ def test_nnx_model_site_matches_a_hand_written_lesion():
 def test_the_masked_evaluator_compiles_once_for_any_number_of_masks(mlp):
     model, variables, x, ys = mlp
     task = bb.Task.build(bb.flax_site(model, variables, "Dense_0", x), x, _rule(ys))
-    from bablate.tasks import _jitted
+    from bablate.tasks import evaluator
 
-    fn = _jitted(task.site, task.rule, task.name, False, "log_odds")
+    fn = evaluator(task, smooth=False)
     before = fn._cache_size()  # Task.build already scored the intact mask (one shape)
     for m in (5, 7, 6, 300, 2000, 700):
         task.log_odds(np.ones((m, 12), np.float32), chunk_size=256)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -9,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bablate import progress, sharding
-from bablate.amd import check_beta, log_joint, nonfinite_error, prior_probs
+from bablate.amd import check_beta, log_joint_from, nonfinite_error, prior_probs
+from bablate.inference import programs
 from bablate.inference.posterior import Posterior
 from bablate.tasks import Task, p_correct_from
 
@@ -65,8 +67,8 @@ def _posterior(task: Task, log_unnorm: np.ndarray, prior, beta: float, seconds: 
                      diagnostics={"log_z": log_z, "num_masks": 2 ** d, "seconds": seconds})
 
 
-def _enumerate(score, data, d: int, chunk: int, desc: str) -> tuple[np.ndarray, float]:
-    """Runs ``score(data, start) -> [..., chunk]`` over all 2^d mask indices.
+def _enumerate(score, args, d: int, chunk: int, desc: str) -> tuple[np.ndarray, float]:
+    """Runs ``score(args, start) -> [..., chunk]`` over all 2^d mask indices.
 
     Returns the float64 table ``[..., 2^d]`` and the wall time in seconds.
     """
@@ -76,10 +78,48 @@ def _enumerate(score, data, d: int, chunk: int, desc: str) -> tuple[np.ndarray, 
     with progress.bar(total=total, desc=desc, unit="mask") as bar:
         for start in range(0, total, chunk):
             n = min(chunk, total - start)
-            pieces.append(score(data, jnp.int32(start))[..., :n])  # stays on device
+            pieces.append(score(args, jnp.int32(start))[..., :n])  # stays on device
             bar.update(n)
     table = np.asarray(jnp.concatenate(pieces, axis=-1)).astype(np.float64)
     return table, time.perf_counter() - start_time
+
+
+def _build_one(task: Task, smooth: bool, chunk: int):
+    """The compiled scorer of one task: ``(args, start) -> [chunk]`` log joint densities of the
+    masks ``start .. start + chunk - 1``, with ``args`` from
+    :func:`bablate.inference.programs.amd_args` (data, positives, prior and β are arguments)."""
+    bare = dataclasses.replace(task, data={})  # the cache must not keep one task's arrays
+    d = task.num_units
+
+    def score(args, start):
+        masks = sharding.constrain(index_to_masks(start + jnp.arange(chunk), d))
+        return log_joint_from(programs.probe(bare, args), args["data"], masks,
+                              args["log_prior"], args["beta"], smooth)
+
+    return jax.jit(programs.trace_guard(score))
+
+
+def _build_many(tasks: list[Task], smooth: bool, chunk: int):
+    """The compiled scorer of tasks sharing one site and dataset: ``(args, start) -> [T, chunk]``;
+    ``args`` holds the shared data, each task's rule data and positives, the prior and β."""
+    base = dataclasses.replace(tasks[0], data={})
+    rules = [(t.rule.soft if smooth else t.rule.hard) for t in tasks]
+    d = base.num_units
+
+    def score(args, start):
+        masks = sharding.constrain(index_to_masks(start + jnp.arange(chunk), d))
+        outputs = jax.vmap(lambda m: base.outputs_fn(args["data"], m))(masks)
+        log_prior = masks @ args["log_prior"][0] + (1.0 - masks) @ args["log_prior"][1]
+        rows = []
+        for correct, rule_data, positive in zip(rules, args["rules"], args["positives"],
+                                                strict=True):
+            c = jax.vmap(lambda out, correct=correct, rule_data=rule_data: correct(
+                out, rule_data))(outputs)
+            pc = p_correct_from(c.astype(jnp.float32), positive)
+            rows.append(log_prior + args["beta"] * (jnp.log(pc) - jnp.log1p(-pc)))
+        return jnp.stack(rows)
+
+    return jax.jit(programs.trace_guard(score))
 
 
 def exact_many(tasks: list[Task], prior=0.5, beta: float = 1.0, smooth: bool = False,
@@ -104,24 +144,13 @@ def exact_many(tasks: list[Task], prior=0.5, beta: float = 1.0, smooth: bool = F
     d = base.num_units
     chunk = sharding.round_up(min(chunk_size, 2 ** d))
     p = prior_probs(prior, d)
-    log_p, log_1mp = jnp.log(p), jnp.log1p(-p)
-
-    @jax.jit
-    def score(datas, start):
-        masks = sharding.constrain(index_to_masks(start + jnp.arange(chunk), d))
-        outputs = jax.vmap(lambda m: base.outputs_fn(datas[0], m))(masks)
-        log_prior = masks @ log_p + (1.0 - masks) @ log_1mp
-        rows = []
-        for task, data in zip(tasks, datas, strict=True):
-            correct = task.rule.soft if smooth else task.rule.hard
-            c = jax.vmap(lambda out, data=data, correct=correct: correct(out, data["rule"]))(
-                outputs)
-            pc = p_correct_from(c.astype(jnp.float32), task.rule.positive)
-            rows.append(log_prior + beta * (jnp.log(pc) - jnp.log1p(-pc)))
-        return jnp.stack(rows)
-
-    table, seconds = _enumerate(score, [t.data for t in tasks], d, chunk,
-                                f"exact x{len(tasks)} tasks")
+    rules = tuple(programs.program_key(t)[1:] for t in tasks)
+    score = programs.cached_program(("exact_many", base.site, rules, smooth, chunk),
+                                    lambda: _build_many(tasks, smooth, chunk))
+    args = {**programs.amd_args(base, p, beta),
+            "rules": [t.data["rule"] for t in tasks],
+            "positives": [t.rule.positive for t in tasks]}
+    table, seconds = _enumerate(score, args, d, chunk, f"exact x{len(tasks)} tasks")
     return [_posterior(t, row, prior, beta, seconds) for t, row in zip(tasks, table, strict=True)]
 
 
@@ -144,14 +173,11 @@ def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
     beta = check_beta(beta)
     d = task.num_units
     chunk = sharding.round_up(min(chunk_size, 2 ** d))
-
-    @jax.jit
-    def score(data, start):
-        idx = start + jnp.arange(chunk)
-        masks = sharding.constrain(index_to_masks(idx, d))
-        return log_joint(task, data, masks, prior, beta, smooth)
-
-    log_unnorm, seconds = _enumerate(score, task.data, d, chunk, f"exact {task.name}")
+    p = prior_probs(prior, d)
+    score = programs.cached_program(("exact", *programs.program_key(task), smooth, chunk),
+                                    lambda: _build_one(task, smooth, chunk))
+    log_unnorm, seconds = _enumerate(score, programs.amd_args(task, p, beta), d, chunk,
+                                     f"exact {task.name}")
     return _posterior(task, log_unnorm, prior, beta, seconds)
 
 

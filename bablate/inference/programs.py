@@ -1,4 +1,5 @@
-"""Compiled programs shared by the MCMC loop and SVI: their cache and their arguments.
+"""Compiled programs (MCMC loop, SVI step, exact scorers, the masked evaluator behind
+``Task.log_odds`` / ``p_correct``): their cache and their arguments.
 
 A program is compiled for what it depends on beyond arrays (the site object, the rule's code
 and the run's static settings) and takes everything else as an argument (:func:`amd_args`:
@@ -78,6 +79,6 @@ def trace_guard(fn):
 
 
 def clear_cache() -> None:
-    """Forgets the compiled programs (sampling loops and SVI steps)."""
+    """Forgets the compiled programs (sampling loops, SVI steps, exact scorers, evaluators)."""
     with _LOCK:
         _PROGRAMS.clear()

