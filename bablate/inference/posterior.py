@@ -35,7 +35,8 @@ class Posterior:
       samples: ``[S, d]`` uint8 masks (mcmc: post-warmup draws of all chains; svi: draws from
         the fitted mean-field guide; exact: None).
       entropy_bits: H(q) in bits when known exactly (exact: the table; svi: the mean-field
-        entropy), else None (then metrics use a plug-in estimate from samples).
+        entropy), else None (then the metrics estimate it from the samples; see
+        :func:`bablate.metrics.joint_entropy`).
       diagnostics: method-specific numbers (r_hat, ess, acceptance, elbo, wall time...);
         ``diagnostics["warnings"]`` lists convergence problems in words.
       site: the identity of the site (name, d, ablation, basis): metrics that combine several

@@ -580,9 +580,9 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
         "distributedness_by_concept": {
             n: {k: abl[k][n]["main"]["distributedness"] for k in ("heads", "neurons")}
             for n in names},
-        # TC only from exact tables: mean-field SVI has TC = 0 by construction, and a plug-in
-        # estimate from a few hundred MCMC draws over 1536 units is meaningless (it is kept,
-        # with its bias, under neurons_mcmc).
+        # TC only from exact tables: mean-field SVI has TC = 0 by construction, and a few
+        # hundred MCMC draws over 1536 units give only the Chow-Liu lower bound (kept, named
+        # as such, under neurons_mcmc).
         "total_correlation_by_concept": {
             n: {k: abl[k][n].get("exact", {}).get("total_correlation")
                 for k in ("heads", "neurons")} for n in names},

@@ -443,6 +443,7 @@ def ablation(cfg: StudyConfig, variables, seq, res, h_fit, fit: Windows, word_id
            "distributedness": [m.distributedness for m in summaries],
            "effective_units": [m.effective_units for m in summaries],
            "total_correlation": [m.total_correlation for m in summaries],
+           "entropy_estimate": [m.entropy_estimate for m in summaries],
            "task_information": [m.task_information for m in summaries],
            "agreement_per_chunk": agreement, "top_quarter_overlap": overlap,
            "diagnostics": [{k: v for k, v in p.diagnostics.items()
