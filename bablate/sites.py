@@ -83,6 +83,14 @@ def _lift(v, ndim: int) -> Array:
     return v.reshape((1,) * (ndim - v.ndim) + v.shape)
 
 
+def check_mask_values(masks: np.ndarray, what: str) -> None:
+    """Refuses mask values outside [0, 1] (NaN included) with a clear error."""
+    inside = (masks >= 0) & (masks <= 1)
+    if not np.all(inside):
+        raise ValueError(f"{what}: mask values must lie in [0, 1] (1 keeps a unit, 0 ablates "
+                         f"it); got {masks[~inside].ravel()[0]!r}.")
+
+
 def mask_activation(act: Array, mask: Array, value: Array | float, unit_axis: int = -1,
                     basis: Basis | None = None) -> Array:
     """Applies one mask to an activation.
@@ -101,10 +109,7 @@ def mask_activation(act: Array, mask: Array, value: Array | float, unit_axis: in
       The masked activation, same shape and dtype as ``act``.
     """
     if not isinstance(mask, jax.core.Tracer):  # concrete masks are checked; traced ones can't be
-        m = np.asarray(mask)
-        if m.size and not (np.all(m >= 0) and np.all(m <= 1)):
-            raise ValueError("mask values must lie in [0, 1] (1 keeps a unit, 0 ablates it); "
-                             f"got {m[~((m >= 0) & (m <= 1))].ravel()[0]!r}.")
+        check_mask_values(np.asarray(mask), "mask_activation")
     if basis is None:
         units_last = _move_units_last(act, unit_axis)
         m, v = _lift(mask, units_last.ndim), _lift(value, units_last.ndim)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bablate import sharding
-from bablate.sites import Site, ablation_value, check_activation, mask_activation
+from bablate.sites import Site, ablation_value, check_activation, check_mask_values, mask_activation
 
 Array = jax.Array
 
@@ -410,10 +410,7 @@ def check_masks(masks, num_units: int, what: str) -> np.ndarray:
     if masks.ndim != 2 or masks.shape[1] != num_units:
         raise ValueError(f"{what}: masks must be [num_masks, {num_units}], got shape "
                          f"{masks.shape}.")
-    if masks.size and not (np.all(masks >= 0.0) and np.all(masks <= 1.0)):
-        bad = masks[~((masks >= 0.0) & (masks <= 1.0))]
-        raise ValueError(f"{what}: mask values must lie in [0, 1] (1 keeps a unit, 0 ablates "
-                         f"it); got {bad.ravel()[0]!r}.")
+    check_mask_values(masks, what)
     return masks
 
 
