@@ -61,7 +61,8 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
     Adam's step size decays from ``learning_rate`` to ``final_learning_rate`` along a cosine,
     and the marginals returned are the average of the iterates over the second half of the
     steps (Polyak–Ruppert averaging): a stochastic gradient with a constant step size keeps
-    jittering around the optimum, and the last iterate with it. The run is checked for
+    jittering around the optimum, and the last iterate with it. A run shorter than
+    4 × ``steps_per_call`` steps returns its last iterate and warns that it cannot be checked. The run is checked for
     convergence: when the average over the last quarter of the steps differs from the average
     over the last half by more than ``DRIFT_MAX`` on some unit, or when the mean gradient over
     the averaged steps is more than ``GRADIENT_Z_MAX`` standard errors from zero, a
@@ -136,6 +137,10 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
     tail = moments[num_chunks // 2:]
     q = tail[:, 0].mean(axis=0)
     drift = float(np.abs(tail[len(tail) // 2:, 0].mean(axis=0) - q).max())
+    if num_chunks < 4:
+        # Too short a run to average over a settled half: its iterates still climb away from
+        # the prior, so the last iterate is the better estimate (and the run is flagged below).
+        q = np.asarray(jax.nn.sigmoid(phi), np.float64)
     # At the optimum the expected gradient is 0: its mean over the averaged steps, in units of
     # its standard error (the steps' gradient draws are independent), says whether it is.
     n_tail = len(tail) * steps_per_call
