@@ -62,11 +62,11 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
     and the marginals returned are the average of the iterates over the second half of the
     steps (Polyak–Ruppert averaging): a stochastic gradient with a constant step size keeps
     jittering around the optimum, and the last iterate with it. A run shorter than
-    4 × ``steps_per_call`` steps returns its last iterate and warns that it cannot be checked. The run is checked for
-    convergence: when the average over the last quarter of the steps differs from the average
-    over the last half by more than ``DRIFT_MAX`` on some unit, or when the mean gradient over
-    the averaged steps is more than ``GRADIENT_Z_MAX`` standard errors from zero, a
-    :class:`ConvergenceWarning` says so (``diagnostics["marginal_drift"]``,
+    4 × ``steps_per_call`` steps returns its last iterate and warns that it cannot be checked.
+    The run is checked for convergence: when the average over the last quarter of the steps
+    differs from the average over the last half by more than ``DRIFT_MAX`` on some unit, or
+    when the mean gradient over the averaged steps is more than ``GRADIENT_Z_MAX`` standard
+    errors from zero, a :class:`ConvergenceWarning` says so (``diagnostics["marginal_drift"]``,
     ``diagnostics["gradient_z"]``).
 
     The optimisation steps are compiled once per site, rule and settings and cached (the
