@@ -82,15 +82,20 @@ def test_exact_many_shares_one_enumeration_and_matches_one_task_at_a_time():
         assert post.task == task.name
 
 
-def test_tasks_on_one_site_share_one_compiled_sampling_loop(monkeypatch):
+def _two_tasks_on_one_site():
+    """Two tasks with other data of the same shape (two halves of the inputs, each with the
+    network's own predictions as targets), both with a rule from one factory."""
     model, variables, x, _ = trained_mlp()
     site = bb.flax_site(model, variables, "Dense_0", x)
-    # Two tasks with other data of the same shape (two halves of the inputs, each with the
-    # network's own predictions as targets), both with a rule from one factory.
     tasks = []
     for name, part in (("first", x[:128]), ("second", x[128:])):
         logits = model.apply(variables, part)
         tasks.append(bb.Task.build(site, part, bb.rules.top1(np.argmax(logits, -1)), name=name))
+    return tasks
+
+
+def test_tasks_on_one_site_share_one_compiled_sampling_loop(monkeypatch):
+    tasks = _two_tasks_on_one_site()
     monkeypatch.setattr(programs, "trace_guard", lambda f: chex.assert_max_traces(f, n=1))
     programs.clear_cache()
     # The prior and β are arguments of the compiled loop too: another prior, no new program.
@@ -147,12 +152,7 @@ def test_a_second_task_on_one_site_compiles_nothing_for_exact_log_odds_and_p_cor
         monkeypatch):
     from jax import monitoring
 
-    model, variables, x, _ = trained_mlp()
-    site = bb.flax_site(model, variables, "Dense_0", x)
-    tasks = []
-    for name, part in (("first", x[:128]), ("second", x[128:])):
-        logits = model.apply(variables, part)
-        tasks.append(bb.Task.build(site, part, bb.rules.top1(np.argmax(logits, -1)), name=name))
+    tasks = _two_tasks_on_one_site()
     # From here every program is traced at most once (a retrace fails the chex guard) ...
     monkeypatch.setattr(programs, "trace_guard", lambda f: chex.assert_max_traces(f, n=1))
     programs.clear_cache()

@@ -204,7 +204,7 @@ def mean_field_optimum(post: Posterior, init: np.ndarray | None = None, tol: flo
         raise ValueError(f"mean_field_optimum needs an exact posterior (a table); "
                          f"{post.task!r} is {post.method}.")
     d = post.num_units
-    bits = ((np.arange(2 ** d)[:, None] >> np.arange(d)[None, :]) & 1).astype(np.float64)
+    bits = np.asarray(index_to_masks(jnp.arange(2 ** d), d), np.float64)
     p = np.asarray(post.prior, np.float64)
     log_prior = bits @ np.log(p) + (1 - bits) @ np.log1p(-p)
     f = post.log_probs - log_prior  # β · log-odds − log Z
