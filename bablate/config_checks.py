@@ -15,12 +15,16 @@ the run directory is touched.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from bablate.runs import ConfigError
 
+T = typing.TypeVar("T")
 Rule = Callable[[Any], str | None]  # the problem with a value, or None when it is fine
 _MISSING = object()
 
@@ -164,3 +168,53 @@ def parses(from_config: Callable[[Any], Any], config: Any) -> Any:
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         msg = " ".join(str(e).split())
         raise ConfigError(f"invalid config: {msg}") from e
+
+
+def build(cls: type[T], node: Mapping, *, skip: tuple[str, ...] = (), where: str = "config",
+          **given: Any) -> T:
+    """The frozen dataclass ``cls`` built by keyword from the ConfigDict ``node``.
+
+    Each field takes the key of the same name: a dataclass-typed field is built from the
+    sub-dict of that name, ``tuple[X, ...]`` fields from a list or tuple, and int / float / str /
+    bool fields are converted from the config's value; a field the node lacks keeps its default.
+    ``given`` supplies fields that do not come from the node (e.g. a model config computed from
+    the data). Keys of the node that no field names raise, so a renamed field cannot be ignored
+    silently; ``skip`` lists keys read elsewhere (e.g. ``study``, ``variant``).
+
+    Raises:
+      TypeError: a key names no field, or a field without default is missing (one line, with
+        the dotted path).
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(node.keys()) - names - set(skip) - set(given))
+    if unknown:
+        raise TypeError(f"{where}.{unknown[0]} is not a field of {cls.__name__} (fields: "
+                        f"{', '.join(sorted(names))}); rename the key or add the field")
+    kwargs = dict(given)
+    for f in dataclasses.fields(cls):
+        if f.name in given or f.name not in node:
+            continue
+        kwargs[f.name] = _convert(hints[f.name], node[f.name], f"{where}.{f.name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise TypeError(f"{where}: {e}") from None
+
+
+def _convert(kind: Any, value: Any, where: str) -> Any:
+    """``value`` as the annotated type ``kind`` (see :func:`build`)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        kind = next(a for a in args if a is not type(None))
+        return _convert(kind, value, where)
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value, where=where)
+    if origin is tuple:
+        item = args[0] if args else Any
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if kind in (int, float, str, bool):
+        return kind(value)
+    return value

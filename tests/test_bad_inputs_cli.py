@@ -601,3 +601,37 @@ def test_kill_9_mid_sweep_resumes_byte_identical(tmp_path):
         assert (sweep / m.name / "results.json").read_bytes() == (
             tmp_path / "clean" / m.name / "results.json").read_bytes()
         assert not list((sweep / m.name).rglob("*.tmp"))
+
+
+def test_config_build_by_keyword():
+    """config_checks.build: nested dataclasses by keyword; unknown keys and missing fields
+    raise one line naming the dotted path."""
+    import dataclasses
+
+    import ml_collections
+
+    from bablate import config_checks as cc
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        steps: int
+        rate: float = 0.1
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        inner: Inner
+        names: tuple[str, ...]
+        seed: int = 0
+        extra: int | None = None
+
+    node = ml_collections.ConfigDict({"inner": {"steps": 3.0}, "names": ["a", "b"],
+                                      "seed": 2, "study": "x"})
+    built = cc.build(Outer, node, skip=("study",))
+    assert built == Outer(Inner(3, 0.1), ("a", "b"), 2, None)
+    assert isinstance(built.inner.steps, int)
+    assert cc.build(Outer, node, skip=("study",), seed=7).seed == 7
+    node.inner.stpes = 1
+    with pytest.raises(TypeError, match=r"config\.inner\.stpes is not a field of Inner"):
+        cc.build(Outer, node, skip=("study",))
+    with pytest.raises(TypeError, match=r"config: .*missing.*'inner'"):
+        cc.build(Outer, ml_collections.ConfigDict({"names": []}))
