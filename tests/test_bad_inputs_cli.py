@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-import launch as launch_py
+from bablate import cli as bcli
 from bablate import runs, statefile, sweeps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,12 +50,12 @@ def cli(monkeypatch, capsys):
     def run(*args: str) -> tuple[int, str]:
         argv = ["launch.py", *args]
         monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads overrides from sys.argv
-        monkeypatch.setattr(launch_py, "setup_cpu_devices", lambda n: None)  # JAX is up
+        monkeypatch.setattr(bcli, "setup_cpu_devices", lambda n: None)  # JAX is up
         _reset_flags()
         capsys.readouterr()
         code = 0
         try:
-            launch_py.main(launch_py._parse_flags(argv))
+            bcli.main(bcli._parse_flags(argv))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         finally:
@@ -233,12 +233,12 @@ def test_list_and_tuple_fields_are_overridable(cli, tmp_path):
         old = sys.argv
         sys.argv = argv
         try:
-            launch_py._parse_flags(argv)
-            assert launch_py._CONFIG.value.densities == [1, 0.1], text
+            bcli._parse_flags(argv)
+            assert bcli._CONFIG.value.densities == [1, 0.1], text
         finally:
             sys.argv = old
             _reset_flags()
-    parser = launch_py._ListParser()
+    parser = bcli._ListParser()
     assert parser.parse("0.5") == [0.5] and parser.parse("a,b") == ["a", "b"]
     assert parser.parse("") == [] and parser.parse("['x', 2]") == ["x", 2]
     # A sweep member's list value travels to --jobs subprocesses as text and back unchanged.

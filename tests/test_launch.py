@@ -111,9 +111,26 @@ def test_cpu_devices_flag_sets_the_jax_device_count(flag, xla_count, expected):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if xla_count is not None:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={xla_count}"
-    code = (f"import launch; launch.setup_cpu_devices({flag}); import jax; "
+    code = (f"from bablate import cli; cli.setup_cpu_devices({flag}); import jax; "
             "print(jax.device_count())")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                          env=env, capture_output=True, text=True, timeout=120, check=True)
     cores = len(os.sched_getaffinity(0))
     assert int(out.stdout.split()[-1]) == (cores if expected == "cores" else expected)
+
+
+def test_python_m_bablate_runs_a_study_by_name_or_path(tmp_path, fake_config):
+    """``python -m bablate`` is launch.py: a config path works, and a bare study name resolves
+    to the study's own config file (a wrong name lists the studies)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "bablate", *a], cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=120, env=env)
+    proc = run(f"--config={FAKE}", "--config.seed=5", f"--workdir={tmp_path / 'w'}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["seed"] == 5
+    proc = run("--config=toy_superposition:no_such_variant")
+    assert proc.returncode == 2
+    assert "unknown variant 'no_such_variant'" in proc.stderr, proc.stderr
+    proc = run("--config=no_such_study")
+    assert proc.returncode == 2
+    assert "names no study" in proc.stderr and "toy_superposition" in proc.stderr, proc.stderr

@@ -50,7 +50,9 @@ CONFIG_RULES = {
     "mcmc_concepts": cc.integer(0), "mcmc_samples": cc.integer(1),
     "mcmc_warmup": cc.integer(0), "mcmc_chains": cc.integer(1),
     "pa_layers": cc.sequence(_LAYERS), "pa_tolerance": cc.number(0, low_open=True),
-    "pa_min_neurons": cc.integer(1), "intervention_layer": _LAYERS,
+    "pa_min_neurons": cc.integer(1), "pa_prose_k": cc.integer(1), "intervention_layer": _LAYERS,
+    "intervention_num_layers": cc.integer(1, 30), "intervention_positions": cc.integer(1),
+    "intervention_own_rows": cc.integer(1),
     "intervention_samples": cc.integer(1), "intervention_tokens": cc.integer(1),
     "temperature": cc.number(0, low_open=True), "neutral_prompts": cc.sequence(cc.text()),
     "ucd_chunks": cc.integer(1), "ucd_steps": cc.integer(1),
@@ -64,9 +66,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     unknown = [n for n in config.concepts if n not in known]
     cc.require(not unknown, f"config.concepts names unknown concepts {unknown}; available: "
                f"{', '.join(sorted(known))}")
-    cc.require(config.intervention_layer in config.pa_layers,
-               f"config.intervention_layer {config.intervention_layer} must be one of "
-               f"config.pa_layers {list(config.pa_layers)}")
+    # Templates are built at every intervention layer as well as at pa_layers, so the
+    # intervention layers need not be PA layers; they must exist in the model.
+    last = config.intervention_layer + config.intervention_num_layers - 1
+    cc.require(last <= 29, f"config.intervention_layer + intervention_num_layers - 1 = {last} "
+               "is past SmolLM2-135M's last layer (29); lower one of them")
     cc.parses(Config.from_config, config)
 
 
