@@ -1,20 +1,30 @@
-"""Figures and report text of the toy-superposition study."""
+"""Figures of the toy-superposition study: each draws the values it is given (the results
+records and the trained parameters) and computes no results.json value."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from bablate.models import toy  # noqa: E402
+from bablate.runs import RunContext  # noqa: E402
+
+from .config import StudyConfig  # noqa: E402
+
+Records = list[dict[str, Any]]
 
 REFERENCE_DIMS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8)
 REFERENCE_LABELS = ("1", "3/4", "2/3", "1/2", "2/5", "3/8")
 
 
-def _by_density(records, key, replicate=None):
+def by_density(records: Records, key: str,
+               replicate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Densities (descending) and the replicate-mean (or one replicate's) value of ``key``."""
     dens = sorted({r["density"] for r in records}, reverse=True)
     vals = []
@@ -39,7 +49,8 @@ def _pick(records, num):
     return [rs[i] for i in np.unique(np.linspace(0, len(rs) - 1, num).round().astype(int))]
 
 
-def fig_pentagon(cfg, params, dens_k, rep_k):
+def fig_pentagon(cfg: StudyConfig, params: toy.Params, dens_k: np.ndarray,
+                 rep_k: np.ndarray) -> Figure:
     """W columns in 2-D for every density (replicate 0)."""
     ks = [k for k in range(len(dens_k)) if rep_k[k] == 0]
     ncols = min(5, len(ks))
@@ -65,7 +76,8 @@ def fig_pentagon(cfg, params, dens_k, rep_k):
     return fig
 
 
-def fig_gram_bias(cfg, params, dens_k, rep_k):
+def fig_gram_bias(cfg: StudyConfig, params: toy.Params, dens_k: np.ndarray,
+                  rep_k: np.ndarray) -> Figure:
     """WᵀW (top) and the bias b (bottom) for every density (replicate 0)."""
     ks = [k for k in range(len(dens_k)) if rep_k[k] == 0]
     fig, axes = plt.subplots(2, len(ks), figsize=(1.9 * len(ks), 2.9), squeeze=False,
@@ -87,12 +99,12 @@ def fig_gram_bias(cfg, params, dens_k, rep_k):
     return fig
 
 
-def fig_norms(cfg, records):
+def fig_norms(cfg: StudyConfig, records: Records) -> Figure:
     """Features represented vs density, and ‖W_i‖ per feature and density."""
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 3.6))
     for r in records:
         a0.plot(r["density"], r["features_represented"], "o", color="C0", alpha=0.5)
-    dens, mean = _by_density(records, "features_represented")
+    dens, mean = by_density(records, "features_represented")
     a0.plot(dens, mean, "-", color="C0", label="mean over replicates")
     a0.axhline(cfg.spec.m_hidden, color="0.5", ls=":", label=f"m = {cfg.spec.m_hidden}")
     a0.set_xscale("log")
@@ -112,7 +124,7 @@ def fig_norms(cfg, records):
     return fig
 
 
-def fig_dims_per_feature(cfg, records):
+def fig_dims_per_feature(cfg: StudyConfig, records: Records) -> Figure:
     """m/‖W‖_F² vs 1/(1−S) with the paper's reference fractions and the 1 − S prediction."""
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.array([1 / r["density"] for r in records])
@@ -131,7 +143,7 @@ def fig_dims_per_feature(cfg, records):
     return fig
 
 
-def fig_feature_dimensionality(records):
+def fig_feature_dimensionality(records: Records) -> Figure:
     """D_i of every feature against 1/(1−S), with the fractions the paper sees clustering."""
     fig, ax = plt.subplots(figsize=(6, 4))
     rng = np.random.default_rng(0)
@@ -151,7 +163,7 @@ def fig_feature_dimensionality(records):
     return fig
 
 
-def fig_ablation_trends(records):
+def fig_ablation_trends(records: Records) -> Figure:
     """Polysemanticity, distributedness and total correlation of the AMDs vs density."""
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     rs = [r for r in records if r["polysemanticity_mean"] is not None]
@@ -162,20 +174,21 @@ def fig_ablation_trends(records):
     for ax, (key, label) in zip(axes, panels, strict=True):
         for r in rs:
             ax.plot(r["density"], r[key], "o", color="C0", alpha=0.5)
-        dens, mean = _by_density(rs, key)
+        dens, mean = by_density(rs, key)
         ax.plot(dens, mean, "-", color="C0")
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.set_xlabel("feature density 1 − S (sparser →)")
         ax.set_ylabel(label, fontsize=9)
-    dens, feats = _by_density(rs, "features_represented")
+    dens, feats = by_density(rs, "features_represented")
     axes[1].plot(dens, feats, "s--", color="C1", ms=3, label="features represented")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def fig_unit_importance(cfg, records, params, dens_k, rep_k):
+def fig_unit_importance(cfg: StudyConfig, records: Records, params: toy.Params,
+                        dens_k: np.ndarray, rep_k: np.ndarray) -> Figure:
     """WᵀW, Wᵀ and the unit-importance map (feature tasks × hidden units) at a few densities."""
     rs = _pick(records, 4)
     fig, axes = plt.subplots(len(rs), 3, figsize=(10, 2.6 * len(rs)), squeeze=False)
@@ -205,16 +218,16 @@ def fig_unit_importance(cfg, records, params, dens_k, rep_k):
     return fig
 
 
-def fig_code_geometry(cfg, records):
+def fig_code_geometry(cfg: StudyConfig, records: Records) -> Figure:
     """Spectrum exponent α (with the smooth-code threshold), participation ratio, energies."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    dens, alpha = _by_density(records, "alpha")
+    dens, alpha = by_density(records, "alpha")
     axes[0].plot(dens, alpha, "o-")
     axes[0].axhline(records[0]["smooth_code_threshold"], color="C3", ls="--",
                     label=f"1 + 2/d_in, d_in = {cfg.spec.n_features}")
     axes[0].set_ylabel(f"spectrum exponent α (ranks 1..{cfg.spec.m_hidden})")
     axes[0].legend(fontsize=8)
-    dens, pr = _by_density(records, "participation_ratio")
+    dens, pr = by_density(records, "participation_ratio")
     axes[1].plot(dens, pr, "o-")
     axes[1].axhline(cfg.spec.m_hidden, color="0.5", ls=":")
     axes[1].set_ylabel("participation ratio of hidden code")
@@ -222,7 +235,7 @@ def fig_code_geometry(cfg, records):
                         ("energy_circle_hidden", "circle, hidden", "C1"),
                         ("energy_ramp_output", "ramp, output", "C2"),
                         ("energy_circle_output", "circle, output", "C3")):
-        dens, e = _by_density(records, key)
+        dens, e = by_density(records, key)
         axes[2].plot(dens, e, "o-", color=c, label=lab, ms=3)
     axes[2].set_yscale("log")
     axes[2].set_ylabel("projection energy Σ‖r Δa‖² (T points)")
@@ -235,7 +248,10 @@ def fig_code_geometry(cfg, records):
     return fig
 
 
-def make_figures(ctx, cfg, records, params, dens_k, rep_k) -> None:
+def make_figures(ctx: RunContext, cfg: StudyConfig, records: Records, params: toy.Params,
+                 dens_k: np.ndarray, rep_k: np.ndarray) -> None:
+    """Writes every figure of the run (instance k has density ``dens_k[k]``, replicate
+    ``rep_k[k]``)."""
     spec = cfg.spec
     ctx.figure(fig_norms(cfg, records), "features_represented",
                "Left: features with ‖W_i‖ > 0.5 against density (points: replicates). Right: "
@@ -266,151 +282,3 @@ def make_figures(ctx, cfg, records, params, dens_k, rep_k) -> None:
                "Hidden-code geometry: power-law exponent α of the activation eigenspectrum "
                "against the smooth-code threshold, participation ratio, and random-projection "
                "energy along a ramp of feature 0 and a circle in the plane of features 0, 1.")
-
-
-def _fmt(v, digits=3):
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "–"
-    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-
-
-def _spearman(a, b) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def control_text(control: dict) -> str:
-    """One sentence on the initialisation control at the sparsest density."""
-    parts = []
-    for name, what in (("xavier", "the paper's xavier-normal start"),
-                       ("all_represented", "a start with all features represented "
-                                           "(‖W_i‖ = 1, b = −0.2)")):
-        counts = control[name]["features_represented"]
-        loss = np.asarray(control[name]["heldout_loss"])
-        parts.append(f"from {what}: {', '.join(str(c) for c in counts)} features "
-                     f"(held-out loss {loss.mean():.3g} ± {loss.std():.2g})")
-    x, r = (control[k] for k in ("xavier", "all_represented"))
-    more = np.mean(r["features_represented"]) > np.mean(x["features_represented"])
-    better = np.mean(r["heldout_loss"]) < np.mean(x["heldout_loss"])
-    if more and not better:
-        verdict = ("Starting with every feature represented keeps more of them but ends at a "
-                   "higher loss: the runs with more features do worse on the paper's own "
-                   "objective, so the lower count is not an artefact of the start")
-    elif more and better:
-        verdict = ("Starting with every feature represented keeps more of them at a lower "
-                   "loss: the paper's start leaves the optimiser short of the optimum here")
-    else:
-        verdict = ("Starting with every feature represented ends with no more of them: the "
-                   "count is set by the objective, not by the start")
-    return (f"Control at 1−S = {control['density']:.3g}, {control['seeds']} more seeds each, "
-            "same training: " + "; ".join(parts) + f". {verdict}.")
-
-
-def thresholds_text(results: dict, dens) -> str:
-    """Features represented at each ‖W_i‖ threshold, densest and sparsest (replicate means)."""
-    parts = []
-    ends = (("sparsest", dens[-1]),) if len(dens) == 1 else (("dense", dens[0]),
-                                                            ("sparsest", dens[-1]))
-    for name, d in ends:
-        at = results.get(f"features_represented_at_{name}", {})
-        parts.append(f"at 1−S = {d:.3g}: " + ", ".join(f"{v:.3g} above {t}"
-                                                      for t, v in at.items()))
-    return ("Features represented by threshold on ‖W_i‖ (the paper's bars have no cut-off; the "
-            "count at the sparse end depends on it): " + "; ".join(parts) + ".")
-
-
-def recipe_text(cfg) -> str:
-    """Which training recipe produced these numbers, and what the public notebook gives."""
-    t = cfg.train
-    used = ("the public notebook's" if (t.init, t.loss) == ("notebook", "mean") else
-            "the paper's (ours)" if (t.init, t.loss) == ("xavier", "sum") else "a mixed")
-    return (f"Recipe: {used} (train.init = {t.init!r}, train.loss = {t.loss!r}). The paper's "
-            "public notebook recipe (xavier on the stacked [instances, n, m] tensor, loss mean "
-            "over features) gives the same count at 1−S = 0.001 as ours (the `notebook` variant,"
-            " 8 seeds, 10,000 steps, measured: above 0.5 12–14 of 20, mean 12.8, vs ours 12–15,"
-            " mean 13.4; above 0.25 16.0 vs 16.5; above 0.1 17.1 vs 19.6), so the paper's 20→5"
-            " figure with nearly all 20 represented came from code that is not public.")
-
-
-def report_text(cfg, records, results) -> str:
-    """What reproduced and what did not, with numbers."""
-    keys = ("features_represented", "dims_per_feature", "alpha", "participation_ratio",
-            "polysemanticity_mean", "tasks_served_mean", "distributedness_mean",
-            "total_correlation_mean")
-    lines = ["## Per density (mean over replicates)", "",
-             "| 1−S | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    cols = {k: _by_density(records, k) for k in keys}
-    dens = cols[keys[0]][0]
-    for j, d in enumerate(dens):
-        lines.append(f"| {d:.3g} | " + " | ".join(_fmt(float(cols[k][1][j])) for k in keys)
-                     + " |")
-    lines += ["", "## What reproduced", ""]
-    n, m = cfg.spec.n_features, cfg.spec.m_hidden
-    f_dense, f_sparse = results["features_represented_dense"], results[
-        "features_represented_sparsest"]
-    # |x| needs two ReLU neurons per feature (ReLU(x) + ReLU(−x)), so a dense model keeps m/2.
-    kept = m // 2 if cfg.spec.kind == "relu_hidden" else m
-    single = len(dens) == 1  # e.g. the notebook variant: the sparse end only
-    if single:
-        lines.append(f"- Features represented (‖W_i‖ > 0.5): {f_sparse:.3g} of {n} at 1−S = "
-                     f"{dens[-1]:.3g} (mean over {cfg.num_replicates} seeds; per seed "
-                     + ", ".join(str(r["features_represented"]) for r in records) + ").")
-    else:
-        lines.append(f"- Features represented (‖W_i‖ > 0.5): {f_dense:.3g} of {n} at 1−S = "
-                     f"{dens[0]:.3g} (dense; expected: the top {kept}), {f_sparse:.3g} of {n} "
-                     f"at 1−S = {dens[-1]:.3g} (sparsest).")
-    lines.append("  - " + thresholds_text(results, dens))
-    lines.append("  - " + recipe_text(cfg))
-    if cfg.setting.startswith("20->5") or cfg.setting == "20->5":
-        ok_dense = abs(f_dense - m) <= 1
-        dense_part = ("" if single else "20→5 dense keeps ≈ 5: "
-                      + ("reproduced" if ok_dense else "NOT reproduced") + ". ")
-        verdict = "reproduced" if f_sparse >= 15 else "NOT reproduced"
-        lines.append(f"  - {dense_part}Sparsest ≥ 15 of 20: {verdict}"
-                     " (with I_i = 0.7^i the least important features gain too little from "
-                     "being represented to cross the 0.5 norm threshold).")
-        control = results.get("initialisation_control")
-        if control:
-            lines.append("  - " + control_text(control))
-    if m == 2:
-        # A pentagon: all five features represented, each with D_i = 2/5.
-        cut = dens[max(len(dens) * 2 // 3 - 1, 0)]
-        sparse = [r for r in records if r["density"] <= cut]
-        pent = [r for r in sparse if r["features_represented"] == n
-                and np.all(np.abs(np.array(r["feature_dimensionality"]) - 0.4) < 0.05)]
-        lines.append(f"- 5→2 pentagon (all {n} features represented, every D_i within 0.05 of "
-                     f"2/5) in {len(pent)} of {len(sparse)} instances with 1−S ≤ {cut:.3g}; the "
-                     "others keep 4 features as two antipodal pairs (D_i = 1/2) or fewer — "
-                     f"{'reproduced' if pent else 'not reproduced'}.")
-    dpf = np.array([r["dims_per_feature"] for r in records])
-    near_half = np.mean(np.abs(dpf - 0.5) < 0.1)
-    lines.append(f"- Dimensions per feature m/‖W‖_F² within 0.1 of 1/2 in {near_half:.0%} of "
-                 f"instances (range {dpf.min():.3g}–{dpf.max():.3g}); the coding-theory "
-                 "prediction 1 − S falls far below it at the sparse end.")
-    for key, what in (("polysemanticity_mean", "Polysemanticity of hidden units (effective "
-                                               "number of feature tasks each serves)"),
-                      ("tasks_served_mean", "Feature tasks per hidden unit (≥ 0.1 bits)"),
-                      ("distributedness_mean", "Distributedness of task codes"),
-                      ("total_correlation_mean", "Total correlation of task AMDs (bits)")):
-        d, v = _by_density(records, key)
-        ok = np.isfinite(v)
-        if ok.sum() < 2:
-            continue
-        rho = _spearman(-d[ok], v[ok])
-        trend = "rises" if rho > 0.5 else "falls" if rho < -0.5 else "shows no clear trend"
-        lines.append(f"- {what}: {v[ok][0]:.3g} at 1−S = {d[ok][0]:.3g}, {v[ok][-1]:.3g} at "
-                     f"1−S = {d[ok][-1]:.3g}; Spearman ρ with sparsity {rho:.2f} ({trend} with "
-                     "sparsity).")
-    if "mcmc_check" in results:
-        c = results["mcmc_check"]
-        lines.append(f"- Exact vs MCMC (1−S = {c['density']:.3g}, tasks {', '.join(c['tasks'])}):"
-                     f" max |marginal difference| = {c['max_marginal_diff']:.3f}.")
-    lines.append(f"- Task ε = {cfg.ablation.epsilon}: an output counts as correct when "
-                 f"|x'_i − target_i| < ε (why this value: see the config docstring); means over "
-                 "tasks use tasks with ≥ 0.1 bits of information (uninformative tasks are "
-                 "features the model does not represent).")
-    if cfg.spec.kind in ("relu_out", "linear"):
-        lines.append("- Note: the hidden basis of the tied models is not privileged (any "
-                     "rotation of W gives the same loss), so which hidden dimension serves which "
-                     "feature is arbitrary; the number of tasks each serves is what is compared.")
-    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""Toy models of superposition as a testbed: the hidden site and "feature i reconstructed" tasks.
+
+Everything takes plain arguments (a `toy.ToySpec`, a trained instance's params, ints and floats),
+so any study of toy models can build the same tasks:
+
+    task, p_intact = feature_task(spec, params, density=0.01, feature=3, key=key,
+                                  epsilon=0.25, num_positive=128, num_negative=128)
+    post = bb.infer(task, method="exact")
+
+Task definition: positives are draws of the data distribution conditioned on x_i ≠ 0, negatives
+conditioned on x_i = 0 (a balanced sensitivity/specificity estimate weighs both equally); the
+network is correct on an example when |x'_i − target_i| < ε (target = x, or |x| for the
+``relu_hidden`` model).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import bablate as bb
+from bablate.models import toy
+
+Params = toy.Params  # one instance's parameters (a dict of arrays)
+
+
+def readout(spec: toy.ToySpec, params: Params, feature: int) -> Callable[[jax.Array], jax.Array]:
+    """hidden [N, m] -> output x'_i [N] of one feature (the suffix after the hidden site)."""
+    if spec.kind == "relu_hidden":
+        w, b = params["W2"][feature, :], params["b"][feature]
+    else:
+        w, b = params["W"][:, feature], params["b"][feature]
+    relu = spec.kind != "linear"
+    return lambda h: jax.nn.relu(h @ w + b) if relu else h @ w + b
+
+
+def hidden_site(spec: toy.ToySpec, params: Params, feature: int) -> bb.Site:
+    """The m hidden units of one trained instance (the hidden dimensions, or the hidden ReLU
+    neurons of ``relu_hidden``), read out at feature ``feature``'s output."""
+    model, variables = spec.model(), {"params": params}
+    out_i = readout(spec, params, feature)
+    encode = lambda inputs: model.apply(variables, inputs, method="encode")
+    return bb.Site.from_functions("hidden", spec.m_hidden, prefix=encode,
+                                  suffix=lambda h, inputs: out_i(h))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "num_positive", "num_negative"))
+def task_inputs(spec: toy.ToySpec, params: Params, key: jax.Array, density: jax.Array,
+                feature: jax.Array, num_positive: int, num_negative: int
+                ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Inputs of a feature task (positives first), their hidden code, targets and outputs.
+
+    One compiled program serves every feature and instance of a setting (``feature`` and
+    ``density`` are traced).
+
+    Returns:
+      ``x [N, n]``, ``hidden [N, m]``, ``target_i [N]`` and the intact output ``x'_i [N]``,
+      N = num_positive + num_negative.
+    """
+    k_pos, k_neg = jax.random.split(key)
+    n = spec.n_features
+    x = jnp.concatenate([
+        toy.sample_conditioned(k_pos, num_positive, n, density, feature, True, spec.signed),
+        toy.sample_conditioned(k_neg, num_negative, n, density, feature, False, spec.signed)])
+    hidden = spec.model().apply({"params": params}, x, method="encode")
+    return x, hidden, spec.target(x)[:, feature], readout(spec, params, feature)(hidden)
+
+
+def feature_task(spec: toy.ToySpec, params: Params, density: float, feature: int,
+                 key: jax.Array, *, epsilon: float, num_positive: int,
+                 num_negative: int) -> tuple[bb.Task, float]:
+    """The task "feature i reconstructed" on the hidden site of one instance.
+
+    Args:
+      spec: the toy setting.
+      params: one trained instance (e.g. ``toy.unstack(params_K, k)``).
+      density: the feature density 1 − S the examples are drawn at.
+      feature: i, the feature whose reconstruction is scored.
+      key: draws the examples.
+      epsilon: an output is correct when |x'_i − target_i| < epsilon.
+      num_positive: examples with x_i ≠ 0 (first in the dataset).
+      num_negative: examples with x_i = 0.
+
+    Returns:
+      The task and P(correct) of the intact network (Beta(1,1)-smoothed, balanced).
+    """
+    if not 0 <= feature < spec.n_features:
+        raise ValueError(f"feature {feature} is out of range for a model with "
+                         f"{spec.n_features} features; pick one in 0..{spec.n_features - 1}.")
+    x, hidden, target, intact_out = task_inputs(spec, params, key, jnp.float32(density),
+                                                jnp.int32(feature), num_positive, num_negative)
+    positive = np.arange(x.shape[0]) < num_positive
+    site = hidden_site(spec, params, feature)
+    correct = lambda out, t: (jnp.abs(out - t) < epsilon).astype(jnp.float32)
+    rule = bb.rules.custom(correct, positive=positive, data=target, name=f"|x'-x|<{epsilon}")
+    # The intact check is done here so that each task compiles only its enumeration.
+    intact = float(bb.rules.p_correct_from(correct(intact_out, target), jnp.asarray(positive)))
+    task = bb.Task.build(site, x, rule, name=f"feature {feature}", activation=hidden,
+                         check_intact=False)
+    return task, intact
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "num_blocks", "block"))
+def heldout_loss(spec: toy.ToySpec, params: Params, key: jax.Array, density: jax.Array,
+                 num_blocks: int = 16, block: int = 65_536) -> jax.Array:
+    """The training objective of one instance on num_blocks × block fresh samples (the
+    last-chunk training loss is too noisy at high sparsity to compare instances)."""
+    def one(i):
+        x = toy.sample_features(jax.random.fold_in(key, i), block, spec.n_features, density,
+                                spec.signed)
+        return toy.weighted_mse(spec, params, x)
+    return jnp.mean(jax.lax.map(one, jnp.arange(num_blocks)))

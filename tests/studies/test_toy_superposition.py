@@ -1,0 +1,193 @@
+"""The toy-superposition study: its steps on hand-built codes, its typed config, and a smoke run
+of every config variant."""
+
+import dataclasses
+import importlib.util
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bablate import runs, toy_geometry
+from bablate.models import toy
+from bablate.studies import toy_superposition
+from bablate.studies.toy_superposition import ablation, geometry
+from bablate.studies.toy_superposition import config as study_config
+
+CONFIG_PATH = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "toy_superposition.py"
+
+
+def _config_module():
+    spec = importlib.util.spec_from_file_location("toy_superposition_config", CONFIG_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_of_a_hand_built_code():
+    # Features 0 and 1 share hidden dim 0 as an antipodal pair, feature 2 owns dim 1, feature 3
+    # is not represented. Each represented task needs exactly its own dim; dim 0 serves two
+    # tasks and dim 1 one.
+    spec = toy.ToySpec(4, 2, "relu_out", (1.0, 1.0, 1.0, 1.0))
+    params = {"W": jnp.array([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]),
+              "b": jnp.zeros((4,))}
+    ab = study_config.Ablation(
+        enabled=True, epsilon=0.1, num_positive=200, num_negative=200, method="exact",
+        feature_stride=1, num_densities=0,
+        mcmc_check=study_config.McmcCheck(enabled=False, num_samples=0, num_warmup=0, num_chains=0,
+                                    num_tasks=0))
+    abl = ablation.ablate_instance(spec, params, 0.05, ab, jax.random.key(5))
+    out = abl.values
+    ui = out["unit_importance"]
+    assert ui[0, 0] > 0.9 and ui[1, 0] > 0.9 and ui[2, 1] > 0.9
+    # Units a task's readout does not touch are exactly at the prior.
+    np.testing.assert_allclose([ui[0, 1], ui[1, 1], ui[2, 0]], 0.5, atol=1e-6)
+    np.testing.assert_allclose(ui[3], 0.5, atol=1e-6)
+    np.testing.assert_allclose(out["effective_tasks"], [2.0, 1.0], atol=0.05)
+    assert list(out["tasks_served"]) == [2, 1]
+    assert out["informative_tasks"] == 3
+    # One unit per task: the local end of distributedness (1/m).
+    np.testing.assert_allclose(out["distributedness_mean"], 0.5, atol=1e-6)
+    # The tasks and posteriors come back beside the values, never inside them.
+    assert len(abl.tasks) == len(abl.posts) == 4
+    assert all(isinstance(v, (int, float, list, np.ndarray)) for v in out.values())
+
+
+def _tiny(config, full: bool):
+    """Shrinks a variant to a 2-step smoke run with two densities and one or two tasks each.
+
+    ``full`` keeps the MCMC check and a second task per instance (one variant runs it; the
+    others skip it to keep the module short).
+    """
+    config.train.steps = 2
+    config.train.chunk_steps = 2
+    config.num_replicates = 1
+    if config.density_grid.num > 0:
+        config.density_grid.num = 2
+    else:
+        config.densities = [config.densities[0], config.densities[-1]]
+    config.control.num_seeds = 1 if full else 0
+    config.geometry.num_samples = 256
+    config.geometry.num_points = 11
+    config.geometry.num_projections = 2
+    a = config.ablation
+    a.num_positive = a.num_negative = 8
+    a.feature_stride = config.n_features // 2 if full else config.n_features
+    a.num_densities = 0 if full else 1
+    a.mcmc_check.enabled = full
+    a.mcmc_check.num_samples = 20
+    a.mcmc_check.num_warmup = 10
+    a.mcmc_check.num_chains = 1
+    a.mcmc_check.num_tasks = 1
+    return config
+
+
+@pytest.mark.parametrize("variant", [
+    pytest.param(v, marks=() if v == "quick" else pytest.mark.slow)
+    for v in _config_module().VARIANTS])
+def test_every_variant_runs(variant, tmp_path, monkeypatch):
+    monkeypatch.setenv("BABLATE_PROGRESS", "0")
+    module = _config_module()
+    full = variant == "quick"
+    config = _tiny(module.get_config(variant), full)
+    assert config.study == "toy_superposition" and config.variant == variant
+    assert runs.run_one(config, tmp_path) == "ran"
+    results = json.loads((tmp_path / "results.json").read_text())
+    recs = results["instances"]
+    assert len(recs) == 2
+    for key in ("setting", "density", "seed", "n_features", "m_hidden", "features_represented",
+                "dims_per_feature", "feature_dimensionality", "alpha", "participation_ratio",
+                "polysemanticity_mean", "distributedness_mean", "total_correlation_mean",
+                "unit_importance"):
+        assert key in recs[0], key
+    assert len(recs[0]["feature_dimensionality"]) == config.n_features
+    at = recs[0]["features_represented_at"]
+    assert list(at) == ["0.1", "0.25", "0.5"]
+    assert at["0.1"] >= at["0.25"] >= at["0.5"] == recs[0]["features_represented"]
+    assert (recs[1]["unit_importance"] is not None) == full
+    ui = np.array(recs[0]["unit_importance"])
+    assert ui.shape == (len(recs[0]["ablated_features"]), config.m_hidden)
+    assert np.all((ui >= 0) & (ui <= 1))
+    assert ("mcmc_max_marginal_diff" in results) == full
+    if full:
+        control = results["initialisation_control"]
+        assert control["density"] == min(r["density"] for r in recs)
+        for start in ("xavier", "all_represented"):
+            assert len(control[start]["features_represented"]) == 1
+            assert np.isfinite(control[start]["heldout_loss"]).all()
+    report = (tmp_path / "report.md").read_text()
+    assert "What reproduced" in report and "figures/dims_per_feature.png" in report
+    assert ("figures/w_columns_2d.png" in report) == (config.m_hidden == 2)
+    assert module.get_sweep(variant)[0] == {"seed": 0}
+
+
+def test_features_represented_at_thresholds():
+    norms = np.array([0.05, 0.1, 0.2, 0.3, 0.6, 1.2])
+    # Strictly above each threshold, as the 0.5 count of weight_geometry.
+    assert geometry.features_represented_at(norms) == {"0.1": 4, "0.25": 3, "0.5": 2}
+    w = np.zeros((2, 6))
+    w[0] = norms
+    assert (geometry.features_represented_at(np.linalg.norm(w, axis=0))["0.5"]
+            == toy_geometry.weight_geometry(w).features_represented)
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="variant"):
+        _config_module().get_config("nope")
+
+
+def test_typed_config_mirrors_the_config_dict():
+    c = _config_module().get_config("n5_m2")
+    cfg = study_config.from_config(c)
+    # Nested, by keyword, each level the ConfigDict's sub-dict.
+    assert cfg.ablation.mcmc_check.num_warmup == c.ablation.mcmc_check.num_warmup
+    assert cfg.train == toy.TrainConfig(**c.train.to_dict())
+    assert cfg.geometry.num_points == c.geometry.num_points
+    # The density grid is resolved into the densities the study runs.
+    assert cfg.densities == toy.densities_loglinear(c.density_grid.ratio, c.density_grid.num)
+    assert cfg.spec == toy.ToySpec(5, 2, "relu_out", toy.importance_geometric(5, 0.9))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1
+    # A config without a control section keeps the default (off).
+    del c["control"]
+    assert study_config.from_config(c).control.num_seeds == 0
+
+
+def test_misspelled_config_key_is_one_config_error_line():
+    c = _config_module().get_config("quick")
+    c.ablation.mcmc_check.num_taks = 2
+    with pytest.raises(runs.ConfigError,
+                       match=r"config\.ablation\.mcmc_check\.num_taks is not a field of McmcCheck"):
+        toy_superposition.validate(c)
+
+
+def test_config_values_that_cannot_work_are_refused():
+    c = _config_module().get_config("quick")
+    c.num_replicates = 10_000
+    with pytest.raises(runs.ConfigError, match="config.num_replicates = 10000 must be at most"):
+        toy_superposition.validate(c)
+    c = _config_module().get_config("quick")
+    c.ablation.mcmc_check.num_tasks = 0
+    with pytest.raises(runs.ConfigError, match="mcmc_check.num_tasks = 0 leaves the MCMC check"):
+        toy_superposition.validate(c)
+    c.ablation.mcmc_check.enabled = False  # no check, nothing to compare: fine
+    toy_superposition.validate(c)
+
+
+def test_replicate_keys_stay_below_the_named_streams():
+    # Training keys fold the replicate into the root key; validate caps the replicate count so
+    # no replicate reuses a named step's key.
+    streams = (toy_superposition.GEOMETRY_STREAM, toy_superposition.ABLATION_STREAM,
+               toy_superposition.MCMC_STREAM, toy_superposition.CONTROL_STREAM)
+    assert len(set(streams)) == len(streams)
+    assert study_config.MAX_REPLICATES < min(streams)
+
+
+def test_ablated_densities_spread_dense_to_sparse():
+    ab = study_config.from_config(_config_module().get_config("n100_m20")).ablation
+    assert ab.num_densities == 4
+    assert ablation.ablated_density_indices(20, ab) == {0, 6, 13, 19}
+    assert ablation.ablated_density_indices(3, ab) == {0, 1, 2}
