@@ -1,7 +1,8 @@
 """Toy models of superposition read with Bayesian ablation (Elhage et al. 2022; DESIGN.md §3).
 
-Config: ``experiments/toy_superposition.py`` (its docstring names the paper figures each variant
-reproduces, the commands and the expected numbers).
+Config: ``variants.py``, run with ``python -m bablate --config=toy_superposition:<variant>`` (its
+docstring names the paper figures each variant reproduces, the commands and the expected
+numbers).
 
 ``run(config, ctx)`` trains every (density × replicate) instance of one setting at once, measures
 its weight geometry (‖W_i‖, features represented, D_i, dimensions per feature) and code geometry

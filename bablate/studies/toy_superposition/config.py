@@ -1,6 +1,6 @@
 """The toy-superposition config: value rules, ``validate``, and the typed config of ``run``.
 
-``experiments/toy_superposition.py`` is the ConfigDict edge; `from_config` turns it into
+``variants.py`` is the ConfigDict edge; `from_config` turns it into
 `StudyConfig`, nested frozen dataclasses that mirror the ConfigDict key by key (built by
 keyword with `bablate.config_checks.build`, so a renamed or misspelled key raises).
 """
@@ -18,7 +18,7 @@ from bablate.models import toy
 # named key streams of run() sit at 10_000 and above; more replicates would reuse their keys.
 MAX_REPLICATES = 9_999
 
-# Every field of experiments/toy_superposition.py's config, checked before any work.
+# Every field of variants.py's config, checked before any work.
 CONFIG_RULES = {
     "seed": cc.integer(0), "setting": cc.text(),
     "model": cc.one_of("relu_out", "linear", "relu_hidden"),
