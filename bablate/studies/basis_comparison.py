@@ -602,10 +602,10 @@ def rnn_tasks(model, variables, w, words: tuple[str, ...], min_examples: int,
 def run_rnn(cfg: StudyConfig, ctx, key: jax.Array) -> dict:
     """The chunk study's RNN: chunk-continuation tasks read in neurons, SAE codes, a rotation."""
     from bablate.models import rnn
-    from bablate.studies import rnn_chunks
+    from bablate.testbeds import rnn as rnn_testbed
 
     rc = cfg.rnn
-    seq = rnn_chunks.make_sequence(rc.family, cfg.seed)
+    seq = rnn_testbed.make_sequence(rc.family, cfg.seed)
     model = rnn.RNNConfig(num_symbols=seq.num_symbols, hidden=rc.hidden, cell=rc.cell)
     saved = ctx.load_state("rnn_params")
     reuse = saved is not None
@@ -620,13 +620,13 @@ def run_rnn(cfg: StudyConfig, ctx, key: jax.Array) -> dict:
         variables = saved["variables"]
     variables = jax.tree.map(jnp.asarray, variables)
     # Dictionary fitted on hidden states of the training sequence; tasks on a held-out one.
-    fit_w = rnn_chunks.to_windows(seq, rc.window, rc.fit_tokens)
+    fit_w = rnn_testbed.to_windows(seq, rc.window, rc.fit_tokens)
     _, hidden = jax.jit(rnn.unroll_windows, static_argnums=0)(model, variables, fit_w.tokens)
     acts = np.asarray(hidden).reshape(-1, rc.hidden)
     bases, reports = fit_dictionaries(acts, rc.dictionaries, jax.random.fold_in(key, 1), ctx,
                                       "rnn", reuse)
-    test_seq = rnn_chunks.make_sequence(rc.family, cfg.seed + rnn_chunks.TEST_SEED_OFFSET)
-    w = rnn_chunks.to_windows(test_seq, rc.window, rc.windows * rc.window)
+    test_seq = rnn_testbed.make_sequence(rc.family, cfg.seed + rnn_testbed.TEST_SEED_OFFSET)
+    w = rnn_testbed.to_windows(test_seq, rc.window, rc.windows * rc.window)
     tasks = rnn_tasks(model, variables, w, seq.words, rc.min_examples, rc.max_tasks)
     if len(tasks) < 2:
         return {"network": "rnn", "skipped": f"only {len(tasks)} chunk task(s) with enough "

@@ -1,0 +1,33 @@
+"""Step 1a: the networks. Each seed's network is trained (or loaded from its checkpoint); its
+untrained counterpart is exactly the start that training begins from."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bablate.models import rnn
+from bablate.testbeds.rnn import Windows
+
+EVAL_WINDOWS = 30  # held-out windows for learning curves (a fixed count: one compile)
+
+
+def initial_variables(model: rnn.RNNConfig, key: jax.Array) -> dict:
+    """The untrained network: exactly the start ``rnn.train`` trains from with ``key`` (it
+    splits the key into (init, data))."""
+    k_init, _ = jax.random.split(key)
+    return rnn.init(model, k_init)
+
+
+def train_or_load(model: rnn.RNNConfig, train: rnn.TrainConfig, name: str,
+                  tokens: np.ndarray, test: Windows, key: jax.Array, ctx) -> tuple[dict, dict]:
+    """Trains the network ``name`` on ``tokens`` with ``key`` (or loads its checkpoint) →
+    (variables, history); the learning curve is read on the first held-out windows."""
+    saved = ctx.load_state(name)
+    if saved is not None:
+        return jax.tree.map(jnp.asarray, saved["variables"]), saved["history"]
+    variables, hist = rnn.train(model, train, tokens, key,
+                                eval_windows=test.tokens[:EVAL_WINDOWS], desc=f"train {name}")
+    ctx.save_state(name, {"variables": variables, "history": hist})
+    return variables, hist
