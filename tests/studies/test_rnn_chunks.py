@@ -12,7 +12,7 @@ from bablate.models import rnn
 from bablate.studies import rnn_chunks
 from bablate.studies.rnn_chunks import config as study_config
 from bablate.studies.rnn_chunks import training
-from experiments import rnn_chunks as rnn_config
+from bablate.studies.rnn_chunks import variants as rnn_config
 
 TINY = {"compare_seeds": 1, "train.steps": 20, "train.chunk": 20, "train.eval_every": 20,
         "dsc.max_tokens": 2000, "grafting.seeds": 2, "grafting.steps": 5,

@@ -24,10 +24,10 @@ for Interpretability" (arXiv 2502.01803) and reads the same networks with Bayesi
    correlation over units between the AMD importance π_i and the mutual information between
    unit i's DSC cluster id and "this step is a task step of chunk k"; averaged over chunks.
 
-Config: experiments/rnn_chunks.py (read into `config.StudyConfig`). Modules, one per step:
-`training` (networks), `dsc` (steps 1-2), `perturb` (3-4), `ablation` (5), `plots` (figures),
-`report` (report.md); the sequences, the hidden-unit site and the chunk tasks come from
-`bablate.testbeds.rnn`.
+Config: variants.py (``python -m bablate --config=rnn_chunks:<variant>``), read into
+`config.StudyConfig`. Modules, one per step: `training` (networks), `dsc` (steps 1-2),
+`perturb` (3-4), `ablation` (5), `plots` (figures), `report` (report.md); the sequences,
+the hidden-unit site and the chunk tasks come from `bablate.testbeds.rnn`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The study's typed config: nested frozen dataclasses mirroring experiments/rnn_chunks.py's
+"""The study's typed config: nested frozen dataclasses mirroring variants.py's
 ConfigDict (see that file for the meaning of each field), its checks, and its reading."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class AblationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-    """Typed settings of the study (see experiments/rnn_chunks.py for the meaning of each)."""
+    """Typed settings of the study (see variants.py for the meaning of each)."""
 
     seed: int
     family: str
@@ -90,7 +90,7 @@ class StudyConfig:
     ablation: AblationConfig
 
 
-# Every field of experiments/rnn_chunks.py's config, checked before any work.
+# Every field of variants.py's config, checked before any work.
 CONFIG_RULES = {
     "seed": cc.integer(0), "family": cc.one_of(*sequences.FAMILIES),
     "n_h": cc.integer(0), "n_draws": cc.integer(0),
