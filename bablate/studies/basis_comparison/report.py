@@ -1,70 +1,18 @@
-"""Figures, table and report text of the basis-comparison study."""
+"""The report.md text of the basis-comparison study: the table, verdicts and the LLM layer's
+reading, from the results and rows it is given."""
 
 from __future__ import annotations
 
 import math
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-COLUMNS = (  # (key in a row, header, format)
-    ("num_units", "units", "{:d}"),
-    ("informative_tasks", "tasks ≥0.1 bit", "{:d}"),
-    ("effective_units_mean", "effective units", "{:.2f}"),
-    ("distributedness_mean", "distributedness", "{:.3f}"),
-    ("total_correlation_mean", "TC (bits)", "{:.2f}"),
-    ("polysemanticity_mean", "tasks per unit", "{:.2f}"),
-    ("polysemanticity_weighted", "tasks per unit (info-weighted)", "{:.2f}"),
-    ("unit_task_mi_mean", "I(T;M_i) (bits)", "{:.3f}"),
-    ("top1_share", "info in top-1", "{:.2f}"),
-    ("top2_share", "info in top-2", "{:.2f}"),
-    ("top16_share", "info in top-16", "{:.2f}"),
-    ("top1_p_correct", "P(c) top-1 kept", "{:.2f}"),
-    ("p_correct_ablated_mean", "P(c) all ablated", "{:.2f}"),
-    ("fvu", "dict. FVU", "{:.3g}"),
-    ("l0", "dict. L0", "{:.2f}"),
-)
-PLOTTED = (("effective_units_mean", "effective units / task"),
-           ("distributedness_mean", "distributedness"),
-           ("total_correlation_mean", "total correlation (bits)"),
-           ("polysemanticity_mean", "effective tasks / unit"),
-           ("top1_share", "share of task info in top-1 unit"))
+from .config import StudyConfig
+from .reading import INFORMATIVE_BITS
+from .summary import COLUMNS
 
 
-def _networks(results: dict) -> list[tuple[str, str, dict]]:
-    """(key, label, record with "bases" and optional "dictionaries") per network read."""
-    out = []
-    for inst in results.get("toy", {}).get("instances", []):
-        out.append((f"toy_d{inst['density']:.3g}",
-                    f"{results['toy']['network']}, 1−S = {inst['density']:.3g}", inst))
-    for key in ("rnn", "llm"):
-        rec = results.get(key)
-        if rec and "bases" in rec:
-            out.append((key, rec["network"], rec))
-    return out
-
-
-def table_rows(results: dict) -> list[dict]:
-    """One row per (network, basis) with the compared means (NaN where undefined)."""
-    rows = []
-    for key, label, rec in _networks(results):
-        for basis, m in rec["bases"].items():
-            row = {"network_key": key, "network": label, "basis": basis}
-            for col, _, _ in COLUMNS:
-                row[col] = m.get(col, float("nan"))
-            rep = rec.get("dictionaries", {}).get(basis)
-            row["fvu"] = rep["fvu"] if rep else float("nan")
-            row["l0"] = rep["l0"] if rep else float("nan")
-            row["per_task"] = {k: m[k] for k in ("task_information", "effective_units",
-                                                 "unit_information")}
-            rows.append(row)
-    return rows
-
-
-def paired(row: dict, ref: dict, min_bits: float = 0.1) -> dict:
+def paired(row: dict, ref: dict, min_bits: float = INFORMATIVE_BITS) -> dict:
     """Locality of ``row``'s basis and of ``ref``'s on the tasks informative in both.
 
     Per-basis means run over the tasks that carry ≥ ``min_bits`` in that basis, which can be
@@ -93,6 +41,7 @@ def _fmt(v, fmt: str) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """The rows as a markdown table, one column per entry of ``COLUMNS``."""
     head = "| network | basis | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     sep = "|---|---|" + "---|" * len(COLUMNS)
     lines = [head, sep]
@@ -100,139 +49,6 @@ def markdown_table(rows: list[dict]) -> str:
         cells = [_fmt(r[c], f) for c, _, f in COLUMNS]
         lines.append(f"| {r['network']} | {r['basis']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def fig_metrics(rows: list[dict]):
-    """Grouped bars: each compared metric (columns) per network (rows), one bar per basis."""
-    nets = list(dict.fromkeys(r["network_key"] for r in rows))
-    labels = {r["network_key"]: r["network"] for r in rows}
-    fig, axes = plt.subplots(len(nets), len(PLOTTED), figsize=(3.0 * len(PLOTTED),
-                                                                2.4 * len(nets)), squeeze=False)
-    for i, net in enumerate(nets):
-        rs = [r for r in rows if r["network_key"] == net]
-        colors = plt.cm.tab10(np.arange(len(rs)))
-        for j, (key, title) in enumerate(PLOTTED):
-            ax = axes[i][j]
-            vals = np.array([r[key] if r[key] is not None else np.nan for r in rs], float)
-            ax.bar(range(len(rs)), vals, color=colors)
-            pos = vals[np.isfinite(vals) & (vals > 0)]
-            if key == "effective_units_mean" and pos.size and pos.max() > 20 * pos.min():
-                ax.set_yscale("log")  # bases of very different sizes
-            if not np.isfinite(vals).any():
-                ax.text(0.5, 0.5, "not available", ha="center", va="center",
-                        transform=ax.transAxes, fontsize=7, color="0.4")
-            ax.set_xticks(range(len(rs)), [r["basis"] for r in rs], rotation=30, fontsize=7)
-            if i == 0:
-                ax.set_title(title, fontsize=8)
-            if j == 0:
-                ax.set_ylabel(labels[net], fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def fig_information(rec: dict, title: str, max_units: int = 48):
-    """Heatmaps of unit information I_i(t) (tasks × units), one panel per basis.
-
-    Sites with more than ``max_units`` units show their ``max_units`` most informative units
-    (by total information over tasks), in that order.
-    """
-    bases = list(rec["bases"].items())
-    fig, axes = plt.subplots(1, len(bases), figsize=(3.2 * len(bases), 3.0), squeeze=False)
-    for ax, (name, m) in zip(axes[0], bases, strict=True):
-        info = np.asarray(m["unit_information"])
-        d = info.shape[1]
-        if d > max_units:
-            info = info[:, np.argsort(-info.sum(0), kind="stable")[:max_units]]
-            ax.set_title(f"{name} (top {max_units} of {d} units)", fontsize=8)
-            ax.set_xlabel("unit (by total information)")
-        else:
-            ax.set_title(f"{name} ({d} units)", fontsize=8)
-            ax.set_xlabel("unit")
-        im = ax.imshow(info, aspect="auto", cmap="magma", vmin=0)
-        ax.set_yticks(range(len(m["tasks"])), m["tasks"], fontsize=6)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def share_curve(unit_information_TxD, task_information, max_k: int) -> np.ndarray:
-    """Mean over informative tasks of the share of Σ_i I_i in the top-k units, k = 1..max_k."""
-    info = np.sort(np.asarray(unit_information_TxD, np.float64), axis=1)[:, ::-1]
-    keep = (np.asarray(task_information) >= 0.1) & (info.sum(1) > 0)
-    if not keep.any():
-        return np.full(max_k, np.nan)
-    cum = np.cumsum(info[keep], axis=1) / info[keep].sum(1, keepdims=True)
-    cum = np.concatenate([cum, np.ones((cum.shape[0], max(max_k - cum.shape[1], 0)))], axis=1)
-    return cum[:, :max_k].mean(0)
-
-
-def fig_share_curves(results: dict):
-    """Share of task information in the top-k units against k, per network and basis."""
-    nets = _networks(results)
-    fig, axes = plt.subplots(1, len(nets), figsize=(3.4 * len(nets), 2.8), squeeze=False)
-    for ax, (_, label, rec) in zip(axes[0], nets, strict=True):
-        for name, m in rec["bases"].items():
-            info = np.asarray(m["unit_information"])
-            ks = np.arange(1, info.shape[1] + 1)
-            ax.plot(ks, share_curve(info, m["task_information"], info.shape[1]), label=name)
-        ax.set_xscale("log")
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("k (most informative units)")
-        ax.set_title(label, fontsize=7)
-        ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("share of task information")
-    fig.tight_layout()
-    return fig
-
-
-def fig_recovery(instances: list[dict]):
-    """Max cosine of each true feature direction to the dictionary, per density."""
-    fig, axes = plt.subplots(1, len(instances), figsize=(4.0 * len(instances), 2.8),
-                             squeeze=False)
-    for ax, inst in zip(axes[0], instances, strict=True):
-        names = inst["true_directions"]
-        width = 0.8 / max(len(inst["recovery"]), 1)
-        for j, (dname, cos) in enumerate(inst["recovery"].items()):
-            ax.bar(np.arange(len(names)) + j * width, cos, width, label=dname)
-        ax.axhline(0.9, color="0.5", ls="--", lw=0.8)
-        ax.set_xticks(np.arange(len(names)), names, rotation=90, fontsize=6)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"1−S = {inst['density']:.3g}", fontsize=8)
-        ax.set_ylabel("max cosine to dictionary")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
-
-
-def make_figures(ctx, results: dict) -> None:
-    rows = table_rows(results)
-    if rows:
-        ctx.figure(fig_metrics(rows), "basis_metrics",
-                   "Per network (rows) and basis (bars): effective units per task, "
-                   "distributedness, total correlation, effective tasks per unit "
-                   "(polysemanticity) and the share of task information in the top unit; "
-                   "means over tasks carrying ≥ 0.1 bit.")
-        ctx.figure(fig_share_curves(results), "basis_share_curves",
-                   "Share of a task's information (Σ_i I_i) carried by its k most informative "
-                   "units, against k (mean over tasks carrying ≥ 0.1 bit): a curve that rises "
-                   "early is a local code.")
-    insts = results.get("toy", {}).get("instances", [])
-    if insts:
-        ctx.figure(fig_recovery(insts), "toy_recovery",
-                   "Toy |x| model: for each true hidden-layer feature direction ReLU(±W1_i), "
-                   "the max cosine similarity to a dictionary row (dashed: 0.9).")
-        sparsest = min(insts, key=lambda r: r["density"])
-        ctx.figure(fig_information(sparsest, f"toy, 1−S = {sparsest['density']:.3g}"),
-                   "toy_information",
-                   "Toy |x| model at its sparsest density: unit information I_i(t) (bits) of "
-                   "each feature task t over the units of each basis.")
-    for key in ("rnn", "llm"):
-        rec = results.get(key)
-        if rec and "bases" in rec:
-            ctx.figure(fig_information(rec, rec["network"]), f"{key}_information",
-                       f"{rec['network']}: unit information I_i(t) (bits) of each task over "
-                       "the units of each basis.")
 
 
 def _verdicts(rows: list[dict]) -> list[str]:
@@ -293,8 +109,8 @@ def _cmp(x, ref, lower: str, higher: str, same: str, rtol: float = 0.05) -> str:
     return lower if x < ref else higher
 
 
-def report_text(cfg, results: dict) -> str:
-    rows = table_rows(results)
+def report_text(cfg: StudyConfig, results: dict, rows: list[dict]) -> str:
+    """report.md (``rows``: :func:`summary.table_rows` of ``results``)."""
     parts = ["## Neurons vs a learned dictionary vs a random rotation",
              "Each task's ablation mask distribution is inferred in every basis of the same site "
              "(exact enumeration up to "

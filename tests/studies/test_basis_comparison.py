@@ -12,7 +12,9 @@ import pytest
 
 import bablate as bb
 from bablate import runs
-from bablate.studies import basis_comparison as bc
+from bablate.studies.basis_comparison import bases, config, reading
+from bablate.studies.basis_comparison import llm as llm_step
+from bablate.studies.basis_comparison import toy as toy_step
 from experiments.basis_comparison import get_config
 
 
@@ -76,11 +78,11 @@ def test_shared_enumeration_matches_per_task_exact():
 
     c = get_config("quick")
     c.toy.num_positive = c.toy.num_negative = 16
-    cfg = bc.StudyConfig.from_config(c)
-    spec = bc.toy_spec(cfg.toy)
+    cfg = config.from_config(c)
+    spec = toy_step.toy_spec(cfg.toy)
     params = toy.init_params(spec, jax.random.key(0))
-    tasks = bc.toy_tasks(spec, params, 0.3, cfg.toy, jax.random.key(1))[:3]
-    rotated = bc.rebase(tasks, bc.random_rotation(jax.random.key(2), spec.m_hidden))
+    tasks = toy_step.toy_tasks(spec, params, 0.3, cfg.toy, jax.random.key(1))[:3]
+    rotated = bases.rebase(tasks, bases.random_rotation(jax.random.key(2), spec.m_hidden))
     shared = bb.infer_many(rotated, "exact")  # one enumeration for the three tasks
     for task, post in zip(rotated, shared, strict=True):
         ref = bb.infer(task, method="exact")
@@ -88,7 +90,7 @@ def test_shared_enumeration_matches_per_task_exact():
         np.testing.assert_allclose(post.log_probs, ref.log_probs, atol=1e-5)
     # One network run for the three rules gives each task's own P(correct).
     masks = (np.random.default_rng(0).random((3, 4, spec.m_hidden)) < 0.5).astype(np.float32)
-    many = bc.p_correct_many(rotated, masks)
+    many = reading.p_correct_many(rotated, masks)
     for j, task in enumerate(rotated):
         np.testing.assert_allclose(many[j], task.p_correct(masks[j]), atol=1e-6)
 
@@ -99,14 +101,17 @@ def test_config_errors_are_clear():
     c = get_config("quick")
     c.toy.dictionary.methods = ""
     with pytest.raises(ValueError, match="dictionary.methods is empty"):
-        bc.StudyConfig.from_config(c)
+        config.from_config(c)
     c = get_config("llm")
-    cfg = bc.StudyConfig.from_config(c)
-    assert cfg.llm.enabled and not cfg.toy.enabled and cfg.llm.inference.method == "svi"
+    cfg = config.from_config(c)
+    assert cfg.llm.enabled and not cfg.toy.enabled
+    # The LLM layer is read by SVI, with the settings of experiments/basis_comparison.py.
+    assert cfg.llm.svi == config.SVIConfig(estimator="concrete", num_steps=80, num_particles=16,
+                                           learning_rate=0.15, temperature=0.5)
     assert cfg.llm.fit_concepts == cfg.llm.concepts  # () = fit on the task concepts
     c.llm.concepts = ("cheese",)
     with pytest.raises(ValueError, match="at least two concepts"):
-        bc.StudyConfig.from_config(c)
+        config.from_config(c)
 
 
 def test_llm_path_on_a_tiny_llama_with_svi():
@@ -135,23 +140,22 @@ def test_llm_path_on_a_tiny_llama_with_svi():
         site, inputs = llm.build_mlp_site(params, cfg, 0, prompts,
                                           targets=np.asarray(jnp.argmax(logits, -1)))
         tasks.append(bb.Task.build(site, inputs, llm.target_rule(), name=f"set{t}"))
-    sae, _ = dl.fit(bc.unique_rows(np.concatenate(acts)),
+    sae, _ = dl.fit(llm_step.unique_rows(np.concatenate(acts)),
                     dl.DictionaryConfig("sae_topk", 24, steps=60, top_k=3, chunk=60),
                     jax.random.key(1))
-    basis = bc.CenterUnitBasis.wrap(sae)
+    basis = bases.CenterUnitBasis.wrap(sae)
     assert basis.num_units == 25
     # Every unit ablated = the activation minus its reconstruction (the error term only).
     act = tasks[0].data["act"]
-    site = bc.rebase(tasks[:1], basis)[0].site
+    site = bases.rebase(tasks[:1], basis)[0].site
     masked = bb.mask_activation(act, jnp.zeros(25), 0.0, basis=basis)
     np.testing.assert_allclose(masked, act - sae.decode(sae.encode(act)), atol=1e-5)
     np.testing.assert_array_equal(bb.mask_activation(act, jnp.ones(25), 0.0, basis=basis), act)
     assert site.num_units == 25
 
-    icfg = bc.InferenceConfig(0, 0, 0, 0, method="svi", svi_steps=10, svi_particles=8,
-                              svi_lr=0.2)
-    out = bc.compare_bases(tasks, {"neuron": None, "sae_topk": basis}, icfg, jax.random.key(3),
-                           (1, 4), "tiny")
+    svi = config.SVIConfig(num_steps=10, num_particles=8, learning_rate=0.2)
+    out = reading.compare_bases(tasks, {"neuron": None, "sae_topk": basis}, svi,
+                                jax.random.key(3), (1, 4), "tiny")
     for name, d in (("neuron", cfg.mlp_width), ("sae_topk", 25)):
         m = out[name]
         assert m["method"] == "svi-concrete" and m["num_units"] == d
@@ -165,3 +169,45 @@ def test_llm_path_on_a_tiny_llama_with_svi():
         importance = np.asarray(out["sae_topk"]["unit_importance"][t])[:24]
         np.testing.assert_array_equal(importance[silent], 0.5)
         assert np.abs(importance[~silent] - 0.5).max() > 0.01
+
+
+def test_named_keys_are_the_fold_ins_the_study_has_always_used():
+    """The named keys equal the fold-in chains of the flat study, so results do not move."""
+    from bablate.studies.basis_comparison.keys import StudyKeys, rerun_key
+
+    root = jax.random.key(5)
+    keys = StudyKeys.from_root(root, num_densities=3)
+    f, data = jax.random.fold_in, jax.random.key_data
+    k_toy, k_rnn, k_llm = f(root, 1), f(root, 2), f(root, 3)
+    for k in range(3):
+        np.testing.assert_array_equal(data(keys.toy.train[k]), data(f(k_toy, k)))
+        inst = keys.toy.instances[k]
+        for j, got in enumerate((inst.fit, inst.tasks, inst.dictionary, inst.rotation,
+                                 inst.inference)):
+            np.testing.assert_array_equal(data(got), data(f(k_toy, 100 * (k + 1) + j)))
+    for net, k_net in ((keys.rnn, k_rnn), (keys.llm, k_llm)):
+        for j, got in enumerate((net.train, net.dictionary, net.rotation, net.inference,
+                                 net.stability)):
+            np.testing.assert_array_equal(data(got), data(f(k_net, j)))
+    np.testing.assert_array_equal(data(rerun_key(keys.llm.stability, 2, 1)),
+                                  data(f(f(k_llm, 4), 1000 * 3 + 1)))
+
+
+def test_the_study_imports_no_other_study():
+    import ast
+    from pathlib import Path
+
+    import bablate.studies.basis_comparison as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("bablate.studies"):
+                    assert name.startswith("bablate.studies.basis_comparison"), (path.name, name)
+        assert len(path.read_text().splitlines()) <= 400, path.name

@@ -1,0 +1,91 @@
+"""The chunk study's RNN (Wu et al., arXiv 2502.01803) with a tanh cell: chunk-continuation tasks
+read in neurons, sparse-autoencoder codes and a random rotation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import bablate as bb
+from bablate.models import rnn as rnn_model
+from bablate.runs import RunContext
+from bablate.testbeds.rnn import TEST_SEED_OFFSET, Windows, make_sequence, to_windows
+
+from .bases import NEURON, ROTATION, fit_dictionaries, random_rotation
+from .config import InferenceConfig, RNNConfig
+from .keys import NetworkKeys
+from .reading import compare_bases
+
+
+def rnn_tasks(model: rnn_model.RNNConfig, variables, w: Windows, words: tuple[str, ...],
+              min_examples: int, max_tasks: int) -> list[bb.Task]:
+    """One task per chunk (word of ≥ 2 symbols), all on one in-place site and one dataset.
+
+    As in the chunk study: predict x_{t+1} (top-1) where t+1 lies inside chunk k after its first
+    symbol. Hidden units are masked at every step of every window; the network runs once per mask
+    and each task reads its own positions.
+    """
+
+    def apply(inputs, ablate):
+        logp, _ = rnn_model.unroll_windows(model, variables, inputs, ablate=ablate)
+        return logp
+
+    site = bb.Site.in_place("hidden", model.hidden, apply)
+    inputs = jnp.asarray(w.tokens, jnp.int32)
+    nxt_id, nxt_pos = w.chunk_ids[:, 1:], w.chunk_pos[:, 1:]
+    tasks = []
+    for k, word in enumerate(words):
+        wi, ti = np.nonzero((nxt_id == k) & (nxt_pos >= 1))
+        if len(word) < 2 or len(wi) < min_examples:
+            continue
+        data = {"w": jnp.asarray(wi, jnp.int32), "t": jnp.asarray(ti, jnp.int32),
+                "y": jnp.asarray(w.tokens[wi, ti + 1], jnp.int32)}
+
+        def hard(logp, d):
+            return (jnp.argmax(logp[d["w"], d["t"]], axis=-1) == d["y"]).astype(jnp.float32)
+
+        tasks.append(bb.Task.build(site, inputs, bb.rules.custom(hard, data=data, name="top1"),
+                                   name=word, check_intact=False))
+        if len(tasks) == max_tasks:
+            break
+    return tasks
+
+
+def train_network(rc: RNNConfig, model: rnn_model.RNNConfig, tokens, ctx: RunContext,
+                  key: jax.Array) -> tuple[dict, bool]:
+    """The trained RNN's variables, and whether they were reloaded from the run's state."""
+    saved = ctx.load_state("rnn_params")
+    if saved is not None:
+        return jax.tree.map(jnp.asarray, saved["variables"]), True
+    ctx.log(f"rnn: training a {rc.cell} RNN (hidden {rc.hidden}) on {rc.family} for "
+            f"{rc.train_steps} steps")
+    tcfg = rnn_model.TrainConfig(steps=rc.train_steps, eval_every=0)
+    variables, _ = rnn_model.train(model, tcfg, tokens, key, desc="train rnn")
+    ctx.save_state("rnn_params", {"variables": variables})
+    return jax.tree.map(jnp.asarray, variables), False
+
+
+def run(rc: RNNConfig, seed: int, inference: InferenceConfig, top_k: tuple[int, ...],
+        ctx: RunContext, keys: NetworkKeys) -> dict:
+    """Trains (or reloads) the RNN, fits its dictionaries, compares the bases on its tasks."""
+    seq = make_sequence(rc.family, seed)
+    model = rnn_model.RNNConfig(num_symbols=seq.num_symbols, hidden=rc.hidden, cell=rc.cell)
+    variables, reuse = train_network(rc, model, seq.tokens, ctx, keys.train)
+    # Dictionary fitted on hidden states of the training sequence; tasks on a held-out one.
+    fit_w = to_windows(seq, rc.window, rc.fit_tokens)
+    _, hidden = jax.jit(rnn_model.unroll_windows, static_argnums=0)(model, variables,
+                                                                    fit_w.tokens)
+    acts = np.asarray(hidden).reshape(-1, rc.hidden)
+    bases, reports = fit_dictionaries(acts, rc.dictionaries, keys.dictionary, ctx, "rnn", reuse)
+    test_seq = make_sequence(rc.family, seed + TEST_SEED_OFFSET)
+    w = to_windows(test_seq, rc.window, rc.windows * rc.window)
+    tasks = rnn_tasks(model, variables, w, seq.words, rc.min_examples, rc.max_tasks)
+    if len(tasks) < 2:
+        return {"network": "rnn", "skipped": f"only {len(tasks)} chunk task(s) with enough "
+                "examples; raise rnn.windows."}
+    all_bases = {NEURON: None, ROTATION: random_rotation(keys.rotation, rc.hidden), **bases}
+    metrics = compare_bases(tasks, all_bases, inference, keys.inference, top_k, "rnn")
+    accuracy = rnn_model.accuracy(model, variables, w.tokens)
+    return {"network": f"{rc.cell} RNN, hidden {rc.hidden} ({rc.family})",
+            "accuracy": accuracy, "dictionaries": reports, "bases": metrics}

@@ -1,0 +1,1 @@
+from bablate.studies.llm_concepts import load_concepts  # noqa: F401
