@@ -15,7 +15,7 @@ from bablate import runs
 from bablate.studies.basis_comparison import bases, config, reading
 from bablate.studies.basis_comparison import llm as llm_step
 from bablate.studies.basis_comparison import toy as toy_step
-from experiments.basis_comparison import get_config
+from bablate.studies.basis_comparison.variants import get_config
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_config_errors_are_clear():
     c = get_config("llm")
     cfg = config.from_config(c)
     assert cfg.llm.enabled and not cfg.toy.enabled
-    # The LLM layer is read by SVI, with the settings of experiments/basis_comparison.py.
+    # The LLM layer is read by SVI, with the settings of the study's variants.py.
     assert cfg.llm.svi == config.SVIConfig(estimator="concrete", num_steps=80, num_particles=16,
                                            learning_rate=0.15, temperature=0.5)
     assert cfg.llm.fit_concepts == cfg.llm.concepts  # () = fit on the task concepts

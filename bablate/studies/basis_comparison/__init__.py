@@ -31,8 +31,8 @@ center (its reconstruction at all-zero codes, most of the activation there) is o
 (:class:`~.bases.CenterUnitBasis`), so that every basis is read against the same all-ablated
 baseline.
 
-Config: ``experiments/basis_comparison.py`` (variants quick, toy, rnn, llm, full). Steps:
-:mod:`.toy`, :mod:`.rnn`, :mod:`.llm` (one per network; each fits its dictionaries with
+Config: ``variants.py`` (``--config=basis_comparison:<variant>``: quick, toy, rnn, llm,
+full). Steps: :mod:`.toy`, :mod:`.rnn`, :mod:`.llm` (one per network; each fits its dictionaries with
 :mod:`.bases` and reads its tasks in every basis with :mod:`.reading`), then :mod:`.summary`
 (the headline scalars), :mod:`.plots` and :mod:`.report`.
 """

@@ -1,6 +1,6 @@
 """The basis-comparison study's config: its rules and its typed form.
 
-``experiments/basis_comparison.py`` builds the ConfigDict; :func:`validate` checks every value
+``variants.py`` builds the ConfigDict; :func:`validate` checks every value
 before any work and :func:`from_config` turns it into :class:`StudyConfig`, nested frozen
 dataclasses that mirror the ConfigDict key for key (built by keyword with
 :func:`bablate.config_checks.build`).
@@ -25,7 +25,7 @@ def _dictionary_rules(prefix: str) -> dict:
             f"{prefix}.batch_size": cc.optional(cc.integer(1))}
 
 
-# Every field of experiments/basis_comparison.py's config, checked before any work.
+# Every field of variants.py's config, checked before any work.
 CONFIG_RULES = {
     "seed": cc.integer(0), "top_k": cc.sequence(cc.integer(1), min_len=1),
     "inference.max_exact": cc.integer(0), "inference.mcmc.num_samples": cc.integer(1),
