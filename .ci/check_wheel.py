@@ -17,6 +17,7 @@ import importlib.metadata
 import importlib.resources
 import io
 import json
+import os
 import pkgutil
 import re
 import subprocess
@@ -103,15 +104,32 @@ def check_readme_example(clone: Path) -> None:
 
 
 def check_cli(installed: Path) -> None:
-    if not (installed / "__main__.py").exists():
-        print("--  python -m bablate: the package has no __main__.py yet; not checked")
-        return
-    proc = subprocess.run([sys.executable, "-m", "bablate", "--help"], capture_output=True,
-                          text=True, timeout=300)
+    """``python -m bablate`` from the installed package: a study by name (its config file ships
+    with the package), a refused variant, and a small end-to-end run with its report."""
+    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bablate", *args], capture_output=True,
+                              text=True, timeout=timeout, env={**os.environ,
+                                                               "BABLATE_PROGRESS": "0"})
+
+    proc = run("--config=toy_superposition:no_such_variant")
+    if proc.returncode != 2 or "unknown variant 'no_such_variant'" not in proc.stderr:
+        fail(f"python -m bablate --config=toy_superposition:no_such_variant: exit "
+             f"{proc.returncode}, stderr {proc.stderr.strip()[-300:]!r}")
+    workdir = Path.cwd() / "tiny-toy"
+    proc = run("--config=toy_superposition:quick", "--config.densities=1,0.1",
+               "--config.train.steps=250", "--config.control.num_seeds=0",
+               "--config.ablation.mcmc_check.enabled=False", "--config.geometry.num_samples=512",
+               "--config.ablation.num_positive=32", "--config.ablation.num_negative=32",
+               f"--workdir={workdir}")
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        fail(f"python -m bablate --help exited {proc.returncode}: {last}")
-    print("ok  python -m bablate --help")
+        fail(f"python -m bablate (a small toy_superposition run) exited {proc.returncode}: {last}")
+    results = json.loads((workdir / "results.json").read_text())
+    figures = sorted(p.name for p in (workdir / "figures").glob("*.png"))
+    if not results or not figures or not (workdir / "report.md").is_file():
+        fail(f"the small toy run left results {sorted(results)[:5]}, figures {figures}")
+    print(f"ok  python -m bablate --config=toy_superposition:quick (small overrides): "
+          f"{len(results)} results, {len(figures)} figures, report.md")
 
 
 def main() -> None:

@@ -32,9 +32,9 @@ center (its reconstruction at all-zero codes, most of the activation there) is o
 baseline.
 
 Config: ``variants.py`` (``--config=basis_comparison:<variant>``: quick, toy, rnn, llm,
-full). Steps: :mod:`.toy`, :mod:`.rnn`, :mod:`.llm` (one per network; each fits its dictionaries with
-:mod:`.bases` and reads its tasks in every basis with :mod:`.reading`), then :mod:`.summary`
-(the headline scalars), :mod:`.plots` and :mod:`.report`.
+full). Steps: :mod:`.toy`, :mod:`.rnn`, :mod:`.llm` (one per network; each fits its
+dictionaries with :mod:`.bases` and reads its tasks in every basis with :mod:`.reading`), then
+:mod:`.summary` (the headline scalars), :mod:`.plots` and :mod:`.report`.
 """
 
 from __future__ import annotations
