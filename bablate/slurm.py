@@ -13,8 +13,10 @@ no accounting database.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import io
 import logging
 import shutil
 import subprocess
@@ -105,12 +107,25 @@ class SlurmLauncher:
         executor = self.executor(workdir / LOG_DIR, f"bablate-{workdir.name}")
         jobs = {}
         try:
-            with executor.batch():  # one sbatch call: a job array
-                for m in pending:
-                    mdir = workdir / m.name
-                    mdir.mkdir(parents=True, exist_ok=True)
-                    jobs[m.name] = (m, executor.submit(subprocess.call, job_command(
-                        command_for(m, mdir), mdir / "console.txt")))
+            submitted = []
+            try:
+                # One sbatch call (a job array). submitit prints sbatch's complaint to stderr
+                # before raising; it is kept for the one-line error instead.
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                    for m in pending:
+                        mdir = workdir / m.name
+                        mdir.mkdir(parents=True, exist_ok=True)
+                        submitted.append((m, executor.submit(subprocess.call, job_command(
+                            command_for(m, mdir), mdir / "console.txt"))))
+            except submitit.core.utils.UncompletedJobError as e:
+                from bablate import runs
+
+                lines = [ln.strip(" '\"") for ln in str(e).splitlines() if ln.strip(" '\"")]
+                why = lines[-1].removeprefix("sbatch: error: ") if lines else type(e).__name__
+                raise runs.RunError(
+                    f"sbatch refused the sweep's jobs ({why}); check "
+                    "the --slurm_* flags against the cluster (sinfo lists its partitions)") from e
+            jobs = {m.name: (m, job) for m, job in submitted}
             for m, job in jobs.values():
                 log(f"{m.name}: submitted as SLURM job {job.job_id} (log: {job.paths.stdout})")
             last_queue = 0.0

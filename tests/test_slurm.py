@@ -284,8 +284,23 @@ def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, 
         len(log1) + len(log2):]
     assert sorted(p.name for p in (workdir / "slurm").glob("*_submitted.pkl")) == sorted(
         f"{j}_submitted.pkl" for j in (*first[NAMES[0]], *killed, *second))
-    print(f"SLURM sweep: run 1 (submit 2, cancel 1) {t1 - t0:.1f} s, run 2 (resubmit 1) "
+    print(f"SLURM sweep: run 1 (submit 2, kill 1) {t1 - t0:.1f} s, run 2 (resubmit 1) "
           f"{t2 - t1:.1f} s, run 3 (nothing to submit) {t3 - t2:.1f} s", file=sys.stderr)
+
+
+def test_a_partition_the_cluster_lacks_is_one_line(slurm_cluster, tmp_path):
+    """sbatch's refusal becomes the usual one-line error (exit 2); nothing is submitted."""
+    workdir = tmp_path / "sweep"
+    proc = subprocess.run([*_sweep_command(workdir), "--slurm_partition=nosuch"], cwd=REPO,
+                          env=slurm_cluster, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    # The sweep's first log line, then the error as one line.
+    assert len(lines) == 2 and "0 already finished, 2 to run" in lines[0], lines
+    assert lines[1] == ("error: sbatch refused the sweep's jobs (Batch job submission failed: "
+                        "Invalid partition name specified); check the --slurm_* flags against "
+                        "the cluster (sinfo lists its partitions)"), lines
+    assert not list((workdir / "slurm").glob("*_submitted.pkl"))
 
 
 def test_run_sweep_books_what_a_launcher_reports(tmp_path, fake_config):
