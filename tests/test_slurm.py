@@ -288,18 +288,23 @@ def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, 
           f"{t2 - t1:.1f} s, run 3 (nothing to submit) {t3 - t2:.1f} s", file=sys.stderr)
 
 
-def test_a_partition_the_cluster_lacks_is_one_line(slurm_cluster, tmp_path):
+@pytest.mark.parametrize("flag,why", [
+    ("--slurm_partition=nosuch", "Invalid partition name specified"),
+    # This cluster has no GPUs: the request reaches sbatch, which refuses it.
+    ("--slurm_gpus_per_node=1", "Invalid generic resource (gres) specification"),
+])
+def test_what_the_cluster_cannot_give_is_one_line(flag, why, slurm_cluster, tmp_path):
     """sbatch's refusal becomes the usual one-line error (exit 2); nothing is submitted."""
     workdir = tmp_path / "sweep"
-    proc = subprocess.run([*_sweep_command(workdir), "--slurm_partition=nosuch"], cwd=REPO,
+    proc = subprocess.run([*_sweep_command(workdir), flag], cwd=REPO,
                           env=slurm_cluster, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     # The sweep's first log line, then the error as one line.
     assert len(lines) == 2 and "0 already finished, 2 to run" in lines[0], lines
-    assert lines[1] == ("error: sbatch refused the sweep's jobs (Batch job submission failed: "
-                        "Invalid partition name specified); check the --slurm_* flags against "
-                        "the cluster (sinfo lists its partitions)"), lines
+    assert lines[1].startswith("error: sbatch refused the sweep's jobs ("), lines
+    assert lines[1].endswith(f"{why}); check the --slurm_* flags against the cluster (sinfo "
+                             "lists its partitions)"), lines
     assert not list((workdir / "slurm").glob("*_submitted.pkl"))
 
 
