@@ -4,6 +4,8 @@
     python -m bablate --config=rnn_chunks:quick --config.seed=3
     python -m bablate --config=experiments/rnn_chunks.py:quick --config.seed=3
     python -m bablate --config=toy_superposition:quick --sweep --jobs 2
+    python -m bablate --config=toy_superposition:quick --sweep --launcher=slurm \
+        --slurm_gpus_per_node=1 --slurm_time=120     # one SLURM job per member (bablate[slurm])
 
 ``launch.py`` at the top of a clone is the same program. ``--config`` takes a config file
 (``path.py[:variant]``) or a study's name (``<study>[:variant]``: the study's own config file,
@@ -78,6 +80,23 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "JAX CPU devices to split masks and MCMC chains over (default: one per "
     "core, or the count XLA_FLAGS forces); 1 = a single device. Results do not depend on it "
     "beyond float rounding.")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "slurm"],
+                              "Where sweep members run: local (this machine, --jobs at a time) "
+                              "or slurm (one SLURM job each, through submitit).")
+_SLURM_PARTITION = flags.DEFINE_string("slurm_partition", None, "SLURM partition for sweep "
+                                       "members (default: the cluster's default partition).")
+_SLURM_TIME = flags.DEFINE_integer("slurm_time", 60, "Time limit of each member's SLURM job, "
+                                   "in minutes.")
+_SLURM_GPUS = flags.DEFINE_integer("slurm_gpus_per_node", 0, "GPUs for each member's SLURM "
+                                   "job (0: none).")
+_SLURM_CPUS = flags.DEFINE_integer("slurm_cpus_per_task", None, "CPU cores for each member's "
+                                   "SLURM job (default: the cluster's default).")
+_SLURM_MEM = flags.DEFINE_float("slurm_mem_gb", None, "Memory of each member's SLURM job in GB "
+                                "(default: the cluster's default).")
+_SLURM_PARALLEL = flags.DEFINE_integer("slurm_array_parallelism", None, "How many members' "
+                                       "SLURM jobs run at once (default: all).")
+_SLURM_FLAGS = (_SLURM_PARTITION, _SLURM_TIME, _SLURM_GPUS, _SLURM_CPUS, _SLURM_MEM,
+                _SLURM_PARALLEL)
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
                                "(one process per host of a TPU pod or multi-GPU job).")
 
@@ -213,6 +232,11 @@ def main(argv: list[str]) -> None:
         _die("--jobs only applies to sweeps; add --sweep or drop --jobs")
     if _MULTIHOST.value and _SWEEP.value:
         _die("--multihost runs one study across hosts; launch each sweep member as its own job")
+    launcher = _slurm_launcher() if _LAUNCHER.value == "slurm" else None
+    if launcher is None:
+        given = [f"--{f.name}" for f in _SLURM_FLAGS if flags.FLAGS[f.name].present]
+        if given:
+            _die(f"{given[0]} only applies with --launcher=slurm; add it or drop {given[0]}")
     if _CPU_DEVICES.value is not None and _CPU_DEVICES.value < 1:
         _die(f"--cpu_devices must be at least 1 (got {_CPU_DEVICES.value}); leave it out for one "
              "device per core")
@@ -255,7 +279,8 @@ def main(argv: list[str]) -> None:
             runs.run_one(config, workdir, overwrite=_OVERWRITE.value, writer=writer)
             return
         out = sweeps.run_sweep(_sweep_members(config), workdir, jobs=_JOBS.value,
-                               overwrite=_OVERWRITE.value, command_for=_member_command)
+                               overwrite=_OVERWRITE.value, command_for=_member_command,
+                               launcher=launcher)
     except runs.RunError as e:
         _die(_message(e))
     except KeyboardInterrupt:
@@ -268,6 +293,31 @@ def main(argv: list[str]) -> None:
         print(f"error: {len(out['failed'])} sweep run(s) failed: {', '.join(out['failed'])}; "
               "see their log.txt / console.txt", file=sys.stderr)
         sys.exit(1)
+
+
+def _slurm_launcher():
+    """The SLURM launcher the --slurm_* flags describe; bad input ends the program (exit 2)."""
+    from bablate import slurm
+
+    if not _SWEEP.value:
+        _die("--launcher=slurm submits the members of a sweep; add --sweep (a single run is "
+             "submitted with your own sbatch script running python -m bablate)")
+    if _JOBS.value > 1:
+        _die("--jobs applies to --launcher=local; with --launcher=slurm use "
+             "--slurm_array_parallelism to bound how many members run at once")
+    for flag, least in ((_SLURM_TIME, 1), (_SLURM_GPUS, 0), (_SLURM_CPUS, 1),
+                        (_SLURM_PARALLEL, 1)):
+        if flag.value is not None and flag.value < least:
+            _die(f"--{flag.name} must be at least {least} (got {flag.value})")
+    if _SLURM_MEM.value is not None and not _SLURM_MEM.value > 0:
+        _die(f"--slurm_mem_gb must be a positive number of GB (got {_SLURM_MEM.value})")
+    missing = slurm.missing_requirement()
+    if missing:
+        _die(missing)
+    return slurm.SlurmLauncher(
+        partition=_SLURM_PARTITION.value, time_min=_SLURM_TIME.value,
+        gpus_per_node=_SLURM_GPUS.value, cpus_per_task=_SLURM_CPUS.value,
+        mem_gb=_SLURM_MEM.value, array_parallelism=_SLURM_PARALLEL.value)
 
 
 def setup_cpu_devices(n: int | None) -> int | None:

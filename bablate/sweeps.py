@@ -3,8 +3,8 @@
 Each dict maps dotted config keys to values (``{"seed": 1, "model.hidden": 24}``). A member runs
 in ``<workdir>/<name>`` where the name is made from its overrides (``seed=1,model.hidden=24``),
 so rerunning a sweep finds the same directories: finished members are skipped, unfinished ones
-are redone (see `bablate.runs`). Members run one after another in this process, or ``jobs`` at
-a time in subprocesses.
+are redone (see `bablate.runs`). Members run one after another in this process, ``jobs`` at
+a time in subprocesses, or as jobs of a cluster (`bablate.slurm`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -173,7 +174,8 @@ def _last_line(path: Path) -> str:
 
 def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: int = 1,
               overwrite: bool = False,
-              command_for: Callable[[Member, Path], list[str]] | None = None) -> dict:
+              command_for: Callable[[Member, Path], list[str]] | None = None,
+              launcher: Callable | None = None) -> dict:
     """Runs every member of a sweep, skipping finished ones.
 
     Args:
@@ -183,7 +185,11 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
         runs in a subprocess given by ``command_for(member, member_workdir)`` (its output goes
         to ``<member_workdir>/console.txt``).
       overwrite: redo every member from scratch.
-      command_for: builds a member's subprocess command line; required when ``jobs > 1``.
+      command_for: builds a member's subprocess command line; required when ``jobs > 1`` or
+        with a ``launcher``.
+      launcher: runs the members elsewhere instead (``jobs`` is then unused), e.g. a
+        `bablate.slurm.SlurmLauncher`: called as ``launcher(pending, workdir, command_for, log)``,
+        it yields ``(member, exit code or None, message)`` as each member's command ends.
 
     Returns:
       ``{"ran": [names], "skipped": [names], "failed": {name: message}}``.
@@ -194,8 +200,8 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
     """
     if jobs < 1:
         raise runs.RunError(f"jobs must be at least 1, got {jobs}")
-    if jobs > 1 and command_for is None:
-        raise ValueError("run_sweep needs command_for to run members in parallel")
+    if (jobs > 1 or launcher is not None) and command_for is None:
+        raise ValueError("run_sweep needs command_for to run members in subprocesses or jobs")
     workdir = Path(workdir)
     runs.check_workdir(workdir)
     single = [f for f in (runs.CONFIG_FILE, runs.RESULTS_FILE) if (workdir / f).exists()]
@@ -210,10 +216,11 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
         except runs.ConfigError as e:
             raise runs.ConfigError(f"sweep member {m.name}: {e}") from e
     with runs.run_lock(workdir):  # one sweep per directory at a time
-        return _run_sweep_locked(members, workdir, jobs, overwrite, command_for)
+        return _run_sweep_locked(members, workdir, jobs, overwrite, command_for, launcher)
 
 
-def _run_sweep_locked(members, workdir: Path, jobs: int, overwrite: bool, command_for) -> dict:
+def _run_sweep_locked(members, workdir: Path, jobs: int, overwrite: bool, command_for,
+                      launcher) -> dict:
     runs.atomic_write_json(workdir / SWEEP_FILE, {
         "members": [{"name": m.name, "overrides": m.overrides} for m in members]})
     log = _SweepLog(workdir / SWEEP_LOG)
@@ -231,13 +238,18 @@ def _run_sweep_locked(members, workdir: Path, jobs: int, overwrite: bool, comman
         else:
             pending.append(m)
     log(f"sweep of {len(members)} runs in {workdir}: {len(out['skipped'])} already finished, "
-        f"{len(pending)} to run" + (f" ({jobs} at a time)" if jobs > 1 else ""))
+        f"{len(pending)} to run" + (f" ({jobs} at a time)" if jobs > 1 and launcher is None
+                                    else ""))
     for name, msg in out["failed"].items():
         log(f"{name}: {msg}")
 
     done_before = len(out["skipped"]) + len(out["failed"])
     with progress.bar(total=len(members), initial=done_before, desc="sweep", unit="run") as bar:
-        if jobs == 1:
+        if launcher is not None:
+            for m, code, message in launcher(pending, workdir, command_for, log):
+                _record_exit(m, code, message, workdir, out, log)
+                bar.update(1)
+        elif jobs == 1:
             for m in pending:
                 log(f"{m.name}: running")
                 try:
@@ -313,21 +325,41 @@ def _run_parallel(pending, workdir, jobs, command_for, out, log, bar) -> None:
             for proc in [p for p in running if p.poll() is not None]:
                 m, slot = running.pop(proc)
                 free.append(slot)
-                if proc.returncode == 0:
-                    ran = runs.is_finished(runs.config_to_dict(m.config), workdir / m.name)
-                    out["ran"].append(m.name) if ran else out["skipped"].append(m.name)
-                    log(f"{m.name}: done")
-                else:
-                    msg = _last_line(workdir / m.name / CONSOLE_FILE) or f"exit {proc.returncode}"
-                    out["failed"][m.name] = msg
-                    log(f"{m.name}: failed (exit {proc.returncode}): {msg}; "
-                        f"see {workdir / m.name / CONSOLE_FILE}")
+                _record_exit(m, proc.returncode, "", workdir, out, log)
                 bar.update(1)
     finally:
         for proc in running:  # interrupted: do not leave orphans running
             proc.terminate()
         for proc in running:
             proc.wait()
+
+
+def _record_exit(m: Member, code: int | None, where: str, workdir: Path, out: dict,
+                 log: Callable[[str], None]) -> None:
+    """Books a member whose command ended with exit ``code`` (None: it did not run to the end;
+    ``where`` then says why); ``where`` also names where it ran (e.g. a SLURM job)."""
+    at = f" ({where})" if where and code is not None else ""
+    if code == 0:
+        ran = runs.is_finished(runs.config_to_dict(m.config), workdir / m.name)
+        out["ran"].append(m.name) if ran else out["skipped"].append(m.name)
+        log(f"{m.name}: done{at}")
+    elif code is None:
+        out["failed"][m.name] = where
+        log(f"{m.name}: failed: {where}")
+    else:
+        console = workdir / m.name / CONSOLE_FILE
+        # A killed member's last line is whatever it was doing; the signal says more.
+        msg = (f"killed by {_signal_name(-code)}" if code < 0 else None) or _last_line(
+            console) or f"exit {code}"
+        out["failed"][m.name] = msg
+        log(f"{m.name}: failed{at} (exit {code}): {msg}; see {console}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _is_seed_key(key: str) -> bool:

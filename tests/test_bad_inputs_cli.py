@@ -7,6 +7,7 @@ finished afterwards.
 """
 
 import errno
+import importlib.util
 import json
 import os
 import pickle
@@ -151,6 +152,23 @@ CLI_CASES = [
      "--cpu_devices must be at least 1", 2),
     ("multihost-sweep", [f"--config={FAKE}", "--multihost", "--sweep"],
      "--multihost runs one study across hosts", 2),
+    ("launcher-slurm-without-sweep", [f"--config={FAKE}", "--launcher=slurm"],
+     "--launcher=slurm submits the members of a sweep; add --sweep", 2),
+    ("launcher-slurm-with-jobs", [f"--config={FAKE}", "--sweep", "--launcher=slurm", "--jobs=2"],
+     "--jobs applies to --launcher=local; with --launcher=slurm use --slurm_array_parallelism",
+     2),
+    ("launcher-unknown", [f"--config={FAKE}", "--sweep", "--launcher=k8s"],
+     "--launcher=k8s: value should be one of <local|slurm>", 2),
+    ("slurm-flag-without-launcher", [f"--config={FAKE}", "--sweep", "--slurm_partition=gpu"],
+     "--slurm_partition only applies with --launcher=slurm; add it or drop --slurm_partition",
+     2),
+    ("slurm-time-zero", [f"--config={FAKE}", "--sweep", "--launcher=slurm", "--slurm_time=0"],
+     "--slurm_time must be at least 1 (got 0)", 2),
+    ("slurm-gpus-negative", [f"--config={FAKE}", "--sweep", "--launcher=slurm",
+                             "--slurm_gpus_per_node=-1"],
+     "--slurm_gpus_per_node must be at least 0 (got -1)", 2),
+    ("slurm-mem-zero", [f"--config={FAKE}", "--sweep", "--launcher=slurm", "--slurm_mem_gb=0"],
+     "--slurm_mem_gb must be a positive number of GB (got 0.0)", 2),
     ("workdir-is-a-file", [f"--config={FAKE}", "--workdir={file}"], "is a file; pass --workdir",
      2),
     ("workdir-under-a-file", [f"--config={FAKE}", "--workdir={file}/run"], "is a file", 2),
@@ -224,6 +242,27 @@ def test_cli_bad_input(case, args, message, code, cli, tmp_path):
     # Refused before any work: no run directory at all (or, for a sweep, no member ran).
     assert not (workdir / "config.json").exists()
     assert_nothing_finished(workdir)
+
+
+def test_slurm_launcher_without_submitit_or_sbatch_is_one_line(cli, monkeypatch, tmp_path):
+    """--launcher=slurm names the missing piece and its fix before anything is submitted."""
+    workdir = tmp_path / "sweep"
+    args = (f"--config={FAKE}", "--sweep", "--launcher=slurm", f"--workdir={workdir}")
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "submitit", None)  # as if not installed: find_spec gives None
+        code, err = cli(*args)
+    assert code == 2
+    assert_one_line(err, "--launcher=slurm needs submitit; install it with pip install "
+                    "'bablate[slurm]'")
+    if importlib.util.find_spec("submitit") is None:
+        pytest.skip("submitit is not installed; the sbatch check comes after it")
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no sbatch, srun or squeue
+    code, err = cli(*args)
+    assert code == 2
+    assert_one_line(err, "--launcher=slurm needs SLURM's sbatch on PATH; run the sweep on a "
+                    "machine that submits to the cluster (a login node) or use --launcher=local")
+    assert not workdir.exists()
 
 
 def test_list_and_tuple_fields_are_overridable(cli, tmp_path):

@@ -1,0 +1,198 @@
+"""Sweep members as SLURM jobs, through submitit (the optional extra ``bablate[slurm]``).
+
+Each pending member becomes one job (the members of a sweep are one job array) that runs the
+member's own command line, the one ``--jobs`` would run in a subprocess, with its output in
+``<member>/console.txt``. A member's run directory, resume and failure semantics are therefore
+those of a local sweep; the sweep directory must be on a file system the compute nodes share.
+submitit's own files (submission scripts, pickles, job logs) go to ``<sweep dir>/slurm/``.
+
+A job that ends without its result (cancelled, timed out, killed for memory) is noticed through
+``squeue`` as well as submitit's ``sacct`` watcher, so sweeps also finish on clusters that keep
+no accounting database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+LOG_DIR = "slurm"
+# Job states after which a job will not run again (squeue's long names). PREEMPTED is left out:
+# a preempted job may be requeued.
+_ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+          "BOOT_FAIL", "DEADLINE"}
+
+
+def missing_requirement() -> str | None:
+    """Why this process cannot submit to SLURM (submitit or SLURM's commands missing), as the
+    end of a sentence naming the fix; None when it can."""
+    # find_spec, not import: submitit configures logging when imported.
+    if importlib.util.find_spec("submitit") is None:
+        return ("--launcher=slurm needs submitit; install it with pip install 'bablate[slurm]' "
+                "(or pip install submitit)")
+    for command in ("sbatch", "srun", "squeue"):
+        if shutil.which(command) is None:
+            return (f"--launcher=slurm needs SLURM's {command} on PATH; run the sweep on a "
+                    "machine that submits to the cluster (a login node) or use --launcher=local")
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmLauncher:
+    """Runs sweep members as SLURM jobs; pass it to `bablate.sweeps.run_sweep` as ``launcher``.
+
+    Attributes:
+      partition: the partition to submit to (None: the cluster's default).
+      time_min: each member's time limit in minutes.
+      gpus_per_node: GPUs per member (0: none requested).
+      cpus_per_task: CPU cores per member (None: the cluster's default).
+      mem_gb: memory per member in GB (None: the cluster's default).
+      array_parallelism: how many members run at once (None: all of them).
+      poll_s: seconds between checks for finished jobs.
+      queue_poll_s: seconds between ``squeue`` calls.
+    """
+
+    partition: str | None = None
+    time_min: int = 60
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    array_parallelism: int | None = None
+    poll_s: float = 1.0
+    queue_poll_s: float = 5.0
+
+    def executor(self, folder: Path, name: str):
+        """A submitit executor with these resources, writing its files to ``folder``."""
+        import submitit
+
+        # submitit logs every sacct call; without accounting each one warns. Our log says what
+        # matters (submitted, done, failed).
+        logging.getLogger("submitit").setLevel(logging.ERROR)
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params = {"name": name, "timeout_min": self.time_min,
+                  # Members write their own progress to console.txt; no bars in files.
+                  "slurm_setup": ["export BABLATE_PROGRESS=0"]}
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        if self.gpus_per_node:
+            params["gpus_per_node"] = self.gpus_per_node
+        if self.cpus_per_task is not None:
+            params["cpus_per_task"] = self.cpus_per_task
+        if self.mem_gb is not None:
+            params["mem_gb"] = self.mem_gb
+        if self.array_parallelism is not None:
+            params["slurm_array_parallelism"] = self.array_parallelism
+        executor.update_parameters(**params)
+        return executor
+
+    def __call__(self, pending: Sequence, workdir: Path,
+                 command_for: Callable[[object, Path], list[str]],
+                 log: Callable[[str], None]) -> Iterator[tuple[object, int | None, str]]:
+        """Submits ``pending`` members and yields ``(member, exit code, message)`` as each job
+        ends: the member command's exit code (message: the job id), or None when the job ended
+        without running it to the end (message: why, with the job's log file)."""
+        import submitit
+
+        if not pending:
+            return
+        workdir = Path(workdir).resolve()
+        executor = self.executor(workdir / LOG_DIR, f"bablate-{workdir.name}")
+        jobs = {}
+        try:
+            submitted = []
+            try:
+                # One sbatch call (a job array). submitit prints sbatch's complaint to stderr
+                # before raising; it is kept for the one-line error instead.
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                    for m in pending:
+                        mdir = workdir / m.name
+                        mdir.mkdir(parents=True, exist_ok=True)
+                        submitted.append((m, executor.submit(subprocess.call, job_command(
+                            command_for(m, mdir), mdir / "console.txt"))))
+            except submitit.core.utils.UncompletedJobError as e:
+                from bablate import runs
+
+                lines = [ln.strip(" '\"") for ln in str(e).splitlines() if ln.strip(" '\"")]
+                why = lines[-1].removeprefix("sbatch: error: ") if lines else type(e).__name__
+                raise runs.RunError(
+                    f"sbatch refused the sweep's jobs ({why}); check "
+                    "the --slurm_* flags against the cluster (sinfo lists its partitions)") from e
+            jobs = {m.name: (m, job) for m, job in submitted}
+            for m, job in jobs.values():
+                log(f"{m.name}: submitted as SLURM job {job.job_id} (log: {job.paths.stdout})")
+            last_queue = 0.0
+            while jobs:
+                time.sleep(self.poll_s)
+                states = None  # None: squeue not asked (or no answer) this round
+                if time.monotonic() - last_queue >= self.queue_poll_s:
+                    last_queue = time.monotonic()
+                    states = queue_states([job.job_id for _, job in jobs.values()])
+                for name, (m, job) in list(jobs.items()):
+                    # A job squeue no longer lists has ended (and been forgotten).
+                    state = None if states is None else states.get(job.job_id, "GONE")
+                    if not (_has_result(job) or state in _ENDED or state == "GONE"):
+                        continue
+                    del jobs[name]
+                    yield (m, *_outcome(job, state, submitit))
+        finally:
+            for _, job in jobs.values():  # interrupted: cancel what is still queued or running
+                job.cancel(check=False)
+
+
+def job_command(command: list[str], console: Path) -> list[str]:
+    """``command`` with its output to ``console`` (as a local subprocess member's)."""
+    return ["/bin/sh", "-c", 'exec "$@" >"$0" 2>&1', str(console), *command]
+
+
+def queue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """``{job id: state}`` from ``squeue`` for the jobs (``123`` or array tasks ``123_4``) that
+    SLURM still lists; None when squeue gives no answer (then nothing is concluded)."""
+    bases = sorted({str(j).split("_")[0] for j in job_ids})
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i %T",
+                               "-j", ",".join(bases)], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        # Jobs that ended long ago are forgotten: squeue calls their ids invalid.
+        return {} if "Invalid job id" in proc.stderr else None
+    states = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def _has_result(job) -> bool:
+    """Whether the job wrote its result (as submitit's ``done``, without its sacct call)."""
+    folder = job.paths.folder
+    try:  # refreshes a network file system's view of the folder
+        folder.chmod(folder.stat().st_mode)
+    except OSError:
+        pass
+    return job.paths.result_pickle.exists()
+
+
+def _outcome(job, state: str | None, submitit) -> tuple[int | None, str]:
+    """A finished job's member exit code and a message naming the job (and its log);
+    ``state`` is squeue's last word on it, if any."""
+    where = f"SLURM job {job.job_id}"
+    if state not in (None, "COMPLETED", "GONE") and not _has_result(job):
+        # Killed by SLURM (cancelled, out of time or memory): no result will come.
+        return None, f"{where} ended {state} before the run finished; see {job.paths.stderr}"
+    try:  # waits a little for a result a network file system has not shown yet
+        code = job.result()
+    except submitit.core.utils.UncompletedJobError as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        return None, f"{where} ended without finishing ({first}); see {job.paths.stderr}"
+    return int(code), where
