@@ -7,49 +7,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import bablate as bb
 from bablate.models import rnn as rnn_model
 from bablate.runs import RunContext
-from bablate.testbeds.rnn import TEST_SEED_OFFSET, Windows, make_sequence, to_windows
+from bablate.testbeds.rnn import (
+    TEST_SEED_OFFSET,
+    chunk_tasks,
+    hidden_site,
+    make_sequence,
+    to_windows,
+)
 
 from .bases import NEURON, ROTATION, fit_dictionaries, random_rotation
 from .config import InferenceConfig, RNNConfig
 from .keys import NetworkKeys
 from .reading import compare_bases
-
-
-def rnn_tasks(model: rnn_model.RNNConfig, variables, w: Windows, words: tuple[str, ...],
-              min_examples: int, max_tasks: int) -> list[bb.Task]:
-    """One task per chunk (word of ≥ 2 symbols), all on one in-place site and one dataset.
-
-    As in the chunk study: predict x_{t+1} (top-1) where t+1 lies inside chunk k after its first
-    symbol. Hidden units are masked at every step of every window; the network runs once per mask
-    and each task reads its own positions.
-    """
-
-    def apply(inputs, ablate):
-        logp, _ = rnn_model.unroll_windows(model, variables, inputs, ablate=ablate)
-        return logp
-
-    site = bb.Site.in_place("hidden", model.hidden, apply)
-    inputs = jnp.asarray(w.tokens, jnp.int32)
-    nxt_id, nxt_pos = w.chunk_ids[:, 1:], w.chunk_pos[:, 1:]
-    tasks = []
-    for k, word in enumerate(words):
-        wi, ti = np.nonzero((nxt_id == k) & (nxt_pos >= 1))
-        if len(word) < 2 or len(wi) < min_examples:
-            continue
-        data = {"w": jnp.asarray(wi, jnp.int32), "t": jnp.asarray(ti, jnp.int32),
-                "y": jnp.asarray(w.tokens[wi, ti + 1], jnp.int32)}
-
-        def hard(logp, d):
-            return (jnp.argmax(logp[d["w"], d["t"]], axis=-1) == d["y"]).astype(jnp.float32)
-
-        tasks.append(bb.Task.build(site, inputs, bb.rules.custom(hard, data=data, name="top1"),
-                                   name=word, check_intact=False))
-        if len(tasks) == max_tasks:
-            break
-    return tasks
 
 
 def train_network(rc: RNNConfig, model: rnn_model.RNNConfig, tokens, ctx: RunContext,
@@ -80,7 +51,11 @@ def run(rc: RNNConfig, seed: int, inference: InferenceConfig, top_k: tuple[int, 
     bases, reports = fit_dictionaries(acts, rc.dictionaries, keys.dictionary, ctx, "rnn", reuse)
     test_seq = make_sequence(rc.family, seed + TEST_SEED_OFFSET)
     w = to_windows(test_seq, rc.window, rc.windows * rc.window)
-    tasks = rnn_tasks(model, variables, w, seq.words, rc.min_examples, rc.max_tasks)
+    # As in the chunk study (the same builder): one top-1 task per chunk of >= 2 symbols, all
+    # on one in-place site and one dataset, so the network runs once per mask for every task.
+    tasks = chunk_tasks(hidden_site(model, variables), w, seq.words,
+                        min_examples=rc.min_examples, rule="top1", max_tasks=rc.max_tasks,
+                        check_intact=False)
     if len(tasks) < 2:
         return {"network": "rnn", "skipped": f"only {len(tasks)} chunk task(s) with enough "
                 "examples; raise rnn.windows."}
