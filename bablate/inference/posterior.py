@@ -7,6 +7,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -133,7 +134,7 @@ class Posterior:
                              "density per draw (only MCMC does).")
         return self.log_density.reshape(c, -1)
 
-    def to_arviz(self):
+    def to_arviz(self) -> Any:
         """The draws as an ``arviz.InferenceData`` (needs the ``arviz`` extra).
 
         The posterior group holds ``mask`` with dims ``(chain, draw, unit)``; sample stats hold
