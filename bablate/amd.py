@@ -5,6 +5,11 @@
 
 so that log P(mask | task, correct) = log prior(mask) + β · log-odds(mask) − log Z, a Boltzmann
 distribution over the hypercube (DESIGN §1). The paper's setting is prior 0.5, β = 1.
+
+The AMD is written once: :func:`model` is the numpyro model (prior and β traced arguments, from
+:func:`amd_args`; :func:`amd_model` is the same model taking them as numbers) and
+:func:`log_joint_from` the batched density that exact enumeration, the MCMC kernel and the
+stock sampler's scoring evaluate (:func:`log_density` is it for :func:`model`'s arguments).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpyro
 import numpyro.distributions as dist
 from jax.typing import ArrayLike
 
-from bablate.tasks import Task
+from bablate.tasks import Task, TaskSet
 
 MASK_SITE = "mask"
 
@@ -134,7 +139,7 @@ def log_prior_of(masks: jax.Array, log_prior_2xD: jax.Array) -> jax.Array:
     return masks @ log_prior_2xD[0] + (1.0 - masks) @ log_prior_2xD[1]
 
 
-def log_joint_from(likelihood: Task | Any, data: Any, masks: jax.Array,
+def log_joint_from(likelihood: Task | TaskSet, data: Any, masks: jax.Array,
                    log_prior_2xD: jax.Array, beta: float | jax.Array, smooth: bool = False
                    ) -> jax.Array:
     """The one batched density: log prior(mask) + β · log-odds(mask), unnormalised.
