@@ -6,8 +6,11 @@ task, mask)^β tells which sets of units a trained network uses to get a task ri
     import bablate as bb
     site = bb.Site.from_functions("hidden", d, prefix, suffix)   # or bb.flax_site(...)
     task = bb.Task.build(site, inputs, bb.rules.top1(targets))
-    post = bb.infer(task, method="exact")                        # or "mcmc", "svi"
+    post = bb.infer(task, method="exact")                        # or "mcmc"/"svi" with key=
     bb.metrics.summarize(post).distributedness
+    task_set = bb.TaskSet.build(site, inputs, {"a": rule_a, "b": rule_b})
+    posts = bb.infer_many(task_set, "auto", key=jax.random.key(0))  # exact if d <= 16
+    bb.metrics.summarize_tasks(posts).as_dict()                  # per task, means, polysemanticity
     bb.report(posts, "out")                                      # figures + report.md
 """
 
@@ -17,14 +20,14 @@ from bablate.flax_sites import flax_site, list_sites, nnx_site, run_with_cache
 from bablate.inference import FlipKernel, Posterior, exact, infer, infer_many, mcmc, svi
 from bablate.plot import report
 from bablate.sites import Basis, Site, mask_activation
-from bablate.tasks import Rule, Task
+from bablate.tasks import Rule, Task, TaskSet
 
 progress.quiet_jax_backend_probe()  # before JAX starts a backend (it does so lazily)
 
 __version__ = "0.1.0"  # the one version source; pyproject.toml reads it
 
 __all__ = [
-    "Basis", "FlipKernel", "Posterior", "Rule", "Site", "Task", "amd_model", "exact",
+    "Basis", "FlipKernel", "Posterior", "Rule", "Site", "Task", "TaskSet", "amd_model", "exact",
     "flax_site", "infer", "infer_many", "list_sites", "log_joint", "make_model",
     "mask_activation", "mcmc", "metrics", "nnx_site", "plot", "report", "rules",
     "run_with_cache", "svi",

@@ -29,12 +29,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from bablate import rules
 from bablate.models import llama
 from bablate.models.llama import Interventions, LlamaConfig
 from bablate.sites import Basis, Site, ablation_value
-from bablate.tasks import Rule, site_outputs
+from bablate.tasks import Rule, outputs_evaluator
 
 KINDS = ("heads", "neurons", "resid")
 ABLATIONS = ("zero", "mean")
@@ -411,22 +412,18 @@ def target_rule(name: str = "top1") -> Rule:
                         soft_fn=lambda out, _: jnp.exp(out[:, 1]), name=name)
 
 
-def evaluate_masks(site: Site, inputs: dict, masks_MxD, key: jax.Array | None = None
+def evaluate_masks(site: Site, inputs: dict, masks_MxD: ArrayLike, key: jax.Array | None = None
                    ) -> jax.Array:
     """The site's outputs for a few masks, ``[M, ...]`` (direct, no task needed).
 
     Next-token logits ``[M, N, vocab]`` for the mask-aware sites of :func:`build_site` and the
     cached ones of :func:`build_mlp_site` (``[M, N, 2]`` with ``targets``; ``key`` draws the
-    permutation of resample ablation).
+    permutation of resample ablation). The masks go through the library's one evaluator
+    (:func:`bablate.tasks.outputs_evaluator`), one after another.
     """
     data = {"inputs": inputs}
     if site.cached:
         act = jax.jit(site.prefix)(inputs)
         data.update(act=act, value=ablation_value(site, act,
                                                   jax.random.key(0) if key is None else key))
-    return _evaluator(site)(data, jnp.asarray(masks_MxD, jnp.float32))
-
-
-@functools.lru_cache(maxsize=16)
-def _evaluator(site: Site):
-    return jax.jit(jax.vmap(functools.partial(site_outputs, site), in_axes=(None, 0)))
+    return outputs_evaluator(site)(data, jnp.asarray(masks_MxD, jnp.float32))

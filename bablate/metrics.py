@@ -48,6 +48,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from bablate.inference.posterior import Posterior
 
@@ -476,3 +477,126 @@ def js_matrix(posts: list[Posterior]) -> np.ndarray:
 def marginal_js_matrix(posts: list[Posterior]) -> np.ndarray:
     """``[T, T]`` matrix of :func:`marginal_js_divergence` (bits; any posteriors)."""
     return _pairwise(posts, marginal_js_divergence, "marginal_js_matrix")
+
+
+# ---- a task set read as a whole -------------------------------------------------------------
+
+INFORMATIVE_BITS = 0.1  # tasks carrying less task information are left out of per-task means
+
+
+def informative_mean(values: ArrayLike, informative: np.ndarray) -> float:
+    """Mean of ``values`` ``[T]`` over the informative tasks, NaNs skipped; NaN when no task
+    is informative or every informative value is NaN."""
+    v = np.asarray(values, np.float64)[np.asarray(informative, bool)]
+    return float(np.nanmean(v)) if v.size and np.isfinite(v).any() else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSetMetrics:
+    """The metrics of a task set on one site, per task and over the set (bits).
+
+    Per task (``[T]``, or ``[T, d]``): the :class:`TaskMetrics` fields of each posterior, with
+    ``total_correlation`` NaN for mean-field posteriors (their TC is 0 by construction, not
+    measured). ``informative`` marks the tasks carrying at least ``informative_bits`` of task
+    information; the ``*_mean`` fields average over those (NaN when none is), except
+    ``task_information_mean``, the mean over every task.
+
+    Polysemanticity (two tasks or more, else None): ``effective_tasks`` ``[d]`` and its
+    ``polysemanticity_mean`` (:func:`polysemanticity`), ``polysemanticity_weighted`` (weighted
+    by each unit's total information, so that units carrying next to nothing count for next to
+    nothing), ``units_serving_tasks`` (units with a finite effective number), ``unit_task_mi``
+    ``[d]`` I(T; M_i) and its mean, and ``tasks_served`` ``[d]``: for how many tasks each unit
+    carries at least ``informative_bits`` (with its mean over units).
+    """
+
+    tasks: list[str]
+    methods: list[str]
+    informative_bits: float
+    task_information: np.ndarray
+    distributedness: np.ndarray
+    effective_units: np.ndarray
+    total_correlation: np.ndarray
+    entropy_estimate: list[str]
+    unit_information: np.ndarray
+    unit_importance: np.ndarray
+    informative: np.ndarray
+    informative_tasks: int
+    task_information_mean: float
+    distributedness_mean: float
+    effective_units_mean: float
+    total_correlation_mean: float
+    effective_tasks: np.ndarray | None = None
+    polysemanticity_mean: float | None = None
+    polysemanticity_weighted: float | None = None
+    units_serving_tasks: int | None = None
+    unit_task_mi: np.ndarray | None = None
+    unit_task_mi_mean: float | None = None
+    tasks_served: np.ndarray | None = None
+    tasks_served_mean: float | None = None
+
+    def mean(self, values: ArrayLike) -> float:
+        """Mean of per-task ``values`` ``[T]`` over this set's informative tasks
+        (:func:`informative_mean`), e.g. a study's own per-task numbers."""
+        return informative_mean(values, self.informative)
+
+    def as_dict(self) -> dict:
+        """Plain JSON-ready values: lists, floats, ints, strings (NaN stays a float NaN; the
+        run's JSON writer stores it as null)."""
+        out = {}
+        for field in dataclasses.fields(self):
+            v = getattr(self, field.name)
+            out[field.name] = v.tolist() if isinstance(v, np.ndarray) else v
+        return out
+
+    def __repr__(self) -> str:
+        poly = ("" if self.polysemanticity_mean is None
+                else f", {self.polysemanticity_mean:.3g} effective tasks per unit")
+        return (f"TaskSetMetrics({len(self.tasks)} tasks, {self.informative_tasks} informative "
+                f"(≥ {self.informative_bits:g} bit): distributedness "
+                f"{self.distributedness_mean:.3g}, TC {self.total_correlation_mean:.3g}{poly})")
+
+
+def summarize_tasks(posts: list[Posterior], informative_bits: float = INFORMATIVE_BITS,
+                    information: str = "used") -> TaskSetMetrics:
+    """Reads a task set: :func:`summarize` per task, means over the informative tasks and, for
+    two tasks or more, polysemanticity (see :class:`TaskSetMetrics`).
+
+    Args:
+      posts: one posterior per task, all over one site.
+      informative_bits: tasks with less task information are left out of the means; a unit
+        serves a task (``tasks_served``) when it carries at least this much for it.
+      information: "used" (default) or "all", as in :func:`summarize`.
+    """
+    _check_same_site(posts, "summarize_tasks")
+    summaries = [summarize(p, information) for p in posts]
+    info = np.array([m.task_information for m in summaries])
+    keep = info >= informative_bits
+    tc = np.array([float("nan") if p.mean_field else m.total_correlation
+                   for p, m in zip(posts, summaries, strict=True)])
+    dist_ = np.array([m.distributedness for m in summaries])
+    eff = np.array([m.effective_units for m in summaries])
+    out = dict(
+        tasks=[p.task for p in posts], methods=[p.method for p in posts],
+        informative_bits=float(informative_bits), task_information=info,
+        distributedness=dist_, effective_units=eff, total_correlation=tc,
+        entropy_estimate=[m.entropy_estimate for m in summaries],
+        unit_information=np.stack([m.unit_information for m in summaries]),
+        unit_importance=np.stack([m.unit_importance for m in summaries]),
+        informative=keep, informative_tasks=int(keep.sum()),
+        task_information_mean=float(info.mean()),
+        distributedness_mean=informative_mean(dist_, keep),
+        effective_units_mean=informative_mean(eff, keep),
+        total_correlation_mean=informative_mean(tc, keep))
+    if len(posts) > 1:
+        poly = polysemanticity(posts, information=information)
+        serving = np.isfinite(poly.effective_tasks)
+        weight = np.where(serving, poly.information.sum(0), 0.0)
+        weighted = (float(np.sum(weight * np.nan_to_num(poly.effective_tasks)) / weight.sum())
+                    if weight.sum() > 0 else float("nan"))
+        served = (poly.information >= informative_bits).sum(axis=0)
+        out.update(effective_tasks=poly.effective_tasks, polysemanticity_mean=poly.mean,
+                   polysemanticity_weighted=weighted, units_serving_tasks=int(serving.sum()),
+                   unit_task_mi=poly.mutual_information,
+                   unit_task_mi_mean=float(poly.mutual_information.mean()),
+                   tasks_served=served, tasks_served_mean=float(served.mean()))
+    return TaskSetMetrics(**out)

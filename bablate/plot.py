@@ -27,9 +27,9 @@ from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.figure import Figure
 from numpyro.diagnostics import effective_sample_size
 
+from bablate import io as bbio
 from bablate import metrics
 from bablate.inference.posterior import Posterior
-from bablate.runs import atomic_write_bytes, atomic_write_text
 
 # Intervals drawn by `marginals`: ± this many Monte Carlo standard errors (95 %).
 Z_95 = 1.96
@@ -237,7 +237,7 @@ def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     path = Path(path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    bbio.atomic_write_bytes(path, buf.getvalue())
     import matplotlib.pyplot as plt
 
     plt.close(fig)  # a no-op for our pyplot-free figures; frees arviz's
@@ -302,5 +302,5 @@ def report(posts: Posterior | Sequence[Posterior], path: str | os.PathLike,
         save_png(fig, out / "figures" / f"{name}.png")
         lines += ["", f"![{name}](figures/{name}.png)", "", caption]
     report_path = out / "report.md"
-    atomic_write_text(report_path, "\n".join(lines) + "\n")
+    bbio.atomic_write_text(report_path, "\n".join(lines) + "\n")
     return report_path

@@ -40,12 +40,10 @@ import hashlib
 import importlib
 import io
 import json
-import math
 import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -55,7 +53,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from bablate import io as bbio
 from bablate import statefile
+from bablate.io import to_jsonable
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -86,56 +86,13 @@ class RunInterrupted(RunError):
     """Ctrl-C (SIGINT) stopped the run; what it checkpointed is kept for a resume."""
 
 
-# ----------------------------------------------------------------------------- atomic writes
+# Atomic writes and JSON conversion live in bablate.io; these names stay for callers of runs.
+atomic_write_bytes = bbio.atomic_write_bytes
+atomic_write_text = bbio.atomic_write_text
+atomic_write_json = bbio.atomic_write_json
 
 
-def _umask() -> int:
-    """The process umask (read without changing it where /proc allows)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    """Makes a rename in ``path`` durable (best effort: some filesystems refuse)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that readers see either the old file or the new one.
-
-    The bytes go to a temporary file in the same directory (same filesystem, so the final
-    ``os.replace`` is atomic), are flushed and fsynced, then renamed over ``path`` and the
-    directory is fsynced. The file gets the mode ``open`` would give (0666 less the umask). If
-    anything fails before the rename the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would ignore the umask
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+# ----------------------------------------------------------------------------- temp files
 
 
 def remove_stale_temps(workdir: Path) -> list[Path]:
@@ -155,68 +112,6 @@ def remove_stale_temps(workdir: Path) -> list[Path]:
                     removed.append(p)
     return removed
 
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Atomically writes UTF-8 text (see `atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically writes ``to_jsonable(obj)`` as indented JSON."""
-    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
-
-
-# ----------------------------------------------------------------------------- JSON conversion
-
-
-def to_jsonable(obj: Any, where: str = "value") -> Any:
-    """Converts numbers, arrays and containers into plain JSON types.
-
-    numpy / jax arrays become (nested) lists, numpy scalars become Python numbers, tuples
-    become lists, dataclasses become dicts, mapping keys become strings. Non-finite floats
-    (NaN, ±inf) become ``null``, because strict JSON has no such values.
-
-    Args:
-      obj: the value to convert.
-      where: the name of ``obj`` used in error messages (e.g. ``"results"``).
-
-    Returns:
-      A value made only of dict, list, str, int, float, bool and None.
-
-    Raises:
-      TypeError: naming the path of the first value that has no JSON form.
-    """
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, np.generic):
-        return to_jsonable(obj.item(), where)
-    if isinstance(obj, Mapping):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, (str, int, float, bool, np.generic)):
-                raise TypeError(f"{where}: key {k!r} must be a string or a number to store in JSON")
-            out[str(k.item() if isinstance(k, np.generic) else k)] = to_jsonable(
-                v, f"{where}[{k!r}]")
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where)
-    if hasattr(obj, "__array__"):  # numpy and jax arrays
-        try:
-            arr = np.asarray(obj)
-        except Exception as e:  # e.g. typed PRNG key arrays
-            raise TypeError(f"{where}: cannot convert {type(obj).__name__} "
-                            f"to an array ({e})") from e
-        if arr.dtype == object:
-            raise TypeError(f"{where}: object arrays cannot be stored in JSON")
-        return to_jsonable(arr.tolist(), where)
-    raise TypeError(f"{where}: cannot store a {type(obj).__name__} in JSON; "
-                    "convert it to numbers, strings, lists or dicts")
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
@@ -329,7 +224,7 @@ class RunContext:
 
         plt.close(fig)
         if self.writer:
-            atomic_write_bytes(path, buf.getvalue())
+            bbio.atomic_write_bytes(path, buf.getvalue())
         self._items.append(("figure", name, caption.strip()))
         return path
 
@@ -357,7 +252,7 @@ class RunContext:
             tree = jax.tree.map(to_numpy, pytree)
         data = statefile.dumps(tree, self.config_hash, f"state {name!r}")
         if self.writer:
-            atomic_write_bytes(self.state_path(name), data)
+            bbio.atomic_write_bytes(self.state_path(name), data)
 
     def state_path(self, name: str) -> Path:
         """Where ``save_state(name, ...)`` writes."""
@@ -636,7 +531,7 @@ def _prepare(workdir: Path, status: str, overwrite: bool, resolved: dict) -> Non
             with contextlib.suppress(FileNotFoundError):
                 (workdir / name).unlink()
         remove_stale_temps(workdir)
-    atomic_write_json(workdir / CONFIG_FILE, resolved)
+    bbio.atomic_write_json(workdir / CONFIG_FILE, resolved)
 
 
 def run_one(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -731,11 +626,12 @@ def _write_results(ctx: RunContext, config, resolved: dict, results: dict, secon
     workdir = ctx.workdir
     title = f"{config.study}: {config.get('variant', None)}"
     footer = f"Ran in {seconds:.1f} s (seed {config.seed})."
-    atomic_write_text(workdir / REPORT_FILE, ctx.render_report(title, resolved, results, footer))
+    report = ctx.render_report(title, resolved, results, footer)
+    bbio.atomic_write_text(workdir / REPORT_FILE, report)
     data = (json.dumps(results, indent=2, allow_nan=False) + "\n").encode("utf-8")
-    atomic_write_json(workdir / RUN_FILE, {"config_sha256": chash,
+    bbio.atomic_write_json(workdir / RUN_FILE, {"config_sha256": chash,
                                            "results_sha256": _sha256(data)})
-    atomic_write_bytes(workdir / RESULTS_FILE, data)
+    bbio.atomic_write_bytes(workdir / RESULTS_FILE, data)
 
 
 def _log_quietly(ctx: RunContext, msg: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import ml_collections
 
+from bablate import io as bbio
 from bablate import progress, runs
 
 SWEEP_FILE = runs.SWEEP_MARKER
@@ -221,7 +222,7 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
 
 def _run_sweep_locked(members, workdir: Path, jobs: int, overwrite: bool, command_for,
                       launcher) -> dict:
-    runs.atomic_write_json(workdir / SWEEP_FILE, {
+    bbio.atomic_write_json(workdir / SWEEP_FILE, {
         "members": [{"name": m.name, "overrides": m.overrides} for m in members]})
     log = _SweepLog(workdir / SWEEP_LOG)
     out = {"ran": [], "skipped": [], "failed": {}}
@@ -400,7 +401,7 @@ def aggregate(members: Sequence[Member], workdir: str | os.PathLike) -> list[dic
             continue
         results = json.loads((mdir / runs.RESULTS_FILE).read_text())
         fixed = {k: v for k, v in m.overrides.items() if not _is_seed_key(k)}
-        key = json.dumps(runs.to_jsonable(fixed), sort_keys=True)
+        key = json.dumps(bbio.to_jsonable(fixed), sort_keys=True)
         group = groups.setdefault(key, {"overrides": fixed, "members": [], "seeds": [],
                                         "numbers": []})
         group["members"].append(m.name)
@@ -464,8 +465,8 @@ def _write_index(members: Sequence[Member], workdir: Path, out: dict) -> None:
             status = f"[done]({m.name}/{runs.REPORT_FILE})"
         else:
             status = "not finished"
-        lines.append(f"| `{m.name}` | {status} | `{json.dumps(runs.to_jsonable(m.overrides))}` |")
+        lines.append(f"| `{m.name}` | {status} | `{json.dumps(bbio.to_jsonable(m.overrides))}` |")
     groups = aggregate(members, workdir)
-    runs.atomic_write_json(workdir / SWEEP_RESULTS, {"groups": groups})
+    bbio.atomic_write_json(workdir / SWEEP_RESULTS, {"groups": groups})
     lines += _aggregate_markdown(groups)
-    runs.atomic_write_text(workdir / SWEEP_INDEX, "\n".join(lines) + "\n")
+    bbio.atomic_write_text(workdir / SWEEP_INDEX, "\n".join(lines) + "\n")

@@ -14,13 +14,15 @@ The Beta(1,1) smoothing keeps the odds finite when the network is always right o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from bablate import sharding
 from bablate.sites import Site, ablation_value, check_activation, check_mask_values, mask_activation
@@ -72,7 +74,7 @@ def _check_same_length(what: str, outputs, targets) -> None:
                          f"{targets.shape[0]} targets; pass one target per input example.")
 
 
-def binary(targets, threshold: float = 0.0, temperature: float = 1.0) -> Rule:
+def binary(targets: ArrayLike, threshold: float = 0.0, temperature: float = 1.0) -> Rule:
     """Binary classification read off a score: predicted positive where ``output > threshold``.
 
     Outputs must be ``[N]`` scores. Sensitivity and specificity are estimated separately.
@@ -115,7 +117,7 @@ def _class_targets(targets, what: str) -> Array:
     return jnp.asarray(arr, jnp.int32)
 
 
-def top1(targets, ties: str = "wrong") -> Rule:
+def top1(targets: ArrayLike, ties: str = "wrong") -> Rule:
     """Multi-class / next token: correct when the target is the unique arg-max of ``[N, C]``
     logits.
 
@@ -159,13 +161,13 @@ def top1(targets, ties: str = "wrong") -> Rule:
     return Rule("top1", hard, soft, targets, check=check)
 
 
-def smooth_top1(targets) -> Rule:
+def smooth_top1(targets: ArrayLike) -> Rule:
     """The smooth variant of :func:`top1`: the probability of the correct class is the rule."""
     rule = top1(targets)
     return dataclasses.replace(rule, name="smooth_top1", hard=rule.soft)
 
 
-def custom(correct_fn: Callable, positive=None, data: Any = None,
+def custom(correct_fn: Callable, positive: ArrayLike | None = None, data: Any = None,
            soft_fn: Callable | None = None, name: str = "custom") -> Rule:
     """A rule from a function ``correct_fn(outputs, data) -> [N]`` in [0, 1].
 
@@ -212,6 +214,30 @@ def site_outputs(site: Site, data: dict, mask: Array) -> Any:
     return site.apply(data["inputs"], ablate)
 
 
+def masked_outputs(site: Site, data: dict, masks: Array, vectorized: bool = False) -> Any:
+    """The site's outputs under each of the masks ``[M, d]`` (leading axis M), rule-free.
+
+    The one map from masks to outputs: every evaluator of many masks goes through it.
+    ``vectorized`` evaluates the masks together (``vmap``, as the exact scorer does on its
+    chunks); by default they go one after another (``lax.map``), so memory does not grow with
+    M (an LLM's logits per mask are large).
+    """
+    one = functools.partial(site_outputs, site, data)
+    return jax.vmap(one)(masks) if vectorized else jax.lax.map(one, masks)
+
+
+def outputs_evaluator(site: Site) -> Callable[[dict, Array], Any]:
+    """The compiled ``(data, masks [M, d]) -> outputs`` of ``site`` (:func:`masked_outputs`),
+    one program per site object (cached; data and masks are arguments)."""
+    from bablate.inference import programs  # the inference package imports this module
+
+    def evaluate(data: dict, masks: Array) -> Any:
+        return masked_outputs(site, data, masks)
+
+    return programs.cached_program(("outputs", site),
+                                   lambda: jax.jit(programs.trace_guard(evaluate)))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Task:
     """A site + a dataset + a correctness rule. Build with :meth:`Task.build`.
@@ -244,53 +270,20 @@ class Task:
           key: PRNG key for resample ablation (default ``jax.random.key(0)``).
           check_intact: warn when the intact network already fails the task.
         """
-        key = jax.random.key(0) if key is None else check_key(key, f"Task {name!r}")
-        if site.cached:
-            act = jax.jit(site.prefix)(inputs) if activation is None else activation
-            if act.ndim >= 1 and act.shape[0] == 0:  # before a mean of nothing turns into NaN
-                raise ValueError(f"Task {name!r}: the dataset is empty (the site's activation "
-                                 f"has shape {tuple(act.shape)}); a task without examples "
-                                 "carries no evidence about the mask.")
-            check_activation(site, act)
-            value = ablation_value(site, act, key)
-        else:
-            act = None
-            if site.reference is not None:
-                check_activation(site, site.reference)
-            value = ablation_value(site, None, key)
-        task = cls(name=name, site=site, rule=rule,
-                   data={"inputs": inputs, "act": act, "value": value, "rule": rule.data})
+        shared = _shared_data(site, inputs, name, activation, key)
+        task = cls(name=name, site=site, rule=rule, data={**shared, "rule": rule.data})
         task.check_rule()
         if check_intact:
-            full = float(task.log_odds(np.ones((1, site.num_units), np.float32))[0])
-            if not np.isfinite(full):
-                raise ValueError(f"Task {name!r}: the intact network gives a non-finite "
-                                 "log-odds; check the outputs for NaN/inf.")
-            if full < 0:
-                warnings.warn(f"Task {name!r}: the intact network already fails it "
-                              f"(P(correct) = {float(jax.nn.sigmoid(full)):.3f} < 0.5, log-odds "
-                              f"{full:.2f}). The AMD is still defined, but it describes masks "
-                              "that make a failing network fail less.", stacklevel=2)
+            _check_intact(name, float(task.log_odds(np.ones((1, site.num_units),
+                                                            np.float32))[0]))
         return task
 
     @classmethod
     def build_many(cls, site: Site, inputs: Any, rules: dict[str, Rule], *,
                    key: Array | None = None, check_intact: bool = True) -> list[Task]:
-        """Tasks on one site and one dataset that differ only in their rule.
-
-        The prefix runs once and every task holds the same cached activation, so
-        :func:`bablate.infer_many` enumerates masks once for all of them.
-        """
-        tasks, act = [], None
-        for name, rule in rules.items():
-            task = cls.build(site, inputs, rule, name=name, activation=act, key=key,
-                             check_intact=check_intact)
-            act = task.data["act"]
-            if tasks:  # share the ablation value too (resampling draws it once)
-                task = dataclasses.replace(task, data={**task.data,
-                                                       "value": tasks[0].data["value"]})
-            tasks.append(task)
-        return tasks
+        """Tasks on one site and one dataset that differ only in their rule: the tasks of
+        :meth:`TaskSet.build` (which keeps the knowledge that they share their data)."""
+        return list(TaskSet.build(site, inputs, rules, key=key, check_intact=check_intact))
 
     def check_rule(self) -> None:
         """Checks the rule against the shapes of the network's outputs (without running it):
@@ -325,10 +318,7 @@ class Task:
         if masks.ndim != 2 or masks.shape[-1] != self.num_units:
             raise ValueError(f"Task {self.name!r}: masks must be [num_masks, {self.num_units}], "
                              f"got shape {tuple(masks.shape)}.")
-        correct = self.rule.soft if smooth else self.rule.hard
-        if correct is None:
-            raise ValueError(f"Rule {self.rule.name!r} has no smooth surrogate; pass soft_fn= to "
-                             "bablate.rules.custom or use the hard likelihood.")
+        correct = _correct_fn(self.rule, smooth)
 
         def one(data, positive, mask):
             c = correct(self.outputs_fn(data, mask), data["rule"])
@@ -349,13 +339,47 @@ class Task:
 
     # ---- host API: jitted, chunked over masks, sharded over devices ----
 
-    def log_odds(self, masks, smooth: bool = False, chunk_size: int = 1024) -> np.ndarray:
+    def log_odds(self, masks: ArrayLike, smooth: bool = False, chunk_size: int = 1024
+                  ) -> np.ndarray:
         """Log-odds of correctness for masks ``[M, d]`` (jitted, chunked, sharded)."""
         return _chunked(self, "log_odds", masks, smooth, chunk_size)
 
-    def p_correct(self, masks, smooth: bool = False, chunk_size: int = 1024) -> np.ndarray:
+    def p_correct(self, masks: ArrayLike, smooth: bool = False, chunk_size: int = 1024
+                  ) -> np.ndarray:
         """P(correct | task, mask) for masks ``[M, d]``."""
         return _chunked(self, "p_correct", masks, smooth, chunk_size)
+
+
+def _check_intact(name: str, full: float) -> None:
+    """Refuses a non-finite log-odds of the intact network; warns when it fails the task."""
+    if not np.isfinite(full):
+        raise ValueError(f"Task {name!r}: the intact network gives a non-finite "
+                         "log-odds; check the outputs for NaN/inf.")
+    if full < 0:
+        warnings.warn(f"Task {name!r}: the intact network already fails it "
+                      f"(P(correct) = {float(jax.nn.sigmoid(full)):.3f} < 0.5, log-odds "
+                      f"{full:.2f}). The AMD is still defined, but it describes masks "
+                      "that make a failing network fail less.", stacklevel=3)
+
+
+def _shared_data(site: Site, inputs: Any, name: str, activation: Array | None,
+                 key: Array | None) -> dict:
+    """The rule-free arrays of a task: inputs, cached activation and ablation value."""
+    key = jax.random.key(0) if key is None else check_key(key, f"Task {name!r}")
+    if site.cached:
+        act = jax.jit(site.prefix)(inputs) if activation is None else activation
+        if act.ndim >= 1 and act.shape[0] == 0:  # before a mean of nothing turns into NaN
+            raise ValueError(f"Task {name!r}: the dataset is empty (the site's activation "
+                             f"has shape {tuple(act.shape)}); a task without examples "
+                             "carries no evidence about the mask.")
+        check_activation(site, act)
+        value = ablation_value(site, act, key)
+    else:
+        act = None
+        if site.reference is not None:
+            check_activation(site, site.reference)
+        value = ablation_value(site, None, key)
+    return {"inputs": inputs, "act": act, "value": value}
 
 
 BLOCK_BYTES = 2 << 20
@@ -371,7 +395,7 @@ def _block_size(task: Task, data: dict, masks: Array) -> int:
     return int(max(1, min(masks.shape[0], BLOCK_BYTES // max(nbytes, 1))))
 
 
-def evaluator(task: Task, smooth: bool = False):
+def evaluator(task: Task, smooth: bool = False) -> Callable[[dict, Array], tuple[Array, Array]]:
     """The compiled evaluator of ``task``'s masks: ``fn(args, masks) -> (p_correct, log_odds)``
     with ``args = evaluator_args(task)``.
 
@@ -393,18 +417,19 @@ def evaluator_args(task: Task) -> dict:
 
 
 def _build_evaluator(task: Task, smooth: bool):
+    from bablate import amd
     from bablate.inference import programs
 
     bare = dataclasses.replace(task, data={})  # the cache must not keep one task's arrays
 
     def evaluate(args, masks):
-        p = programs.probe(bare, args).p_correct_fn(args["data"], masks, smooth)
+        p = amd.bind(bare, args).p_correct_fn(args["data"], masks, smooth)
         return p, _logit(p)
 
     return jax.jit(programs.trace_guard(evaluate))
 
 
-def check_masks(masks, num_units: int, what: str) -> np.ndarray:
+def check_masks(masks: ArrayLike, num_units: int, what: str) -> np.ndarray:
     """Host masks ``[M, d]`` as float32, refusing a wrong shape or values outside [0, 1]."""
     masks = np.asarray(masks, np.float32)
     if masks.ndim != 2 or masks.shape[1] != num_units:
@@ -414,7 +439,7 @@ def check_masks(masks, num_units: int, what: str) -> np.ndarray:
     return masks
 
 
-def check_key(key, what: str) -> Array:
+def check_key(key: Any, what: str) -> Array:
     """A JAX PRNG key (typed, or raw uint32 words), or a clear error naming the fix."""
     ok = isinstance(key, jax.Array | np.ndarray) and (
         jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
@@ -441,3 +466,165 @@ def _chunked(task: Task, kind: str, masks, smooth: bool, chunk_size: int) -> np.
             block = np.concatenate([block, np.ones((chunk - n, block.shape[1]), np.float32)])
         out.append(np.asarray(fn(args, sharding.shard_masks(block))[which])[:n])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+# ---- many rules on one site and one dataset ------------------------------------------------
+
+
+def _correct_fn(rule: Rule, smooth: bool) -> Callable[[Any, Any], Array]:
+    correct = rule.soft if smooth else rule.hard
+    if correct is None:
+        raise ValueError(f"Rule {rule.name!r} has no smooth surrogate; pass soft_fn= to "
+                         "bablate.rules.custom or use the hard likelihood.")
+    return correct
+
+
+def _rules_p_correct(rules: tuple[Rule, ...], outputs: Any, rule_data: list, positives: list,
+                     smooth: bool) -> Array:
+    """``[T, M]`` P(correct) of each rule from the outputs of M masks (leading axis M)."""
+    rows = []
+    for rule, data, positive in zip(rules, rule_data, positives, strict=True):
+        correct = _correct_fn(rule, smooth)
+        c = jax.vmap(lambda out, correct=correct, data=data: correct(out, data))(outputs)
+        rows.append(p_correct_from(c.astype(jnp.float32), positive))
+    return jnp.stack(rows)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TaskSet:
+    """One site, one dataset, many rules: the tasks that read the same outputs.
+
+    The network runs once per mask for all of them (:meth:`outputs`, :meth:`p_correct`,
+    :func:`bablate.inference.exact_many`). Build with :meth:`build`.
+
+    Attributes:
+      site: where masks apply.
+      tasks: one :class:`Task` per rule, all holding the same inputs, cached activation and
+        ablation value (the same objects).
+      data: the shared arrays (``"inputs"``, ``"act"``, ``"value"``) and, per task in order,
+        the rule's data (``"rules"``) and positives (``"positives"``): the argument of the
+        traced evaluators (:meth:`log_odds_fn`).
+    """
+
+    site: Site
+    tasks: tuple[Task, ...]
+    data: dict
+
+    @classmethod
+    def build(cls, site: Site, inputs: Any, rules: dict[str, Rule], *,
+              activation: Array | None = None, key: Array | None = None,
+              check_intact: bool = True) -> TaskSet:
+        """Runs the site's prefix once and makes one task per rule on its outputs.
+
+        Args:
+          site: where masks apply.
+          inputs: the dataset (any pytree the site's functions take).
+          rules: task name -> correctness rule.
+          activation: a precomputed prefix output (cached sites), else it is computed.
+          key: PRNG key for resample ablation (default ``jax.random.key(0)``); drawn once.
+          check_intact: warn for each task the intact network already fails.
+        """
+        if not rules:
+            raise ValueError("TaskSet.build needs at least one rule; got an empty dict.")
+        shared = _shared_data(site, inputs, next(iter(rules)), activation, key)
+        tasks = tuple(Task(name=name, site=site, rule=rule, data={**shared, "rule": rule.data})
+                      for name, rule in rules.items())
+        for task in tasks:
+            task.check_rule()
+        out = cls.of(tasks)
+        if check_intact:
+            full = out.log_odds(np.ones((1, site.num_units), np.float32))[:, 0]
+            for task, value in zip(tasks, full, strict=True):
+                _check_intact(task.name, float(value))
+        return out
+
+    @classmethod
+    def of(cls, tasks: list[Task] | tuple[Task, ...]) -> TaskSet:
+        """The set of ``tasks`` that are known to share one site and one dataset (their data
+        is taken from the first; nothing is checked: use :meth:`build` to make them)."""
+        tasks = tuple(tasks)
+        if not tasks:
+            raise ValueError("a TaskSet needs at least one task.")
+        base = tasks[0]
+        data = {"inputs": base.data["inputs"], "act": base.data["act"],
+                "value": base.data["value"], "rules": [t.rule.data for t in tasks],
+                "positives": [t.rule.positive for t in tasks]}
+        return cls(site=base.site, tasks=tasks, data=data)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple(t.rule for t in self.tasks)
+
+    @property
+    def num_units(self) -> int:
+        return self.site.num_units
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+    def __getitem__(self, i: int) -> Task:
+        return self.tasks[i]
+
+    # ---- pure evaluators (take ``data`` so they can be jitted) ----
+
+    def p_correct_fn(self, data: dict, masks: Array, smooth: bool = False,
+                     vectorized: bool = True) -> Array:
+        """P(correct | task, mask) of every task for masks ``[M, d]`` -> ``[T, M]``; the
+        network runs once per mask (``data`` as :attr:`data`)."""
+        outputs = masked_outputs(self.site, data, masks, vectorized=vectorized)
+        return _rules_p_correct(self.rules, outputs, data["rules"], data["positives"], smooth)
+
+    def log_odds_fn(self, data: dict, masks: Array, smooth: bool = False) -> Array:
+        """β-free log-odds of correctness of every task, ``[T, M]``."""
+        return _logit(self.p_correct_fn(data, masks, smooth))
+
+    # ---- host API ----
+
+    def outputs(self, masks: ArrayLike, chunk_size: int = 1024) -> Any:
+        """The site's outputs under masks ``[M, d]`` (leading axis M), rule-independent: one
+        compiled program per site (:func:`outputs_evaluator`)."""
+        masks = check_masks(masks, self.num_units, f"TaskSet {self.names}")
+        fn = outputs_evaluator(self.site)
+        # The rule-free arrays only: task sets with other rules share the program.
+        shared = {k: self.data[k] for k in ("inputs", "act", "value")}
+        pieces = []
+        for start in range(0, max(len(masks), 1), chunk_size):
+            block = masks[start:start + chunk_size]
+            pieces.append(jax.tree.map(np.asarray, fn(shared, jnp.asarray(block))))
+        return jax.tree.map(lambda *p: np.concatenate(p), *pieces)
+
+    def p_correct(self, masks: ArrayLike, smooth: bool = False, chunk_size: int = 1024
+                  ) -> np.ndarray:
+        """Hard (or smooth) P(correct) of every task, ``[T, M]``.
+
+        ``masks`` is ``[M, d]`` (every task under the same masks) or ``[T, M, d]`` (task t
+        under its own ``masks[t]``); either way the network runs once per mask.
+        """
+        masks = np.asarray(masks, np.float32)
+        if masks.ndim == 3:
+            if masks.shape[0] != len(self):
+                raise ValueError(f"TaskSet of {len(self)} tasks: masks [T, M, d] must have "
+                                 f"T = {len(self)}, got shape {masks.shape}.")
+            flat = self.outputs(masks.reshape(-1, masks.shape[-1]), chunk_size)
+            per = masks.shape[1]
+            rows = []
+            for j, task in enumerate(self.tasks):
+                own = jax.tree.map(lambda o, j=j: o[j * per:(j + 1) * per], flat)
+                rows.append(_rules_p_correct((task.rule,), own, [task.rule.data],
+                                             [task.rule.positive], smooth)[0])
+            return np.asarray(jnp.stack(rows)) if rows else np.zeros((0, per), np.float32)
+        outputs = self.outputs(masks, chunk_size)
+        return np.asarray(_rules_p_correct(self.rules, outputs, self.data["rules"],
+                                           self.data["positives"], smooth))
+
+    def log_odds(self, masks: ArrayLike, smooth: bool = False, chunk_size: int = 1024
+                  ) -> np.ndarray:
+        """Log-odds of correctness of every task, ``[T, M]`` (masks as in :meth:`p_correct`)."""
+        return np.asarray(_logit(jnp.asarray(self.p_correct(masks, smooth, chunk_size))))

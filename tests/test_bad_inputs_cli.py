@@ -23,6 +23,7 @@ import pytest
 from absl import flags
 
 from bablate import cli as bcli
+from bablate import io as bbio
 from bablate import runs, statefile, sweeps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -484,21 +485,21 @@ def test_workdir_on_a_pseudo_filesystem_is_one_line(cli):
 @pytest.mark.parametrize("target", ["results.json", "progress.msgpack", "config.json"])
 def test_disk_full_is_one_line_logged_and_resumable(target, cli, monkeypatch, tmp_path):
     workdir = tmp_path / "run"
-    real = runs.atomic_write_bytes
+    real = bbio.atomic_write_bytes
 
     def full(path, data):
         if Path(path).name == target:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, data)
 
-    monkeypatch.setattr(runs, "atomic_write_bytes", full)
+    monkeypatch.setattr(bbio, "atomic_write_bytes", full)
     code, err = _fake_run(cli, workdir)
     assert code == 2
     line = assert_one_line(err, "No space left on device", whole=target == "config.json")
     assert "free some disk space" in line and "rerun the same command to resume" in line
     assert_nothing_finished(workdir)
     assert "run failed: cannot write in" in (workdir / "log.txt").read_text()
-    monkeypatch.setattr(runs, "atomic_write_bytes", real)
+    monkeypatch.setattr(bbio, "atomic_write_bytes", real)
     code, err = _fake_run(cli, workdir)
     assert code == 0, err
     assert (workdir / "results.json").read_bytes() == _fresh_results(cli, tmp_path)

@@ -116,7 +116,7 @@ def test_a_non_finite_log_density_raises_the_same_error_everywhere(method, optio
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         with pytest.raises(ValueError, match=r"non-finite log-probabilities"):
-            bb.infer(task, method, **options)
+            bb.infer(task, method, key=jax.random.key(0), **options)
 
 
 def test_unconverged_mcmc_warns_and_says_so_in_its_summary():

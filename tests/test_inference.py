@@ -67,7 +67,8 @@ def test_gradient_sampler_needs_a_smooth_rule():
     rule = bb.rules.custom(lambda out, _: (out > 1.5).astype(np.float32))
     task = bb.Task.build(site, np.ones((4, 3), np.float32), rule)
     with pytest.raises(ValueError, match="smooth surrogate"):
-        bb.infer(task, "mcmc", sampler="gradient", num_samples=10, num_warmup=1)
+        bb.infer(task, "mcmc", key=jax.random.key(0), sampler="gradient", num_samples=10,
+                 num_warmup=1)
 
 
 def test_exact_many_shares_one_enumeration_and_matches_one_task_at_a_time():
@@ -131,7 +132,7 @@ def test_chain_methods_give_the_same_draws(task_and_exact):
 def test_mcmc_bad_settings_are_refused(task_and_exact, options, message):
     task, _ = task_and_exact
     with pytest.raises(ValueError, match=message):
-        bb.infer(task, "mcmc", **options)
+        bb.infer(task, "mcmc", key=jax.random.key(0), **options)
 
 
 def test_flip_kernel_still_runs_in_numpyros_mcmc_driver(task_and_exact):
@@ -191,3 +192,54 @@ def test_a_second_task_on_one_site_compiles_nothing_for_exact_log_odds_and_p_cor
         shift = post.log_probs[:256] - np.asarray(table)  # = −log Z for every mask
         np.testing.assert_allclose(shift, shift[0], atol=1e-4)
     programs.clear_cache()
+
+
+# ---- method choice and keys ---------------------------------------------------------------
+
+
+def _head_task_set(hidden=8):
+    model, variables, x, ys = trained_mlp(hidden=hidden)
+    site = bb.flax_site(model, variables, "Dense_0", x)
+    return bb.TaskSet.build(site, x, {h: head_rule(ys, h) for h in ("sum", "diff")})
+
+
+@pytest.mark.parametrize("method", ["mcmc", "svi"])
+def test_a_stochastic_method_without_a_key_names_the_fix(method):
+    task_set = _head_task_set()
+    for call in (lambda: bb.infer(task_set[0], method),
+                 lambda: bb.infer_many(task_set, method),
+                 lambda: bb.infer_many(task_set, "auto", max_exact=4, large=method)):
+        with pytest.raises(ValueError, match=r"needs a PRNG key; pass key=jax\.random\.key"
+                           r"\(seed\)\.$") as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+def test_auto_enumerates_small_sites_without_a_key_and_records_the_method():
+    task_set = _head_task_set()
+    posts = bb.infer_many(task_set, "auto")  # d = 8 <= 16: exact, deterministic
+    for task, post in zip(task_set, posts, strict=True):
+        assert post.method == "exact"
+        np.testing.assert_array_equal(post.log_probs, bb.infer(task, "exact").log_probs)
+    # The options of the method not chosen are left out; one no method takes is refused.
+    again = bb.infer_many(task_set, "auto", num_samples=10, chunk_size=64)
+    np.testing.assert_array_equal(again[1].log_probs, posts[1].log_probs)
+    with pytest.raises(ValueError, match=r"unknown inference option\(s\) \['num_sample'\]"):
+        bb.infer_many(task_set, "auto", num_sample=10)
+
+
+def test_auto_samples_large_sites_with_the_per_task_keys():
+    task_set = _head_task_set()
+    key = jax.random.key(7)
+    opts = dict(num_steps=40, steps_per_call=10, num_draws=20)
+    with pytest.warns(bb.inference.ConvergenceWarning):
+        posts = bb.infer_many(task_set, "auto", key=key, max_exact=4, large="svi",
+                              chunk_size=64, **opts)
+        alone = [bb.infer(t, "svi", key=jax.random.fold_in(key, i), **opts)
+                 for i, t in enumerate(task_set)]
+    assert [p.method for p in posts] == ["svi-score", "svi-score"]
+    for post, ref in zip(posts, alone, strict=True):
+        np.testing.assert_array_equal(post.marginals, ref.marginals)
+    assert bb.inference.choose_method(17) == "mcmc" and bb.inference.choose_method(16) == "exact"
+    with pytest.raises(ValueError, match="large='exact' must be one of"):
+        bb.inference.choose_method(4, large="exact")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -170,3 +171,153 @@ def test_task_set_metrics_refuse_an_empty_list_and_mixed_sites():
     for fn in (bb.metrics.polysemanticity, bb.metrics.js_matrix, bb.metrics.marginal_js_matrix):
         with pytest.raises(ValueError, match="posteriors over one site; got layer1"):
             fn([a, b])
+
+
+# ---- summarize_tasks: the studies' own formulas, on exact AMDs of a trained network ---------
+
+
+@pytest.fixture(scope="module")
+def three_task_posts():
+    """Exact AMDs of three tasks on the hidden layer of a small trained MLP: two heads it
+    learned, and a rule every mask passes (no task information: not informative)."""
+    import jax.numpy as jnp
+
+    from tests.core_models import head_rule, trained_mlp
+
+    model, variables, x, ys = trained_mlp(hidden=8)
+    site = bb.flax_site(model, variables, "Dense_0", x)
+    always = bb.rules.custom(lambda out, _: jnp.ones(out.shape[0], jnp.float32), name="always")
+    rules = {"sum": head_rule(ys, "sum"), "diff": head_rule(ys, "diff"), "always": always}
+    task_set = bb.TaskSet.build(site, x, rules)
+    return bb.infer_many(task_set, "exact")
+
+
+def _basis_comparison_formulas(posts, bits=0.1):
+    """`read_tasks` of the basis comparison study, as written there."""
+    summaries = [bb.metrics.summarize(p) for p in posts]
+    info = np.array([m.task_information for m in summaries])
+    keep = info >= bits
+
+    def mean_of(values):
+        v = np.asarray(values, np.float64)[keep]
+        return float(np.nanmean(v)) if v.size and np.isfinite(v).any() else float("nan")
+
+    tc = [float("nan") if p.mean_field else m.total_correlation
+          for p, m in zip(posts, summaries, strict=True)]
+    out = {"informative_tasks": int(keep.sum()), "task_information": info.tolist(),
+           "distributedness": [m.distributedness for m in summaries],
+           "effective_units": [m.effective_units for m in summaries],
+           "total_correlation": tc,
+           "unit_information": np.stack([m.unit_information for m in summaries]).tolist(),
+           "unit_importance": np.stack([m.unit_importance for m in summaries]).tolist(),
+           "distributedness_mean": mean_of([m.distributedness for m in summaries]),
+           "effective_units_mean": mean_of([m.effective_units for m in summaries]),
+           "total_correlation_mean": mean_of(tc),
+           "task_information_mean": float(info.mean())}
+    poly = bb.metrics.polysemanticity(posts)
+    serving = np.isfinite(poly.effective_tasks)
+    weight = np.where(serving, poly.information.sum(0), 0.0)
+    weighted = (float(np.sum(weight * np.nan_to_num(poly.effective_tasks)) / weight.sum())
+                if weight.sum() > 0 else float("nan"))
+    out.update({"effective_tasks": poly.effective_tasks.tolist(),
+                "polysemanticity_mean": poly.mean, "polysemanticity_weighted": weighted,
+                "units_serving_tasks": int(serving.sum()),
+                "unit_task_mi_mean": float(poly.mutual_information.mean())})
+    return out
+
+
+def _toy_formulas(posts, bits=0.1):
+    """`ablate_instance` of the toy superposition study, as written there."""
+    metrics = [bb.metrics.summarize(p) for p in posts]
+    poly = bb.metrics.polysemanticity(posts)
+    info = np.array([m.task_information for m in metrics])
+    keep = info >= bits
+    mean_of = lambda vals: float(np.nanmean(np.asarray(vals)[keep])) if keep.any() else float("nan")
+    return {"unit_importance": np.stack([p.marginals for p in posts]),
+            "task_information": info,
+            "distributedness": np.array([m.distributedness for m in metrics]),
+            "total_correlation": np.array([m.total_correlation for m in metrics]),
+            "effective_tasks": poly.effective_tasks, "unit_task_mi": poly.mutual_information,
+            "polysemanticity_mean": poly.mean,
+            "tasks_served": (poly.information >= bits).sum(axis=0),
+            "tasks_served_mean": float((poly.information >= bits).sum(axis=0).mean()),
+            "distributedness_mean": mean_of([m.distributedness for m in metrics]),
+            "total_correlation_mean": mean_of([m.total_correlation for m in metrics]),
+            "informative_tasks": int(keep.sum())}
+
+
+def _rnn_formulas(posts):
+    """`ablation` of the RNN chunks study, as written there (its metric part)."""
+    summaries = [bb.metrics.summarize(p) for p in posts]
+    poly = bb.metrics.polysemanticity(posts)
+    return {"unit_importance": np.stack([m.unit_importance for m in summaries]).tolist(),
+            "unit_information": np.stack([m.unit_information for m in summaries]).tolist(),
+            "distributedness": [m.distributedness for m in summaries],
+            "effective_units": [m.effective_units for m in summaries],
+            "total_correlation": [m.total_correlation for m in summaries],
+            "entropy_estimate": [m.entropy_estimate for m in summaries],
+            "task_information": [m.task_information for m in summaries],
+            "polysemanticity": poly.effective_tasks.tolist(),
+            "polysemanticity_mean": poly.mean,
+            "mutual_information": poly.mutual_information.tolist()}
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64))
+
+
+def test_summarize_tasks_reproduces_the_studies_formulas_exactly(three_task_posts):
+    posts = three_task_posts
+    got = bb.metrics.summarize_tasks(posts)
+    # The fixture spans both sides of the threshold: two informative tasks and one not.
+    assert got.informative.tolist() == [True, True, False]
+    assert got.informative_bits == bb.metrics.INFORMATIVE_BITS == 0.1
+    as_dict = got.as_dict()
+    for key, value in _basis_comparison_formulas(posts).items():
+        _same(as_dict[key], value)
+    toy = _toy_formulas(posts)
+    for key in ("unit_importance", "task_information", "distributedness", "total_correlation",
+                "effective_tasks", "unit_task_mi", "polysemanticity_mean", "tasks_served",
+                "tasks_served_mean", "distributedness_mean", "total_correlation_mean",
+                "informative_tasks"):
+        _same(getattr(got, key), toy[key])
+    rnn = _rnn_formulas(posts)
+    names = {"polysemanticity": "effective_tasks", "mutual_information": "unit_task_mi"}
+    for key, value in rnn.items():
+        if key == "entropy_estimate":
+            assert got.entropy_estimate == value
+        else:
+            _same(getattr(got, names.get(key, key)), value)
+
+
+def test_summarize_tasks_means_skip_uninformative_tasks_and_count_served_tasks(
+        three_task_posts):
+    posts = three_task_posts
+    got = bb.metrics.summarize_tasks(posts)
+    # Against the per-task numbers, by hand: the mean of the first two tasks only.
+    dist_ = [bb.metrics.summarize(p).distributedness for p in posts]
+    assert got.distributedness_mean == pytest.approx(np.mean(dist_[:2]), rel=1e-12)
+    info = np.stack([bb.metrics.split_information(p.marginals, p.prior)[0] for p in posts])
+    np.testing.assert_array_equal(got.tasks_served, (info >= 0.1).sum(0))
+    # Nothing informative: every mean over informative tasks is NaN, the counts still hold.
+    none = bb.metrics.summarize_tasks(posts, informative_bits=1e6)
+    assert none.informative_tasks == 0 and not none.informative.any()
+    assert np.isnan(none.distributedness_mean) and np.isnan(none.total_correlation_mean)
+    assert np.isnan(none.mean(dist_))
+    assert none.tasks_served.sum() == 0
+    # One task: per-task numbers, no polysemanticity block.
+    one = bb.metrics.summarize_tasks(posts[:1])
+    assert one.effective_tasks is None and one.tasks_served is None
+    assert json.loads(json.dumps(one.as_dict()))["tasks"] == [posts[0].task]
+
+
+def test_summarize_tasks_leaves_total_correlation_of_mean_field_posteriors_nan(
+        three_task_posts):
+    exact = three_task_posts[0]
+    q = exact.marginals
+    mean_field = dataclasses.replace(exact, method="svi-score", log_probs=None,
+                                     entropy_bits=float(np.sum(bb.metrics.bernoulli_entropy(q))),
+                                     mean_field=True)
+    got = bb.metrics.summarize_tasks([exact, mean_field])
+    assert np.isfinite(got.total_correlation[0]) and np.isnan(got.total_correlation[1])
+    assert got.total_correlation_mean == pytest.approx(got.total_correlation[0], rel=1e-12)

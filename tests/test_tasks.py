@@ -114,7 +114,7 @@ def test_a_negative_or_non_finite_beta_is_refused_by_name(beta, method):
     task = bb.Task.build(_identity_site(), np.eye(3, dtype=np.float32),
                          bb.rules.top1(np.arange(3)))
     with pytest.raises(ValueError, match=r"beta \(β"):
-        bb.infer(task, method, beta=beta)
+        bb.infer(task, method, key=jax.random.key(0), beta=beta)
 
 
 @pytest.mark.parametrize("method", ["mcmc", "svi"])
@@ -151,3 +151,97 @@ def test_exact_size_messages_say_what_is_possible(max_units, message):
     task = bb.Task.build(site, np.eye(10, dtype=np.float32), bb.rules.top1(np.arange(10)))
     with pytest.raises(ValueError, match=message):
         bb.infer(task, "exact", max_units=max_units)
+
+
+# ---- TaskSet: one site, one dataset, many rules ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def head_task_set():
+    from core_models import head_rule, trained_mlp
+
+    model, variables, x, ys = trained_mlp(hidden=8)
+    site = bb.flax_site(model, variables, "Dense_0", x)
+    rules = {"sum": head_rule(ys, "sum"), "diff": head_rule(ys, "diff"),
+             "top1": bb.rules.top1(np.asarray(model.apply(variables, x)).argmax(-1))}
+    return bb.TaskSet.build(site, x, rules), model, variables, x
+
+
+def test_task_set_tasks_share_the_same_data_objects(head_task_set):
+    task_set, *_ = head_task_set
+    assert task_set.names == ["sum", "diff", "top1"] and len(task_set) == 3
+    first = task_set[0]
+    for task in task_set:
+        for k in ("inputs", "act", "value"):
+            assert task.data[k] is first.data[k] is task_set.data[k]
+        assert task.data["rule"] is task.rule.data
+    # Task.build_many is the same construction, as a list.
+    assert isinstance(bb.Task.build_many(first.site, first.data["inputs"],
+                                         {"sum": first.rule}), list)
+
+
+def test_task_set_outputs_are_the_networks_outputs(head_task_set):
+    task_set, model, variables, x = head_task_set
+    masks = np.ones((2, 8), np.float32)
+    masks[1, :3] = 0.0
+    out = task_set.outputs(masks)
+    # The intact mask against flax's own forward pass; the ablated one by hand (zero
+    # ablation of the first three hidden units, then the read-out layer).
+    np.testing.assert_allclose(out[0], model.apply(variables, x), atol=1e-5)
+    params = variables["params"]
+    hidden = np.maximum(np.asarray(x) @ params["Dense_0"]["kernel"]
+                        + params["Dense_0"]["bias"][None], 0.0) * masks[1][None]
+    np.testing.assert_allclose(
+        out[1], hidden @ params["Dense_1"]["kernel"] + params["Dense_1"]["bias"][None],
+        atol=1e-5)
+
+
+def test_task_set_p_correct_equals_each_tasks_own(head_task_set):
+    task_set, *_ = head_task_set
+    rng = np.random.default_rng(0)
+    masks = (rng.random((20, 8)) < 0.5).astype(np.float32)
+    together = task_set.p_correct(masks)
+    assert together.shape == (3, 20)
+    for row, task in zip(together, task_set, strict=True):
+        np.testing.assert_allclose(row, task.p_correct(masks), rtol=1e-6)
+    np.testing.assert_allclose(task_set.log_odds(masks),
+                               np.stack([t.log_odds(masks) for t in task_set]), atol=1e-5)
+    # Each task under its own masks: [T, M, d] -> [T, M].
+    own = (rng.random((3, 5, 8)) < 0.5).astype(np.float32)
+    each = task_set.p_correct(own)
+    for j, task in enumerate(task_set):
+        np.testing.assert_allclose(each[j], task.p_correct(own[j]), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"must have T = 3"):
+        task_set.p_correct(own[:2])
+
+
+def test_exact_many_on_a_task_set_equals_exact_per_task(head_task_set):
+    task_set, *_ = head_task_set
+    together = bb.inference.exact_many(task_set, prior=0.3, beta=1.5)
+    as_list = bb.inference.exact_many(list(task_set), prior=0.3, beta=1.5)
+    for task, post, listed in zip(task_set, together, as_list, strict=True):
+        alone = bb.infer(task, "exact", prior=0.3, beta=1.5)
+        np.testing.assert_allclose(post.log_probs, alone.log_probs, atol=1e-5)
+        np.testing.assert_array_equal(post.log_probs, listed.log_probs)
+        assert post.task == task.name
+
+
+def test_an_empty_task_set_is_refused():
+    with pytest.raises(ValueError, match="at least one rule"):
+        bb.TaskSet.build(_identity_site(), np.eye(3, dtype=np.float32), {})
+
+
+def test_task_sets_on_one_site_share_one_compiled_outputs_program(head_task_set, monkeypatch):
+    import chex
+
+    from bablate.inference import programs
+
+    task_set, *_ = head_task_set
+    site, x = task_set.site, task_set.data["inputs"]
+    other = bb.TaskSet.build(site, x + 1.0, {"sum": task_set[0].rule}, check_intact=False)
+    monkeypatch.setattr(programs, "trace_guard", lambda f: chex.assert_max_traces(f, n=1))
+    programs.clear_cache()
+    masks = np.ones((4, 8), np.float32)
+    first, second = task_set.outputs(masks), other.outputs(masks)
+    assert not np.allclose(first, second)  # other data, same program
+    programs.clear_cache()

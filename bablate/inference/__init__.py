@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
+from jax.typing import ArrayLike
 
 from bablate.inference.exact import (
     exact,
@@ -15,47 +18,126 @@ from bablate.inference.kernels import FlipKernel, FlipState
 from bablate.inference.mcmc import chain_diagnostics, mcmc
 from bablate.inference.posterior import ConvergenceWarning, Posterior
 from bablate.inference.svi import svi
-from bablate.tasks import Task
+from bablate.tasks import Task, TaskSet
 
 METHODS = ("exact", "mcmc", "svi")
+STOCHASTIC = ("mcmc", "svi")
+MAX_EXACT = 16  # "auto" enumerates sites up to this many units (2^16 masks), samples beyond
 
 
-def infer(task: Task, method: str = "exact", key: jax.Array | None = None, prior=0.5,
-          beta: float = 1.0, **options) -> Posterior:
+def choose_method(num_units: int, method: str = "auto", max_exact: int = MAX_EXACT,
+                  large: str = "mcmc") -> str:
+    """The inference method for a site of ``num_units`` units: ``method`` itself, or for
+    "auto", "exact" when ``num_units <= max_exact``, else ``large`` ("mcmc" or "svi")."""
+    if method not in (*METHODS, "auto"):
+        raise ValueError(f"unknown inference method {method!r}; choose one of "
+                         f"{(*METHODS, 'auto')}.")
+    if large not in STOCHASTIC:
+        raise ValueError(f"large={large!r} must be one of {STOCHASTIC} (the method for sites "
+                         f"above max_exact units).")
+    if method != "auto":
+        return method
+    return "exact" if num_units <= max_exact else large
+
+
+def _require_key(key: jax.Array | None, method: str, what: str) -> jax.Array:
+    if key is None:
+        raise ValueError(f"{what}: method {method!r} draws random numbers and needs a PRNG key; "
+                         "pass key=jax.random.key(seed).")
+    return key
+
+
+_ACCEPTS = {m: set(inspect.signature(fn).parameters) - {"task", "key", "prior", "beta"}
+            for m, fn in (("exact", exact), ("mcmc", mcmc), ("svi", svi))}
+
+
+def _options_for(method: str, requested: str, options: dict) -> dict:
+    """The options ``method`` takes. Under "auto" the options of the methods it did not choose
+    are left out (one call can carry MCMC settings for the large sites and exact settings for
+    the small ones); an option no method takes is refused."""
+    if requested != "auto":
+        return options
+    unknown = sorted(set(options) - set().union(*_ACCEPTS.values()))
+    if unknown:
+        raise ValueError(f"unknown inference option(s) {unknown}; the options of exact, mcmc "
+                         "and svi are their keyword arguments (see bablate.exact / mcmc / svi).")
+    return {k: v for k, v in options.items() if k in _ACCEPTS[method]}
+
+
+def infer(task: Task, method: str = "exact", key: jax.Array | None = None, prior: ArrayLike = 0.5,
+          beta: float = 1.0, *, max_exact: int = MAX_EXACT, large: str = "mcmc",
+          **options) -> Posterior:
     """Infers the AMD P(mask | task, correct) ∝ prior(mask) · odds(correct | task, mask)^β.
 
     Args:
       task: the task (:meth:`bablate.Task.build`).
-      method: "exact" (d ≤ 20), "mcmc" (any d) or "svi" (thousands of units).
-      key: PRNG key (mcmc, svi); default ``jax.random.key(0)``.
+      method: "exact" (d ≤ 20), "mcmc" (any d), "svi" (thousands of units), or "auto"
+        (:func:`choose_method`: exact up to ``max_exact`` units, else ``large``). The method
+        used is on the posterior (``post.method``).
+      key: PRNG key, required by the stochastic methods (mcmc, svi).
       prior: keep-probability of each unit, scalar or ``[d]`` (paper: 0.5).
       beta: inverse temperature on the log-odds (paper: 1).
-      **options: passed to :func:`exact`, :func:`mcmc` or :func:`svi`.
+      max_exact: the largest site "auto" enumerates.
+      large: the method "auto" uses above ``max_exact`` units ("mcmc" or "svi").
+      **options: passed to :func:`exact`, :func:`mcmc` or :func:`svi` (under "auto", to the
+        chosen one).
 
     Returns:
       A :class:`Posterior`.
+
+    Raises:
+      ValueError: an unknown method, or a stochastic method without a key.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown inference method {method!r}; choose one of {METHODS}.")
-    if method == "exact":
+    chosen = choose_method(task.num_units, method, max_exact, large)
+    options = _options_for(chosen, method, options)
+    if chosen == "exact":
+        if method == "auto":
+            options.setdefault("max_units", max(max_exact, 20))
         return exact(task, prior=prior, beta=beta, **options)
-    key = jax.random.key(0) if key is None else key
-    if method == "mcmc":
+    key = _require_key(key, chosen, f"infer for task {task.name!r}")
+    if chosen == "mcmc":
         return mcmc(task, key, prior=prior, beta=beta, **options)
     return svi(task, key, prior=prior, beta=beta, **options)
 
 
-def infer_many(tasks: list[Task], method: str = "exact", key: jax.Array | None = None,
-               prior=0.5, beta: float = 1.0, **options) -> list[Posterior]:
-    """:func:`infer` for a list of tasks; exact inference of tasks that share a site and a
-    dataset runs the network once per mask for all of them (:func:`exact_many`)."""
-    if method == "exact":
-        return exact_many(list(tasks), prior=prior, beta=beta, **options)
-    key = jax.random.key(0) if key is None else key
-    return [infer(t, method, jax.random.fold_in(key, i), prior, beta, **options)
-            for i, t in enumerate(tasks)]
+def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array | None = None,
+               prior: ArrayLike = 0.5, beta: float = 1.0, *, max_exact: int = MAX_EXACT,
+               large: str = "mcmc", **options) -> list[Posterior]:
+    """:func:`infer` for many tasks, choosing the method per task in one place.
+
+    "auto" enumerates tasks of at most ``max_exact`` units exactly and runs ``large`` ("mcmc"
+    or "svi") on the others. Exact inference of tasks that share a site and a dataset (a
+    :class:`~bablate.tasks.TaskSet`) runs the network once per mask for all of them
+    (:func:`exact_many`). Task ``i`` of a stochastic method gets the key
+    ``jax.random.fold_in(key, i)``.
+
+    Raises:
+      ValueError: a stochastic method (or "auto" choosing one) without a key.
+    """
+    items = list(tasks)
+    chosen = [choose_method(t.num_units, method, max_exact, large) for t in items]
+    if any(c in STOCHASTIC for c in chosen):
+        key = _require_key(key, next(c for c in chosen if c in STOCHASTIC),
+                           f"infer_many over {len(items)} tasks")
+    out: list[Posterior | None] = [None] * len(items)
+    exact_ids = [i for i, c in enumerate(chosen) if c == "exact"]
+    if exact_ids:
+        exact_options = _options_for("exact", method, dict(options))
+        if method == "auto":
+            exact_options.setdefault("max_units", max(max_exact, 20))
+        group = (tasks if isinstance(tasks, TaskSet) and len(exact_ids) == len(items)
+                 else [items[i] for i in exact_ids])
+        for i, post in zip(exact_ids, exact_many(group, prior=prior, beta=beta,
+                                                 **exact_options), strict=True):
+            out[i] = post
+    for i, c in enumerate(chosen):
+        if c != "exact":
+            out[i] = infer(items[i], c, jax.random.fold_in(key, i), prior, beta,
+                           **_options_for(c, method, options))
+    return out
 
 
-__all__ = ["METHODS", "ConvergenceWarning", "FlipKernel", "FlipState", "Posterior",
-           "chain_diagnostics", "exact", "exact_many", "index_to_masks", "infer", "infer_many",
-           "mcmc", "mean_field_optimum", "svi", "table_marginals"]
+__all__ = ["MAX_EXACT", "METHODS", "STOCHASTIC", "ConvergenceWarning", "FlipKernel",
+           "FlipState", "Posterior", "chain_diagnostics", "choose_method", "exact",
+           "exact_many", "index_to_masks", "infer", "infer_many", "mcmc", "mean_field_optimum",
+           "svi", "table_marginals"]

@@ -8,12 +8,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from bablate import progress, sharding
-from bablate.amd import check_beta, log_joint_from, nonfinite_error, prior_probs
+from bablate import amd, progress, sharding
+from bablate.amd import check_beta, nonfinite_error, prior_probs
 from bablate.inference import programs
 from bablate.inference.posterior import Posterior
-from bablate.tasks import Task, p_correct_from
+from bablate.tasks import Task, TaskSet
 
 MAX_EXACT_UNITS = 24
 
@@ -86,75 +87,78 @@ def _enumerate(score, args, d: int, chunk: int, desc: str) -> tuple[np.ndarray, 
 
 def _build_one(task: Task, smooth: bool, chunk: int):
     """The compiled scorer of one task: ``(args, start) -> [chunk]`` log joint densities of the
-    masks ``start .. start + chunk - 1``, with ``args`` from
-    :func:`bablate.inference.programs.amd_args` (data, positives, prior and β are arguments)."""
+    masks ``start .. start + chunk - 1``, with ``args`` from :func:`bablate.amd.amd_args`
+    (data, positives, prior and β are arguments)."""
     bare = dataclasses.replace(task, data={})  # the cache must not keep one task's arrays
     d = task.num_units
 
     def score(args, start):
         masks = sharding.constrain(index_to_masks(start + jnp.arange(chunk), d))
-        return log_joint_from(programs.probe(bare, args), args["data"], masks,
-                              args["log_prior"], args["beta"], smooth)
+        return amd.log_density(masks, args, task=bare, smooth=smooth)
 
     return jax.jit(programs.trace_guard(score))
 
 
-def _build_many(tasks: list[Task], smooth: bool, chunk: int):
-    """The compiled scorer of tasks sharing one site and dataset: ``(args, start) -> [T, chunk]``;
-    ``args`` holds the shared data, each task's rule data and positives, the prior and β."""
-    base = dataclasses.replace(tasks[0], data={})
-    rules = [(t.rule.soft if smooth else t.rule.hard) for t in tasks]
-    d = base.num_units
+def _build_many(task_set: TaskSet, smooth: bool, chunk: int):
+    """The compiled scorer of a task set: ``(args, start) -> [T, chunk]``; ``args`` holds the
+    set's data (shared arrays, each task's rule data and positives), the prior and β."""
+    bare = TaskSet(site=task_set.site, data={},
+                   tasks=tuple(dataclasses.replace(t, data={}) for t in task_set.tasks))
+    d = bare.num_units
 
     def score(args, start):
         masks = sharding.constrain(index_to_masks(start + jnp.arange(chunk), d))
-        outputs = jax.vmap(lambda m: base.outputs_fn(args["data"], m))(masks)
-        log_prior = masks @ args["log_prior"][0] + (1.0 - masks) @ args["log_prior"][1]
-        rows = []
-        for correct, rule_data, positive in zip(rules, args["rules"], args["positives"],
-                                                strict=True):
-            c = jax.vmap(lambda out, correct=correct, rule_data=rule_data: correct(
-                out, rule_data))(outputs)
-            pc = p_correct_from(c.astype(jnp.float32), positive)
-            rows.append(log_prior + args["beta"] * (jnp.log(pc) - jnp.log1p(-pc)))
-        return jnp.stack(rows)
+        return amd.log_joint_from(bare, args["data"], masks, args["log_prior"], args["beta"],
+                                  smooth)
 
     return jax.jit(programs.trace_guard(score))
 
 
-def exact_many(tasks: list[Task], prior=0.5, beta: float = 1.0, smooth: bool = False,
-               chunk_size: int = 4096, max_units: int = 20) -> list[Posterior]:
+def _shares_data(tasks: list[Task]) -> bool:
+    """Whether a plain list of tasks shares one site and one dataset (then one enumeration
+    serves all of them); a :class:`TaskSet` says so by construction."""
+    base = tasks[0]
+    same_value = lambda t: (t.data["value"] is base.data["value"]
+                            or np.array_equal(t.data["value"], base.data["value"]))
+    return all(t.site is base.site and t.data["inputs"] is base.data["inputs"]
+               and t.data["act"] is base.data["act"] and same_value(t) for t in tasks)
+
+
+def exact_many(tasks: TaskSet | list[Task], prior: ArrayLike = 0.5, beta: float = 1.0,
+               smooth: bool = False, chunk_size: int = 4096, max_units: int = 20,
+               ) -> list[Posterior]:
     """Exact AMDs of several tasks that share one site and one dataset, in one enumeration.
 
     The network runs once per mask and every task's rule reads the same outputs, so T tasks
     cost about one (e.g. one task per chunk of a sequence, or per feature of a toy model).
-    Tasks built with different inputs or sites fall back to one enumeration each.
+    Pass a :class:`~bablate.tasks.TaskSet`; a plain list of tasks built on the same inputs
+    (the same objects) is recognised as one too, and tasks built with different inputs or
+    sites fall back to one enumeration each.
     """
-    if not tasks:
-        return []
+    if not isinstance(tasks, TaskSet):
+        tasks = list(tasks)
+        if not tasks:
+            return []
+        if not _shares_data(tasks):
+            return [exact(t, prior, beta, smooth, chunk_size, max_units) for t in tasks]
+        tasks = TaskSet.of(tasks)
     beta = check_beta(beta)
-    base = tasks[0]
-    same_value = lambda t: (t.data["value"] is base.data["value"]
-                            or np.array_equal(t.data["value"], base.data["value"]))
-    shared = all(t.site is base.site and t.data["inputs"] is base.data["inputs"]
-                 and t.data["act"] is base.data["act"] and same_value(t) for t in tasks)
-    if not shared:
-        return [exact(t, prior, beta, smooth, chunk_size, max_units) for t in tasks]
+    base = tasks.tasks[0]
     _check_size(base, max_units)
     d = base.num_units
     chunk = sharding.round_up(min(chunk_size, 2 ** d))
     p = prior_probs(prior, d)
     rules = tuple(programs.program_key(t)[1:] for t in tasks)
-    score = programs.cached_program(("exact_many", base.site, rules, smooth, chunk),
+    score = programs.cached_program(("exact_many", tasks.site, rules, smooth, chunk),
                                     lambda: _build_many(tasks, smooth, chunk))
-    args = {**programs.amd_args(base, p, beta),
-            "rules": [t.data["rule"] for t in tasks],
-            "positives": [t.rule.positive for t in tasks]}
+    args = {"data": tasks.data, "log_prior": amd.amd_args(base, p, beta)["log_prior"],
+            "beta": np.float32(beta)}
     table, seconds = _enumerate(score, args, d, chunk, f"exact x{len(tasks)} tasks")
-    return [_posterior(t, row, prior, beta, seconds) for t, row in zip(tasks, table, strict=True)]
+    return [_posterior(t, row, prior, beta, seconds)
+            for t, row in zip(tasks.tasks, table, strict=True)]
 
 
-def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
+def exact(task: Task, prior: ArrayLike = 0.5, beta: float = 1.0, smooth: bool = False,
           chunk_size: int = 8192, max_units: int = 20) -> Posterior:
     """Enumerates every mask in vmapped, jitted chunks.
 
@@ -176,7 +180,7 @@ def exact(task: Task, prior=0.5, beta: float = 1.0, smooth: bool = False,
     p = prior_probs(prior, d)
     score = programs.cached_program(("exact", *programs.program_key(task), smooth, chunk),
                                     lambda: _build_one(task, smooth, chunk))
-    log_unnorm, seconds = _enumerate(score, programs.amd_args(task, p, beta), d, chunk,
+    log_unnorm, seconds = _enumerate(score, amd.amd_args(task, p, beta), d, chunk,
                                      f"exact {task.name}")
     return _posterior(task, log_unnorm, prior, beta, seconds)
 

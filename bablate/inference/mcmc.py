@@ -15,25 +15,18 @@ import dataclasses
 import functools
 import time
 import warnings
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.typing import ArrayLike
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.infer import MCMC, DiscreteGibbs
 
-from bablate import progress, sharding
-from bablate.amd import (
-    MASK_SITE,
-    check_beta,
-    log_joint_from,
-    make_model,
-    nonfinite_error,
-    prior_probs,
-)
+from bablate import amd, progress, sharding
+from bablate.amd import MASK_SITE, check_beta, make_model, nonfinite_error, prior_probs
 from bablate.inference import programs
 from bablate.inference.kernels import FlipKernel
 from bablate.inference.posterior import ConvergenceWarning, Posterior
@@ -67,8 +60,8 @@ def chain_diagnostics(samples_CxSxD: np.ndarray) -> dict:
     return out
 
 
-def mcmc(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *, sampler: str = "auto",
-         num_samples: int = 2000, num_warmup: int = 500, num_chains: int = 4,
+def mcmc(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float = 1.0, *,
+         sampler: str = "auto", num_samples: int = 2000, num_warmup: int = 500, num_chains: int = 4,
          thinning: int = 1, smooth: bool = False, chain_method: str = "auto",
          init_mask: np.ndarray | None = None, flips: str = "multi",
          step_size: float = 1.0) -> Posterior:
@@ -218,7 +211,8 @@ def _score_stock_draws(task: Task, samples: np.ndarray, p: np.ndarray, beta: flo
     keep = max(1, _MAX_NEIGHBOURS // d)
     flips = np.abs(unique[:keep, None, :] - np.eye(d, dtype=np.float32)[None]).reshape(-1, d)
     masks = np.concatenate([unique, flips])
-    log_prior = masks @ np.log(p) + (1 - masks) @ np.log1p(-p)
+    # The one density (bablate.amd), on the host: the network part chunked by Task.log_odds.
+    log_prior = amd.log_prior_of(masks, np.stack([np.log(p), np.log1p(-p)]))
     lp = log_prior + beta * task.log_odds(masks, smooth)
     if not np.all(np.isfinite(lp)):
         raise nonfinite_error(task.name, f"at {int((~np.isfinite(lp)).sum())} masks proposed "
@@ -279,7 +273,7 @@ def sample_flip_kernel(task: Task, key: jax.Array, p: np.ndarray, beta: float, r
     """
     method, devices = chain_layout(run.num_chains, run.chain_method)
     keys = jax.random.split(legacy_key(key), run.num_chains)
-    args = programs.amd_args(task, p, beta)
+    args = amd.amd_args(task, p, beta)
     x0_CxD = np.broadcast_to(x0, (run.num_chains, x0.size))
     log_step = np.full((run.num_chains,), np.log(step_size), np.float32)
     if method == "sequential":
@@ -340,36 +334,21 @@ def _progress(bar, state, n: int) -> None:
     bar.update(n)
 
 
-def _amd_model(args: dict, *, task: Task, smooth: bool):
-    """:func:`bablate.amd.amd_model` with the prior and β as arguments."""
-    log_p, log_not_p = args["log_prior"][0], args["log_prior"][1]
-    with numpyro.plate("units", task.num_units):
-        mask = numpyro.sample(MASK_SITE, dist.Bernoulli(logits=log_p - log_not_p))
-    log_odds = programs.probe(task, args).log_odds_fn(args["data"], mask[None], smooth)[0]
-    numpyro.factor("log_odds", args["beta"] * log_odds)
-
-
-def _log_joint(masks_CxD: jax.Array, args: dict, *, task: Task, smooth: bool) -> jax.Array:
-    """The log density of :func:`_amd_model` for a batch of masks, in one evaluation."""
-    return log_joint_from(programs.probe(task, args), args["data"], masks_CxD,
-                          args["log_prior"], args["beta"], smooth)
-
-
 def make_kernel(task: Task, proposal: str, flips: str = "multi", smooth: bool = False,
                 step_size: float = 1.0) -> FlipKernel:
     """The :class:`FlipKernel` of the AMD of ``task``; its model takes
-    :func:`bablate.inference.programs.amd_args`."""
-    model = functools.partial(_amd_model, task=task, smooth=smooth)
-    fn = functools.partial(_log_joint, task=task, smooth=smooth)
+    :func:`bablate.amd.amd_args`."""
+    model = functools.partial(amd.model, task=task, smooth=smooth)
+    fn = functools.partial(amd.log_density, task=task, smooth=smooth)
     gradient_model = gradient_fn = None
     if proposal == "gradient":
-        gradient_model = functools.partial(_amd_model, task=task, smooth=True)
-        gradient_fn = functools.partial(_log_joint, task=task, smooth=True)
+        gradient_model = functools.partial(amd.model, task=task, smooth=True)
+        gradient_fn = functools.partial(amd.log_density, task=task, smooth=True)
     return FlipKernel(model, proposal=proposal, gradient_model=gradient_model, flips=flips,
                       step_size=step_size, log_density_fn=fn, gradient_log_density_fn=gradient_fn)
 
 
-def compiled_loop(task: Task, run: Run, devices: int):
+def compiled_loop(task: Task, run: Run, devices: int) -> tuple[Callable, Callable, Callable]:
     """The jitted ``(init, advance, place)`` of ``task``'s site and rule and ``run``, cached.
 
     ``init(keys_C, x0_CxD, log_step_C, args)`` builds the chains' states; ``advance(state,

@@ -7,10 +7,11 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from bablate.runs import atomic_write_bytes
+from bablate import io as bbio
 
 _ARRAYS = ("marginals", "prior", "log_probs", "samples", "log_density")
 _STAT = "sample_stat__"  # key prefix of the sample stats in a saved .npz
@@ -96,7 +97,7 @@ class Posterior:
         arrays.update({_STAT + k: np.asarray(v) for k, v in self.sample_stats.items()})
         buffer = io.BytesIO()
         np.savez_compressed(buffer, meta=np.asarray(json.dumps(meta)), **arrays)
-        atomic_write_bytes(path, buffer.getvalue())
+        bbio.atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Posterior:
@@ -133,7 +134,7 @@ class Posterior:
                              "density per draw (only MCMC does).")
         return self.log_density.reshape(c, -1)
 
-    def to_arviz(self):
+    def to_arviz(self) -> Any:
         """The draws as an ``arviz.InferenceData`` (needs the ``arviz`` extra).
 
         The posterior group holds ``mask`` with dims ``(chain, draw, unit)``; sample stats hold

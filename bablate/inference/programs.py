@@ -2,37 +2,23 @@
 ``Task.log_odds`` / ``p_correct``): their cache and their arguments.
 
 A program is compiled for what it depends on beyond arrays (the site object, the rule's code
-and the run's static settings) and takes everything else as an argument (:func:`amd_args`:
-the task's data, the rule's positives, the log prior and β), so every task on one site with
-data of one shape reuses one compilation.
+and the run's static settings) and takes everything else as an argument
+(:func:`bablate.amd.amd_args`: the task's data, the rule's positives, the log prior and β), so
+every task on one site with data of one shape reuses one compilation.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
-
-import numpy as np
+from collections.abc import Callable
+from typing import Any
 
 from bablate.tasks import Task
 
 _CACHE_SIZE = 32
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 _LOCK = threading.Lock()
-
-
-def amd_args(task: Task, p: np.ndarray, beta: float) -> dict:
-    """The arrays of the AMD of ``task``: a program's argument (nothing of it is compiled in)."""
-    return {"data": task.data, "positive": task.rule.positive,
-            "log_prior": np.stack([np.log(p), np.log1p(-p)]).astype(np.float32),
-            "beta": np.float32(beta)}
-
-
-def probe(task: Task, args: dict) -> Task:
-    """``task``'s evaluators with the rule's ``positive`` taken from ``args`` (traced)."""
-    rule = dataclasses.replace(task.rule, positive=args["positive"])
-    return Task(name=task.name, site=task.site, rule=rule, data={})
 
 
 def _function_key(fn):
@@ -59,7 +45,7 @@ def program_key(task: Task) -> tuple:
             rule.positive is None)
 
 
-def cached_program(key: tuple, build):
+def cached_program(key: tuple, build: Callable[[], Any]) -> Any:
     """``build()``'s result, kept in a small LRU cache under ``key``."""
     with _LOCK:
         if key in _PROGRAMS:
@@ -73,7 +59,7 @@ def cached_program(key: tuple, build):
     return program
 
 
-def trace_guard(fn):
+def trace_guard(fn: Callable) -> Callable:
     """Identity; tests replace it with ``chex.assert_max_traces`` to catch retracing."""
     return fn
 

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import optax
+from jax.typing import ArrayLike
 
-from bablate import progress, sharding
+from bablate import amd, progress, sharding
 from bablate.amd import check_beta, nonfinite_error, prior_probs
 from bablate.inference import programs
 from bablate.inference.posterior import ConvergenceWarning, Posterior
@@ -51,7 +52,7 @@ DRIFT_MAX = 0.02
 GRADIENT_Z_MAX = 5.0
 
 
-def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
+def svi(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float = 1.0, *,
         estimator: str = "score", num_steps: int = 2000, num_particles: int = 32,
         learning_rate: float = 0.05, final_learning_rate: float = 0.001,
         temperature: float = 0.5, smooth: bool = False, num_draws: int = 2000,
@@ -108,7 +109,7 @@ def svi(task: Task, key: jax.Array, prior=0.5, beta: float = 1.0, *,
     settings = (estimator, num_particles, float(temperature), use_smooth, steps_per_call)
     optimizer, run_chunk = programs.cached_program(
         ("svi", *programs.program_key(task), *settings), lambda: _build(task, *settings))
-    args = programs.amd_args(task, p, beta)
+    args = amd.amd_args(task, p, beta)
     # Start at the prior: the guide moves away from it only where the likelihood says so.
     phi = jnp.asarray(np.log(p) - np.log1p(-p))
     opt_state = optimizer.init(phi)
@@ -184,12 +185,12 @@ def _build(task: Task, estimator: str, num_particles: int, temperature: float,
 
     def closed_form(phi, log_prior):
         q = jax.nn.sigmoid(phi)
-        cross = q @ log_prior[0] + (1 - q) @ log_prior[1]
+        cross = amd.log_prior_of(q, log_prior)  # E_q log prior(m): linear in m
         entropy = dist.Bernoulli(logits=phi).entropy().sum()
         return cross + entropy
 
     def loss(phi, key, args):
-        log_odds = functools.partial(programs.probe(task, args).log_odds_fn, args["data"])
+        log_odds = functools.partial(amd.bind(task, args).log_odds_fn, args["data"])
         guide = dist.Bernoulli(logits=jnp.broadcast_to(phi, (num_particles, d)))
         if estimator == "concrete":
             masks = dist.RelaxedBernoulliLogits(temperature, logits=jnp.broadcast_to(
