@@ -750,7 +750,7 @@ def run_llm(cfg: StudyConfig, ctx, key: jax.Array) -> dict:
         ctx.log(f"llm: skipped: {reason}")
         return {"network": network, "skipped": reason}
     from bablate.models.gguf import load_smollm2
-    from bablate.studies.llm_concepts import load_concepts
+    from bablate.testbeds.llama import load_concepts
 
     timings = {}
     t0 = time.perf_counter()
