@@ -11,6 +11,11 @@ small, SVI) and over one layer's MLP neurons (SVI; gradient MCMC for some concep
 distributedness, total correlation, polysemanticity and the concept × concept JS overlap;
 (4) PA templates per layer (state at the concept word, training split) scored on the held-out
 split; (5) activation / inhibition by grafting or zeroing a template while sampling; (6) UCD.
+One module per step: ``ablation``, ``pa``, ``interventions``, ``discovery``; figures in
+``plots``, report text in ``report``; the model, prompts and token positions come from
+``bablate.testbeds.llama``.
+
+Config: ``experiments/llm_concepts.py`` (variants ``quick``, ``full``), typed in ``config``.
 """
 
 from __future__ import annotations
