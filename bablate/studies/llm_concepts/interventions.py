@@ -104,8 +104,8 @@ def interventions(ic: Interventions, params: dict, cfg: LlamaConfig, tok: Any,
                          f"{ic.positions} tokens; lengthen the short prompts.")
     k_neutral = jax.random.fold_in(key, NEUTRAL_KEY)
     n_s = ic.samples
-    run = lambda texts, k, n, **kw: sample(ic, params, cfg, tok, texts, k, length, n, **kw)
-    base = run(neutral, k_neutral, n_s)
+    draw = lambda texts, k, n, **kw: sample(ic, params, cfg, tok, texts, k, length, n, **kw)
+    base = draw(neutral, k_neutral, n_s)
     out, examples = {}, {}
     for i, d in enumerate(data):
         graft = {}
@@ -117,13 +117,13 @@ def interventions(ic: Interventions, params: dict, cfg: LlamaConfig, tok: Any,
         # The control types the concept's most frequent training word.
         train_ids = d.target_ids[~d.test]
         word_id = int(np.bincount(train_ids).argmax())
-        grafted = run(neutral, k_neutral, n_s, graft=graft)
-        typed = run(neutral, k_neutral, n_s, substitute=word_id)
+        grafted = draw(neutral, k_neutral, n_s, graft=graft)
+        typed = draw(neutral, k_neutral, n_s, substitute=word_id)
         k_own = jax.random.fold_in(key, OWN_KEY + i)
         own_base, zeroed = [], []
         if own[d.name]:
-            own_base = run(own[d.name], k_own, 1)
-            zeroed = run(own[d.name], k_own, 1, graft=zero)
+            own_base = draw(own[d.name], k_own, 1)
+            zeroed = draw(own[d.name], k_own, 1, graft=zero)
         out[d.name] = {"baseline": rate(base, words), "activation": rate(grafted, words),
                        "token_control": rate(typed, words),
                        "inhibition_baseline": rate(own_base, words),
