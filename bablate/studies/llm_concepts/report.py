@@ -1,81 +1,17 @@
-"""Figures and report text of the LLM concepts study."""
+"""The report text of the LLM concepts study (report.md): tables and verdicts drawn from the
+results dict, with the figures of `plots`."""
 
 from __future__ import annotations
 
-import matplotlib
+from typing import Any
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from . import plots
+from .config import Config
 
-
-def _head_maps(results, names):
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
-    layers = results["head_layers"]
-    for ax, n in zip(axes[0], names, strict=True):
-        m = np.asarray(results["head_importance"][n])
-        im = ax.imshow(m, vmin=0, vmax=1, cmap="RdBu_r", aspect="auto")
-        ax.set_title(n)
-        ax.set_xlabel("head")
-        ax.set_yticks(range(len(layers)))
-        ax.set_yticklabels(layers if len(layers) <= 10 else
-                           [str(l) if i % 5 == 0 else "" for i, l in enumerate(layers)])
-        ax.set_ylabel("layer")
-    fig.colorbar(im, ax=axes[0].tolist(), label="q(m_i = 1)")
-    return fig
+ARMS = plots.ARMS
 
 
-def _overlap(results, names):
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-    for ax, kind in zip(axes, ("heads", "neurons"), strict=True):
-        m = np.asarray(results["concept_overlap"][kind])
-        im = ax.imshow(m, cmap="viridis")
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=45)
-        ax.set_yticks(range(len(names)))
-        ax.set_yticklabels(names)
-        ax.set_title(f"JS overlap, {kind}")
-        fig.colorbar(im, ax=ax, label="bits")
-    fig.tight_layout()
-    return fig
-
-
-def _pa_auc(results, names):
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for n in names:
-        ax.plot(results["pa_layers"], results["pa_auc_by_layer"][n], marker="o", label=n)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("layer (residual stream entering it)")
-    ax.set_ylabel("held-out AUC")
-    ax.set_ylim(0, 1.02)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-ARMS = ("baseline", "activation", "token_control", "inhibition_baseline", "inhibition")
-
-
-def _rates(results, names):
-    fig, ax = plt.subplots(figsize=(2.2 * len(names) + 2, 3.4))
-    r = results["intervention_rates"]
-    width = 0.8 / len(ARMS)
-    for j, arm in enumerate(ARMS):
-        x = np.arange(len(names)) + (j - (len(ARMS) - 1) / 2) * width
-        rate = np.array([r[n][arm]["rate"] for n in names], float)
-        err = np.array([[r[n][arm]["rate"] - r[n][arm]["lo"], r[n][arm]["hi"] - r[n][arm]["rate"]]
-                        for n in names], float).T
-        ax.bar(x, rate, width, yerr=err, capsize=2, label=arm.replace("_", " "))
-    ax.set_xticks(np.arange(len(names)))
-    ax.set_xticklabels(names)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction of samples naming the concept")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
-def interventions_text(c, results, names) -> str:
+def interventions_text(c: Config, results: dict, names: list[str]) -> str:
     """The intervention table (rates with 95% intervals) and what it shows."""
     r, det = results["intervention_rates"], results["intervention_details"]
     fmt = lambda a: (f"{a['rate']:.2f} [{a['lo']:.2f}, {a['hi']:.2f}] (n={a['n']})"
@@ -100,41 +36,27 @@ def interventions_text(c, results, names) -> str:
     return (f"The paper's occurrence protocol: the residual stream entering layers "
             f"{layers[0]}–{layers[-1]} is overwritten on each layer's template neurons at the "
             f"{det['positions']} prompt tokens before the last one, in the prompt pass only; "
-            f"{det['tokens']} tokens are sampled (temperature {c.temperature}, top-k 50; the "
-            f"paper generates 200) over {det['num_neutral_prompts']} neutral questions from 6 "
-            "categories. Token control: the concept word typed at the same positions instead "
-            "(the word's own embedding path). Inhibition: the template neurons zeroed in "
-            "held-out prompts the model completes with the concept. Every arm uses the same "
-            "sampler and keys. Rates with 95% Wilson intervals:\n\n" + "\n".join(rows)
+            f"{det['tokens']} tokens are sampled (temperature {c.interventions.temperature}, "
+            f"top-k 50; the paper generates 200) over {det['num_neutral_prompts']} neutral "
+            "questions from 6 categories. Token control: the concept word typed at the same "
+            "positions instead (the word's own embedding path). Inhibition: the template "
+            "neurons zeroed in held-out prompts the model completes with the concept. Every arm "
+            "uses the same sampler and keys. Rates with 95% Wilson intervals:\n\n" + "\n".join(rows)
             + "\n\n" + "; ".join(verdicts) + ". (Clearly = the 95% intervals do not overlap.)")
 
 
-def _neurons(results, names):
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for n in names:
-        q = np.sort(np.asarray(results["neuron_importance"][n]))[::-1]
-        ax.plot(q, label=n)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("neuron (sorted)")
-    ax.set_ylabel("q(m_i = 1)")
-    ax.set_xscale("log")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def report(ctx, c, results, posts) -> None:
+def report(ctx: Any, c: Config, results: dict) -> None:
     """Writes the study's figures and tables into the run report."""
-    del posts
     names = results["concepts"]
     g = results["greedy_check"]
     ctx.text(f"## Reference check\n\nGreedy continuation of {g['prompt']!r}: "
              f"{g['continuation']!r} — expected prefix {g['expected']!r}: "
              f"**{'passed' if g['passed'] else 'FAILED'}**.")
     acc = ", ".join(f"{n} {results['intact_accuracy'][n]:.2f}" for n in names)
+    where = "the last prompt position" if c.ablation.positions == "last" else "every position"
     ctx.text(f"## Concept prompts\n\nIntact top-1 accuracy per concept (all prompts): {acc}. "
-             f"Ablation uses up to {c.max_prompts} correct training prompts per concept; masks "
-             f"act at {'the last prompt position' if c.positions == 'last' else 'every position'}.")
+             f"Ablation uses up to {c.ablation.max_prompts} correct training prompts per "
+             f"concept; masks act at {where}.")
     rows = ["| concept | heads distributedness | neurons distributedness | heads TC (bits) |",
             "|---|---|---|---|"]
     for n in names:
@@ -145,26 +67,26 @@ def report(ctx, c, results, posts) -> None:
     ctx.text("## Bayesian ablation\n\n" + "\n".join(rows) +
              f"\n\nMean polysemanticity (effective concepts per unit): heads {_f(pm['heads'])}, "
              f"neurons {_f(pm['neurons'])}.")
-    ctx.figure(_head_maps(results, names), "head_importance",
+    ctx.figure(plots.head_maps(results, names), "head_importance",
                f"Head importance q(m_i = 1) per concept "
                f"({results['concept_overlap']['heads_method']}): red = needed for the "
                "concept's completions, 0.5 = irrelevant, blue = harmful.")
     overlap = results["concept_overlap"]
     kinds = {"joint": "joint JS of the whole mask distributions",
              "marginal": "mean over units of the JS between marginals"}
-    ctx.figure(_overlap(results, names), "concept_overlap",
+    ctx.figure(plots.overlap(results, names), "concept_overlap",
                "Concept × concept Jensen–Shannon divergence between AMDs (heads, "
                f"{overlap['heads_method']}: {kinds[overlap['heads_js']]}; neurons: "
                f"{kinds[overlap['neurons_js']]}).")
-    ctx.figure(_neurons(results, names), "neuron_importance",
+    ctx.figure(plots.neurons(results, names), "neuron_importance",
                f"Sorted MLP-neuron importance at layer {results['neuron_layer']} (SVI).")
     ctx.text("## Population averaging\n\n" + pa_text(results, names))
     if results.get("pa_prose"):
         ctx.text("### PA as the authors build it (natural prose)\n\n"
                  + prose_text(results, names))
-    ctx.figure(_pa_auc(results, names), "pa_auc", "PA template detection AUC per layer.")
+    ctx.figure(plots.pa_auc(results, names), "pa_auc", "PA template detection AUC per layer.")
     ctx.text("## Activation and inhibition\n\n" + interventions_text(c, results, names))
-    ctx.figure(_rates(results, names), "interventions",
+    ctx.figure(plots.rates(results, names), "interventions",
                "Rate of continuations naming the concept per arm (95% Wilson intervals): "
                "neutral prompts as they are, with the template grafted, with the word typed; "
                "concept prompts as they are and with the template's neurons zeroed.")
@@ -177,7 +99,7 @@ def report(ctx, c, results, posts) -> None:
     ctx.text("## Unsupervised chunk discovery\n\n" + "\n".join(u_rows))
 
 
-def pa_text(results: dict, names) -> str:
+def pa_text(results: dict, names: list[str]) -> str:
     """PA AUC per layer beside the token-identity AUC, and where PA beats it."""
     layers = results["pa_layers"]
     rows = ["| concept | token identity | " + " | ".join(f"L{l}" for l in layers) + " |",
@@ -207,7 +129,7 @@ def pa_text(results: dict, names) -> str:
             f"{sizes}.")
 
 
-def prose_text(results: dict, names) -> str:
+def prose_text(results: dict, names: list[str]) -> str:
     """Templates from natural prose: the authors' AUC and ours, test TPR/FPR, token identity."""
     layers = results["pa_layers"]
     prose = results["pa_prose"]

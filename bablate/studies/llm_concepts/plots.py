@@ -1,0 +1,95 @@
+"""Figures of the LLM concepts study: each draws values of the results dict it is given."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def head_maps(results: dict, names: list[str]) -> Figure:
+    """Head importance q(m_i = 1) per concept, layer × head."""
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
+    layers = results["head_layers"]
+    for ax, n in zip(axes[0], names, strict=True):
+        m = np.asarray(results["head_importance"][n])
+        im = ax.imshow(m, vmin=0, vmax=1, cmap="RdBu_r", aspect="auto")
+        ax.set_title(n)
+        ax.set_xlabel("head")
+        ax.set_yticks(range(len(layers)))
+        ax.set_yticklabels(layers if len(layers) <= 10 else
+                           [str(l) if i % 5 == 0 else "" for i, l in enumerate(layers)])
+        ax.set_ylabel("layer")
+    fig.colorbar(im, ax=axes[0].tolist(), label="q(m_i = 1)")
+    return fig
+
+
+def overlap(results: dict, names: list[str]) -> Figure:
+    """Concept × concept JS overlap of the AMDs, heads and neurons."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    for ax, kind in zip(axes, ("heads", "neurons"), strict=True):
+        m = np.asarray(results["concept_overlap"][kind])
+        im = ax.imshow(m, cmap="viridis")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=45)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names)
+        ax.set_title(f"JS overlap, {kind}")
+        fig.colorbar(im, ax=ax, label="bits")
+    fig.tight_layout()
+    return fig
+
+
+def pa_auc(results: dict, names: list[str]) -> Figure:
+    """Held-out PA AUC per layer and concept."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for n in names:
+        ax.plot(results["pa_layers"], results["pa_auc_by_layer"][n], marker="o", label=n)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("layer (residual stream entering it)")
+    ax.set_ylabel("held-out AUC")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+ARMS = ("baseline", "activation", "token_control", "inhibition_baseline", "inhibition")
+
+
+def rates(results: dict, names: list[str]) -> Figure:
+    """Intervention rates per arm and concept, with their intervals."""
+    fig, ax = plt.subplots(figsize=(2.2 * len(names) + 2, 3.4))
+    r = results["intervention_rates"]
+    width = 0.8 / len(ARMS)
+    for j, arm in enumerate(ARMS):
+        x = np.arange(len(names)) + (j - (len(ARMS) - 1) / 2) * width
+        rate = np.array([r[n][arm]["rate"] for n in names], float)
+        err = np.array([[r[n][arm]["rate"] - r[n][arm]["lo"], r[n][arm]["hi"] - r[n][arm]["rate"]]
+                        for n in names], float).T
+        ax.bar(x, rate, width, yerr=err, capsize=2, label=arm.replace("_", " "))
+    ax.set_xticks(np.arange(len(names)))
+    ax.set_xticklabels(names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction of samples naming the concept")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def neurons(results: dict, names: list[str]) -> Figure:
+    """Sorted MLP-neuron importance per concept."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for n in names:
+        q = np.sort(np.asarray(results["neuron_importance"][n]))[::-1]
+        ax.plot(q, label=n)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("neuron (sorted)")
+    ax.set_ylabel("q(m_i = 1)")
+    ax.set_xscale("log")
+    ax.legend()
+    fig.tight_layout()
+    return fig
