@@ -142,7 +142,7 @@ def test_every_variant_validates_and_builds_the_nested_config():
     from bablate.runs import ConfigError
     from bablate.studies.llm_concepts import config as study_config
     from bablate.studies.llm_concepts import validate
-    from experiments.llm_concepts import VARIANTS, get_config
+    from bablate.studies.llm_concepts.variants import VARIANTS, get_config
 
     for variant in VARIANTS:
         c = get_config(variant)
@@ -175,8 +175,8 @@ def test_neutral_prompts_name_no_concept():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bablate.studies.llm_concepts.interventions import mentions
+    from bablate.studies.llm_concepts.variants import NEUTRAL_CATEGORIES, NEUTRAL_PROMPTS
     from bablate.testbeds.llama import load_concepts
-    from experiments.llm_concepts import NEUTRAL_CATEGORIES, NEUTRAL_PROMPTS
 
     assert len(NEUTRAL_PROMPTS) >= 30 and len(NEUTRAL_CATEGORIES) >= 5
     words = {p["target"] for spec in load_concepts().values()
@@ -208,7 +208,7 @@ def test_quick_study_smoke(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bablate.runs import RunContext
     from bablate.studies import llm_concepts
-    from experiments.llm_concepts import get_config
+    from bablate.studies.llm_concepts.variants import get_config
 
     c = get_config("quick")
     c.concepts = ["cheese", "capitals"]

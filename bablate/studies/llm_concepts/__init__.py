@@ -15,7 +15,7 @@ One module per step: ``ablation``, ``pa``, ``interventions``, ``discovery``; fig
 ``plots``, report text in ``report``; the model, prompts and token positions come from
 ``bablate.testbeds.llama``.
 
-Config: ``experiments/llm_concepts.py`` (variants ``quick``, ``full``), typed in ``config``.
+Config: ``variants.py`` (``--config=llm_concepts:quick`` or ``full``), typed in ``config``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The study's config: the checks run before any work, and the typed config the steps read.
 
-``experiments/llm_concepts.py`` keeps its flat keys (``svi_steps``, ``pa_layers``, ...); the
+``variants.py`` keeps its flat keys (``svi_steps``, ``pa_layers``, ...); the
 typed config groups them by step (``ablation.svi.steps``, ``pa.layers``, ...). `KEYS` names,
 for every key of the ConfigDict, its field in the typed config, so the grouping is written in
 one place and a key that names no field is refused.
@@ -17,7 +17,7 @@ from bablate.testbeds.llama import load_concepts
 
 _NUM_LAYERS = 30  # SmolLM2-135M
 _LAYERS = cc.integer(0, _NUM_LAYERS - 1)
-# Every field of experiments/llm_concepts.py's config, checked before any work (the concept
+# Every field of variants.py's config, checked before any work (the concept
 # names are checked against bablate/data/concepts.json in `validate`).
 CONFIG_RULES = {
     "seed": cc.integer(0), "concepts": cc.sequence(cc.text(), min_len=1),

