@@ -16,7 +16,7 @@ from bablate.testbeds.rnn import Windows
 # The ablation's windows come from a third sequence, neither the fitting nor the held-out one.
 ABLATION_SEED_OFFSET = 2 * rnn_testbed.TEST_SEED_OFFSET
 EXACT_MAX_UNITS = 16  # method "auto": exact enumeration up to this many hidden units
-INFORMATIVE_BITS = 0.1  # an AMD with less task information than this is called flat
+INFORMATIVE_BITS = bb.metrics.INFORMATIVE_BITS  # an AMD with less task information is flat
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -26,16 +26,15 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
 
-def infer(cfg: StudyConfig, tasks: list[bb.Task], method: str,
+def infer(cfg: StudyConfig, tasks: bb.TaskSet, method: str,
           key: jax.Array) -> list[bb.Posterior]:
     """The AMD of every task: one enumeration for all (exact), or MCMC per task with key
     ``fold_in(key, i)`` for task i."""
-    if method == "exact":
-        return bb.infer_many(tasks, method="exact")
     m = cfg.ablation.mcmc
-    return bb.infer_many(tasks, method="mcmc", key=key, sampler=m.sampler,
-                         num_samples=m.num_samples, num_warmup=m.num_warmup,
-                         num_chains=m.num_chains)
+    options = {} if method == "exact" else dict(
+        sampler=m.sampler, num_samples=m.num_samples, num_warmup=m.num_warmup,
+        num_chains=m.num_chains)
+    return bb.infer_many(tasks, method=method, key=key, **options)
 
 
 def ablation(cfg: StudyConfig, variables: dict, seq: sequences.ChunkedSequence,
@@ -52,39 +51,37 @@ def ablation(cfg: StudyConfig, variables: dict, seq: sequences.ChunkedSequence,
                                     max_tasks=a.max_tasks)
     if not tasks:
         return {}
-    method = a.method
-    if method == "auto":
-        method = "exact" if cfg.model.hidden <= EXACT_MAX_UNITS else "mcmc"
+    tasks = bb.TaskSet.of(tasks)  # one site, one dataset: the builder shares them
+    method = bb.inference.choose_method(cfg.model.hidden, a.method, max_exact=EXACT_MAX_UNITS)
     posts = infer(cfg, tasks, method, key)
-    summaries = [bb.metrics.summarize(p) for p in posts]
+    m = bb.metrics.summarize_tasks(posts)
     codes = res.discretizer.codes(h_fit)
     agreement, overlap = [], []
     top = max(1, cfg.model.hidden // 4)
-    for t, m in zip(tasks, summaries, strict=True):
+    for t, importance in zip(tasks, m.unit_importance, strict=True):
         k = seq.words.index(t.name)
         info = chunks.unit_chunk_information(codes, rnn_testbed.task_steps(fit, k))
-        agreement.append(spearman(info, m.unit_importance))
-        overlap.append(len(set(np.argsort(-info)[:top]) & set(np.argsort(-m.unit_importance)
+        agreement.append(spearman(info, importance))
+        overlap.append(len(set(np.argsort(-info)[:top]) & set(np.argsort(-importance)
                                                                [:top])) / top)
     out = {"method": method, "rule": rule, "tasks": [t.name for t in tasks],
            "num_examples": [rnn_testbed.num_examples(t) for t in tasks],
            "intact_p_correct": [float(t.p_correct(np.ones((1, t.num_units)))[0])
                                 for t in tasks],
-           "unit_importance": np.stack([m.unit_importance for m in summaries]).tolist(),
-           "unit_information": np.stack([m.unit_information for m in summaries]).tolist(),
-           "distributedness": [m.distributedness for m in summaries],
-           "effective_units": [m.effective_units for m in summaries],
-           "total_correlation": [m.total_correlation for m in summaries],
-           "entropy_estimate": [m.entropy_estimate for m in summaries],
-           "task_information": [m.task_information for m in summaries],
+           "unit_importance": m.unit_importance.tolist(),
+           "unit_information": m.unit_information.tolist(),
+           "distributedness": m.distributedness.tolist(),
+           "effective_units": m.effective_units.tolist(),
+           "total_correlation": m.total_correlation.tolist(),
+           "entropy_estimate": list(m.entropy_estimate),
+           "task_information": m.task_information.tolist(),
            "agreement_per_chunk": agreement, "top_quarter_overlap": overlap,
            "diagnostics": [{k: v for k, v in p.diagnostics.items()
                             if isinstance(v, int | float)} for p in posts]}
     if len(posts) > 1:
-        poly = bb.metrics.polysemanticity(posts)
-        out["polysemanticity"] = poly.effective_tasks.tolist()
-        out["polysemanticity_mean"] = poly.mean
-        out["mutual_information"] = poly.mutual_information.tolist()
+        out["polysemanticity"] = m.effective_tasks.tolist()
+        out["polysemanticity_mean"] = m.polysemanticity_mean
+        out["mutual_information"] = m.unit_task_mi.tolist()
     if method == "mcmc" and a.mcmc.check_exact and cfg.model.hidden <= EXACT_MAX_UNITS:
         exact = bb.infer(tasks[0], method="exact")
         out["mcmc_vs_exact_max_abs_diff"] = float(np.max(np.abs(exact.marginals
