@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -569,7 +570,16 @@ class TaskSet:
     def __iter__(self) -> Iterator[Task]:
         return iter(self.tasks)
 
-    def __getitem__(self, i: int) -> Task:
+    @typing.overload
+    def __getitem__(self, i: int) -> Task: ...
+
+    @typing.overload
+    def __getitem__(self, i: slice) -> TaskSet: ...
+
+    def __getitem__(self, i: int | slice) -> Task | TaskSet:
+        """Task ``i``, or for a slice the task set of those tasks (same site and dataset)."""
+        if isinstance(i, slice):
+            return TaskSet.of(self.tasks[i])
         return self.tasks[i]
 
     # ---- pure evaluators (take ``data`` so they can be jitted) ----

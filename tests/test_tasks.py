@@ -175,6 +175,12 @@ def test_task_set_tasks_share_the_same_data_objects(head_task_set):
         for k in ("inputs", "act", "value"):
             assert task.data[k] is first.data[k] is task_set.data[k]
         assert task.data["rule"] is task.rule.data
+    # A slice is the task set of those tasks, still sharing the site and the dataset.
+    part = task_set[1:]
+    assert isinstance(part, bb.TaskSet) and part.names == ["diff", "top1"]
+    assert part.site is task_set.site and part.data["inputs"] is task_set.data["inputs"]
+    np.testing.assert_array_equal(part.p_correct(np.ones((1, 8), np.float32)),
+                                  task_set.p_correct(np.ones((1, 8), np.float32))[1:])
     # Task.build_many is the same construction, as a list.
     assert isinstance(bb.Task.build_many(first.site, first.data["inputs"],
                                          {"sum": first.rule}), list)

@@ -83,6 +83,8 @@ def test_shared_enumeration_matches_per_task_exact():
     params = toy.init_params(spec, jax.random.key(0))
     tasks = toy_step.toy_tasks(spec, params, 0.3, cfg.toy, jax.random.key(1))[:3]
     rotated = bases.rebase(tasks, bases.random_rotation(jax.random.key(2), spec.m_hidden))
+    assert isinstance(rotated, bb.TaskSet) and len(rotated) == 3  # still one site, one dataset
+    assert all(t.site is rotated.site for t in rotated)
     shared = bb.infer_many(rotated, "exact")  # one enumeration for the three tasks
     for task, post in zip(rotated, shared, strict=True):
         ref = bb.infer(task, method="exact")
@@ -90,7 +92,7 @@ def test_shared_enumeration_matches_per_task_exact():
         np.testing.assert_allclose(post.log_probs, ref.log_probs, atol=1e-5)
     # One network run for the three rules gives each task's own P(correct).
     masks = (np.random.default_rng(0).random((3, 4, spec.m_hidden)) < 0.5).astype(np.float32)
-    many = reading.p_correct_many(rotated, masks)
+    many = reading.p_correct_own(rotated, masks)
     for j, task in enumerate(rotated):
         np.testing.assert_allclose(many[j], task.p_correct(masks[j]), atol=1e-6)
 

@@ -82,20 +82,24 @@ def fit_dictionaries(acts_NxD: np.ndarray, configs: tuple[dl.DictionaryConfig, .
     return bases, reports
 
 
-def rebase(tasks: list[bb.Task], basis: bb.Basis | None) -> list[bb.Task]:
+def rebase(tasks: bb.TaskSet | list[bb.Task], basis: bb.Basis | None
+           ) -> bb.TaskSet | list[bb.Task]:
     """The same tasks (inputs, rules, cached activations) with masks acting in ``basis``.
 
-    Tasks that shared a site keep sharing one (rebased) site, so they can be enumerated together.
+    A :class:`bablate.TaskSet` stays one (its tasks share the rebased site and the dataset);
+    separate tasks each get their rebased site.
     """
     if basis is None:
-        return list(tasks)
-    sites: dict[int, bb.Site] = {}
-    out = []
-    for task in tasks:
-        old = task.site
-        if id(old) not in sites:
-            sites[id(old)] = dataclasses.replace(old, basis=basis, num_units=basis.num_units,
-                                                 name=f"{old.name}/{basis.name}")
-        out.append(bb.Task.build(sites[id(old)], task.data["inputs"], task.rule, name=task.name,
-                                 activation=task.data["act"], check_intact=False))
-    return out
+        return tasks
+    move = lambda site: dataclasses.replace(site, basis=basis, num_units=basis.num_units,
+                                            name=f"{site.name}/{basis.name}")
+    build = lambda task, site: bb.Task.build(site, task.data["inputs"], task.rule,
+                                             name=task.name, activation=task.data["act"],
+                                             check_intact=False)
+    if isinstance(tasks, bb.TaskSet):
+        site = move(tasks.site)
+        first = build(tasks[0], site)
+        rest = [dataclasses.replace(t, site=site, data={**first.data, "rule": t.rule.data})
+                for t in list(tasks)[1:]]
+        return bb.TaskSet.of([first, *rest])
+    return [build(task, move(task.site)) for task in tasks]

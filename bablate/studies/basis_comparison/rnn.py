@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bablate as bb
 from bablate.models import rnn as rnn_model
 from bablate.runs import RunContext
 from bablate.testbeds.rnn import (
@@ -60,7 +61,8 @@ def run(rc: RNNConfig, seed: int, inference: InferenceConfig, top_k: tuple[int, 
         return {"network": "rnn", "skipped": f"only {len(tasks)} chunk task(s) with enough "
                 "examples; raise rnn.windows."}
     all_bases = {NEURON: None, ROTATION: random_rotation(keys.rotation, rc.hidden), **bases}
-    metrics = compare_bases(tasks, all_bases, inference, keys.inference, top_k, "rnn")
+    metrics = compare_bases(bb.TaskSet.of(tasks), all_bases, inference, keys.inference, top_k,
+                            "rnn")
     accuracy = rnn_model.accuracy(model, variables, w.tokens)
     return {"network": f"{rc.cell} RNN, hidden {rc.hidden} ({rc.family})",
             "accuracy": accuracy, "dictionaries": reports, "bases": metrics}

@@ -40,7 +40,7 @@ def true_directions(params, min_norm_fraction: float = 0.1) -> tuple[np.ndarray,
 
 
 def toy_tasks(spec: toy_model.ToySpec, params, density: float, tc: ToyConfig,
-              key: jax.Array) -> list[bb.Task]:
+              key: jax.Array) -> bb.TaskSet:
     """One task per feature, '|x_i| computed', all on one shared probe set and one site.
 
     The probe set concatenates, for every feature j, ``num_positive`` draws of the data
@@ -64,14 +64,11 @@ def toy_tasks(spec: toy_model.ToySpec, params, density: float, tc: ToyConfig,
         suffix=lambda h, inputs: model.apply(variables, h, method="decode"))
     act = jax.jit(site.prefix)(x)
     eps = tc.epsilon
-    tasks = []
-    for i in range(n):
-        rule = bb.rules.custom(
-            lambda out, t, i=i: (jnp.abs(out[:, i] - t) < eps).astype(jnp.float32),
-            positive=np.asarray(x[:, i] != 0), data=jnp.abs(x[:, i]), name=f"|y-|x||<{eps}")
-        tasks.append(bb.Task.build(site, x, rule, name=f"|x{i}|", activation=act,
-                                   check_intact=False))
-    return tasks
+    rules = {f"|x{i}|": bb.rules.custom(
+        lambda out, t, i=i: (jnp.abs(out[:, i] - t) < eps).astype(jnp.float32),
+        positive=np.asarray(x[:, i] != 0), data=jnp.abs(x[:, i]), name=f"|y-|x||<{eps}")
+        for i in range(n)}
+    return bb.TaskSet.build(site, x, rules, activation=act, check_intact=False)
 
 
 def train_models(tc: ToyConfig, ctx: RunContext, keys: ToyKeys) -> tuple[dict, bool]:
