@@ -107,3 +107,24 @@ def test_keys_are_named_and_keep_their_values():
         np.testing.assert_array_equal(data(keys.networks[s]), data(jax.random.key(s)))
     np.testing.assert_array_equal(data(keys.transfer[8]), data(jax.random.key(8)))
     np.testing.assert_array_equal(data(keys.ablation), data(jax.random.key(5)))
+
+
+def test_perturbation_legend_covers_no_bar():
+    from bablate.studies.rnn_chunks import plots
+
+    figs = []
+
+    class Ctx:
+        def figure(self, fig, name, caption):
+            figs.append(fig)
+
+    pert = [{"inject": s, "feed": f, "expect": e, "p_expect_injected": 1.0,
+             "p_expect_control": 0.0} for s, f, e in ("ABC", "BCD", "LMN")]
+    plots.perturbation(Ctx(), pert)
+    fig = figs[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not any(legend.overlaps(bar.get_window_extent(renderer)) for bar in ax.patches
+                   if bar.get_width() > 0)

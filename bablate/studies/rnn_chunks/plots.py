@@ -88,7 +88,8 @@ def perturbation(ctx, pert: list[dict]) -> None:
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set(xlabel="P(expected continuation)", xlim=(0, 1))
-    ax.legend(fontsize=7, loc="lower right")
+    # below the axes: bars reaching 1 would run under a legend inside them
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     fig.tight_layout()
     ctx.figure(fig, "perturbation", "Perturbation: the hidden state is set to the DSC state "
                "decoded as the first symbol, the second symbol is fed, and the probability of "
