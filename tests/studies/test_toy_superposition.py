@@ -230,3 +230,18 @@ def test_replicate_wording_follows_the_number_of_replicates():
         legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
         assert want in legend
         assert n > 1 or not any("replicates" in t for t in legend)
+
+
+def test_every_unit_importance_panel_has_a_labelled_colourbar():
+    from bablate.studies.toy_superposition import plots
+
+    cfg = study_config.from_config(_config_module().get_config("quick"))
+    spec = cfg.spec
+    records = [{"density": d, "replicate": 0, "ablated_features": [0, 1, 2],
+                "unit_importance": np.full((3, spec.m_hidden), 0.5).tolist()}
+               for d in (1.0, 0.1)]
+    params = jax.vmap(lambda k: toy.init_params(spec, k))(jax.random.split(jax.random.key(0), 2))
+    fig = plots.fig_unit_importance(cfg, records, params, np.array([1.0, 0.1]), np.zeros(2))
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    labels = [ax.get_ylabel() for ax in fig.axes if not ax.get_images()]  # the colourbars
+    assert len(panels) == 6 and len(labels) == 6 and all(labels)

@@ -209,12 +209,12 @@ def fig_unit_importance(cfg: StudyConfig, records: Records, params: toy.Params,
         k = next(k for k in range(len(dens_k)) if rep_k[k] == 0 and dens_k[k] == r["density"])
         W = np.asarray(cfg.spec.encoder_weights(toy.unstack(params, k)))
         feats = r["ablated_features"]
-        row[0].imshow(W.T @ W, cmap="RdBu_r", vmin=-1, vmax=1)
+        gram = row[0].imshow(W.T @ W, cmap="RdBu_r", vmin=-1, vmax=1)
         row[0].set_title(f"WᵀW, 1−S = {r['density']:.3g}", fontsize=9)
         row[0].set_xlabel("feature j")
         row[0].set_ylabel("feature i")
         lim = max(1.0, np.abs(W).max())
-        row[1].imshow(W.T[feats], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        emb = row[1].imshow(W.T[feats], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
         row[1].set_title("W_i (rows) on hidden units", fontsize=9)
         row[1].set_xlabel("hidden unit")
         row[1].set_ylabel("feature i")
@@ -226,7 +226,9 @@ def fig_unit_importance(cfg: StudyConfig, records: Records, params: toy.Params,
         for ax in row[1:]:
             ax.set_yticks(range(len(feats)))
             ax.set_yticklabels(feats, fontsize=6)
-        fig.colorbar(im, ax=row[2])
+        fig.colorbar(gram, ax=row[0], label="W_iᵀW_j")
+        fig.colorbar(emb, ax=row[1], label="weight")
+        fig.colorbar(im, ax=row[2], label="q(m_u = 1)")
     fig.tight_layout()
     return fig
 
