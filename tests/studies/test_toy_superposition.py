@@ -121,6 +121,8 @@ def test_every_variant_runs(variant, tmp_path, monkeypatch):
     report = (tmp_path / "report.md").read_text()
     assert "What reproduced" in report and "figures/dims_per_feature.png" in report
     assert ("figures/w_columns_2d.png" in report) == (config.m_hidden == 2)
+    # one replicate (num_replicates = 1): nothing is a mean over replicates
+    assert "## Per density (one replicate)" in report and "over replicates" not in report
     assert module.get_sweep(variant)[0] == {"seed": 0}
 
 
