@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from numpyro.diagnostics import effective_sample_size
 
 from bablate import io as bbio
+from bablate import markdown as md
 from bablate import metrics
 from bablate.inference.posterior import Posterior
 
@@ -248,7 +249,7 @@ def _md_cell(value) -> str:
     """A markdown table cell: '|' escaped, numbers to 3 significant digits."""
     if isinstance(value, float):
         return "nan" if not np.isfinite(value) else f"{value:.3g}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return md.cell(value)
 
 
 def report(posts: Posterior | Sequence[Posterior], path: str | os.PathLike,

@@ -54,6 +54,7 @@ import ml_collections
 import numpy as np
 
 from bablate import io as bbio
+from bablate import markdown as md
 from bablate import statefile
 from bablate.io import to_jsonable
 
@@ -292,7 +293,7 @@ class RunContext:
                    if v is None or isinstance(v, (bool, int, float, str))}
         if scalars:
             lines += ["| result | value |", "|---|---|"]
-            lines += [f"| {k} | {_fmt_cell(v)} |" for k, v in list(scalars.items())[:30]]
+            lines += [md.row([k, _fmt_cell(v)]) for k, v in list(scalars.items())[:30]]
             lines += ["", f"All numbers: [{RESULTS_FILE}]({RESULTS_FILE}).", ""]
         n_fig = 0
         for kind, a, b in self._items:
@@ -303,7 +304,7 @@ class RunContext:
                 lines += [f"![{a}]({FIGURES_DIR}/{a}.png)", "",
                           f"*Figure {n_fig}: {b}*", ""]
         lines += ["<details><summary>Config</summary>", "", "| key | value |", "|---|---|"]
-        lines += [f"| `{k}` | {_fmt_cell(v)} |" for k, v in flatten(config).items()]
+        lines += [md.row([f"`{k}`", _fmt_cell(v)]) for k, v in flatten(config).items()]
         lines += ["", "</details>", ""]
         if footer:
             lines += [footer, ""]
@@ -318,7 +319,7 @@ def _check_name(name: str, what: str) -> None:
 
 def _fmt_cell(v: Any) -> str:
     s = f"{v:.6g}" if isinstance(v, float) else json.dumps(v) if not isinstance(v, str) else v
-    return s.replace("|", "\\|").replace("\n", " ")
+    return md.cell(s)
 
 
 # ----------------------------------------------------------------------------- running

@@ -28,6 +28,7 @@ from typing import Any
 import ml_collections
 
 from bablate import io as bbio
+from bablate import markdown as md
 from bablate import progress, runs
 
 SWEEP_FILE = runs.SWEEP_MARKER
@@ -446,12 +447,12 @@ def _aggregate_markdown(groups: list[dict]) -> list[str]:
         for key, r in g["results"].items():
             spread = f"{_fmt(r['mean'])} ± {_fmt(r['sd'])}" if r["sd"] is not None else _fmt(
                 r["mean"])
-            lines.append(f"| `{key}` | {spread} | {', '.join(_fmt(v) for v in r['values'])} |")
+            lines.append(md.row([f"`{key}`", spread, ", ".join(_fmt(v) for v in r["values"])]))
     return lines
 
 
 def _md(text: str) -> str:
-    return text.replace("|", "\\|")
+    return md.cell(text)
 
 
 def _write_index(members: Sequence[Member], workdir: Path, out: dict) -> None:
@@ -465,7 +466,8 @@ def _write_index(members: Sequence[Member], workdir: Path, out: dict) -> None:
             status = f"[done]({m.name}/{runs.REPORT_FILE})"
         else:
             status = "not finished"
-        lines.append(f"| `{m.name}` | {status} | `{json.dumps(bbio.to_jsonable(m.overrides))}` |")
+        lines.append(md.row([f"`{m.name}`", status,
+                             f"`{json.dumps(bbio.to_jsonable(m.overrides))}`"]))
     groups = aggregate(members, workdir)
     bbio.atomic_write_json(workdir / SWEEP_RESULTS, {"groups": groups})
     lines += _aggregate_markdown(groups)

@@ -107,3 +107,12 @@ def test_parallel_members_each_get_their_own_cores(fake_config, tmp_path):
     assert got[0].isdisjoint(got[1])
     assert got[0] | got[1] == set(cores)
     assert {len(g) for g in got} <= {len(cores) // 2, len(cores) - len(cores) // 2}
+
+
+def test_a_result_key_holding_a_pipe_keeps_its_row_three_cells():
+    import re
+
+    groups = [{"overrides": {"task": "|x|"}, "seeds": [{"seed": 0}], "members": ["m0"],
+               "results": {"acc_|x|": {"mean": 1.0, "sd": None, "n": 1, "values": [1.0]}}}]
+    row = next(line for line in sweeps._aggregate_markdown(groups) if "acc_" in line)
+    assert len(re.split(r"(?<!\\)\|", row)[1:-1]) == 3, row

@@ -5,6 +5,7 @@ path (MLP-activation site, SAE basis, SVI) on a tiny random LLaMA."""
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -213,3 +214,87 @@ def test_the_study_imports_no_other_study():
                 if name.startswith("bablate.studies"):
                     assert name.startswith("bablate.studies.basis_comparison"), (path.name, name)
         assert len(path.read_text().splitlines()) <= 400, path.name
+
+
+def _synthetic_results() -> dict:
+    """A results dict of two networks whose basis sets differ (toy: 4 bases, rnn: 3), with
+    task names holding '|' as the toy |x| tasks do; the rnn's neuron units carry ~0.02 bit,
+    its dictionary's up to 0.8 bit."""
+    rng = np.random.default_rng(0)
+
+    def basis(d, tasks, scale):
+        info = rng.uniform(0, scale, (len(tasks), d))
+        return {"tasks": tasks, "unit_information": info.tolist(),
+                "task_information": info.sum(1).tolist(),
+                "effective_units": [2.0] * len(tasks), "effective_units_mean": 2.0,
+                "distributedness_mean": 0.4, "total_correlation_mean": 0.1,
+                "polysemanticity_mean": 1.5, "informative_tasks": len(tasks), "num_units": d}
+
+    toy_tasks = ["|x0|", "|x1|"]
+    inst = {"density": 0.03, "true_directions": ["+x0", "-x0", "+x1"],
+            "recovery": {"nmf": [0.9, 0.8, 1.0], "sae_topk": [1.0, 0.95, 0.7]},
+            "dictionaries": {"nmf": {"fvu": 0.1, "l0": 1.0},
+                             "sae_topk": {"fvu": 0.2, "l0": 1.0}},
+            "bases": {"neuron": basis(5, toy_tasks, 0.3), "rotation": basis(5, toy_tasks, 0.3),
+                      "nmf": basis(8, toy_tasks, 0.3), "sae_topk": basis(8, toy_tasks, 0.3)}}
+    rnn_tasks = ["ABCD", "GHI"]
+    rnn = {"network": "rnn", "dictionaries": {"sae_topk": {"fvu": 0.1, "l0": 1.0}},
+           "bases": {"neuron": basis(12, rnn_tasks, 0.02),
+                     "rotation": basis(12, rnn_tasks, 0.1),
+                     "sae_topk": basis(16, rnn_tasks, 0.8)}}
+    return {"toy": {"network": "toy |x| 8->5", "instances": [inst]}, "rnn": rnn}
+
+
+def test_markdown_table_escapes_pipes_in_every_cell():
+    from bablate.studies.basis_comparison import report, summary
+
+    rows = summary.table_rows(_synthetic_results())
+    table = report.markdown_table(rows).splitlines()
+    n_cols = len(report.COLUMNS) + 2
+
+    def cells(line):  # split on the '|' markdown reads as a cell border (not on '\|')
+        return re.split(r"(?<!\\)\|", line)[1:-1]
+
+    assert all(len(cells(line)) == n_cols for line in table), table
+    assert any("toy \\|x\\| 8->5" in line for line in table)
+
+
+def test_each_basis_has_one_colour_in_every_panel_and_figure():
+    from matplotlib.colors import to_rgba
+
+    from bablate.studies.basis_comparison import plots, summary
+
+    results = _synthetic_results()
+    seen: dict[str, set] = {}
+
+    def note(name, colour):
+        seen.setdefault(name, set()).add(tuple(np.round(to_rgba(colour), 6)))
+
+    fig = plots.fig_metrics(summary.table_rows(results))
+    for ax in fig.axes:
+        names = [t.get_text() for t in ax.get_xticklabels()]
+        for name, bar in zip(names, ax.patches, strict=True):
+            note(name, bar.get_facecolor())
+    for ax in plots.fig_share_curves(results).axes:
+        for line in ax.get_lines():
+            note(line.get_label(), line.get_color())
+    for ax in plots.fig_recovery(results["toy"]["instances"]).axes:
+        for container in ax.containers:
+            note(container.get_label(), container.patches[0].get_facecolor())
+    assert {"neuron", "rotation", "nmf", "sae_topk"} <= set(seen)
+    assert all(len(c) == 1 for c in seen.values()), seen
+    assert len({next(iter(c)) for c in seen.values()}) == len(seen)  # distinct bases differ
+
+
+def test_information_panels_share_one_colour_scale_in_bits():
+    from bablate.studies.basis_comparison import plots
+
+    rnn = _synthetic_results()["rnn"]
+    fig = plots.fig_information(rnn, "rnn")
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(images) == 3
+    assert len({(im.norm.vmin, im.norm.vmax) for im in images}) == 1
+    top = max(float(np.max(m["unit_information"])) for m in rnn["bases"].values())
+    assert images[0].norm.vmax == pytest.approx(top)  # the 0.02-bit panel is drawn dim
+    bars = [ax for ax in fig.axes if not ax.get_images() and "bits" in ax.get_ylabel()]
+    assert len(bars) == 1  # one colourbar for the figure, labelled in bits

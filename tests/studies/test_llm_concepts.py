@@ -253,3 +253,49 @@ def test_quick_study_smoke(tmp_path):
     assert min(res["pa_sink_norm_ratio"]) > 10
     js = np.asarray(res["concept_overlap"]["heads"])
     assert js.shape == (2, 2) and np.allclose(js, js.T)
+
+
+def _figure_values(names: list[str]) -> dict:
+    """Synthetic results of the fields the figures read: head overlaps near 0.02 bit, neuron
+    overlaps near 0.8 bit, intervention rates reaching 1."""
+    rng = np.random.default_rng(0)
+    k = len(names)
+    return {"head_layers": list(range(12)),
+            "head_importance": {n: rng.uniform(0, 1, (12, 9)).tolist() for n in names},
+            "concept_overlap": {"heads": rng.uniform(0, 0.02, (k, k)).tolist(),
+                                "neurons": rng.uniform(0.5, 0.8, (k, k)).tolist()},
+            "intervention_rates": {n: {a: {"rate": 1.0, "lo": 0.9, "hi": 1.0, "n": 20}
+                                       for a in ("baseline", "activation", "token_control",
+                                                 "inhibition_baseline", "inhibition")}
+                                   for n in names}}
+
+
+def test_overlap_panels_share_one_colour_scale_in_bits():
+    from bablate.studies.llm_concepts import plots
+
+    fig = plots.overlap(_figure_values(["a", "b"]), ["a", "b"])
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(images) == 2
+    assert len({(im.norm.vmin, im.norm.vmax) for im in images}) == 1
+    assert images[0].norm.vmin == 0.0
+    bars = [ax for ax in fig.axes if not ax.get_images()]
+    assert len(bars) == 1 and "bits" in bars[0].get_ylabel()
+
+
+def test_head_maps_and_rates_keep_labels_and_legend_off_each_other():
+    from bablate.studies.llm_concepts import plots
+
+    names = ["colours", "capitals", "numbers"]
+    values = _figure_values(names)
+    fig = plots.head_maps(values, names)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    boxes = [ax.get_tightbbox(renderer) for ax in panels]
+    for a, b in zip(boxes, boxes[1:], strict=False):
+        assert not a.overlaps(b)  # no panel's labels run into its neighbour
+    fig = plots.rates(values, names)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer := fig.canvas.get_renderer())
+    assert not any(legend.overlaps(bar.get_window_extent(renderer)) for bar in ax.patches)

@@ -107,3 +107,40 @@ def test_keys_are_named_and_keep_their_values():
         np.testing.assert_array_equal(data(keys.networks[s]), data(jax.random.key(s)))
     np.testing.assert_array_equal(data(keys.transfer[8]), data(jax.random.key(8)))
     np.testing.assert_array_equal(data(keys.ablation), data(jax.random.key(5)))
+
+
+def test_perturbation_legend_covers_no_bar():
+    from bablate.studies.rnn_chunks import plots
+
+    figs = []
+
+    class Ctx:
+        def figure(self, fig, name, caption):
+            figs.append(fig)
+
+    pert = [{"inject": s, "feed": f, "expect": e, "p_expect_injected": 1.0,
+             "p_expect_control": 0.0} for s, f, e in ("ABC", "BCD", "LMN")]
+    plots.perturbation(Ctx(), pert)
+    fig = figs[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not any(legend.overlaps(bar.get_window_extent(renderer)) for bar in ax.patches
+                   if bar.get_width() > 0)
+
+
+def test_dsc_panel_titles_are_words_not_result_keys():
+    from bablate.studies.rnn_chunks import plots
+
+    figs = []
+
+    class Ctx:
+        def figure(self, fig, name, caption):
+            figs.append(fig)
+
+    row = {"n_unique_states": 5, "vocab_size": 6, "vocab_size_count_gt5": 2,
+           "parse_length": 40, "decoding_accuracy": 0.9}
+    plots.dsc_comparison(Ctx(), {"long": {"trained": [row], "untrained": [row]}}, "context")
+    titles = [ax.get_title() for ax in figs[0].axes]
+    assert len(titles) == 5 and not any("gt5" in t or "_" in t or " n " in t for t in titles)

@@ -121,6 +121,8 @@ def test_every_variant_runs(variant, tmp_path, monkeypatch):
     report = (tmp_path / "report.md").read_text()
     assert "What reproduced" in report and "figures/dims_per_feature.png" in report
     assert ("figures/w_columns_2d.png" in report) == (config.m_hidden == 2)
+    # one replicate (num_replicates = 1): nothing is a mean over replicates
+    assert "## Per density (one replicate)" in report and "over replicates" not in report
     assert module.get_sweep(variant)[0] == {"seed": 0}
 
 
@@ -191,3 +193,57 @@ def test_ablated_densities_spread_dense_to_sparse():
     assert ab.num_densities == 4
     assert ablation.ablated_density_indices(20, ab) == {0, 6, 13, 19}
     assert ablation.ablated_density_indices(3, ab) == {0, 1, 2}
+
+
+def _records(replicates: int) -> list[dict]:
+    """Synthetic results records: 3 densities × ``replicates``, with the fields the norm and
+    dimensionality figures read."""
+    rng = np.random.default_rng(0)
+    return [{"density": d, "replicate": r, "features_represented": int(rng.integers(5, 12)),
+             "feature_norms": rng.uniform(0, 1.2, 20).tolist(),
+             "feature_dimensionality": rng.uniform(0, 1, 20).tolist(),
+             "dims_per_feature": float(rng.uniform(0.3, 1))}
+            for d in (1.0, 0.1, 0.01) for r in range(replicates)]
+
+
+def test_fraction_labels_do_not_overlap():
+    from bablate.studies.toy_superposition import plots
+
+    cfg = study_config.from_config(_config_module().get_config("quick"))
+    for fig in (plots.fig_dims_per_feature(cfg, _records(1)),
+                plots.fig_feature_dimensionality(_records(1))):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        labels = {t.get_text().strip(): t.get_window_extent(renderer)
+                  for t in fig.axes[0].texts if t.get_text().strip() in plots.REFERENCE_LABELS}
+        assert set(labels) == set(plots.REFERENCE_LABELS)
+        boxes = list(labels.items())
+        for i, (a, box_a) in enumerate(boxes):
+            for b, box_b in boxes[i + 1:]:
+                assert not box_a.overlaps(box_b), (a, b)
+
+
+def test_replicate_wording_follows_the_number_of_replicates():
+    from bablate.studies.toy_superposition import plots
+
+    cfg = study_config.from_config(_config_module().get_config("quick"))
+    for n, want in ((1, "one replicate"), (3, "mean over 3 replicates")):
+        fig = plots.fig_norms(cfg, _records(n))
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert want in legend
+        assert n > 1 or not any("replicates" in t for t in legend)
+
+
+def test_every_unit_importance_panel_has_a_labelled_colourbar():
+    from bablate.studies.toy_superposition import plots
+
+    cfg = study_config.from_config(_config_module().get_config("quick"))
+    spec = cfg.spec
+    records = [{"density": d, "replicate": 0, "ablated_features": [0, 1, 2],
+                "unit_importance": np.full((3, spec.m_hidden), 0.5).tolist()}
+               for d in (1.0, 0.1)]
+    params = jax.vmap(lambda k: toy.init_params(spec, k))(jax.random.split(jax.random.key(0), 2))
+    fig = plots.fig_unit_importance(cfg, records, params, np.array([1.0, 0.1]), np.zeros(2))
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    labels = [ax.get_ylabel() for ax in fig.axes if not ax.get_images()]  # the colourbars
+    assert len(panels) == 6 and len(labels) == 6 and all(labels)

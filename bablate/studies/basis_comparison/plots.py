@@ -9,8 +9,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from bablate import dictionary as dl  # noqa: E402
 from bablate.runs import RunContext  # noqa: E402
 
+from .bases import NEURON, ROTATION  # noqa: E402
 from .reading import INFORMATIVE_BITS  # noqa: E402
 from .summary import networks  # noqa: E402
 
@@ -19,6 +21,14 @@ PLOTTED = (("effective_units_mean", "effective units / task"),
            ("total_correlation_mean", "total correlation (bits)"),
            ("polysemanticity_mean", "effective tasks / unit"),
            ("top1_share", "share of task info in top-1 unit"))
+
+BASES = (NEURON, ROTATION, *dl.METHODS)  # the order of the study's colours
+
+
+def basis_color(name: str):
+    """The colour of basis ``name``, the same in every panel and figure of the study."""
+    i = BASES.index(name) if name in BASES else len(BASES) + sum(map(ord, name)) % 5
+    return plt.cm.tab10(i % 10)
 
 
 def fig_metrics(rows: list[dict]) -> Figure:
@@ -29,7 +39,7 @@ def fig_metrics(rows: list[dict]) -> Figure:
                                                                 2.4 * len(nets)), squeeze=False)
     for i, net in enumerate(nets):
         rs = [r for r in rows if r["network_key"] == net]
-        colors = plt.cm.tab10(np.arange(len(rs)))
+        colors = [basis_color(r["basis"]) for r in rs]
         for j, (key, title) in enumerate(PLOTTED):
             ax = axes[i][j]
             vals = np.array([r[key] if r[key] is not None else np.nan for r in rs], float)
@@ -56,9 +66,15 @@ def fig_information(rec: dict, title: str, max_units: int = 48) -> Figure:
     (by total information over tasks), in that order.
     """
     bases = list(rec["bases"].items())
-    fig, axes = plt.subplots(1, len(bases), figsize=(3.2 * len(bases), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(bases), figsize=(3.2 * len(bases) + 0.8, 3.0),
+                             squeeze=False, layout="constrained")
+    # One colour scale for every panel: a basis whose units carry 0.02 bit must look dimmer
+    # than one whose units carry 0.8 bit.
+    every = np.concatenate([np.asarray(m["unit_information"], float).ravel() for _, m in bases])
+    every = every[np.isfinite(every)]
+    norm = matplotlib.colors.Normalize(vmin=0.0, vmax=max(every.max(initial=0.0), 1e-3))
     for ax, (name, m) in zip(axes[0], bases, strict=True):
-        info = np.asarray(m["unit_information"])
+        info = np.asarray(m["unit_information"], float)
         d = info.shape[1]
         if d > max_units:
             info = info[:, np.argsort(-info.sum(0), kind="stable")[:max_units]]
@@ -67,11 +83,10 @@ def fig_information(rec: dict, title: str, max_units: int = 48) -> Figure:
         else:
             ax.set_title(f"{name} ({d} units)", fontsize=8)
             ax.set_xlabel("unit")
-        im = ax.imshow(info, aspect="auto", cmap="magma", vmin=0)
+        im = ax.imshow(info, aspect="auto", cmap="magma", norm=norm)
         ax.set_yticks(range(len(m["tasks"])), m["tasks"], fontsize=6)
-        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, label="unit information I_i(t) (bits)")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -92,9 +107,10 @@ def fig_share_curves(results: dict) -> Figure:
     fig, axes = plt.subplots(1, len(nets), figsize=(3.4 * len(nets), 2.8), squeeze=False)
     for ax, (_, label, rec) in zip(axes[0], nets, strict=True):
         for name, m in rec["bases"].items():
-            info = np.asarray(m["unit_information"])
+            info = np.asarray(m["unit_information"], float)
             ks = np.arange(1, info.shape[1] + 1)
-            ax.plot(ks, share_curve(info, m["task_information"], info.shape[1]), label=name)
+            ax.plot(ks, share_curve(info, m["task_information"], info.shape[1]), label=name,
+                    color=basis_color(name))
         ax.set_xscale("log")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("k (most informative units)")
@@ -113,7 +129,9 @@ def fig_recovery(instances: list[dict]) -> Figure:
         names = inst["true_directions"]
         width = 0.8 / max(len(inst["recovery"]), 1)
         for j, (dname, cos) in enumerate(inst["recovery"].items()):
-            ax.bar(np.arange(len(names)) + j * width, cos, width, label=dname)
+            # bars of one direction side by side, centred on its tick
+            ax.bar(np.arange(len(names)) + (j - (len(inst["recovery"]) - 1) / 2) * width, cos,
+                   width, label=dname, color=basis_color(dname))
         ax.axhline(0.9, color="0.5", ls="--", lw=0.8)
         ax.set_xticks(np.arange(len(names)), names, rotation=90, fontsize=6)
         ax.set_ylim(0, 1.05)

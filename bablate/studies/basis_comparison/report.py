@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from bablate import markdown as md
+
 from .config import StudyConfig
 from .reading import INFORMATIVE_BITS
 from .summary import COLUMNS
@@ -42,12 +44,9 @@ def _fmt(v, fmt: str) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The rows as a markdown table, one column per entry of ``COLUMNS``."""
-    head = "| network | basis | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    sep = "|---|---|" + "---|" * len(COLUMNS)
-    lines = [head, sep]
+    lines = md.header(["network", "basis", *(h for _, h, _ in COLUMNS)])
     for r in rows:
-        cells = [_fmt(r[c], f) for c, _, f in COLUMNS]
-        lines.append(f"| {r['network']} | {r['basis']} | " + " | ".join(cells) + " |")
+        lines.append(md.row([r["network"], r["basis"], *(_fmt(r[c], f) for c, _, f in COLUMNS)]))
     return "\n".join(lines)
 
 

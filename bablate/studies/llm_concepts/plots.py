@@ -12,34 +12,41 @@ from matplotlib.figure import Figure  # noqa: E402
 
 def head_maps(results: dict, names: list[str]) -> Figure:
     """Head importance q(m_i = 1) per concept, layer × head."""
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 0.8, 3.2),
+                             squeeze=False, layout="constrained")
     layers = results["head_layers"]
     for ax, n in zip(axes[0], names, strict=True):
         m = np.asarray(results["head_importance"][n])
         im = ax.imshow(m, vmin=0, vmax=1, cmap="RdBu_r", aspect="auto")
         ax.set_title(n)
         ax.set_xlabel("head")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_yticks(range(len(layers)))
         ax.set_yticklabels(layers if len(layers) <= 10 else
                            [str(l) if i % 5 == 0 else "" for i, l in enumerate(layers)])
-        ax.set_ylabel("layer")
+    axes[0][0].set_ylabel("layer")  # one label: the panels share their layers
     fig.colorbar(im, ax=axes[0].tolist(), label="q(m_i = 1)")
     return fig
 
 
 def overlap(results: dict, names: list[str]) -> Figure:
     """Concept × concept JS overlap of the AMDs, heads and neurons."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-    for ax, kind in zip(axes, ("heads", "neurons"), strict=True):
-        m = np.asarray(results["concept_overlap"][kind])
-        im = ax.imshow(m, cmap="viridis")
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), layout="constrained")
+    kinds = ("heads", "neurons")
+    # One colour scale from 0 for both panels, so that a small overlap looks small.
+    every = np.concatenate([np.asarray(results["concept_overlap"][k], float).ravel()
+                            for k in kinds])
+    every = every[np.isfinite(every)]
+    norm = matplotlib.colors.Normalize(0.0, max(every.max(initial=0.0), 1e-3))
+    for ax, kind in zip(axes, kinds, strict=True):
+        m = np.asarray(results["concept_overlap"][kind], float)
+        im = ax.imshow(m, cmap="viridis", norm=norm)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=45)
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names)
         ax.set_title(f"JS overlap, {kind}")
-        fig.colorbar(im, ax=ax, label="bits")
-    fig.tight_layout()
+    fig.colorbar(im, ax=axes.tolist(), label="JS divergence (bits)")
     return fig
 
 
@@ -73,9 +80,10 @@ def rates(results: dict, names: list[str]) -> Figure:
         ax.bar(x, rate, width, yerr=err, capsize=2, label=arm.replace("_", " "))
     ax.set_xticks(np.arange(len(names)))
     ax.set_xticklabels(names)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.05)  # room for the upper interval of a rate of 1
     ax.set_ylabel("fraction of samples naming the concept")
-    ax.legend(fontsize=7, ncol=2)
+    # right of the axes: bars reach 1, a legend inside would cover them
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 

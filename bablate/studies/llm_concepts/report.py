@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bablate import markdown as md
+
 from . import plots
 from .config import Config
 
@@ -16,11 +18,10 @@ def interventions_text(c: Config, results: dict, names: list[str]) -> str:
     r, det = results["intervention_rates"], results["intervention_details"]
     fmt = lambda a: (f"{a['rate']:.2f} [{a['lo']:.2f}, {a['hi']:.2f}] (n={a['n']})"
                      if a["n"] else "–")
-    rows = ["| concept | " + " | ".join(a.replace("_", " ") for a in ARMS) + " |",
-            "|---|" + "---|" * len(ARMS)]
+    rows = md.header(["concept", *(a.replace("_", " ") for a in ARMS)])
     verdicts = []
     for n in names:
-        rows.append(f"| {n} | " + " | ".join(fmt(r[n][a]) for a in ARMS) + " |")
+        rows.append(md.row([n, *(fmt(r[n][a]) for a in ARMS)]))
         b, act, typed = r[n]["baseline"], r[n]["activation"], r[n]["token_control"]
         raised = act["lo"] > b["hi"]
         beyond = act["lo"] > typed["hi"]
@@ -102,13 +103,12 @@ def report(ctx: Any, c: Config, results: dict) -> None:
 def pa_text(results: dict, names: list[str]) -> str:
     """PA AUC per layer beside the token-identity AUC, and where PA beats it."""
     layers = results["pa_layers"]
-    rows = ["| concept | token identity | " + " | ".join(f"L{l}" for l in layers) + " |",
-            "|---|---|" + "---|" * len(layers)]
+    rows = md.header(["concept", "token identity", *(f"L{l}" for l in layers)])
     beats = []
     for n in names:
         ident = results["token_identity_auc"][n]
         aucs = results["pa_auc_by_layer"][n]
-        rows.append(f"| {n} | {ident:.4f} | " + " | ".join(f"{a:.4f}" for a in aucs) + " |")
+        rows.append(md.row([n, f"{ident:.4f}", *(f"{a:.4f}" for a in aucs)]))
         better = [l for l, a in zip(layers, aucs, strict=True) if a > ident]
         beats.append(f"{n}: " + (", ".join(f"L{l}" for l in better) if better else "no layer"))
     frac = results.get("pa_template_fraction", {})
@@ -134,8 +134,7 @@ def prose_text(results: dict, names: list[str]) -> str:
     layers = results["pa_layers"]
     prose = results["pa_prose"]
     f = lambda v: "–" if v is None else f"{v:.2f}"
-    rows = ["| concept | measure | " + " | ".join(f"L{l}" for l in layers) + " |",
-            "|---|---|" + "---|" * len(layers)]
+    rows = md.header(["concept", "measure", *(f"L{l}" for l in layers)])
     notes = []
     for n in names:
         if n not in prose:
@@ -151,7 +150,7 @@ def prose_text(results: dict, names: list[str]) -> str:
             vals = p[key]
             cell = (lambda v: str(v)) if key == "num_neurons" else (
                 (lambda v: f"{v:.3g}") if key == "tolerance" else f)
-            rows.append(f"| {n} | {what} | " + " | ".join(cell(v) for v in vals) + " |")
+            rows.append(md.row([n, what, *(cell(v) for v in vals)]))
         ident = p["token_identity_auc"]
         better = [l for l, a in zip(layers, p["test_auc"], strict=True)
                   if a is not None and a > ident]

@@ -34,8 +34,10 @@ def training_curves(ctx, histories: list[dict]) -> None:
 
 def dsc_comparison(ctx, rows_by: dict, family: str) -> None:
     """Box plots of DSC numbers, trained vs untrained, one row per protocol."""
-    keys = ["n_unique_states", "vocab_size", "vocab_size_count_gt5", "parse_length",
-            "decoding_accuracy"]
+    titles = {"n_unique_states": "unique hidden states", "vocab_size": "chunk vocabulary size",
+              "vocab_size_count_gt5": "chunks seen > 5 times",
+              "parse_length": "parse length in chunks", "decoding_accuracy": "decoding accuracy"}
+    keys = list(titles)
     protocols = list(rows_by)
     fig, axes = plt.subplots(len(protocols), len(keys), figsize=(3 * len(keys),
                                                                  3 * len(protocols)),
@@ -53,7 +55,7 @@ def dsc_comparison(ctx, rows_by: dict, family: str) -> None:
                     ax.errorbar([j + 1.25], [mean], yerr=[[mean - lo], [hi - mean]], fmt="*",
                                 color="C3", ms=8, label="paper" if j == 0 else None)
                 ax.legend(fontsize=7)
-            ax.set_title(f"{k.replace('_', ' ')} ({protocol})", fontsize=9)
+            ax.set_title(f"{titles[k]} ({protocol})", fontsize=9)
     fig.tight_layout()
     ctx.figure(fig, "dsc_trained_vs_untrained", "DSC on trained vs untrained networks over "
                "seeds, one row per protocol (long: many windows, held-out sequence, cumulative "
@@ -88,7 +90,8 @@ def perturbation(ctx, pert: list[dict]) -> None:
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set(xlabel="P(expected continuation)", xlim=(0, 1))
-    ax.legend(fontsize=7, loc="lower right")
+    # below the axes: bars reaching 1 would run under a legend inside them
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     fig.tight_layout()
     ctx.figure(fig, "perturbation", "Perturbation: the hidden state is set to the DSC state "
                "decoded as the first symbol, the second symbol is fed, and the probability of "

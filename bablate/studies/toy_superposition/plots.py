@@ -36,6 +36,24 @@ def by_density(records: Records, key: str,
     return np.array(dens), np.array(vals)
 
 
+def _fraction_labels(ax, min_gap: float = 0.045) -> list:
+    """The reference fractions as dotted lines, labelled just right of the axes; labels of
+    close fractions (2/5, 3/8) are pushed apart by ``min_gap`` (data units) so none overlap."""
+    trans = matplotlib.transforms.blended_transform_factory(ax.transAxes, ax.transData)
+    texts, last = [], np.inf
+    for v, lab in sorted(zip(REFERENCE_DIMS, REFERENCE_LABELS, strict=True), reverse=True):
+        ax.axhline(v, color="0.7", lw=0.7, ls=":")
+        last = min(v, last - min_gap)
+        texts.append(ax.text(1.01, last, lab, transform=trans, va="center", fontsize=7,
+                             color="0.4", clip_on=False))
+    return texts
+
+
+def _replicates_label(records) -> str:
+    n = len({r["replicate"] for r in records})
+    return "one replicate" if n == 1 else f"mean over {n} replicates"
+
+
 def _first_replicate(records):
     return [r for r in records if r["replicate"] == 0]
 
@@ -105,7 +123,7 @@ def fig_norms(cfg: StudyConfig, records: Records) -> Figure:
     for r in records:
         a0.plot(r["density"], r["features_represented"], "o", color="C0", alpha=0.5)
     dens, mean = by_density(records, "features_represented")
-    a0.plot(dens, mean, "-", color="C0", label="mean over replicates")
+    a0.plot(dens, mean, "-", color="C0", label=_replicates_label(records))
     a0.axhline(cfg.spec.m_hidden, color="0.5", ls=":", label=f"m = {cfg.spec.m_hidden}")
     a0.set_xscale("log")
     a0.invert_xaxis()
@@ -132,9 +150,7 @@ def fig_dims_per_feature(cfg: StudyConfig, records: Records) -> Figure:
             label="m / ‖W‖_F² (trained)")
     grid = np.geomspace(1, x.max() * 1.2, 100)
     ax.plot(grid, 1 / grid, "--", color="C3", label="coding theory ≈ 1 − S")
-    for v, lab in zip(REFERENCE_DIMS, REFERENCE_LABELS, strict=True):
-        ax.axhline(v, color="0.7", lw=0.7, ls=":")
-        ax.text(grid[-1], v, f" {lab}", va="center", fontsize=7, color="0.4")
+    _fraction_labels(ax)
     ax.set_xscale("log")
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("1 / (1 − S)")
@@ -152,10 +168,7 @@ def fig_feature_dimensionality(records: Records) -> Figure:
         shown = np.array(r["feature_norms"]) > 0.5
         xs = (1 / r["density"]) * np.exp(rng.normal(0, 0.04, d.size))
         ax.scatter(xs[shown], d[shown], s=8, alpha=0.5, color="C0")
-    for v, lab in zip(REFERENCE_DIMS, REFERENCE_LABELS, strict=True):
-        ax.axhline(v, color="0.7", lw=0.7, ls=":")
-        ax.text(max(1 / r["density"] for r in records) * 1.3, v,
-                f" {lab}", va="center", fontsize=7, color="0.4")
+    _fraction_labels(ax)
     ax.set_xscale("log")
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("1 / (1 − S)")
@@ -196,12 +209,12 @@ def fig_unit_importance(cfg: StudyConfig, records: Records, params: toy.Params,
         k = next(k for k in range(len(dens_k)) if rep_k[k] == 0 and dens_k[k] == r["density"])
         W = np.asarray(cfg.spec.encoder_weights(toy.unstack(params, k)))
         feats = r["ablated_features"]
-        row[0].imshow(W.T @ W, cmap="RdBu_r", vmin=-1, vmax=1)
+        gram = row[0].imshow(W.T @ W, cmap="RdBu_r", vmin=-1, vmax=1)
         row[0].set_title(f"WᵀW, 1−S = {r['density']:.3g}", fontsize=9)
         row[0].set_xlabel("feature j")
         row[0].set_ylabel("feature i")
         lim = max(1.0, np.abs(W).max())
-        row[1].imshow(W.T[feats], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        emb = row[1].imshow(W.T[feats], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
         row[1].set_title("W_i (rows) on hidden units", fontsize=9)
         row[1].set_xlabel("hidden unit")
         row[1].set_ylabel("feature i")
@@ -213,7 +226,9 @@ def fig_unit_importance(cfg: StudyConfig, records: Records, params: toy.Params,
         for ax in row[1:]:
             ax.set_yticks(range(len(feats)))
             ax.set_yticklabels(feats, fontsize=6)
-        fig.colorbar(im, ax=row[2])
+        fig.colorbar(gram, ax=row[0], label="W_iᵀW_j")
+        fig.colorbar(emb, ax=row[1], label="weight")
+        fig.colorbar(im, ax=row[2], label="q(m_u = 1)")
     fig.tight_layout()
     return fig
 
@@ -229,8 +244,9 @@ def fig_code_geometry(cfg: StudyConfig, records: Records) -> Figure:
     axes[0].legend(fontsize=8)
     dens, pr = by_density(records, "participation_ratio")
     axes[1].plot(dens, pr, "o-")
-    axes[1].axhline(cfg.spec.m_hidden, color="0.5", ls=":")
+    axes[1].axhline(cfg.spec.m_hidden, color="0.5", ls=":", label=f"m = {cfg.spec.m_hidden}")
     axes[1].set_ylabel("participation ratio of hidden code")
+    axes[1].legend(fontsize=8)
     for key, lab, c in (("energy_ramp_hidden", "ramp, hidden", "C0"),
                         ("energy_circle_hidden", "circle, hidden", "C1"),
                         ("energy_ramp_output", "ramp, output", "C2"),
@@ -238,8 +254,13 @@ def fig_code_geometry(cfg: StudyConfig, records: Records) -> Figure:
         dens, e = by_density(records, key)
         axes[2].plot(dens, e, "o-", color=c, label=lab, ms=3)
     axes[2].set_yscale("log")
+    # 1-2-5 ticks: matplotlib's minor labels on a sub-decade range crowd into each other
+    axes[2].yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes[2].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[2].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[2].set_ylabel("projection energy Σ‖r Δa‖² (T points)")
-    axes[2].legend(fontsize=7)
+    # outside the axes: the four curves span the whole panel
+    axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     for ax in axes:
         ax.set_xscale("log")
         ax.invert_xaxis()
@@ -254,7 +275,8 @@ def make_figures(ctx: RunContext, cfg: StudyConfig, records: Records, params: to
     ``rep_k[k]``)."""
     spec = cfg.spec
     ctx.figure(fig_norms(cfg, records), "features_represented",
-               "Left: features with ‖W_i‖ > 0.5 against density (points: replicates). Right: "
+               "Left: features with ‖W_i‖ > 0.5 against density"
+               + (" (points: replicates)" if cfg.num_replicates > 1 else "") + ". Right: "
                "‖W_i‖ per feature (rows, most important on top) and density (replicate 0).")
     if spec.m_hidden == 2:
         ctx.figure(fig_pentagon(cfg, params, dens_k, rep_k), "w_columns_2d",

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from bablate import markdown as md
+
 from .config import StudyConfig
 from .plots import Records, by_density
 
@@ -81,13 +83,13 @@ def report_text(cfg: StudyConfig, records: Records, results: dict[str, Any]) -> 
     keys = ("features_represented", "dims_per_feature", "alpha", "participation_ratio",
             "polysemanticity_mean", "tasks_served_mean", "distributedness_mean",
             "total_correlation_mean")
-    lines = ["## Per density (mean over replicates)", "",
-             "| 1−S | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    over = ("one replicate" if cfg.num_replicates == 1
+            else f"mean over {cfg.num_replicates} replicates")
+    lines = [f"## Per density ({over})", "", *md.header(["1−S", *keys])]
     cols = {k: by_density(records, k) for k in keys}
     dens = cols[keys[0]][0]
     for j, d in enumerate(dens):
-        lines.append(f"| {d:.3g} | " + " | ".join(_fmt(float(cols[k][1][j])) for k in keys)
-                     + " |")
+        lines.append(md.row([f"{d:.3g}", *(_fmt(float(cols[k][1][j])) for k in keys)]))
     lines += ["", "## What reproduced", ""]
     n, m = cfg.spec.n_features, cfg.spec.m_hidden
     f_dense, f_sparse = results["features_represented_dense"], results[
@@ -96,8 +98,10 @@ def report_text(cfg: StudyConfig, records: Records, results: dict[str, Any]) -> 
     kept = m // 2 if cfg.spec.kind == "relu_hidden" else m
     single = len(dens) == 1  # e.g. the notebook variant: the sparse end only
     if single:
+        seeds = ("one seed" if cfg.num_replicates == 1
+                 else f"mean over {cfg.num_replicates} seeds")
         lines.append(f"- Features represented (‖W_i‖ > 0.5): {f_sparse:.3g} of {n} at 1−S = "
-                     f"{dens[-1]:.3g} (mean over {cfg.num_replicates} seeds; per seed "
+                     f"{dens[-1]:.3g} ({seeds}; per seed "
                      + ", ".join(str(r["features_represented"]) for r in records) + ").")
     else:
         lines.append(f"- Features represented (‖W_i‖ > 0.5): {f_dense:.3g} of {n} at 1−S = "
