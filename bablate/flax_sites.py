@@ -6,6 +6,12 @@ code. The input of the layer after an activation function is the post-activation
 README's MLP, ``"Dense_1:input"`` is relu of ``"hidden"``, TransformerLens' ``hook_post``).
 :func:`flax.linen.intercept_methods` sees every module call, so the prefix records the value
 and the suffix replaces it with the masked, cached one.
+A value inside a module that the model marks with flax's ``self.perturb("act", x)`` is the
+site ``"<module path>@act"`` (``"Block_0@act"``; ``"@act"`` at the top-level module): ``@``
+cannot appear in a submodule path, so the name never reads as a submodule. The interceptor
+hooks ``perturb`` on the bound module for the duration of one ``apply``: the prefix records
+the marked value and the suffix returns the masked one in its place. The ``perturbations``
+collection itself is not needed (``perturb`` is a no-op without it).
 Under ``jit`` the computation that only fed the replaced submodule is dead code and XLA drops
 it, which is what makes the cached suffix cheap. A submodule called more than once per forward
 pass (a recurrent cell) cannot be cached; it becomes an in-place site masked at every call.
@@ -17,6 +23,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from bablate.sites import Ablation, Basis, Site
 
@@ -29,7 +36,10 @@ PARTS = ("output", "input")
 
 
 def split_site(spec: str) -> tuple[str, str]:
-    """``"enc/Dense_1:input"`` -> ``("enc/Dense_1", "input")``; no suffix means the output."""
+    """``"enc/Dense_1:input"`` -> ``("enc/Dense_1", "input")``; no suffix means the output;
+    ``"Block_0@act"`` -> ``("Block_0@act", "named")`` (a value marked with ``perturb``)."""
+    if "@" in spec:
+        return spec, "named"
     path, sep, part = spec.rpartition(":")
     if not sep:
         return spec, "output"
@@ -43,6 +53,32 @@ def _is_array(x) -> bool:
     return isinstance(x, jax.Array | jax.ShapeDtypeStruct)
 
 
+def _hook_perturb(context, on_value) -> None:
+    """Makes ``self.perturb(name, value)`` inside this call of ``context.module`` return
+    ``on_value("<path>@<name>", flax's own result)``.
+
+    The bound module is a fresh clone made by this ``apply``, so setting the attribute on it
+    leaves the user's model untouched; instance attributes shadow the class's method.
+    """
+    module = context.module
+    original = type(module).perturb
+    path = _path(context)
+
+    def perturb(name, value, collection="perturbations"):
+        # init stores zeros shaped like that batch's value; another batch size cannot add them.
+        if (module.scope.has_variable(collection, name) and _is_array(value)
+                and jnp.shape(module.scope.get_variable(collection, name)) != value.shape):
+            raise ValueError(f"variables[{collection!r}] holds {name!r} for {path or 'the model'}"
+                             " with shape "
+                             f"{jnp.shape(module.scope.get_variable(collection, name))}, made by "
+                             f"init on another batch, but the value has shape {value.shape}; "
+                             f"pass the variables without it, e.g. {{'params': "
+                             f"variables['params']}}.")
+        return on_value(f"{path}@{name}", original(module, name, value, collection))
+
+    object.__setattr__(module, "perturb", perturb)
+
+
 def list_sites(model: nn.Module, variables: Any, example_inputs: Any,
                method: str = "__call__", inputs: bool = False,
                **apply_kwargs) -> dict[str, tuple[int, tuple]]:
@@ -50,12 +86,20 @@ def list_sites(model: nn.Module, variables: Any, example_inputs: Any,
 
     Returns:
       ``{path: (calls_per_forward, shape)}`` for every submodule whose ``method`` returns a
-      single array, paths joined with "/" (e.g. ``"Block_0/Dense_1"``); with ``inputs``, also
+      single array, paths joined with "/" (e.g. ``"Block_0/Dense_1"``); every array value
+      marked with ``self.perturb(name, x)``, as ``"<path>@<name>"``; with ``inputs``, also
       ``"<path>:input"`` for those whose first positional argument is an array.
     """
     found: dict[str, list] = {}
 
+    def named(name, value):
+        if _is_array(value):
+            entry = found.setdefault(name, [0, tuple(value.shape)])
+            entry[0] += 1
+        return value
+
     def record(next_fun, args, kwargs, context):
+        _hook_perturb(context, named)
         out = next_fun(*args, **kwargs)
         path = _path(context)
         if path and context.method_name == method and _is_array(out):
@@ -78,14 +122,23 @@ def run_with_cache(model: nn.Module, variables: Any, inputs: Any, method: str = 
                    inputs_too: bool = True, **apply_kwargs) -> tuple[Any, dict[str, Any]]:
     """Runs the model once and returns ``(output, cache)``: every site's activation for this
     batch, keyed as :func:`list_sites` and :func:`flax_site` name them (``"hidden"``,
-    ``"Dense_0:input"``; inputs left out with ``inputs_too=False``).
+    ``"Dense_0:input"``, ``"Block_0@act"``; inputs left out with ``inputs_too=False``).
 
     A submodule called once gives an array; one called several times per forward pass (a
     recurrent cell) gives a tuple with one array per call, in call order.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"run_with_cache takes a flax linen model, got {type(model).__name__}; "
+                        "for a flax nnx model use bb.nnx_run_with_cache(model, inputs).")
     found: dict[str, list] = {}
 
+    def named(name, value):
+        if _is_array(value):
+            found.setdefault(name, []).append(value)
+        return value
+
     def record(next_fun, args, kwargs, context):
+        _hook_perturb(context, named)
         out = next_fun(*args, **kwargs)
         path = _path(context)
         if path and context.method_name == method and _is_array(out):
@@ -103,14 +156,16 @@ def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, 
               method: str = "__call__", unit_axis: int = -1, ablation: Ablation = "zero",
               basis: Basis | None = None, reference: jax.Array | None = None,
               **apply_kwargs) -> Site:
-    """A site at the output of a submodule of a flax linen model.
+    """A site at the output or input of a submodule of a flax linen model, or at a value
+    inside a module that the model marks with ``self.perturb(name, x)``.
 
     Args:
       model: the linen module (unchanged; nothing in it needs rewriting).
       variables: its variables, e.g. ``{"params": ...}``.
       path: the submodule path, e.g. ``"Dense_0"`` or ``"encoder/hidden"`` (its output), or
         ``"Dense_1:input"`` (its first positional argument: after an activation function,
-        the post-activation value).
+        the post-activation value), or ``"Block_0@act"`` (the value ``Block_0`` passes to
+        ``self.perturb("act", ...)``; ``"@act"`` in the top-level module).
       example_inputs: inputs with the dataset's structure (used to find the sites).
       method: which submodule method's output to mask.
       unit_axis: axis of the output that holds the units.
@@ -120,7 +175,7 @@ def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, 
       **apply_kwargs: extra keyword arguments for ``model.apply``.
 
     Raises:
-      ValueError: the path is not a submodule output; the message lists the ones that exist.
+      ValueError: the path is not a site; the message lists the ones that exist.
     """
     spec = path
     module_path, part = split_site(spec)
@@ -131,9 +186,14 @@ def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, 
                             if not p.endswith(":input"))
         raise ValueError(f"Unknown site {spec!r} in {type(model).__name__}. Sites that exist "
                          f"(path shape x calls per forward): {listing or 'none'}; append "
-                         "':input' for a submodule's input.")
+                         "':input' for a submodule's input; '<path>@<name>' is a value "
+                         "marked with self.perturb(name, x).")
     calls, shape = sites[spec]
     num_units = basis.num_units if basis is not None else int(shape[unit_axis])
+    if part == "named":
+        return _named_site(model, variables, spec, calls, num_units, unit_axis=unit_axis,
+                           ablation=ablation, basis=basis, reference=reference,
+                           **apply_kwargs)
     on_input = part == "input"
 
     def matches(context) -> bool:
@@ -183,6 +243,44 @@ def flax_site(model: nn.Module, variables: Any, path: str, example_inputs: Any, 
                                ablation=ablation, basis=basis)
 
 
+def _named_site(model, variables, spec: str, calls: int, num_units: int, *, unit_axis,
+                ablation, basis, reference, **apply_kwargs) -> Site:
+    """The site at a ``perturb``-marked value: ``spec`` is ``"<path>@<name>"``."""
+
+    def run(inputs, on_value):
+        def intercept(next_fun, args, kwargs, context):
+            _hook_perturb(context, on_value)
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(intercept):
+            return model.apply(variables, inputs, **apply_kwargs)
+
+    if calls > 1:  # marked at several calls per forward pass: masked at each, nothing cached
+        def apply(inputs, ablate):
+            return run(inputs, lambda name, value: ablate(value) if name == spec else value)
+
+        return Site.in_place(spec, num_units, apply, ablation=ablation, reference=reference,
+                             unit_axis=unit_axis, basis=basis)
+
+    def prefix(inputs):
+        captured = []
+
+        def capture(name, value):
+            if name == spec:
+                captured.append(value)
+            return value
+
+        run(inputs, capture)
+        return captured[0]
+
+    def suffix(act, inputs):
+        # The cached (masked) value takes the marked value's place downstream.
+        return run(inputs, lambda name, value: act if name == spec else value)
+
+    return Site.from_functions(spec, num_units, prefix, suffix, unit_axis=unit_axis,
+                               ablation=ablation, basis=basis)
+
+
 # ---- flax nnx --------------------------------------------------------------------------------
 
 
@@ -220,6 +318,51 @@ def _nnx_with(graphdef, state, path: str, fn):
     else:
         object.__setattr__(parent, last, _Replace(getattr(parent, last), fn))
     return model
+
+
+def _set_child(parent, name: str, value) -> None:
+    if name.isdigit():
+        parent[int(name)] = value
+    else:
+        object.__setattr__(parent, name, value)
+
+
+def nnx_run_with_cache(model, inputs: Any, inputs_too: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Runs a flax nnx model once and returns ``(output, cache)``, as :func:`run_with_cache`
+    does for linen: every submodule's output (``"linear1"``) and, unless ``inputs_too=False``,
+    its first positional argument (``"linear2:input"``), keyed as :func:`nnx_site` names them.
+
+    The model runs as a merged copy of its graph and state whose submodules are wrapped, so
+    the caller's model object (and any state it updates, e.g. batch statistics) is untouched.
+    A submodule called several times per forward pass gives a tuple, one array per call.
+    """
+    from flax import nnx
+
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"nnx_run_with_cache takes a flax nnx model, got {type(model).__name__}"
+                        "; for a linen model use bb.run_with_cache(model, variables, inputs).")
+    copy = nnx.merge(*nnx.split(model))
+    found: dict[str, list] = {}
+
+    def recorder(path):
+        def record(original, *args, **kwargs):
+            out = original(*args, **kwargs)
+            if _is_array(out):
+                found.setdefault(path, []).append(out)
+            if inputs_too and args and _is_array(args[0]):
+                found.setdefault(f"{path}:input", []).append(args[0])
+            return out
+
+        return record
+
+    # Wrap in the parents taken before any wrapping, so nested submodules are wrapped as well.
+    modules = _nnx_submodules(copy)
+    parents = {"": copy, **modules}
+    for path, module in modules.items():
+        parent, _, name = path.rpartition("/")
+        _set_child(parents[parent], name, _Replace(module, recorder(path)))
+    output = copy(inputs)
+    return output, {k: v[0] if len(v) == 1 else tuple(v) for k, v in found.items()}
 
 
 def nnx_site(model, path: str, example_inputs: Any, *, unit_axis: int = -1,
