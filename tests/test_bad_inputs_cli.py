@@ -601,7 +601,7 @@ def test_processes_lock_and_ctrl_c(tmp_path):
         assert second.returncode == 2
         assert_one_line(second.stderr, f"is in use by another launch (pid {first.pid})")
         first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=60)
+        _, err = first.communicate(timeout=180)
     finally:
         if first.poll() is None:
             first.kill()
@@ -627,7 +627,7 @@ def test_kill_9_mid_sweep_resumes_byte_identical(tmp_path):
         _wait_for(sweep / "seed=1,scale=2.0" / "log.txt", "step 2/4")
     finally:
         proc.kill()  # SIGKILL: no cleanup at all
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=180)
     assert (sweep / "seed=0" / "results.json").exists()
     assert not (sweep / "seed=1,scale=2.0" / "results.json").exists()
     pause.unlink()

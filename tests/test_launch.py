@@ -41,7 +41,7 @@ def test_bad_input_gives_one_line_error(args, message, launch, tmp_path):
     args = [a.format(file=file, nosweep=nosweep) for a in args]
     if not any(a.startswith("--workdir") for a in args):
         args.append(f"--workdir={workdir}")
-    proc = launch(*args, timeout=60)
+    proc = launch(*args, timeout=120)
     assert proc.returncode != 0
     err = proc.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err, err
