@@ -566,12 +566,20 @@ def test_corrupt_gguf_in_a_study_is_one_line(cli, monkeypatch, workdir, tmp_path
 # ----------------------------------------------------------------------------- real processes
 
 
+def _default_sigint() -> None:
+    # A test runner started in the background by a shell without job control inherits SIGINT
+    # ignored, and Python then never turns Ctrl-C into KeyboardInterrupt; the launch under test
+    # must see Ctrl-C as a user's terminal would send it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _launch(*args: str, pause: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "BABLATE_PROGRESS": "0"}
     if pause is not None:
         env["FAKE_STUDY_PAUSE_FILE"] = str(pause)
     return subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_sigint)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
