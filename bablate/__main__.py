@@ -2,4 +2,5 @@
 
 from bablate.cli import entry
 
-entry()
+if __name__ == "__main__":  # importing bablate.__main__ (e.g. to list modules) runs nothing
+    entry()
