@@ -15,7 +15,7 @@ from bablate.testbeds.rnn import Windows
 
 # The ablation's windows come from a third sequence, neither the fitting nor the held-out one.
 ABLATION_SEED_OFFSET = 2 * rnn_testbed.TEST_SEED_OFFSET
-EXACT_MAX_UNITS = 16  # method "auto": exact enumeration up to this many hidden units
+EXACT_MAX_UNITS = bb.inference.MAX_EXACT  # method "auto": exact up to this many hidden units
 INFORMATIVE_BITS = bb.metrics.INFORMATIVE_BITS  # an AMD with less task information is flat
 
 
