@@ -16,8 +16,9 @@ task, mask)^β tells which sets of units a trained network uses to get a task ri
 
 from bablate import metrics, plot, progress, rules
 from bablate.amd import amd_model, log_joint, make_model
-from bablate.flax_sites import flax_site, list_sites, nnx_run_with_cache, nnx_site, run_with_cache
+from bablate.flax_sites import flax_site, list_sites, run_with_cache
 from bablate.inference import FlipKernel, Posterior, exact, infer, infer_many, mcmc, svi
+from bablate.nnx_sites import nnx_run_with_cache, nnx_site
 from bablate.plot import report
 from bablate.sites import Basis, Site, mask_activation
 from bablate.tasks import Rule, Task, TaskSet

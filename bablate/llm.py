@@ -271,7 +271,7 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts) -> tu
                              output="hidden", interventions=iv, embed_input=False)
         return unembed(inputs["params"], cfg, h[:, -1])
 
-    return Site.mask_aware(spec.name, d, suffix), inputs
+    return Site.mask_aware(spec.name, d, suffix, ablation=spec.ablation), inputs
 
 
 @functools.partial(jax.jit, static_argnums=(1,))

@@ -150,10 +150,10 @@ class Site:
         if sum(kinds) != 1:
             raise ValueError(f"Site {self.name!r}: give exactly one of prefix+suffix (cached), "
                              "apply (in place) or apply_mask (mask-aware).")
-        if self.apply_mask is not None and (self.basis is not None or self.ablation != "zero"):
+        if self.apply_mask is not None and (self.basis is not None or self.ablation == "resample"):
             raise ValueError(f"Site {self.name!r}: a mask-aware network applies masks itself; "
-                             "set its ablation value inside the network, not with ablation= "
-                             "or basis=.")
+                             "set its ablation value inside the network (ablation= only says "
+                             "which one, 'zero' or 'mean'), not with basis= or resample.")
         if self.basis is not None:
             if self.basis.num_units != self.num_units:
                 raise ValueError(f"Site {self.name!r}: basis has {self.basis.num_units} units but "
@@ -178,15 +178,17 @@ class Site:
         return self.prefix is not None
 
     @classmethod
-    def mask_aware(cls, name: str, num_units: int,
-                   apply_mask: Callable[[Array, Any], Any]) -> Site:
+    def mask_aware(cls, name: str, num_units: int, apply_mask: Callable[[Array, Any], Any], *,
+                   ablation: Literal["zero", "mean"] = "zero") -> Site:
         """A site whose network takes the mask itself: ``apply_mask(mask [d], inputs) -> outputs``.
 
         For units spread over several layers (all attention heads of a transformer, say) the
         network applies the mask where each unit lives, with its own ablation values and
         caching (e.g. the residual stream before the first ablated layer in ``inputs``).
+        ``ablation`` says which value the network gives an ablated unit ("zero" or "mean"), so
+        that reports and :attr:`identity` name it; the network applies it.
         """
-        return cls(name=name, num_units=num_units, apply_mask=apply_mask)
+        return cls(name=name, num_units=num_units, apply_mask=apply_mask, ablation=ablation)
 
     @classmethod
     def from_functions(cls, name: str, num_units: int, prefix: Callable[[Any], Array],

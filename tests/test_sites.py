@@ -128,7 +128,7 @@ def test_nnx_model_site_matches_a_hand_written_lesion():
 
     net = Net(nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (32, 4))
-    with pytest.raises(ValueError, match="Submodules that exist: l1, l2"):
+    with pytest.raises(ValueError, match=r"Unknown site .l9.*: l1 \(32, 8\) x1, l2 \(32, 3\) x1"):
         bb.nnx_site(net, "l9", x)
     site = bb.nnx_site(net, "l1", x)
     targets = jnp.argmax(net(x), -1)
@@ -176,5 +176,12 @@ def test_mask_aware_site_hands_the_mask_to_the_network():
     task = bb.Task.build(site, x, rule)
     mask = jnp.array([1.0, 0.0, 1.0, 1.0])
     np.testing.assert_allclose(task.outputs_fn(task.data, mask), network(mask, x))
+    assert "zero ablation" in site.identity
+    # The network applies its own ablation value; `ablation` names it for reports, and what
+    # the network cannot do through the mask alone is refused.
+    assert "mean ablation" in bb.Site.mask_aware("spread", 4, network, ablation="mean").identity
     with pytest.raises(ValueError, match="applies masks itself"):
-        bb.Site(name="bad", num_units=4, apply_mask=network, ablation="mean")
+        bb.Site(name="bad", num_units=4, apply_mask=network, ablation="resample")
+    with pytest.raises(ValueError, match="applies masks itself"):
+        bb.Site(name="bad", num_units=4, apply_mask=network,
+                basis=bb.Basis.orthogonal(jnp.eye(4)))

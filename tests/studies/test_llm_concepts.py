@@ -70,7 +70,7 @@ def test_neuron_and_resid_sites_with_mean_ablation(tiny):
     for kind, width in (("neurons", CFG.mlp_width), ("resid", CFG.width)):
         spec = llm.SiteSpec(kind, (2,), ablation="mean")
         site, inputs = llm.build_site(params, CFG, spec, prompts)
-        assert site.num_units == width
+        assert site.num_units == width and "mean ablation" in site.identity
         out = np.asarray(llm.evaluate_masks(site, inputs, np.ones((1, width))))
         np.testing.assert_allclose(out[0], _last_logits(params, prompts), atol=1e-4)
         # Mean-ablating every unit at every position makes all rows' inputs to the next layer
