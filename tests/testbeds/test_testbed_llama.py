@@ -4,10 +4,11 @@ concept prompts and prose, and the availability check.
 * The sink and statistic positions on a hand-made left-padded batch; the token-identity AUC
   in closed form (Mann–Whitney with ties).
 * No concept prompt contains its own answer, and no prefix question is a prompt of the set.
-* Every concept with prose paragraphs is a concept of ``concepts.json``.
+* Every concept of ``concepts.json`` has prose paragraphs with at least 10 occurrences each.
 """
 
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -63,6 +64,14 @@ def test_prose_paragraphs_belong_to_known_concepts():
     assert prose and set(prose) <= set(concepts)
     for name, p in prose.items():
         assert p["train"] and p["test"], name  # sentences of each paragraph
+    # Every concept of the study has paragraphs, each with at least 10 occurrences of its
+    # targets as a word after a space (so that each is the single token " word").
+    assert set(prose) == set(concepts)
+    for name, p in prose.items():
+        words = {q["target"] for q in concepts[name]["prompts"]}
+        pattern = re.compile(r" (" + "|".join(map(re.escape, words)) + r")\b")
+        for split in ("train", "test"):
+            assert sum(len(pattern.findall(s)) for s in p[split]) >= 10, (name, split)
 
 
 def test_smollm2_unavailable_agrees_with_the_installed_package():
