@@ -149,6 +149,15 @@ def check(config: Mapping, rules: Mapping[str, Rule]) -> None:
                               f"with --config.{key}=...")
 
 
+def variant(arg: str | None, variants: tuple[str, ...]) -> str:
+    """The variant a ``get_config(arg)`` was asked for: ``arg``, or the first of ``variants``
+    when it is empty; an unknown one is a one-line error that lists them."""
+    name = arg or variants[0]
+    if name not in variants:
+        raise ValueError(f"unknown variant {name!r}; choose from: {', '.join(variants)}")
+    return name
+
+
 def require(ok: bool, message: str) -> None:
     """Raises `ConfigError(message)` unless ``ok`` (for checks across several fields)."""
     if not ok:

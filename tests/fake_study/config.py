@@ -5,13 +5,13 @@
 
 import ml_collections
 
+from bablate import config_checks
+
 VARIANTS = ("quick", "slow")
 
 
 def get_config(arg=None):
-    variant = arg or "quick"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
+    variant = config_checks.variant(arg, VARIANTS)
     config = ml_collections.ConfigDict()
     config.study = "tests.fake_study"
     config.variant = variant

@@ -56,6 +56,8 @@ another seed: unit information r = 0.97 (neurons), 0.61 (rotation), 1.00 (SAE).
 
 import ml_collections
 
+from bablate import config_checks
+
 VARIANTS = ("quick", "toy", "rnn", "llm", "full")
 
 
@@ -69,9 +71,7 @@ def _dictionary(methods: str, num_codes: int, steps: int, top_k: int = 1, sae_l1
 
 
 def get_config(arg=None):
-    variant = arg or "quick"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
+    variant = config_checks.variant(arg, VARIANTS)
     c = ml_collections.ConfigDict()
     c.study = "basis_comparison"
     c.variant = variant

@@ -57,13 +57,13 @@ for current values):
 
 import ml_collections
 
+from bablate import config_checks
+
 VARIANTS = ("quick", "reflection", "compositional", "context", "hierarchy", "tanh64")
 
 
 def get_config(arg=None):
-    variant = arg or "quick"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
+    variant = config_checks.variant(arg, VARIANTS)
     c = ml_collections.ConfigDict()
     c.study = "rnn_chunks"
     c.variant = variant

@@ -64,14 +64,14 @@ checked against MCMC (max |marginal difference| in the results).
 
 import ml_collections
 
+from bablate import config_checks
+
 VARIANTS = ("quick", "n5_m2", "n20_m5", "n100_m20", "relu_hidden", "notebook")
 DENSITIES_20_5 = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
 
 def get_config(arg=None):
-    variant = arg or "quick"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
+    variant = config_checks.variant(arg, VARIANTS)
     c = ml_collections.ConfigDict()
     c.study = "toy_superposition"
     c.variant = variant
