@@ -181,17 +181,26 @@ def _bad_override(path: str, arg: str | None, argv: list[str]) -> str | None:
     return None
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors instead of tracebacks and usage text."""
-    spec = _DEFAULT
+def resolved_argv(argv: list[str]) -> tuple[list[str], str, str]:
+    """``(argv, spec, resolved)``: the ``--config`` value as given and as a file path, and argv
+    with that one value (absl reads the last ``--config``) replaced by the path."""
+    spec, at = _DEFAULT, None
     for i, a in enumerate(argv[1:], 1):
         if a.startswith(("--config=", "-config=")):
-            spec = a.split("=", 1)[1]
+            spec, at = a.split("=", 1)[1], i
         elif a in ("--config", "-config") and i + 1 < len(argv):
-            spec = argv[i + 1]
+            spec, at = argv[i + 1], i + 1
     resolved = resolve_config(spec)
     if resolved != spec:  # a study name: absl reads the file it names
-        argv = [_with_config(a, spec, resolved) for a in argv]
+        given = argv[at]  # "--config=<spec>", or "<spec>" after a bare --config
+        argv = [*argv[:at], resolved if given == spec else f"{given.split('=', 1)[0]}={resolved}",
+                *argv[at + 1:]]
+    return argv, spec, resolved
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors instead of tracebacks and usage text."""
+    argv, spec, resolved = resolved_argv(argv)
     path, _, arg = resolved.partition(":")
     if not os.path.isfile(path):
         _die(f"config file {path!r} does not exist and names no study; pass "
@@ -213,14 +222,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _die(f"{_message(e, last=True)} (while reading --config={spec} and its overrides)")
     finally:
         absl_log.setLevel(level)
-
-
-def _with_config(arg: str, spec: str, resolved: str) -> str:
-    """``arg`` with the --config value ``spec`` replaced by ``resolved``."""
-    for prefix in ("--config=", "-config="):
-        if arg == prefix + spec:
-            return prefix + resolved
-    return resolved if arg == spec else arg
 
 
 def main(argv: list[str]) -> None:

@@ -134,3 +134,20 @@ def test_python_m_bablate_runs_a_study_by_name_or_path(tmp_path, fake_config):
     proc = run("--config=no_such_study")
     assert proc.returncode == 2
     assert "names no study" in proc.stderr and "toy_superposition" in proc.stderr, proc.stderr
+
+
+def test_only_the_config_value_is_resolved_to_the_studys_file():
+    """A study name after --config (either spelling) becomes its config file; another argument
+    that happens to read the same is left alone."""
+    from bablate import cli
+
+    path = cli.resolve_config("toy_superposition:quick")
+    assert path.endswith("studies/toy_superposition/variants.py:quick")
+    argv, spec, resolved = cli.resolved_argv(
+        ["prog", "--config", "toy_superposition:quick", "--workdir", "toy_superposition:quick"])
+    assert argv == ["prog", "--config", path, "--workdir", "toy_superposition:quick"]
+    assert (spec, resolved) == ("toy_superposition:quick", path)
+    argv, _, _ = cli.resolved_argv(["prog", "--workdir=toy_superposition:quick",
+                                    "--config=toy_superposition:quick"])
+    assert argv == ["prog", "--workdir=toy_superposition:quick", f"--config={path}"]
+    assert cli.resolved_argv(["prog"])[0] == ["prog"]  # the flag's default is already a path
