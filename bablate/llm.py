@@ -395,9 +395,10 @@ def build_mlp_site(params, cfg: LlamaConfig, layer: int, prompts: Prompts, *,
 
 
 def target_readout(logits_NxV, targets_N):
-    """``[N, 2]``: (target logit − max logit, log-probability of the target)."""
+    """``[N, 2]``: (target logit − the best other logit, log-probability of the target)."""
     target = jnp.take_along_axis(logits_NxV, targets_N[:, None], axis=-1)[:, 0]
-    margin = target - logits_NxV.max(axis=-1)
+    is_target = jnp.arange(logits_NxV.shape[-1])[None, :] == targets_N[:, None]
+    margin = target - jnp.where(is_target, -jnp.inf, logits_NxV).max(axis=-1)
     logp = target - jax.nn.logsumexp(logits_NxV, axis=-1)
     return jnp.stack([margin, logp], axis=-1)
 
@@ -405,10 +406,10 @@ def target_readout(logits_NxV, targets_N):
 def target_rule(name: str = "top1") -> Rule:
     """Top-1 correctness read from :func:`target_readout` outputs (targets live in the site).
 
-    Hard: the target's logit is the maximum (a tie counts as correct, as in
+    Hard: the target is the unique arg-max (a tie is not a correct answer, as in
     ``bablate.rules.top1``); smooth: the target's softmax probability.
     """
-    return rules.custom(lambda out, _: (out[:, 0] >= 0).astype(jnp.float32),
+    return rules.custom(lambda out, _: (out[:, 0] > 0).astype(jnp.float32),
                         soft_fn=lambda out, _: jnp.exp(out[:, 1]), name=name)
 
 

@@ -316,3 +316,22 @@ def test_mlp_site_neuron_and_dictionary_bases_match_numpy(tiny, layer):
         edited.append(numpy_forward(tensors, cfg, row, mlp_edit=edit)[-1])
     np.testing.assert_allclose(out[1], np.stack(edited), rtol=2e-4, atol=2e-4)
     assert np.abs(out[1] - out[0]).max() > 1e-3  # the code mattered
+
+
+def test_target_rule_is_top1_on_the_logits_ties_included():
+    """The target read-out's correctness is bablate.rules.top1's: a target tied with another
+    logit for the maximum is not correct; the smooth one is the softmax probability."""
+    import bablate as bb
+    from bablate import llm
+
+    logits = jnp.array([[2.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.5, 0.5, 0.5]])
+    targets = jnp.array([0, 0, 2, 1])
+    out = llm.target_readout(logits, targets)
+    np.testing.assert_allclose(out[:, 0], [1.0, 0.0, -2.0, 0.0])
+    np.testing.assert_allclose(out[:, 1], jax.nn.log_softmax(logits)[jnp.arange(4), targets],
+                               rtol=1e-6)
+    rule, top1 = llm.target_rule(), bb.rules.top1(targets)
+    np.testing.assert_array_equal(rule.hard(out, rule.data), top1.hard(logits, top1.data))
+    np.testing.assert_array_equal(rule.hard(out, rule.data), [1.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(rule.soft(out, rule.data), top1.soft(logits, top1.data),
+                               rtol=1e-6)
