@@ -20,8 +20,10 @@ from bablate.flax_sites import flax_site, list_sites, run_with_cache
 from bablate.inference import FlipKernel, Posterior, exact, infer, infer_many, mcmc, svi
 from bablate.nnx_sites import nnx_run_with_cache, nnx_site
 from bablate.plot import report
+from bablate.rules import Rule
 from bablate.sites import Basis, Site, mask_activation
-from bablate.tasks import Rule, Task, TaskSet
+from bablate.tasks import Task
+from bablate.taskset import TaskSet
 
 progress.quiet_jax_backend_probe()  # before JAX starts a backend (it does so lazily)
 

@@ -26,7 +26,8 @@ import numpyro
 import numpyro.distributions as dist
 from jax.typing import ArrayLike
 
-from bablate.tasks import Task, TaskSet
+from bablate.tasks import Task
+from bablate.taskset import TaskSet
 
 MASK_SITE = "mask"
 
@@ -147,7 +148,7 @@ def log_joint_from(likelihood: Task | TaskSet, data: Any, masks: jax.Array,
     The prior is given as ``[log p, log(1 − p)]`` ``[2, d]`` so that the prior and β can be
     traced arguments of a compiled program. ``likelihood`` is a :class:`~bablate.Task`
     (``[M]`` out) or anything with the same ``log_odds_fn(data, masks, smooth)``, such as a
-    :class:`~bablate.tasks.TaskSet` (``[T, M]`` out: every rule of a shared dataset).
+    :class:`~bablate.taskset.TaskSet` (``[T, M]`` out: every rule of a shared dataset).
     """
     masks = masks.astype(jnp.float32)
     log_odds = likelihood.log_odds_fn(data, masks, smooth)

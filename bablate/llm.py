@@ -34,8 +34,9 @@ from jax.typing import ArrayLike
 from bablate import rules
 from bablate.models import llama
 from bablate.models.llama import Interventions, LlamaConfig
+from bablate.rules import Rule
 from bablate.sites import Basis, Site, ablation_value
-from bablate.tasks import Rule, outputs_evaluator
+from bablate.tasks import outputs_evaluator
 
 KINDS = ("heads", "neurons", "resid")
 ABLATIONS = ("zero", "mean")

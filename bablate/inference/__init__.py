@@ -18,7 +18,8 @@ from bablate.inference.kernels import FlipKernel, FlipState
 from bablate.inference.mcmc import chain_diagnostics, mcmc
 from bablate.inference.posterior import ConvergenceWarning, Posterior
 from bablate.inference.svi import svi
-from bablate.tasks import Task, TaskSet
+from bablate.tasks import Task
+from bablate.taskset import TaskSet
 
 METHODS = ("exact", "mcmc", "svi")
 STOCHASTIC = ("mcmc", "svi")
@@ -107,7 +108,7 @@ def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array
 
     "auto" enumerates tasks of at most ``max_exact`` units exactly and runs ``large`` ("mcmc"
     or "svi") on the others. Exact inference of tasks that share a site and a dataset (a
-    :class:`~bablate.tasks.TaskSet`) runs the network once per mask for all of them
+    :class:`~bablate.taskset.TaskSet`) runs the network once per mask for all of them
     (:func:`exact_many`). Task ``i`` of a stochastic method gets the key
     ``jax.random.fold_in(key, i)``.
 

@@ -14,7 +14,8 @@ from bablate import amd, progress, sharding
 from bablate.amd import check_beta, nonfinite_error, prior_probs
 from bablate.inference import programs
 from bablate.inference.posterior import Posterior
-from bablate.tasks import Task, TaskSet
+from bablate.tasks import Task
+from bablate.taskset import TaskSet
 
 MAX_EXACT_UNITS = 24
 
@@ -131,7 +132,7 @@ def exact_many(tasks: TaskSet | list[Task], prior: ArrayLike = 0.5, beta: float 
 
     The network runs once per mask and every task's rule reads the same outputs, so T tasks
     cost about one (e.g. one task per chunk of a sequence, or per feature of a toy model).
-    Pass a :class:`~bablate.tasks.TaskSet`; a plain list of tasks built on the same inputs
+    Pass a :class:`~bablate.taskset.TaskSet`; a plain list of tasks built on the same inputs
     (the same objects) is recognised as one too, and tasks built with different inputs or
     sites fall back to one enumeration each.
     """

@@ -1,0 +1,189 @@
+"""Task sets: one site, one dataset, many rules — the tasks that read the same outputs, so the
+network runs once per mask for all of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from bablate.rules import Rule, p_correct_from
+from bablate.sites import Site
+from bablate.tasks import (
+    Task,
+    check_masks,
+    correct_fn,
+    logit,
+    masked_outputs,
+    outputs_evaluator,
+    shared_data,
+    warn_if_intact_fails,
+)
+
+Array = jax.Array
+
+
+def _rules_p_correct(rules: tuple[Rule, ...], outputs: Any, rule_data: list, positives: list,
+                     smooth: bool) -> Array:
+    """``[T, M]`` P(correct) of each rule from the outputs of M masks (leading axis M)."""
+    rows = []
+    for rule, data, positive in zip(rules, rule_data, positives, strict=True):
+        correct = correct_fn(rule, smooth)
+        c = jax.vmap(lambda out, correct=correct, data=data: correct(out, data))(outputs)
+        rows.append(p_correct_from(c.astype(jnp.float32), positive))
+    return jnp.stack(rows)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TaskSet:
+    """One site, one dataset, many rules: the tasks that read the same outputs.
+
+    The network runs once per mask for all of them (:meth:`outputs`, :meth:`p_correct`,
+    :func:`bablate.inference.exact_many`). Build with :meth:`build`.
+
+    Attributes:
+      site: where masks apply.
+      tasks: one :class:`Task` per rule, all holding the same inputs, cached activation and
+        ablation value (the same objects).
+      data: the shared arrays (``"inputs"``, ``"act"``, ``"value"``) and, per task in order,
+        the rule's data (``"rules"``) and positives (``"positives"``): the argument of the
+        traced evaluators (:meth:`log_odds_fn`).
+    """
+
+    site: Site
+    tasks: tuple[Task, ...]
+    data: dict
+
+    @classmethod
+    def build(cls, site: Site, inputs: Any, rules: dict[str, Rule], *,
+              activation: Array | None = None, key: Array | None = None,
+              check_intact: bool = True) -> TaskSet:
+        """Runs the site's prefix once and makes one task per rule on its outputs.
+
+        Args:
+          site: where masks apply.
+          inputs: the dataset (any pytree the site's functions take).
+          rules: task name -> correctness rule.
+          activation: a precomputed prefix output (cached sites), else it is computed.
+          key: PRNG key for resample ablation (default ``jax.random.key(0)``); drawn once.
+          check_intact: warn for each task the intact network already fails.
+        """
+        if not rules:
+            raise ValueError("TaskSet.build needs at least one rule; got an empty dict.")
+        shared = shared_data(site, inputs, next(iter(rules)), activation, key)
+        tasks = tuple(Task(name=name, site=site, rule=rule, data={**shared, "rule": rule.data})
+                      for name, rule in rules.items())
+        for task in tasks:
+            task.check_rule()
+        out = cls.of(tasks)
+        if check_intact:
+            full = out.log_odds(np.ones((1, site.num_units), np.float32))[:, 0]
+            for task, value in zip(tasks, full, strict=True):
+                warn_if_intact_fails(task.name, float(value))
+        return out
+
+    @classmethod
+    def of(cls, tasks: list[Task] | tuple[Task, ...]) -> TaskSet:
+        """The set of ``tasks`` that are known to share one site and one dataset (their data
+        is taken from the first; nothing is checked: use :meth:`build` to make them)."""
+        tasks = tuple(tasks)
+        if not tasks:
+            raise ValueError("a TaskSet needs at least one task.")
+        base = tasks[0]
+        data = {"inputs": base.data["inputs"], "act": base.data["act"],
+                "value": base.data["value"], "rules": [t.rule.data for t in tasks],
+                "positives": [t.rule.positive for t in tasks]}
+        return cls(site=base.site, tasks=tasks, data=data)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple(t.rule for t in self.tasks)
+
+    @property
+    def num_units(self) -> int:
+        return self.site.num_units
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+    @typing.overload
+    def __getitem__(self, i: int) -> Task: ...
+
+    @typing.overload
+    def __getitem__(self, i: slice) -> TaskSet: ...
+
+    def __getitem__(self, i: int | slice) -> Task | TaskSet:
+        """Task ``i``, or for a slice the task set of those tasks (same site and dataset)."""
+        if isinstance(i, slice):
+            return TaskSet.of(self.tasks[i])
+        return self.tasks[i]
+
+    # ---- pure evaluators (take ``data`` so they can be jitted) ----
+
+    def p_correct_fn(self, data: dict, masks: Array, smooth: bool = False,
+                     vectorized: bool = True) -> Array:
+        """P(correct | task, mask) of every task for masks ``[M, d]`` -> ``[T, M]``; the
+        network runs once per mask (``data`` as :attr:`data`)."""
+        outputs = masked_outputs(self.site, data, masks, vectorized=vectorized)
+        return _rules_p_correct(self.rules, outputs, data["rules"], data["positives"], smooth)
+
+    def log_odds_fn(self, data: dict, masks: Array, smooth: bool = False) -> Array:
+        """β-free log-odds of correctness of every task, ``[T, M]``."""
+        return logit(self.p_correct_fn(data, masks, smooth))
+
+    # ---- host API ----
+
+    def outputs(self, masks: ArrayLike, chunk_size: int = 1024) -> Any:
+        """The site's outputs under masks ``[M, d]`` (leading axis M), rule-independent: one
+        compiled program per site (:func:`outputs_evaluator`)."""
+        masks = check_masks(masks, self.num_units, f"TaskSet {self.names}")
+        fn = outputs_evaluator(self.site)
+        # The rule-free arrays only: task sets with other rules share the program.
+        shared = {k: self.data[k] for k in ("inputs", "act", "value")}
+        pieces = []
+        for start in range(0, max(len(masks), 1), chunk_size):
+            block = masks[start:start + chunk_size]
+            pieces.append(jax.tree.map(np.asarray, fn(shared, jnp.asarray(block))))
+        return jax.tree.map(lambda *p: np.concatenate(p), *pieces)
+
+    def p_correct(self, masks: ArrayLike, smooth: bool = False, chunk_size: int = 1024
+                  ) -> np.ndarray:
+        """Hard (or smooth) P(correct) of every task, ``[T, M]``.
+
+        ``masks`` is ``[M, d]`` (every task under the same masks) or ``[T, M, d]`` (task t
+        under its own ``masks[t]``); either way the network runs once per mask.
+        """
+        masks = np.asarray(masks, np.float32)
+        if masks.ndim == 3:
+            if masks.shape[0] != len(self):
+                raise ValueError(f"TaskSet of {len(self)} tasks: masks [T, M, d] must have "
+                                 f"T = {len(self)}, got shape {masks.shape}.")
+            flat = self.outputs(masks.reshape(-1, masks.shape[-1]), chunk_size)
+            per = masks.shape[1]
+            rows = []
+            for j, task in enumerate(self.tasks):
+                own = jax.tree.map(lambda o, j=j: o[j * per:(j + 1) * per], flat)
+                rows.append(_rules_p_correct((task.rule,), own, [task.rule.data],
+                                             [task.rule.positive], smooth)[0])
+            return np.asarray(jnp.stack(rows)) if rows else np.zeros((0, per), np.float32)
+        outputs = self.outputs(masks, chunk_size)
+        return np.asarray(_rules_p_correct(self.rules, outputs, self.data["rules"],
+                                           self.data["positives"], smooth))
+
+    def log_odds(self, masks: ArrayLike, smooth: bool = False, chunk_size: int = 1024
+                  ) -> np.ndarray:
+        """Log-odds of correctness of every task, ``[T, M]`` (masks as in :meth:`p_correct`)."""
+        return np.asarray(logit(jnp.asarray(self.p_correct(masks, smooth, chunk_size))))
