@@ -1,8 +1,10 @@
 """Figures for your own posteriors, and a small report of them.
 
-Every function takes :class:`bablate.Posterior` objects (one per task, on one site) and returns a
-``matplotlib.figure.Figure`` built without pyplot (nothing global is touched; a notebook shows
-it, :func:`save_png` writes it). :func:`report` writes ``report.md`` with all of them.
+Every function takes :class:`bablate.Posterior` objects (one per task, on one site;
+:func:`importance_heatmap` and :func:`information_panels` also plain ``[tasks, units]`` arrays,
+such as a study's results) and returns a ``matplotlib.figure.Figure`` built without pyplot
+(nothing global is touched; a notebook shows it, :func:`save_png` writes it). :func:`report`
+writes ``report.md`` with all of them.
 
 * :func:`importance_heatmap` — q(m_i = 1), tasks × units, one colour scale [0, 1] (also from
   a plain ``[tasks, units]`` array, e.g. read back from results.json, and into a given ``ax``);
@@ -64,7 +66,7 @@ def _labels(posts: list[Posterior]) -> list[str]:
 def _label_fontsize(ax, rows: int) -> float:
     """Row-label size that fits ``rows`` labels into the height of ``ax`` (5 to 9 points)."""
     height = ax.get_position().height * ax.figure.get_figheight() * 72.0
-    return float(np.clip(0.7 * height / max(rows, 1), 5.0, 9.0))
+    return float(np.clip(height / max(rows, 1), 5.0, 9.0))
 
 
 def _heatmap(fig: Figure, ax, values: np.ndarray, rows: list[str], vmin: float, vmax: float,
@@ -133,7 +135,7 @@ def _matrix(values, what: str) -> np.ndarray:
 def importance_heatmap(posts: Posterior | Sequence[Posterior] | np.ndarray, *,
                        tasks: Sequence[str] | None = None, ax=None, title: str | None = None,
                        cmap: str = "viridis", annotate: bool | None = None,
-                       xlabel: str = "unit") -> Figure:
+                       xlabel: str = "unit", label: str = "unit importance q(m_i = 1)") -> Figure:
     """Unit importance q(m_i = 1) of each task (rows) and unit (columns), colour scale [0, 1].
 
     Args:
@@ -146,6 +148,7 @@ def importance_heatmap(posts: Posterior | Sequence[Posterior] | np.ndarray, *,
       cmap: colour map; a diverging one (e.g. "RdBu_r") centres on 0.5, the uniform prior.
       annotate: write each cell's value (default: when the cells are big enough).
       xlabel: the column axis label.
+      label: the colourbar label.
 
     Returns:
       The figure drawn on (``ax``'s figure when ``ax`` is given).
@@ -169,8 +172,7 @@ def importance_heatmap(posts: Posterior | Sequence[Posterior] | np.ndarray, *,
         own = True
     else:
         fig, own = ax.figure, False
-    _heatmap(fig, ax, q, rows, 0.0, 1.0, cmap, "unit importance q(m_i = 1)",
-             annotate=annotate, xlabel=xlabel)
+    _heatmap(fig, ax, q, rows, 0.0, 1.0, cmap, label, annotate=annotate, xlabel=xlabel)
     ax.set_title(f"Unit importance{note}" if title is None else title)
     if own:
         fig.tight_layout()

@@ -201,8 +201,9 @@ def test_importance_heatmap_draws_an_array_into_a_given_axes(tmp_path):
     assert [a.get_ylabel() for a in host.axes[2:]] == ["unit importance q(m_i = 1)"]
     _assert_png(plot.save_png(host, tmp_path / "host.png"))
     # Default labels for an array; posteriors' task names can be replaced.
-    fig = plot.importance_heatmap(q)
+    fig = plot.importance_heatmap(q, label="q(m_u = 1)")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["task 0", "task 1"]
+    assert fig.axes[1].get_ylabel() == "q(m_u = 1)"
 
 
 def test_importance_heatmap_refuses_bad_arrays():

@@ -264,3 +264,4 @@ def test_unit_importance_panels_hold_the_results_on_the_library_scale():
     assert ax.images[0].get_clim() == (0.0, 1.0)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "4", "7"]
     assert ax.get_ylabel() == "feature task i" and ax.get_xlabel() == "hidden unit"
+    assert "q(m_u = 1)" in [a.get_ylabel() for a in fig.axes]  # its colourbar

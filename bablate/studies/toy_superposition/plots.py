@@ -223,7 +223,8 @@ def fig_unit_importance(cfg: StudyConfig, records: Records, params: toy.Params,
         # the library's map: one [0, 1] scale, diverging around the uniform prior 0.5
         bplot.importance_heatmap(np.array(r["unit_importance"]), tasks=feats, ax=row[2],
                                  cmap="PuOr_r", annotate=False, xlabel="hidden unit",
-                                 title="unit importance q(m_u = 1 | task i)")
+                                 title="unit importance q(m_u = 1 | task i)",
+                                 label="q(m_u = 1)")
         row[2].title.set_fontsize(9)
         row[2].set_ylabel("feature task i")
         fig.colorbar(gram, ax=row[0], label="W_iᵀW_j")
