@@ -1,14 +1,19 @@
 """Figures for your own posteriors, and a small report of them.
 
-Every function takes :class:`bablate.Posterior` objects (one per task, on one site) and returns a
-``matplotlib.figure.Figure`` built without pyplot (nothing global is touched; a notebook shows
-it, :func:`save_png` writes it). :func:`report` writes ``report.md`` with all of them.
+Every function takes :class:`bablate.Posterior` objects (one per task, on one site;
+:func:`importance_heatmap` and :func:`information_panels` also plain ``[tasks, units]`` arrays,
+such as a study's results) and returns a ``matplotlib.figure.Figure`` built without pyplot
+(nothing global is touched; a notebook shows it, :func:`save_png` writes it). :func:`report`
+writes ``report.md`` with all of them.
 
-* :func:`importance_heatmap` — q(m_i = 1), tasks × units, one colour scale [0, 1];
+* :func:`importance_heatmap` — q(m_i = 1), tasks × units, one colour scale [0, 1] (also from
+  a plain ``[tasks, units]`` array, e.g. read back from results.json, and into a given ``ax``);
 * :func:`marginals` — q(m_i = 1) per unit with its Monte Carlo interval (MCMC: standard error
   from each unit's effective sample size; exact tables and mean-field guides have none);
 * :func:`information` — KL(q_i ‖ prior_i) in bits per unit, split into used (q_i > prior_i)
   and harmful (q_i < prior_i), tasks × units, one colour scale across tasks;
+* :func:`information_panels` — KL(q_i ‖ prior_i) in bits, one tasks × units panel per site or
+  basis, all panels on one colour scale from 0 with one colourbar;
 * :func:`js_matrix` — task overlap: the joint JS divergence for exact posteriors, else the mean
   JS between marginals (a different, smaller quantity; the title says which);
 * :func:`trace` and :func:`rank` — arviz's trace and rank plots of an MCMC posterior's draws.
@@ -19,11 +24,12 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib import MatplotlibDeprecationWarning
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from numpyro.diagnostics import effective_sample_size
 
@@ -57,37 +63,119 @@ def _labels(posts: list[Posterior]) -> list[str]:
     return [f"{p.task} [{p.method}]" if names.count(p.task) > 1 else p.task for p in posts]
 
 
+def _label_fontsize(ax, rows: int) -> float:
+    """Row-label size that fits ``rows`` labels into the height of ``ax`` (5 to 9 points)."""
+    height = ax.get_position().height * ax.figure.get_figheight() * 72.0
+    return float(np.clip(height / max(rows, 1), 5.0, 9.0))
+
+
 def _heatmap(fig: Figure, ax, values: np.ndarray, rows: list[str], vmin: float, vmax: float,
-             cmap: str, label: str, fmt: str = "{:.2f}") -> None:
-    """``values`` [rows, units] on one colour scale, a labelled colourbar, small-grid labels."""
-    im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+             cmap: str, label: str | None, fmt: str = "{:.2f}", annotate: bool | None = None,
+             xlabel: str = "unit"):
+    """``values`` [rows, units] on one colour scale, a labelled colourbar (none when ``label``
+    is None), cell values written in when ``annotate`` (None: when the grid is small and its
+    cells are big enough to hold the text). Returns the image."""
+    im = ax.imshow(values, aspect="auto", cmap=cmap, norm=Normalize(vmin=vmin, vmax=vmax),
                    interpolation="nearest")
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_xlabel("unit")
+    ax.set_yticks(range(len(rows)), rows, fontsize=_label_fontsize(ax, len(rows)))
+    ax.set_xlabel(xlabel)
+    box = ax.get_position()
+    cell_w = box.width * fig.get_figwidth() * 72.0 / values.shape[1]  # points
+    cell_h = box.height * fig.get_figheight() * 72.0 / values.shape[0]
     if values.shape[1] <= 32:
-        ax.set_xticks(range(values.shape[1]))
-    cbar = fig.colorbar(im, ax=ax)
-    cbar.set_label(label)
-    if values.size <= _ANNOTATE_MAX:
-        mid = vmin + 0.5 * (vmax - vmin)
+        # every unit when its number fits in its cell, else every 2nd or 5th
+        step = next(s for s in (1, 2, 5, 10) if s * cell_w >= 16.0 or s == 10)
+        ax.set_xticks(range(0, values.shape[1], step))
+    if label is not None:
+        cbar = fig.colorbar(im, ax=ax)
+        cbar.set_label(label)
+    if annotate is None:
+        annotate = values.size <= _ANNOTATE_MAX and cell_w >= 20.0 and cell_h >= 10.0
+    if annotate:
         for (r, c), v in np.ndenumerate(values):
+            red, green, blue, _ = im.cmap(im.norm(v))
+            # white text on dark cells, black on light ones, whatever the colour map
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
             ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=7,
-                    color="white" if v > mid else "black")
+                    color="white" if dark else "black")
+    return im
 
 
-def importance_heatmap(posts: Posterior | Sequence[Posterior]) -> Figure:
-    """Unit importance q(m_i = 1) of each task (rows) and unit (columns), colour scale [0, 1]."""
-    posts = _posts(posts, "importance_heatmap")
-    q = np.stack([np.asarray(p.marginals, np.float64) for p in posts])
-    fig = Figure(figsize=(min(max(4.0, 0.35 * q.shape[1] + 2.5), _MAX_WIDTH),
-                          0.45 * len(posts) + 1.6))
-    ax = fig.subplots()
-    _heatmap(fig, ax, q, _labels(posts), 0.0, 1.0, "viridis",
-             "unit importance q(m_i = 1)")
-    prior = np.unique(np.concatenate([np.asarray(p.prior).ravel() for p in posts]))
-    note = f" (prior {prior[0]:.2g})" if prior.size == 1 else ""
-    ax.set_title(f"Unit importance{note}")
-    fig.tight_layout()
+def _rows(labels: Sequence[str] | None, n: int, what: str) -> list[str]:
+    """Row labels: ``labels`` (one per row) or task 0, task 1, …"""
+    if labels is None:
+        return [f"task {i}" for i in range(n)]
+    labels = [str(t) for t in labels]
+    if len(labels) != n:
+        raise ValueError(f"{what}: tasks has {len(labels)} labels for {n} rows; give one label "
+                         "per row.")
+    return labels
+
+
+def _is_posteriors(x) -> bool:
+    """Posteriors (an empty list too, which :func:`_posts` refuses) rather than an array."""
+    return isinstance(x, Posterior) or (isinstance(x, Sequence) and not isinstance(x, str)
+                                        and all(isinstance(p, Posterior) for p in x))
+
+
+def _matrix(values, what: str) -> np.ndarray:
+    """A finite ``[tasks, units]`` float array, or a one-line error saying what was given."""
+    try:
+        x = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} needs posteriors or a [tasks, units] array of numbers; got "
+                         f"{type(values).__name__}.") from None
+    if x.ndim != 2 or 0 in x.shape:
+        raise ValueError(f"{what} needs a [tasks, units] array; got shape {x.shape}.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what}: the array holds NaN or inf; drop or fill those cells first.")
+    return x
+
+
+def importance_heatmap(posts: Posterior | Sequence[Posterior] | np.ndarray, *,
+                       tasks: Sequence[str] | None = None, ax=None, title: str | None = None,
+                       cmap: str = "viridis", annotate: bool | None = None,
+                       xlabel: str = "unit", label: str = "unit importance q(m_i = 1)") -> Figure:
+    """Unit importance q(m_i = 1) of each task (rows) and unit (columns), colour scale [0, 1].
+
+    Args:
+      posts: posteriors over one site, or a ``[tasks, units]`` array of q(m_i = 1) (e.g. a
+        study's ``unit_importance`` read back from results.json).
+      tasks: row labels (default: the posteriors' task names, or task 0, task 1, … for an array).
+      ax: draw into this matplotlib axes (its colourbar beside it) instead of a new figure.
+      title: the axes title (default: "Unit importance", with the prior when one is shared;
+        "" for none).
+      cmap: colour map; a diverging one (e.g. "RdBu_r") centres on 0.5, the uniform prior.
+      annotate: write each cell's value (default: when the cells are big enough).
+      xlabel: the column axis label.
+      label: the colourbar label.
+
+    Returns:
+      The figure drawn on (``ax``'s figure when ``ax`` is given).
+    """
+    if _is_posteriors(posts):
+        posts = _posts(posts, "importance_heatmap")
+        q = np.stack([np.asarray(p.marginals, np.float64) for p in posts])
+        rows = _labels(posts) if tasks is None else _rows(tasks, len(posts), "importance_heatmap")
+        prior = np.unique(np.concatenate([np.asarray(p.prior).ravel() for p in posts]))
+        note = f" (prior {prior[0]:.2g})" if prior.size == 1 else ""
+    else:
+        q = _matrix(posts, "importance_heatmap")
+        if q.min() < 0.0 or q.max() > 1.0:
+            raise ValueError(f"importance_heatmap: values must be probabilities q(m_i = 1) in "
+                             f"[0, 1]; got [{q.min():.3g}, {q.max():.3g}].")
+        rows, note = _rows(tasks, q.shape[0], "importance_heatmap"), ""
+    if ax is None:
+        fig = Figure(figsize=(min(max(4.0, 0.35 * q.shape[1] + 2.5), _MAX_WIDTH),
+                              0.45 * q.shape[0] + 1.6))
+        ax = fig.subplots()
+        own = True
+    else:
+        fig, own = ax.figure, False
+    _heatmap(fig, ax, q, rows, 0.0, 1.0, cmap, label, annotate=annotate, xlabel=xlabel)
+    ax.set_title(f"Unit importance{note}" if title is None else title)
+    if own:
+        fig.tight_layout()
     return fig
 
 
@@ -156,6 +244,79 @@ def information(posts: Posterior | Sequence[Posterior]) -> Figure:
         ax.set_title(f"{title}; largest task total {values.sum(1).max():.3g} bits", fontsize=9)
     fig.suptitle("Unit information KL(q_i ‖ prior_i), bits")
     fig.tight_layout()
+    return fig
+
+
+def information_panels(panels: Mapping[str, Sequence[Posterior] | np.ndarray], *,
+                       tasks: Sequence[str] | None = None, vmax: float | None = None,
+                       max_units: int | None = 48, title: str | None = None) -> Figure:
+    """Unit information KL(q_i ‖ prior_i) in bits, tasks × units, one panel per site or basis
+    (e.g. neurons vs a rotation vs a dictionary), every panel on one colour scale from 0.
+
+    One scale makes panels comparable: a site whose units carry 0.02 bit looks dim next to
+    one whose units carry 0.8 bit (per-panel scales would paint both equally bright).
+
+    Args:
+      panels: panel title → posteriors over that site (information from their marginals and
+        priors), or a ``[tasks, units]`` array of information in bits.
+      tasks: row labels of array panels (default: task 0, task 1, …).
+      vmax: top of the colour scale in bits (default: the largest value of any panel); give
+        one value to several figures to compare them.
+      max_units: panels with more units show their ``max_units`` most informative ones (by
+        total over tasks), in that order; None shows every unit.
+      title: the figure title.
+
+    Returns:
+      The figure, with one colourbar labelled in bits for all panels.
+    """
+    if not panels:
+        raise ValueError("information_panels needs at least one panel, got none.")
+    if max_units is not None and max_units < 1:
+        raise ValueError(f"information_panels: max_units must be >= 1 or None; got {max_units}.")
+    data = []
+    for name, value in panels.items():
+        if _is_posteriors(value):
+            posts = _posts(value, f"information_panels[{name!r}]")
+            info = np.stack([sum(metrics.split_information(p.marginals, p.prior))
+                             for p in posts])
+            rows = _labels(posts)
+        else:
+            info = _matrix(value, f"information_panels[{name!r}]")
+            if info.min() < 0.0:
+                raise ValueError(f"information_panels[{name!r}]: information is a KL "
+                                 f"divergence (>= 0 bits); got {info.min():.3g}.")
+            rows = _rows(tasks, info.shape[0], f"information_panels[{name!r}]")
+        data.append((str(name), info, rows))
+    top = max(float(info.max()) for _, info, _ in data) if vmax is None else float(vmax)
+    if not top > 0.0:
+        raise ValueError(f"information_panels: vmax must be > 0 bits; got {vmax}.")
+    fig = Figure(figsize=(min(3.2 * len(data) + 0.8, 4 * _MAX_WIDTH / 3),
+                          0.3 * max(len(r) for _, _, r in data) + 2.1),
+                 layout="constrained")
+    axes = fig.subplots(1, len(data), squeeze=False)[0]
+    for ax, (name, info, rows) in zip(axes, data, strict=True):
+        d = info.shape[1]
+        shown = np.arange(d)
+        if max_units is not None and d > max_units:
+            shown = np.argsort(-info.sum(0), kind="stable")[:max_units]
+            info = info[:, shown]
+            ax.set_title(f"{name} (top {max_units} of {d} units)", fontsize=8)
+            xlabel = "unit (most informative first)"
+        else:
+            ax.set_title(f"{name} ({d} units)", fontsize=8)
+            xlabel = "unit"
+        im = _heatmap(fig, ax, info, rows, 0.0, top, "magma", None, annotate=False,
+                      xlabel=xlabel)
+        if shown.size < d:  # reordered columns: name each by its unit, or by none
+            if shown.size <= 32:
+                ax.set_xticks(range(shown.size), [str(u) for u in shown], fontsize=6,
+                              rotation=90)
+            else:
+                ax.set_xticks([])
+    fig.colorbar(im, ax=axes.tolist(), fraction=0.03,
+                 label="unit information KL(q_i ‖ prior_i) (bits)")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
 
 

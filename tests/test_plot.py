@@ -182,3 +182,83 @@ def test_report_on_a_real_mcmc_run(tmp_path):
     assert "adapted step size" in row
     for png in (tmp_path / "figures").glob("*.png"):
         _assert_png(png)
+
+
+def test_importance_heatmap_draws_an_array_into_a_given_axes(tmp_path):
+    from matplotlib.figure import Figure
+
+    q = np.array([[0.5, 0.9, 0.1], [0.0, 1.0, 0.5]])
+    host = Figure(figsize=(9, 3))
+    left, right = host.subplots(1, 2)
+    fig = plot.importance_heatmap(q, tasks=["ABCD", "GHI"], ax=right, cmap="RdBu_r",
+                                  title="mine", xlabel="hidden unit")
+    assert fig is host and not left.images  # drawn into `right`, nothing else touched
+    np.testing.assert_allclose(right.images[0].get_array(), q)
+    assert right.images[0].get_clim() == (0.0, 1.0)
+    assert right.images[0].get_cmap().name == "RdBu_r"
+    assert [t.get_text() for t in right.get_yticklabels()] == ["ABCD", "GHI"]
+    assert right.get_title() == "mine" and right.get_xlabel() == "hidden unit"
+    assert [a.get_ylabel() for a in host.axes[2:]] == ["unit importance q(m_i = 1)"]
+    _assert_png(plot.save_png(host, tmp_path / "host.png"))
+    # Default labels for an array; posteriors' task names can be replaced.
+    fig = plot.importance_heatmap(q, label="q(m_u = 1)")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["task 0", "task 1"]
+    assert fig.axes[1].get_ylabel() == "q(m_u = 1)"
+
+
+def test_importance_heatmap_refuses_bad_arrays():
+    with pytest.raises(ValueError, match="one label per row"):
+        plot.importance_heatmap(np.full((2, 3), 0.5), tasks=["only one"])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        plot.importance_heatmap(np.array([[0.5, 1.5]]))
+    with pytest.raises(ValueError, match="tasks, units"):
+        plot.importance_heatmap(np.full(3, 0.5))
+    with pytest.raises(ValueError, match="NaN"):
+        plot.importance_heatmap(np.array([[0.5, np.nan]]))
+
+
+def test_annotations_are_readable_on_dark_and_light_cells():
+    # viridis is dark at 0 and light (yellow) at 1: white text on 0, black on 1.
+    fig = plot.importance_heatmap(np.array([[0.0, 1.0]]), annotate=True)
+    colours = {t.get_text(): t.get_color() for t in fig.axes[0].texts}
+    assert colours == {"0.00": "white", "1.00": "black"}
+    fig = plot.importance_heatmap(np.array([[0.0, 1.0]]), annotate=False)
+    assert not fig.axes[0].texts
+
+
+def test_information_panels_share_one_scale_from_zero_and_one_colourbar(exact_posts, tmp_path):
+    weak = np.array([[0.02, 0.0, 0.01], [0.0, 0.015, 0.0]])
+    strong = np.array([[0.8, 0.1, 0.0, 0.3], [0.0, 0.0, 0.6, 0.0]])
+    fig = plot.information_panels({"neuron": weak, "dictionary": strong}, tasks=["a", "b"],
+                                  title="net")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["neuron (3 units)", "dictionary (4 units)"]
+    assert {im.get_clim() for ax in panels for im in ax.images} == {(0.0, 0.8)}
+    np.testing.assert_allclose(panels[0].images[0].get_array(), weak)
+    assert [t.get_text() for t in panels[1].get_yticklabels()] == ["a", "b"]
+    bars = [ax for ax in fig.axes if not ax.images]
+    assert len(bars) == 1 and "(bits)" in bars[0].get_ylabel()
+    assert fig.get_suptitle() == "net"
+    _assert_png(plot.save_png(fig, tmp_path / "panels.png"))
+    # A fixed vmax (to compare figures) and posteriors as a panel.
+    fig = plot.information_panels({"exact": exact_posts, "weak": weak}, vmax=2.0)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert {ax.images[0].get_clim() for ax in panels} == {(0.0, 2.0)}
+    expected = np.stack([sum(bb.metrics.split_information(p.marginals, p.prior))
+                         for p in exact_posts])
+    np.testing.assert_allclose(panels[0].images[0].get_array(), expected)
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == ["a|b", "c"]
+
+
+def test_information_panels_show_the_most_informative_units_by_their_ids():
+    info = np.zeros((2, 10))
+    info[0, 7], info[1, 2], info[0, 4] = 0.9, 0.5, 0.1
+    fig = plot.information_panels({"wide": info}, max_units=3)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), info[:, [7, 2, 4]])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["7", "2", "4"]
+    assert ax.get_title() == "wide (top 3 of 10 units)"
+    with pytest.raises(ValueError, match=">= 0 bits"):
+        plot.information_panels({"bad": -info})
+    with pytest.raises(ValueError, match="at least one panel"):
+        plot.information_panels({})

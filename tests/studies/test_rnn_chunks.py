@@ -144,3 +144,25 @@ def test_dsc_panel_titles_are_words_not_result_keys():
     plots.dsc_comparison(Ctx(), {"long": {"trained": [row], "untrained": [row]}}, "context")
     titles = [ax.get_title() for ax in figs[0].axes]
     assert len(titles) == 5 and not any("gt5" in t or "_" in t or " n " in t for t in titles)
+
+
+def test_unit_importance_figure_is_the_library_heatmap_of_the_results():
+    from bablate.studies.rnn_chunks import plots
+
+    figs = []
+
+    class Ctx:
+        def figure(self, fig, name, caption):
+            figs.append((fig, name, caption))
+
+    imp = [[0.5, 0.9, 0.2], [0.45, 0.5, 0.7]]
+    abl = {"unit_importance": imp, "tasks": ["ABCD", "GHI"], "method": "exact", "rule": "x"}
+    plots.unit_importance(Ctx(), abl, "unit_importance_x")
+    fig, name, caption = figs[0]
+    ax = fig.axes[0]
+    assert name == "unit_importance_x" and "0.5 = irrelevant" in caption
+    np.testing.assert_allclose(ax.images[0].get_array(), imp)
+    assert ax.images[0].get_clim() == (0.0, 1.0)  # one fixed scale, diverging around 0.5
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["ABCD", "GHI"]
+    assert ax.get_ylabel() == "chunk task" and ax.get_xlabel() == "hidden unit"
+    assert fig.axes[1].get_ylabel() == "unit importance q(m_i = 1)"

@@ -247,3 +247,21 @@ def test_every_unit_importance_panel_has_a_labelled_colourbar():
     panels = [ax for ax in fig.axes if ax.get_images()]
     labels = [ax.get_ylabel() for ax in fig.axes if not ax.get_images()]  # the colourbars
     assert len(panels) == 6 and len(labels) == 6 and all(labels)
+
+
+def test_unit_importance_panels_hold_the_results_on_the_library_scale():
+    from bablate.studies.toy_superposition import plots
+
+    cfg = study_config.from_config(_config_module().get_config("quick"))
+    spec = cfg.spec
+    imp = np.linspace(0.0, 1.0, 3 * spec.m_hidden).reshape(3, spec.m_hidden)
+    records = [{"density": 0.1, "replicate": 0, "ablated_features": [0, 4, 7],
+                "unit_importance": imp.tolist()}]
+    params = jax.vmap(lambda k: toy.init_params(spec, k))(jax.random.split(jax.random.key(0), 1))
+    fig = plots.fig_unit_importance(cfg, records, params, np.array([0.1]), np.zeros(1))
+    ax = next(a for a in fig.axes if a.get_title().startswith("unit importance"))
+    np.testing.assert_allclose(ax.images[0].get_array(), imp)
+    assert ax.images[0].get_clim() == (0.0, 1.0)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "4", "7"]
+    assert ax.get_ylabel() == "feature task i" and ax.get_xlabel() == "hidden unit"
+    assert "q(m_u = 1)" in [a.get_ylabel() for a in fig.axes]  # its colourbar

@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from bablate import dictionary as dl  # noqa: E402
+from bablate import plot as bplot  # noqa: E402
 from bablate.runs import RunContext  # noqa: E402
 
 from .bases import NEURON, ROTATION  # noqa: E402
@@ -60,34 +61,19 @@ def fig_metrics(rows: list[dict]) -> Figure:
 
 
 def fig_information(rec: dict, title: str, max_units: int = 48) -> Figure:
-    """Heatmaps of unit information I_i(t) (tasks × units), one panel per basis.
+    """Heatmaps of unit information I_i(t) (tasks × units), one panel per basis, on one colour
+    scale from 0 with one colourbar in bits (:func:`bablate.plot.information_panels`).
 
     Sites with more than ``max_units`` units show their ``max_units`` most informative units
     (by total information over tasks), in that order.
     """
-    bases = list(rec["bases"].items())
-    fig, axes = plt.subplots(1, len(bases), figsize=(3.2 * len(bases) + 0.8, 3.0),
-                             squeeze=False, layout="constrained")
-    # One colour scale for every panel: a basis whose units carry 0.02 bit must look dimmer
-    # than one whose units carry 0.8 bit.
-    every = np.concatenate([np.asarray(m["unit_information"], float).ravel() for _, m in bases])
-    every = every[np.isfinite(every)]
-    norm = matplotlib.colors.Normalize(vmin=0.0, vmax=max(every.max(initial=0.0), 1e-3))
-    for ax, (name, m) in zip(axes[0], bases, strict=True):
-        info = np.asarray(m["unit_information"], float)
-        d = info.shape[1]
-        if d > max_units:
-            info = info[:, np.argsort(-info.sum(0), kind="stable")[:max_units]]
-            ax.set_title(f"{name} (top {max_units} of {d} units)", fontsize=8)
-            ax.set_xlabel("unit (by total information)")
-        else:
-            ax.set_title(f"{name} ({d} units)", fontsize=8)
-            ax.set_xlabel("unit")
-        im = ax.imshow(info, aspect="auto", cmap="magma", norm=norm)
-        ax.set_yticks(range(len(m["tasks"])), m["tasks"], fontsize=6)
-    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, label="unit information I_i(t) (bits)")
-    fig.suptitle(title, fontsize=9)
-    return fig
+    panels = {name: np.asarray(m["unit_information"], float) for name, m in rec["bases"].items()}
+    tasks = {tuple(m["tasks"]) for m in rec["bases"].values()}
+    if len(tasks) != 1:
+        raise ValueError(f"{title}: the bases were ablated on different tasks {sorted(tasks)}; "
+                         "one information figure needs one task list.")
+    return bplot.information_panels(panels, tasks=list(next(iter(tasks))), max_units=max_units,
+                                    title=title)
 
 
 def share_curve(unit_information_TxD, task_information, max_k: int) -> np.ndarray:

@@ -8,6 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bablate import plot as bplot  # noqa: E402
+
 # The paper's trained-vs-untrained DSC numbers come from the authors' context-dependent
 # notebook (RNN_3_context_dependent_chunks.ipynb; its saved
 # experiment_data/comparison_on_educated_vs_uneducated_network.json): 10 seeds, one 2,000-step
@@ -119,12 +121,11 @@ def grafting(ctx, graft: dict) -> None:
 
 
 def unit_importance(ctx, abl: dict, name: str = "unit_importance") -> None:
-    imp = np.asarray(abl["unit_importance"])
-    fig, ax = plt.subplots(figsize=(min(0.35 * imp.shape[1] + 2, 12), 0.4 * imp.shape[0] + 1.2))
-    im = ax.imshow(imp, cmap="RdBu_r", vmin=0, vmax=1, aspect="auto")
-    ax.set_yticks(range(len(abl["tasks"])), abl["tasks"], fontsize=8)
-    ax.set(xlabel="hidden unit", ylabel="chunk task")
-    fig.colorbar(im, ax=ax, label="importance q(m_i = 1)")
+    """Tasks × hidden units importance map, drawn by :func:`bablate.plot.importance_heatmap`
+    (diverging around the uniform prior 0.5, so the units a task needs stand out)."""
+    fig = bplot.importance_heatmap(np.asarray(abl["unit_importance"]), tasks=abl["tasks"],
+                                   cmap="RdBu_r", xlabel="hidden unit", title="")
+    fig.axes[0].set_ylabel("chunk task")
     fig.tight_layout()
     ctx.figure(fig, name, f"Bayesian ablation ({abl['method']}, rule {abl['rule']}): importance "
                "of each hidden unit (masked at every step) for predicting the continuation "

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from bablate import plot as bplot  # noqa: E402
 from bablate.models import toy  # noqa: E402
 from bablate.runs import RunContext  # noqa: E402
 
@@ -218,17 +219,16 @@ def fig_unit_importance(cfg: StudyConfig, records: Records, params: toy.Params,
         row[1].set_title("W_i (rows) on hidden units", fontsize=9)
         row[1].set_xlabel("hidden unit")
         row[1].set_ylabel("feature i")
-        im = row[2].imshow(np.array(r["unit_importance"]), cmap="PuOr_r", vmin=0, vmax=1,
-                           aspect="auto")
-        row[2].set_title("unit importance q(m_u = 1 | task i)", fontsize=9)
-        row[2].set_xlabel("hidden unit")
+        row[1].set_yticks(range(len(feats)), feats, fontsize=6)
+        # the library's map: one [0, 1] scale, diverging around the uniform prior 0.5
+        bplot.importance_heatmap(np.array(r["unit_importance"]), tasks=feats, ax=row[2],
+                                 cmap="PuOr_r", annotate=False, xlabel="hidden unit",
+                                 title="unit importance q(m_u = 1 | task i)",
+                                 label="q(m_u = 1)")
+        row[2].title.set_fontsize(9)
         row[2].set_ylabel("feature task i")
-        for ax in row[1:]:
-            ax.set_yticks(range(len(feats)))
-            ax.set_yticklabels(feats, fontsize=6)
         fig.colorbar(gram, ax=row[0], label="W_iᵀW_j")
         fig.colorbar(emb, ax=row[1], label="weight")
-        fig.colorbar(im, ax=row[2], label="q(m_u = 1)")
     fig.tight_layout()
     return fig
 
