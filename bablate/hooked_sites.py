@@ -14,7 +14,8 @@ every kind of site from a runner:
 * several places (``["Dense_0", "Dense_1"]``): a *joint* site whose d = d₁ + d₂ + … units are
   masked where each of them lives, in one forward pass, so a later layer sees the earlier
   layer's masked value. Nothing can be cached; the mask is handed to the runner
-  (:meth:`bablate.Site.mask_aware`).
+  (:meth:`bablate.Site.mask_aware`). Mean ablation adds one intact pass over the task's inputs
+  per evaluated batch of masks (it does not depend on the mask, so vmap does not repeat it).
 """
 
 from __future__ import annotations
