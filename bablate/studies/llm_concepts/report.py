@@ -71,11 +71,11 @@ def convergence_text(results: dict, names: list[str]) -> str:
                     continue
                 if m == "mcmc":
                     what = (f"R-hat max {_f(diag.get('r_hat_max'))}, ESS min "
-                            f"{_f(diag.get('ess_min'))} of {diag.get('num_draws')} draws "
-                            f"({diag.get('num_chains')} chains)")
+                            f"{_f(diag.get('ess_min'))} of {_i(diag.get('num_draws'))} draws "
+                            f"({_i(diag.get('num_chains'))} chains)")
                 else:
                     what = (f"marginal drift {_f(diag.get('marginal_drift'))}, gradient "
-                            f"z {_f(diag.get('gradient_z'))} ({diag.get('num_steps')} steps)")
+                            f"z {_f(diag.get('gradient_z'))} ({_i(diag.get('num_steps'))} steps)")
                 ok = diag["converged"]
                 rows.append(md.row([kind, n, m.upper(), "yes" if ok else "**NO**", what]))
                 if not ok:
@@ -109,7 +109,7 @@ def mcmc_check_text(results: dict, names: list[str], kind: str = "heads") -> str
         conv = ("MCMC converged" if diag["converged"] else
                 "MCMC did NOT converge, so this comparison is itself uncertain")
         out.append(
-            f"**{n}** ({kind}, {det['num_prompts']} prompts; MCMC {diag.get('num_draws')} "
+            f"**{n}** ({kind}, {det['num_prompts']} prompts; MCMC {_i(diag.get('num_draws'))} "
             f"draws in {det['mcmc_seconds']:.0f} s, SVI {det['svi_seconds']:.0f} s): "
             f"correlation {_f(cmp['corr'])}, largest |difference| {cmp['max_abs_diff']:.3f}, "
             f"{cmp['top_k_overlap']} of MCMC's top {cmp['top_k']} units in SVI's top "
@@ -281,6 +281,11 @@ def prose_text(results: dict, names: list[str]) -> str:
             "training text; ours is the Mann–Whitney AUC of the template's score on the "
             "separate test paragraph. Each sentence's first token (the attention sink) is left "
             "out.\n\n" + "\n".join(rows) + "\n\n" + "; ".join(notes) + ".")
+
+
+def _i(x) -> str:
+    """A count stored as a number (results keep diagnostics as floats) as an integer."""
+    return "n/a" if x is None or isinstance(x, str) else str(int(x))
 
 
 def _f(x) -> str:
