@@ -169,6 +169,30 @@ def test_every_variant_validates_and_builds_the_nested_config():
         validate(c)
 
 
+def test_quick_covers_every_head_and_the_mcmc_keys_are_checked():
+    """quick ablates all 30 × 9 heads with an MCMC check of SVI on one concept; MCMC settings
+    that cannot work are refused in one line before any work."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bablate.runs import ConfigError
+    from bablate.studies.llm_concepts import validate
+    from bablate.studies.llm_concepts.variants import get_config
+
+    c = get_config("quick")
+    assert c.head_layers == list(range(30)) and c.head_mcmc_concepts == 1
+    assert c.max_prompts >= 29  # every correct training prompt of the quick concepts
+    for key, value, message in (
+            ("head_mcmc_concepts", 4, r"config\.head_mcmc_concepts = 4 exceeds the 3 concepts"),
+            ("head_mcmc_sampler", "hmc", r"head_mcmc_sampler"),
+            ("head_mcmc_chains", 1, r"head_mcmc_chains")):
+        c = get_config("quick")
+        c[key] = value
+        with pytest.raises(ConfigError, match=message):
+            validate(c)
+
+
 def test_neutral_prompts_name_no_concept():
     import sys
     from pathlib import Path
@@ -220,13 +244,16 @@ def test_quick_study_smoke(tmp_path):
     c.svi_particles = 4
     c.mcmc_samples = 4
     c.mcmc_warmup = 2
+    c.head_mcmc_samples = 8
+    c.head_mcmc_warmup = 2
     c.pa_layers = [15, 25]
     c.intervention_samples = 1
     c.intervention_own_rows = 2
     c.intervention_tokens = 4
     c.ucd_steps = 10
     c.ucd_chunks = 4
-    res = llm_concepts.run(c, RunContext(tmp_path))
+    ctx = RunContext(tmp_path)
+    res = llm_concepts.run(c, ctx)
     assert res["greedy_check"]["passed"]
     for key in ("greedy_check", "pa_auc_by_layer", "intervention_rates", "head_importance",
                 "neuron_importance", "polysemanticity_mean", "distributedness_by_concept",
@@ -253,6 +280,11 @@ def test_quick_study_smoke(tmp_path):
     assert min(res["pa_sink_norm_ratio"]) > 10
     js = np.asarray(res["concept_overlap"]["heads"])
     assert js.shape == (2, 2) and np.allclose(js, js.T)
+    # 16 MCMC draws cannot reach the ESS asked for: the results and the report say so.
+    assert res["convergence"]["heads"]["cheese"]["mcmc"] is False
+    assert "mcmc" not in res["convergence"]["heads"]["capitals"]
+    assert res["task_information"]["cheese"]["heads"]["num_prompts"] == 4
+    assert "MCMC on the heads of cheese did not converge" in ctx.render_report("t", {}, {})
 
 
 def _figure_values(names: list[str]) -> dict:
@@ -299,3 +331,121 @@ def test_head_maps_and_rates_keep_labels_and_legend_off_each_other():
     ax = fig.axes[0]
     legend = ax.get_legend().get_window_extent(renderer := fig.canvas.get_renderer())
     assert not any(legend.overlaps(bar.get_window_extent(renderer)) for bar in ax.patches)
+
+
+class _IntTokenizer:
+    """Texts of space-separated token ids (what `llm.encode` reads from a tokenizer)."""
+
+    def encode(self, text):
+        return type("Encoding", (), {"ids": [int(t) for t in text.split()]})()
+
+
+def _tiny_ablation(tiny, tmp_path, head_mcmc):
+    """The study's ablation step on the tiny LLaMA: one concept whose targets are the intact
+    model's own next tokens, every head of its 4 layers (SVI) and layer 2's neurons."""
+    from bablate.runs import RunContext
+    from bablate.studies.llm_concepts import ablation
+    from bablate.studies.llm_concepts.config import Ablation, Mcmc, Svi
+    from bablate.testbeds.llama import ConceptData
+
+    params, prompts = tiny
+    rows = [prompts.tokens[n][prompts.valid[n]] for n in range(prompts.num)]
+    targets = np.asarray(jnp.argmax(_last_logits(params, prompts), -1))
+    data = [ConceptData("tiny", [" ".join(map(str, r)) for r in rows], [""] * len(rows),
+                        targets, np.zeros(len(rows), bool), np.ones(len(rows), bool))]
+    ac = Ablation(max_prompts=8, head_layers=(0, 1, 2, 3), neuron_layer=2, positions="all",
+                  exact_max_units=0, svi=Svi(steps=400, particles=16, lr=0.1,
+                                             on_exact_sites=False),
+                  mcmc=Mcmc(concepts=0, samples=4, warmup=0, chains=2, sampler="gradient"),
+                  head_mcmc=head_mcmc)
+    ctx = RunContext(tmp_path)
+    abl, posts = ablation.ablation(ac, params, CFG, _IntTokenizer(), data, jax.random.key(0),
+                                   ctx)
+    return ac, abl, posts, ctx
+
+
+def test_ablation_flags_an_unconverged_mcmc_in_the_report(tiny, tmp_path):
+    """Eight MCMC draws cannot reach the ESS the library asks for: the results say
+    ``converged: false`` and report.md says in words that the run did not converge; the head
+    map is layers × heads, and the task information stays below its bound 2·log₂(n + 1)."""
+    from bablate.studies.llm_concepts import ablation, report
+    from bablate.studies.llm_concepts.config import Mcmc
+
+    ac, abl, posts, ctx = _tiny_ablation(
+        tiny, tmp_path, Mcmc(concepts=1, samples=8, warmup=2, chains=2, sampler="gradient"))
+    res = ablation.summary(ac, abl, ["tiny"], CFG.num_heads)
+    assert np.asarray(res["head_importance"]["tiny"]).shape == (4, 4)  # layers × heads
+    assert res["convergence"]["heads"]["tiny"]["mcmc"] is False
+    det = res["ablation_details"]["heads"]["tiny"]
+    assert det["mcmc_diagnostics"]["warnings"]
+    assert {"corr", "max_abs_diff", "top_k_overlap"} <= set(det["mcmc_vs_svi"])
+    info = res["task_information"]["tiny"]["heads"]
+    assert info["num_prompts"] == 8
+    assert info["bound"] == pytest.approx(2 * np.log2(9))
+    assert 0 <= info["bits"] <= info["bound"]
+    res.update(concepts=["tiny"])
+    report.ablation_section(ctx, res, ["tiny"], {"heads": posts["heads_mcmc"]})
+    text = ctx.render_report("t", {}, {})
+    assert "**MCMC on the heads of tiny did not converge**" in text
+    assert "| heads | tiny | MCMC | **NO** |" in text
+    assert "tiny_heads_mcmc_trace.png" in text and "tiny_heads_mcmc_rank.png" in text
+
+
+@pytest.mark.slow
+def test_ablation_mcmc_check_agrees_with_svi_and_exact_on_tiny_heads(tiny, tmp_path):
+    """A long MCMC run on the 16 tiny heads (numpyro's Gibbs sampler: the multi-flip
+    proposals' step size runs away on this weakly informative task) converges (no warning,
+    reported as converged), matches exact enumeration, and the report's verdict on SVI
+    follows the measured largest difference."""
+    from bablate.studies.llm_concepts import ablation, report
+    from bablate.studies.llm_concepts.config import Mcmc
+
+    ac, abl, posts, ctx = _tiny_ablation(
+        tiny, tmp_path, Mcmc(concepts=1, samples=3000, warmup=500, chains=2, sampler="stock"))
+    res = ablation.summary(ac, abl, ["tiny"], CFG.num_heads)
+    assert res["convergence"]["heads"]["tiny"] == {"svi": True, "mcmc": True}
+    mc = posts["heads_mcmc"][0]
+    params, prompts = tiny
+    targets = jnp.argmax(_last_logits(params, prompts), -1)
+    site, inputs = llm.build_site(params, CFG, llm.SiteSpec("heads", (0, 1, 2, 3)), prompts)
+    exact = bb.infer(bb.Task.build(site, inputs, bb.rules.top1(targets), name="exact"), "exact",
+                     chunk_size=4096)
+    np.testing.assert_allclose(mc.marginals, exact.marginals, atol=0.05)
+    cmp = res["ablation_details"]["heads"]["tiny"]["mcmc_vs_svi"]
+    assert cmp["max_abs_diff"] == pytest.approx(
+        np.abs(np.asarray(res["heads_mcmc"]["tiny"]["marginals"])
+               - np.asarray(res["heads_svi"]["tiny"]["marginals"])).max())
+    res.update(concepts=["tiny"])
+    report.ablation_section(ctx, res, ["tiny"])
+    text = ctx.render_report("t", {}, {})
+    assert "did not converge" not in text
+    assert ("SVI and MCMC agree" in text) == (cmp["max_abs_diff"] <= report.AGREE_MAX)
+
+
+def test_mcmc_comparison_closed_form():
+    from bablate.studies.llm_concepts.ablation import compare, information_bound
+
+    ref = np.array([0.9, 0.8, 0.5, 0.2, 0.1])
+    cmp = compare(ref, np.array([0.85, 0.5, 0.8, 0.2, 0.1]), k=2)
+    assert cmp["max_abs_diff"] == pytest.approx(0.3)
+    assert cmp["top_units"] == [0, 1] and cmp["top_k_overlap"] == 1  # SVI's top 2: 0 and 2
+    assert cmp["top_other"] == [0.85, 0.5]
+    assert compare(ref, ref)["corr"] == pytest.approx(1.0)
+    assert information_bound(8) == pytest.approx(2 * np.log2(9))  # ≈ 6.34 bits
+
+
+def test_head_map_is_layers_by_heads_on_one_scale():
+    """30 layers × 9 heads per concept, every panel on the colour scale [0, 1], one colourbar
+    with its label."""
+    from bablate.studies.llm_concepts import plots
+
+    names = ["cheese", "capitals", "numbers"]
+    rng = np.random.default_rng(1)
+    values = {"head_layers": list(range(30)),
+              "head_importance": {n: rng.uniform(0.2, 0.7, (30, 9)).tolist() for n in names}}
+    fig = plots.head_maps(values, names)
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert [im.get_array().shape for im in images] == [(30, 9)] * 3
+    assert {(im.norm.vmin, im.norm.vmax) for im in images} == {(0.0, 1.0)}
+    bars = [ax for ax in fig.axes if not ax.get_images()]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "q(m_i = 1)"

@@ -7,8 +7,9 @@ ablation (Nam et al., arXiv 2505.13742) of attention heads and MLP neurons per c
 
 Steps: (1) greedy reference check; (2) concept prompts from ``bablate/data/concepts.json``,
 kept where the intact model's top-1 next token is the target; (3) AMD over heads (exact when
-small, SVI) and over one layer's MLP neurons (SVI; gradient MCMC for some concepts), with
-distributedness, total correlation, polysemanticity and the concept × concept JS overlap;
+small, else SVI) and over one layer's MLP neurons (SVI), each checked against MCMC for some
+concepts, with convergence diagnostics, task information against its bound, distributedness,
+total correlation, polysemanticity and the concept × concept JS overlap;
 (4) PA templates per layer (state at the concept word, training split) scored on the held-out
 split; (5) activation / inhibition by grafting or zeroing a template while sampling; (6) UCD.
 One module per step: ``ablation``, ``pa``, ``interventions``, ``discovery``; figures in
@@ -79,7 +80,7 @@ def run(config: ml_collections.ConfigDict, ctx: Any) -> dict:
 
     # (2) Bayesian ablation of heads and neurons per concept.
     t0 = time.perf_counter()
-    abl, _ = ablation.ablation(c.ablation, params, cfg, tok, data, k_ablation, ctx)
+    abl, posts = ablation.ablation(c.ablation, params, cfg, tok, data, k_ablation, ctx)
     timings["ablation"] = time.perf_counter() - t0
 
     # (3) PA templates, from the prompts (answer slot) and from prose.
@@ -111,7 +112,8 @@ def run(config: ml_collections.ConfigDict, ctx: Any) -> dict:
         "ucd": ucd_out,
         "timings_seconds": timings,
     }
-    report.report(ctx, c, results)
+    report.report(ctx, c, results,
+                  {k: posts[f"{k}_mcmc"] for k in ablation.KINDS if posts[f"{k}_mcmc"]})
     timings["total"] = time.perf_counter() - t_start
     ctx.log(f"timings: {timings}")
     return results

@@ -2,8 +2,10 @@
 
 Each concept's task: its training prompts the intact model completes correctly (at most
 ``max_prompts``), scored by top-1 on the target token. The head site is enumerated exactly when
-small (else mean-field SVI); the neuron site gets SVI and, for the first concepts, gradient
-MCMC. Across concepts: polysemanticity and the concept × concept JS overlap.
+small (else mean-field SVI); either site gets MCMC for its first concepts, a check of SVI
+(correlation, largest marginal difference, overlap of the top heads). Every SVI and MCMC run
+carries ``converged`` (no convergence warning from its diagnostics) and the warnings in words.
+Across concepts: polysemanticity and the concept × concept JS overlap.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from bablate.testbeds.llama import ConceptData
 from .config import Ablation
 
 KINDS = ("heads", "neurons")
-# Sub-keys of each concept's key (fold_in(k_ablation, concept index)).
-SVI_KEY, MCMC_KEY = 0, 1
+# Sub-keys of each concept's key (fold_in(k_ablation, concept index)); the head site's MCMC
+# gets its own key so that adding it leaves the neuron site's draws as they were.
+SVI_KEY, MCMC_KEY, HEAD_MCMC_KEY = 0, 1, 2
+# The MCMC check compares the TOP_K most important units of MCMC and SVI.
+TOP_K = 10
 
 
 def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[ConceptData],
@@ -33,10 +38,11 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
 
     Returns:
       (results, posteriors): per-kind results as plain values, and the posteriors per kind
-      (``heads``, ``neurons``: the one each site reports; ``heads_exact``: every exact one).
+      (``heads``, ``neurons``: the one each site reports; ``heads_exact``: every exact one;
+      ``heads_mcmc``, ``neurons_mcmc``: the MCMC checks).
     """
     out = {"heads": {}, "neurons": {}}
-    posts = {"heads": [], "neurons": [], "heads_exact": []}
+    posts = {"heads": [], "neurons": [], "heads_exact": [], "heads_mcmc": [], "neurons_mcmc": []}
     for i, d in enumerate(data):
         keep = np.where(d.correct & ~d.test)[0][:ac.max_prompts]
         prompts = llm.encode(tok, [d.texts[j] for j in keep])
@@ -46,7 +52,8 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
             spec = llm.SiteSpec(kind, tuple(layers), positions=ac.positions)
             site, inputs = llm.build_site(params, cfg, spec, prompts)
             task = bb.Task.build(site, inputs, rule, name=f"{d.name}/{kind}")
-            res = {"num_prompts": int(len(keep))}
+            res = {"num_prompts": int(len(keep)),
+                   "task_information_bound": information_bound(len(keep))}
             has_exact = site.num_units <= ac.exact_max_units
             post = None
             if has_exact:
@@ -59,7 +66,8 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
                 t0 = time.perf_counter()
                 post = bb.infer(task, "svi", key=jax.random.fold_in(k_concept, SVI_KEY),
                                 num_steps=ac.svi.steps, num_particles=ac.svi.particles,
-                                learning_rate=ac.svi.lr, num_draws=500)
+                                learning_rate=ac.svi.lr, num_draws=500,
+                                steps_per_call=steps_per_call(ac.svi.steps))
                 res["svi"] = metrics(post)
                 res["svi_seconds"] = time.perf_counter() - t0
                 if has_exact:
@@ -68,15 +76,22 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
             # The importance reported for the site: exact where enumerable, else SVI.
             res["main"] = res["exact"] if has_exact else res["svi"]
             posts[kind].append(ex if has_exact else post)
-            if kind == "neurons" and i < ac.mcmc.concepts:
+            mc_cfg = ac.mcmc if kind == "neurons" else ac.head_mcmc
+            if i < mc_cfg.concepts:
                 t0 = time.perf_counter()
-                mc = bb.infer(task, "mcmc", key=jax.random.fold_in(k_concept, MCMC_KEY),
-                              sampler="gradient", num_samples=ac.mcmc.samples,
-                              num_warmup=ac.mcmc.warmup, num_chains=ac.mcmc.chains)
+                sub = MCMC_KEY if kind == "neurons" else HEAD_MCMC_KEY
+                mc = bb.infer(task, "mcmc", key=jax.random.fold_in(k_concept, sub),
+                              sampler=mc_cfg.sampler, num_samples=mc_cfg.samples,
+                              num_warmup=mc_cfg.warmup, num_chains=mc_cfg.chains)
                 res["mcmc"] = metrics(mc)
                 res["mcmc_seconds"] = time.perf_counter() - t0
-                res["mcmc_diagnostics"] = {k: num(v) for k, v in mc.diagnostics.items()}
-                res["mcmc_vs_svi_corr"] = float(np.corrcoef(mc.marginals, post.marginals)[0, 1])
+                res["mcmc_diagnostics"] = diagnostics(mc)
+                if post is not None:
+                    res["mcmc_vs_svi"] = compare(mc.marginals, post.marginals)
+                    res["mcmc_vs_svi_corr"] = res["mcmc_vs_svi"]["corr"]
+                posts[f"{kind}_mcmc"].append(mc)
+            if post is not None:
+                res["svi_diagnostics"] = diagnostics(post)
             out[kind][d.name] = res
             ctx.log(f"{d.name}/{kind}: {len(keep)} prompts, distributedness "
                     f"{res['main']['distributedness']}")
@@ -90,6 +105,44 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
         out[f"{kind}_js"] = js(posts[kind]).tolist()
         out[f"{kind}_js_kind"] = "joint" if joint else "marginal"
     return out, posts
+
+
+def steps_per_call(num_steps: int) -> int:
+    """SVI's chunk length: a quarter of the run at most (≤ 50), so that its convergence check,
+    which compares the last two quarters of ≥ 4 chunks, runs on short runs too."""
+    return int(min(50, max(1, num_steps // 4)))
+
+
+def information_bound(num_prompts: int, beta: float = 1.0) -> float:
+    """The most task information (bits) a top-1 task on ``num_prompts`` prompts can carry.
+
+    The likelihood is the odds (k + 1) / (n − k + 1) of k correct prompts out of n, so it
+    spans [1 / (n + 1), n + 1]; KL(q ‖ prior) ≤ log₂(max L^β / E_prior[L^β]) ≤
+    2β·log₂(n + 1). Few prompts cap what any mask distribution can say about the units.
+    """
+    return float(2.0 * beta * np.log2(num_prompts + 1))
+
+
+def diagnostics(post: bb.Posterior) -> dict:
+    """A run's convergence diagnostics as plain values, with ``converged`` (no warning)."""
+    diag = dict(post.diagnostics or {})
+    warn = [str(w) for w in diag.pop("warnings", [])]
+    out = {k: num(v) for k, v in diag.items() if np.ndim(v) == 0}
+    return {**out, "converged": not warn, "warnings": warn}
+
+
+def compare(q_ref: np.ndarray, q: np.ndarray, k: int = TOP_K) -> dict:
+    """Agreement of marginals ``q`` with the reference ``q_ref`` (MCMC): correlation, largest
+    |difference|, and how many of the reference's top-k units are in ``q``'s top k."""
+    q_ref, q = np.asarray(q_ref, np.float64), np.asarray(q, np.float64)
+    k = min(k, q.size)
+    top_ref, top = np.argsort(-q_ref)[:k], np.argsort(-q)[:k]
+    corr = np.corrcoef(q_ref, q)[0, 1] if q_ref.std() > 0 and q.std() > 0 else float("nan")
+    return {"corr": num(corr), "max_abs_diff": float(np.max(np.abs(q_ref - q))),
+            "top_k": int(k), "top_k_overlap": int(len(set(top_ref) & set(top))),
+            "top_units": [int(u) for u in top_ref],
+            "top_reference": [float(q_ref[u]) for u in top_ref],
+            "top_other": [float(q[u]) for u in top_ref]}
 
 
 def metrics(post: bb.Posterior) -> dict:
@@ -121,6 +174,10 @@ def summary(ac: Ablation, abl: dict, names: list[str], heads_per_layer: int) -> 
         "head_importance": head_importance,
         "head_importance_method": {n: abl["heads"][n]["main"]["method"] for n in names},
         "neuron_importance": {n: abl["neurons"][n]["main"]["marginals"] for n in names},
+        "task_information": {n: {k: {"bits": abl[k][n]["main"]["task_information"],
+                                     "bound": abl[k][n]["task_information_bound"],
+                                     "num_prompts": abl[k][n]["num_prompts"]} for k in KINDS}
+                             for n in names},
         "distributedness_by_concept": {
             n: {k: abl[k][n]["main"]["distributedness"] for k in KINDS} for n in names},
         # TC only from exact tables: mean-field SVI has TC = 0 by construction, and a few
@@ -137,6 +194,10 @@ def summary(ac: Ablation, abl: dict, names: list[str], heads_per_layer: int) -> 
         "ablation_details": {k: {n: {kk: vv for kk, vv in abl[k][n].items()
                                      if kk not in ("svi", "exact", "mcmc", "main")}
                                  for n in names} for k in KINDS},
+        # Every sampled or fitted run: true when its diagnostics raised no warning.
+        "convergence": {k: {n: {m: abl[k][n][f"{m}_diagnostics"]["converged"]
+                                for m in ("svi", "mcmc") if f"{m}_diagnostics" in abl[k][n]}
+                            for n in names} for k in KINDS},
     }
     for kind in KINDS:
         for n in names:

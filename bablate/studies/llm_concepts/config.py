@@ -17,6 +17,8 @@ from bablate.testbeds.llama import load_concepts
 
 _NUM_LAYERS = 30  # SmolLM2-135M
 _LAYERS = cc.integer(0, _NUM_LAYERS - 1)
+# The library's MCMC samplers ("informed" scores every single flip per step: d model calls).
+MCMC_SAMPLERS = ("gradient", "informed", "stock")
 # Every field of variants.py's config, checked before any work (the concept
 # names are checked against bablate/data/concepts.json in `validate`).
 CONFIG_RULES = {
@@ -27,6 +29,10 @@ CONFIG_RULES = {
     "svi_lr": cc.number(0, low_open=True), "svi_on_exact_sites": cc.boolean(),
     "mcmc_concepts": cc.integer(0), "mcmc_samples": cc.integer(1),
     "mcmc_warmup": cc.integer(0), "mcmc_chains": cc.integer(1),
+    "mcmc_sampler": cc.one_of(*MCMC_SAMPLERS),
+    "head_mcmc_concepts": cc.integer(0), "head_mcmc_samples": cc.integer(4),
+    "head_mcmc_warmup": cc.integer(0), "head_mcmc_chains": cc.integer(2),
+    "head_mcmc_sampler": cc.one_of(*MCMC_SAMPLERS),
     "pa_layers": cc.sequence(_LAYERS), "pa_tolerance": cc.number(0, low_open=True),
     "pa_min_neurons": cc.integer(1), "pa_prose_k": cc.integer(1), "intervention_layer": _LAYERS,
     "intervention_num_layers": cc.integer(1), "intervention_positions": cc.integer(1),
@@ -46,6 +52,12 @@ KEYS = {
     "svi_lr": "ablation.svi.lr", "svi_on_exact_sites": "ablation.svi.on_exact_sites",
     "mcmc_concepts": "ablation.mcmc.concepts", "mcmc_samples": "ablation.mcmc.samples",
     "mcmc_warmup": "ablation.mcmc.warmup", "mcmc_chains": "ablation.mcmc.chains",
+    "mcmc_sampler": "ablation.mcmc.sampler",
+    "head_mcmc_concepts": "ablation.head_mcmc.concepts",
+    "head_mcmc_samples": "ablation.head_mcmc.samples",
+    "head_mcmc_warmup": "ablation.head_mcmc.warmup",
+    "head_mcmc_chains": "ablation.head_mcmc.chains",
+    "head_mcmc_sampler": "ablation.head_mcmc.sampler",
     "pa_layers": "pa.layers", "pa_tolerance": "pa.tolerance",
     "pa_min_neurons": "pa.min_neurons", "pa_prose_k": "pa.prose_k",
     "intervention_layer": "interventions.layer",
@@ -72,11 +84,12 @@ class Svi:
 
 @dataclasses.dataclass(frozen=True)
 class Mcmc:
-    """Gradient MCMC on the neuron site of the first ``concepts`` concepts."""
+    """MCMC on one site for the first ``concepts`` concepts (a check of SVI there)."""
     concepts: int
     samples: int
     warmup: int
     chains: int
+    sampler: str   # "gradient", "informed" or "stock" (see bablate.infer's mcmc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +101,8 @@ class Ablation:
     positions: str         # "last" or "all": the prompt positions masks act at
     exact_max_units: int   # exact enumeration when a site has at most this many units
     svi: Svi
-    mcmc: Mcmc
+    mcmc: Mcmc       # on the neuron site
+    head_mcmc: Mcmc  # on the head site
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +184,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     unknown = [n for n in config.concepts if n not in known]
     cc.require(not unknown, f"config.concepts names unknown concepts {unknown}; available: "
                f"{', '.join(sorted(known))}")
+    for key in ("mcmc_concepts", "head_mcmc_concepts"):
+        cc.require(config[key] <= len(config.concepts),
+                   f"config.{key} = {config[key]} exceeds the {len(config.concepts)} concepts; "
+                   f"lower it to at most {len(config.concepts)}")
     # Templates are built at every intervention layer (not only at pa_layers), so the only
     # constraint is that the layers exist.
     last = config.intervention_layer + config.intervention_num_layers - 1

@@ -11,10 +11,12 @@ from matplotlib.figure import Figure  # noqa: E402
 
 
 def head_maps(results: dict, names: list[str]) -> Figure:
-    """Head importance q(m_i = 1) per concept, layer × head."""
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 0.8, 3.2),
-                             squeeze=False, layout="constrained")
+    """Head importance q(m_i = 1) per concept, layer × head (one colour scale, [0, 1])."""
     layers = results["head_layers"]
+    # A row per layer: 30 layers need a taller panel than one.
+    height = 3.2 if len(layers) <= 10 else 1.6 + 0.16 * len(layers)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 0.8, height),
+                             squeeze=False, layout="constrained")
     for ax, n in zip(axes[0], names, strict=True):
         m = np.asarray(results["head_importance"][n])
         im = ax.imshow(m, vmin=0, vmax=1, cmap="RdBu_r", aspect="auto")
@@ -26,6 +28,29 @@ def head_maps(results: dict, names: list[str]) -> Figure:
                            [str(l) if i % 5 == 0 else "" for i, l in enumerate(layers)])
     axes[0][0].set_ylabel("layer")  # one label: the panels share their layers
     fig.colorbar(im, ax=axes[0].tolist(), label="q(m_i = 1)")
+    return fig
+
+
+def mcmc_check(results: dict, kind: str = "heads") -> Figure:
+    """SVI against MCMC marginals per unit, for each concept MCMC ran on (the identity line:
+    agreement); the title of each panel gives the correlation and whether MCMC converged."""
+    done = [n for n in results["concepts"] if n in results.get(f"{kind}_mcmc", {})]
+    fig, axes = plt.subplots(1, max(len(done), 1), figsize=(3.6 * max(len(done), 1), 3.6),
+                             squeeze=False, layout="constrained")
+    for ax, n in zip(axes[0], done, strict=False):
+        q_mc = np.asarray(results[f"{kind}_mcmc"][n]["marginals"])
+        q_svi = np.asarray(results[f"{kind}_svi"][n]["marginals"])
+        det = results["ablation_details"][kind][n]
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        ax.scatter(q_mc, q_svi, s=8, alpha=0.6)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("MCMC q(m_i = 1)")
+        ax.set_ylabel("SVI q(m_i = 1)")
+        corr = det["mcmc_vs_svi"]["corr"]
+        conv = "converged" if det["mcmc_diagnostics"]["converged"] else "NOT converged"
+        ax.set_title(f"{n} {kind}: r = {'n/a' if corr is None else f'{corr:.2f}'}\n"
+                     f"(MCMC {conv})", fontsize=9)
     return fig
 
 

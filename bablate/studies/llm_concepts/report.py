@@ -6,11 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from bablate import markdown as md
+from bablate import plot as bbplot
 
 from . import plots
 from .config import Config
 
 ARMS = plots.ARMS
+# SVI "agrees" with MCMC when every marginal is within this (the core's mean-field tolerance).
+AGREE_MAX = 0.1
 
 
 def interventions_text(c: Config, results: dict, names: list[str]) -> str:
@@ -46,8 +49,143 @@ def interventions_text(c: Config, results: dict, names: list[str]) -> str:
             + "\n\n" + "; ".join(verdicts) + ". (Clearly = the 95% intervals do not overlap.)")
 
 
-def report(ctx: Any, c: Config, results: dict) -> None:
-    """Writes the study's figures and tables into the run report."""
+def unit_name(results: dict, kind: str, u: int) -> str:
+    """A unit's name: ``L<layer>H<head>`` for heads, ``n<index>`` for neurons."""
+    if kind != "heads":
+        return f"n{u}"
+    per = len(next(iter(results["head_importance"].values()))[0])
+    return f"L{results['head_layers'][u // per]}H{u % per}"
+
+
+def convergence_text(results: dict, names: list[str]) -> str:
+    """Every SVI and MCMC run with its diagnostics, and in words each one that did not
+    converge (its marginals carry unknown error)."""
+    rows = md.header(["site", "concept", "method", "converged", "diagnostics"])
+    failed = []
+    for kind in ("heads", "neurons"):
+        for n in names:
+            det = results["ablation_details"][kind][n]
+            for m in ("svi", "mcmc"):
+                diag = det.get(f"{m}_diagnostics")
+                if diag is None:
+                    continue
+                if m == "mcmc":
+                    what = (f"R-hat max {_f(diag.get('r_hat_max'))}, ESS min "
+                            f"{_f(diag.get('ess_min'))} of {_i(diag.get('num_draws'))} draws "
+                            f"({_i(diag.get('num_chains'))} chains)")
+                else:
+                    what = (f"marginal drift {_f(diag.get('marginal_drift'))}, gradient "
+                            f"z {_f(diag.get('gradient_z'))} ({_i(diag.get('num_steps'))} steps)")
+                ok = diag["converged"]
+                rows.append(md.row([kind, n, m.upper(), "yes" if ok else "**NO**", what]))
+                if not ok:
+                    failed.append(f"**{m.upper()} on the {kind} of {n} did not converge** ("
+                                  + "; ".join(diag["warnings"]) + ")")
+    verdict = ("Every run passed its convergence check." if not failed else
+               " ".join(f"{f}." for f in failed) + " The marginals and metrics of a run that "
+               "did not converge carry an error its diagnostics cannot bound; read them as "
+               "indicative only.")
+    return ("Convergence checks: MCMC passes when split R-hat ≤ 1.05 and the smallest bulk "
+            "ESS ≥ 400 (Vehtari et al. 2021); SVI when its averaged marginals stopped moving "
+            "and its mean gradient is within noise of 0.\n\n" + "\n".join(rows) + "\n\n"
+            + verdict)
+
+
+def mcmc_check_text(results: dict, names: list[str], kind: str = "heads") -> str:
+    """SVI against MCMC on the site: correlation, largest difference, top-k overlap, and the
+    top units side by side."""
+    out = []
+    for n in names:
+        det = results["ablation_details"][kind][n]
+        cmp = det.get("mcmc_vs_svi")
+        if cmp is None:
+            continue
+        diag = det["mcmc_diagnostics"]
+        rows = md.header(["unit", "MCMC q", "SVI q"])
+        for u, a, b in zip(cmp["top_units"], cmp["top_reference"], cmp["top_other"],
+                           strict=True):
+            rows.append(md.row([unit_name(results, kind, u), f"{a:.2f}", f"{b:.2f}"]))
+        agree = cmp["max_abs_diff"] <= AGREE_MAX
+        conv = ("MCMC converged" if diag["converged"] else
+                "MCMC did NOT converge, so this comparison is itself uncertain")
+        out.append(
+            f"**{n}** ({kind}, {det['num_prompts']} prompts; MCMC {_i(diag.get('num_draws'))} "
+            f"draws in {det['mcmc_seconds']:.0f} s, SVI {det['svi_seconds']:.0f} s): "
+            f"correlation {_f(cmp['corr'])}, largest |difference| {cmp['max_abs_diff']:.3f}, "
+            f"{cmp['top_k_overlap']} of MCMC's top {cmp['top_k']} units in SVI's top "
+            f"{cmp['top_k']}; {conv}. SVI and MCMC "
+            + ("agree" if agree else "**disagree**")
+            + f" (agreement: every marginal within {AGREE_MAX}"
+            + ("" if agree else "; mean-field SVI cannot represent correlated units, which "
+               "is one reason they may differ") + ").\n\nMCMC's top units:\n\n"
+            + "\n".join(rows))
+    return "\n\n".join(out)
+
+
+def ablation_section(ctx: Any, results: dict, names: list[str],
+                     mcmc_posts: dict | None = None) -> None:
+    """The Bayesian-ablation part of the report: task information against its bound, head
+    map, convergence of every run (in words where it failed), SVI against MCMC, trace and
+    rank plots of the MCMC draws, concept overlap and neuron importance."""
+    layers = results["head_layers"]
+    span = (f"layer {layers[0]}" if len(layers) == 1 else
+            f"layers {layers[0]}–{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1))
+            else f"layers {layers}")
+    rows = md.header(["concept", "prompts", "heads: task information / bound (bits)",
+                      "neurons: task information / bound (bits)", "heads distributedness",
+                      "neurons distributedness", "heads TC (bits)"])
+    for n in names:
+        dd = results["distributedness_by_concept"][n]
+        tc = results["total_correlation_by_concept"][n]["heads"]
+        ti = results["task_information"][n]
+        rows.append(md.row([n, str(ti["heads"]["num_prompts"]),
+                            *(f"{_f(ti[k]['bits'])} / {ti[k]['bound']:.2f}"
+                              for k in ("heads", "neurons")),
+                            _f(dd["heads"]), _f(dd["neurons"]), _f(tc)]))
+    pm = results["polysemanticity_mean"]
+    grid = results["head_importance"][names[0]]
+    ctx.text(f"## Bayesian ablation\n\nSites: the {len(grid) * len(grid[0])} "
+             f"attention heads of {span} ({results['concept_overlap']['heads_method']}) and the "
+             f"MLP neurons of layer {results['neuron_layer']}. A task of n prompts can carry at "
+             "most 2·log₂(n + 1) bits about the mask (the odds likelihood spans 1/(n+1) to "
+             "n+1); the bound says how much room the prompts leave, the task information how "
+             "much of it the network's units use.\n\n" + "\n".join(rows) +
+             f"\n\nMean polysemanticity (effective concepts per unit): heads {_f(pm['heads'])}, "
+             f"neurons {_f(pm['neurons'])}.")
+    ctx.figure(plots.head_maps(results, names), "head_importance",
+               f"Head importance q(m_i = 1) per concept "
+               f"({results['concept_overlap']['heads_method']}): red = needed for the "
+               "concept's completions, 0.5 = irrelevant, blue = harmful.")
+    ctx.text("### Convergence\n\n" + convergence_text(results, names))
+    check = mcmc_check_text(results, names, "heads")
+    if check:
+        ctx.text("### SVI checked against MCMC (heads)\n\n" + check)
+        ctx.figure(plots.mcmc_check(results, "heads"), "heads_mcmc_check",
+                   "Head importance from mean-field SVI against MCMC, one point per head "
+                   "(dashed: agreement).")
+    for posts in (mcmc_posts or {}).values():
+        for post in posts:
+            stem = post.task.replace("/", "_")
+            ctx.figure(bbplot.trace(post), f"{stem}_mcmc_trace",
+                       f"MCMC draws of {post.task}: the four units with the lowest ESS, per "
+                       "chain (arviz trace plot).")
+            ctx.figure(bbplot.rank(post), f"{stem}_mcmc_rank",
+                       f"Rank plot of the same units of {post.task}: flat histograms when the "
+                       "chains mix.")
+    overlap = results["concept_overlap"]
+    kinds = {"joint": "joint JS of the whole mask distributions",
+             "marginal": "mean over units of the JS between marginals"}
+    ctx.figure(plots.overlap(results, names), "concept_overlap",
+               "Concept × concept Jensen–Shannon divergence between AMDs (heads, "
+               f"{overlap['heads_method']}: {kinds[overlap['heads_js']]}; neurons: "
+               f"{kinds[overlap['neurons_js']]}).")
+    ctx.figure(plots.neurons(results, names), "neuron_importance",
+               f"Sorted MLP-neuron importance at layer {results['neuron_layer']} (SVI).")
+
+
+def report(ctx: Any, c: Config, results: dict, mcmc_posts: dict | None = None) -> None:
+    """Writes the study's figures and tables into the run report (``mcmc_posts``: the MCMC
+    posteriors per site, for their trace and rank plots)."""
     names = results["concepts"]
     g = results["greedy_check"]
     ctx.text(f"## Reference check\n\nGreedy continuation of {g['prompt']!r}: "
@@ -58,29 +196,7 @@ def report(ctx: Any, c: Config, results: dict) -> None:
     ctx.text(f"## Concept prompts\n\nIntact top-1 accuracy per concept (all prompts): {acc}. "
              f"Ablation uses up to {c.ablation.max_prompts} correct training prompts per "
              f"concept; masks act at {where}.")
-    rows = ["| concept | heads distributedness | neurons distributedness | heads TC (bits) |",
-            "|---|---|---|---|"]
-    for n in names:
-        dd = results["distributedness_by_concept"][n]
-        tc = results["total_correlation_by_concept"][n]["heads"]
-        rows.append(f"| {n} | {_f(dd['heads'])} | {_f(dd['neurons'])} | {_f(tc)} |")
-    pm = results["polysemanticity_mean"]
-    ctx.text("## Bayesian ablation\n\n" + "\n".join(rows) +
-             f"\n\nMean polysemanticity (effective concepts per unit): heads {_f(pm['heads'])}, "
-             f"neurons {_f(pm['neurons'])}.")
-    ctx.figure(plots.head_maps(results, names), "head_importance",
-               f"Head importance q(m_i = 1) per concept "
-               f"({results['concept_overlap']['heads_method']}): red = needed for the "
-               "concept's completions, 0.5 = irrelevant, blue = harmful.")
-    overlap = results["concept_overlap"]
-    kinds = {"joint": "joint JS of the whole mask distributions",
-             "marginal": "mean over units of the JS between marginals"}
-    ctx.figure(plots.overlap(results, names), "concept_overlap",
-               "Concept × concept Jensen–Shannon divergence between AMDs (heads, "
-               f"{overlap['heads_method']}: {kinds[overlap['heads_js']]}; neurons: "
-               f"{kinds[overlap['neurons_js']]}).")
-    ctx.figure(plots.neurons(results, names), "neuron_importance",
-               f"Sorted MLP-neuron importance at layer {results['neuron_layer']} (SVI).")
+    ablation_section(ctx, results, names, mcmc_posts)
     ctx.text("## Population averaging\n\n" + pa_text(results, names))
     if results.get("pa_prose"):
         ctx.text("### PA as the authors build it (natural prose)\n\n"
@@ -165,6 +281,11 @@ def prose_text(results: dict, names: list[str]) -> str:
             "training text; ours is the Mann–Whitney AUC of the template's score on the "
             "separate test paragraph. Each sentence's first token (the attention sink) is left "
             "out.\n\n" + "\n".join(rows) + "\n\n" + "; ".join(notes) + ".")
+
+
+def _i(x) -> str:
+    """A count stored as a number (results keep diagnostics as floats) as an integer."""
+    return "n/a" if x is None or isinstance(x, str) else str(int(x))
 
 
 def _f(x) -> str:

@@ -10,21 +10,44 @@ Commands:
     python -m bablate --config=llm_concepts:quick
     python -m bablate --config=llm_concepts:full
 
-Runtimes. quick: measured 1806 s wall on 2 cores shared with other jobs (load average ≈ 7:
-load 71 s, ablation 518 s, PA 57 s, interventions 1120 s, UCD 34 s); the same ablation took
-134 s on idle cores (factor 3.9), so on 2 idle cores expect ≈ 465 s (≈ 8 min; the
-interventions, 13 sampled batches of 48 tokens, are about 290 s of it). Before the paper's
-intervention protocol (16 tokens, one layer) quick took 241 s on an idle 2-core machine.
+Runtimes. quick: measured 2009 s wall on 2 cores shared with other jobs (load average 4.8,
+mean of `/proc/loadavg` sampled each minute, range 3.5–7.0): load 54 s, ablation 1378 s, PA
+49 s, interventions 511 s, UCD 9 s. The ablation: head SVI 189 / 123 / 118 s (cheese /
+capitals / numbers; 40 steps × 8 masks, ≈ 0.4 s per mask of 24–29 prompts through 30 layers,
+one token each), the head MCMC check 663 s (cheese, 2 × 200 gradient steps), neuron SVI
+35–55 s, neuron MCMC 80 s. The earlier quick (9 heads of layer 20, 8 prompts) took 1806 s at
+load 7 (ablation 518 s; 134 s on idle cores). Not measured on idle cores: the loaded/idle
+factors seen on this machine (2.2 for the interventions between load 7 and 4.8, 3.9 for the
+ablation between load 7 and idle) put quick at ≈ 9–15 min on 2 idle cores, above the 10 min
+once asked for; the head MCMC check is half the ablation (``head_mcmc_concepts = 0`` drops it).
 full: not run end to end; estimated ≈ 9 h on 2 CPU cores from the measured per-mask costs
 (all 270 heads, every position, 24 prompts: ≈ 0.7 s per mask; layer-20 neurons ≈ 0.35 s per
 mask), dominated by SVI (300 steps × 16 masks per concept and site).
 
-quick: 3 concepts (cheese, capitals, numbers), ≤ 8 prompts each, the 9 heads (exact AMD) and
-1536 MLP neurons (SVI; gradient MCMC for cheese, a short demonstration run) of layer 20, masks at
-the last prompt position, PA at 6 layers, interventions on 30 neutral questions (one sample
-each) and 8 inhibition rows.
-full: 6 concepts, ≤ 24 prompts, all 270 heads (SVI; mean-field) and the 1536 neurons of layer
-20, masks at every position, PA at every layer, gradient MCMC for two concepts.
+quick: 3 concepts (cheese, capitals, numbers), every correct training prompt (24 / 23 / 29),
+all 270 heads (30 layers × 9; SVI, checked against gradient MCMC on cheese) and the 1536 MLP
+neurons of layer 20 (SVI; gradient MCMC for cheese), masks at the last prompt position (the
+keys and values of earlier positions are cached), PA at 6 layers, interventions on 30 neutral
+questions (one sample each) and 8 inhibition rows.
+full: 6 concepts, ≤ 24 prompts, all 270 heads (SVI; mean-field; MCMC check for two concepts)
+and the 1536 neurons of layer 20, masks at every position, PA at every layer, gradient MCMC for
+two concepts.
+
+Measured ablation (quick, seed 0; this version). Task information (heads / neurons, bits)
+against its bound 2·log₂(n + 1) for n prompts: cheese 2.32 / 3.04 of 9.29, capitals 0.81 /
+6.37 of 9.17, numbers 3.20 / 5.09 of 9.81 (8 prompts gave at most 6.34). Head importance
+spans 0.39–0.65 (cheese; top L2H6, L20H8, L12H4, L18H8, L1H5), 0.43–0.58 (capitals: no head
+stands out), 0.36–0.82 (numbers; L23H3 0.82, then L27H8, L22H3); head distributedness 0.30 /
+0.29 / 0.23. Convergence: only numbers' head SVI passes its check (the others stop moving,
+drift ≤ 0.012 < 0.02, but their mean gradient is 5.8–6.4 standard errors from 0, limit 5); the
+head MCMC on cheese does NOT converge (R-hat 1.49, smallest ESS 2.3 of 300 draws) and neither
+does the neuron MCMC (R-hat 1.35, ESS 3.5); the report says so. SVI against that MCMC on
+cheese's heads: correlation 0.09, largest |difference| 0.33, 2 of MCMC's top 10 heads in SVI's
+top 10 — they disagree, and with an unconverged MCMC the check cannot tell which is right.
+Samplers for 270 heads: the gradient sampler costs ≈ 3.3 s per step for 2 chains here; the
+informed sampler scores all 270 flips per step (≈ 270 masks, ≈ 2 min per step) and numpyro's
+Gibbs one unit per model call (≈ 2 min per sweep): both out of reach of quick (estimates from
+the per-mask cost, not run).
 
 PA statistics (the tolerance unit) use training prompts only and leave out each prompt's first
 token, the attention sink (its residual norm is 9× the others' at layer 5, 166× at layer 15);
@@ -32,8 +55,8 @@ held-out scoring leaves it out too. Beside every PA AUC the report gives the AUC
 detector "this token is the concept word". PA is also built as the authors build it, from
 natural prose (bablate/data/pa_prose.json; cheese, capitals and numbers).
 
-Measured (quick, seed 0; this version): greedy check passes; intact top-1 accuracy cheese 0.67,
-capitals 0.86, numbers 0.86; head distributedness (exact) 0.18 / 0.23 / 0.65; held-out PA AUC
+Measured (quick, seed 0; unchanged by the ablation above): greedy check passes; intact top-1
+accuracy cheese 0.67, capitals 0.86, numbers 0.86; held-out PA AUC
 (prompts) 1.00 at every layer for cheese, 0.80–1.00 for capitals, 0.955–0.993 for numbers, and
 token identity scores 1.00 / 1.00 / 0.987, so PA beats it only for numbers (layers 15–25);
 templates now hold 3–6% of the 576 dimensions from layer 10 on (before the sink was excluded:
@@ -110,8 +133,8 @@ def get_config(arg=None):
     c.variant = variant
     c.seed = 0
     c.concepts = ["cheese", "capitals", "numbers"]
-    c.max_prompts = 8
-    c.head_layers = [20]
+    c.max_prompts = 32            # every correct training prompt (23–29 per concept)
+    c.head_layers = list(range(30))
     c.neuron_layer = 20
     c.positions = "last"          # "all": mask every prompt position (slower)
     c.exact_max_units = 12        # exact AMD as well when a site has ≤ this many units
@@ -119,10 +142,17 @@ def get_config(arg=None):
     c.svi_particles = 8
     c.svi_lr = 0.1
     c.svi_on_exact_sites = False  # also fit SVI where exact enumeration ran (a check)
-    c.mcmc_concepts = 1           # gradient-MCMC on the neuron site for the first k concepts
+    c.mcmc_concepts = 1           # MCMC on the neuron site for the first k concepts
     c.mcmc_samples = 40
     c.mcmc_warmup = 20
     c.mcmc_chains = 2
+    c.mcmc_sampler = "gradient"
+    # MCMC on the head site for the first k concepts: the check of SVI there.
+    c.head_mcmc_concepts = 1
+    c.head_mcmc_samples = 150
+    c.head_mcmc_warmup = 50
+    c.head_mcmc_chains = 2
+    c.head_mcmc_sampler = "gradient"
     c.pa_layers = [0, 5, 10, 15, 20, 25]
     c.pa_tolerance = 0.5          # in units of the median per-neuron std of the layer
     c.pa_min_neurons = 16         # raise the tolerance where fewer neurons qualify
@@ -146,7 +176,6 @@ def get_config(arg=None):
     if variant == "full":
         c.concepts = ["cheese", "cake", "numbers", "colours", "animals", "capitals"]
         c.max_prompts = 24
-        c.head_layers = list(range(30))
         c.positions = "all"
         c.svi_steps = 300
         c.svi_particles = 16
@@ -156,6 +185,10 @@ def get_config(arg=None):
         c.mcmc_samples = 300
         c.mcmc_warmup = 100
         c.mcmc_chains = 2
+        c.head_mcmc_concepts = 2
+        c.head_mcmc_samples = 1000
+        c.head_mcmc_warmup = 200
+        c.head_mcmc_chains = 4
         c.pa_layers = list(range(30))
         c.intervention_samples = 4
         c.intervention_own_rows = 32
