@@ -10,19 +10,20 @@ Commands:
     python -m bablate --config=llm_concepts:quick
     python -m bablate --config=llm_concepts:full
 
-Runtimes. quick: measured 2009 s wall on 2 cores shared with other jobs (load average 4.8,
-mean of `/proc/loadavg` sampled each minute, range 3.5–7.0): load 54 s, ablation 1378 s, PA
-49 s, interventions 511 s, UCD 9 s. The ablation: head SVI 189 / 123 / 118 s (cheese /
-capitals / numbers; 40 steps × 8 masks, ≈ 0.4 s per mask of 24–29 prompts through 30 layers,
-one token each), the head MCMC check 663 s (cheese, 2 × 200 gradient steps), neuron SVI
-35–55 s, neuron MCMC 80 s. The earlier quick (9 heads of layer 20, 8 prompts) took 1806 s at
-load 7 (ablation 518 s; 134 s on idle cores). Not measured on idle cores: the loaded/idle
-factors seen on this machine (2.2 for the interventions between load 7 and 4.8, 3.9 for the
-ablation between load 7 and idle) put quick at ≈ 9–15 min on 2 idle cores, above the 10 min
-once asked for; the head MCMC check is half the ablation (``head_mcmc_concepts = 0`` drops it).
+Runtimes. quick: measured 1014 s wall on 2 shared cores (load average 1.5–3.6): load 42 s,
+ablation 581 s, PA 28 s, interventions 344 s, UCD 9 s. The ablation: head SVI 61 s for cheese
+(40 steps × 8 masks of 24 prompts through 30 layers, one token each), the head MCMC check 340 s
+(cheese, 2 × 200 gradient steps). Masks are scored on the target read-out (``readout =
+"target"``: top-1's margin and log-probability instead of 49,152 logits per prompt), which
+gives the same numbers as the full logits (13,463 results compared: all equal but the MCMC
+adaptation's mean acceptance and step size, in the 6th digit) and costs 2.4× less per mask
+side by side (benchmarks/README.md). With the full logits the same quick took 2009 s at load
+4.8 (ablation 1378 s: head SVI 189 / 123 / 118 s, head MCMC 663 s).
 full: not run end to end; estimated ≈ 9 h on 2 CPU cores from the measured per-mask costs
 (all 270 heads, every position, 24 prompts: ≈ 0.7 s per mask; layer-20 neurons ≈ 0.35 s per
-mask), dominated by SVI (300 steps × 16 masks per concept and site).
+mask), dominated by SVI (300 steps × 16 masks per concept and site). That per-mask cost is
+likely low: benchmarks/llm_head_site.py measured 2.8 s per mask for 270 heads at every position
+of 24 prompts × 32 tokens at load 3.7, so ≈ 9 h is a lower bound, not a measurement.
 
 quick: 3 concepts (cheese, capitals, numbers), every correct training prompt (24 / 23 / 29),
 all 270 heads (30 layers × 9; SVI, checked against gradient MCMC on cheese) and the 1536 MLP
