@@ -186,7 +186,8 @@ def test_quick_covers_every_head_and_the_mcmc_keys_are_checked():
     for key, value, message in (
             ("head_mcmc_concepts", 4, r"config\.head_mcmc_concepts = 4 exceeds the 3 concepts"),
             ("head_mcmc_sampler", "hmc", r"head_mcmc_sampler"),
-            ("head_mcmc_chains", 1, r"head_mcmc_chains")):
+            ("head_mcmc_chains", 1, r"head_mcmc_chains"),
+            ("readout", "argmax", r"readout")):
         c = get_config("quick")
         c[key] = value
         with pytest.raises(ConfigError, match=message):
