@@ -10,15 +10,18 @@ Commands:
     python -m bablate --config=llm_concepts:quick
     python -m bablate --config=llm_concepts:full
 
-Runtimes. quick: measured 1014 s wall on 2 shared cores (load average 1.5–3.6): load 42 s,
-ablation 581 s, PA 28 s, interventions 344 s, UCD 9 s. The ablation: head SVI 61 s for cheese
-(40 steps × 8 masks of 24 prompts through 30 layers, one token each), the head MCMC check 340 s
-(cheese, 2 × 200 gradient steps). Masks are scored on the target read-out (``readout =
-"target"``: top-1's margin and log-probability instead of 49,152 logits per prompt), which
-gives the same numbers as the full logits (13,463 results compared: all equal but the MCMC
-adaptation's mean acceptance and step size, in the 6th digit) and costs 2.4× less per mask
-side by side (benchmarks/README.md). With the full logits the same quick took 2009 s at load
-4.8 (ablation 1378 s: head SVI 189 / 123 / 118 s, head MCMC 663 s).
+Runtimes. quick: measured 685 s (11.4 min) wall on 2 otherwise idle cores (nothing else
+running; the run's own load average 0.9–2.2): load 18 s, ablation 350 s, PA 20 s,
+interventions 283 s, UCD 7 s. The ablation: head SVI 30 / 21 / 21 s (cheese / capitals /
+numbers; 40 steps × 8 masks of 24–29 prompts through 30 layers, one token each), the head MCMC
+check 194 s (cheese, 2 × 200 gradient steps), neuron SVI 10–11 s, neuron MCMC 27 s. On 2 shared
+cores (load 1.5–3.6) the same run took 1014 s, with identical results (13,463 numbers).
+Masks are scored on the target read-out (``readout = "target"``: top-1's margin and
+log-probability instead of 49,152 logits per prompt), which gives the same numbers as the full
+logits (13,463 results compared: all equal but the MCMC adaptation's mean acceptance and step
+size, in the 6th digit) and costs 2.4× less per mask side by side (benchmarks/README.md). With
+the full logits the same quick took 2009 s at load 4.8 (ablation 1378 s: head SVI 189 / 123 /
+118 s, head MCMC 663 s).
 full: not run end to end; estimated ≈ 9 h on 2 CPU cores from the measured per-mask costs
 (all 270 heads, every position, 24 prompts: ≈ 0.7 s per mask; layer-20 neurons ≈ 0.35 s per
 mask), dominated by SVI (300 steps × 16 masks per concept and site). That per-mask cost is
