@@ -406,11 +406,11 @@ def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     return path
 
 
-def _md_cell(value) -> str:
-    """A markdown table cell: '|' escaped, numbers to 3 significant digits."""
+def _md_cell(value) -> object:
+    """A table value: floats to 3 significant digits (md.row escapes the text)."""
     if isinstance(value, float):
         return "nan" if not np.isfinite(value) else f"{value:.3g}"
-    return md.cell(value)
+    return value
 
 
 def report(posts: Posterior | Sequence[Posterior], path: str | os.PathLike,
@@ -455,10 +455,10 @@ def report(posts: Posterior | Sequence[Posterior], path: str | os.PathLike,
              "|---|---|---|---|---|---|---|---|"]
     for p in posts:
         m = metrics.summarize(p)
-        lines.append("| " + " | ".join(_md_cell(v) for v in (
+        lines.append(md.row(_md_cell(v) for v in (
             p.task, p.method, p.num_units, m.task_information,
             f"{m.used_information:.3g} / {m.harmful_information:.3g}", m.distributedness,
-            m.entropy_estimate, "; ".join(p.warnings) or "none")) + " |")
+            m.entropy_estimate, "; ".join(p.warnings) or "none")))
     lines += ["", *notes]
     for name, caption, fig in figures:
         save_png(fig, out / "figures" / f"{name}.png")

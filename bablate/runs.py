@@ -318,8 +318,8 @@ def _check_name(name: str, what: str) -> None:
 
 
 def _fmt_cell(v: Any) -> str:
-    s = f"{v:.6g}" if isinstance(v, float) else json.dumps(v) if not isinstance(v, str) else v
-    return md.cell(s)
+    """A value's text for a report table (md.row escapes it)."""
+    return f"{v:.6g}" if isinstance(v, float) else json.dumps(v) if not isinstance(v, str) else v
 
 
 # ----------------------------------------------------------------------------- running

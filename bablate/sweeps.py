@@ -442,17 +442,13 @@ def _aggregate_markdown(groups: list[dict]) -> list[str]:
         title = ", ".join(f"{k}={format_value(v)}" for k, v in g["overrides"].items()) or "all"
         seeds = "; ".join(", ".join(f"{k}={format_value(v)}" for k, v in s.items()) or name
                           for s, name in zip(g["seeds"], g["members"], strict=True))
-        lines += ["", f"### {_md(title)} ({len(g['members'])} run(s): {_md(seeds)})", "",
+        lines += ["", f"### {md.cell(title)} ({len(g['members'])} run(s): {md.cell(seeds)})", "",
                   "| result | mean ± sd | per run |", "|---|---|---|"]
         for key, r in g["results"].items():
             spread = f"{_fmt(r['mean'])} ± {_fmt(r['sd'])}" if r["sd"] is not None else _fmt(
                 r["mean"])
             lines.append(md.row([f"`{key}`", spread, ", ".join(_fmt(v) for v in r["values"])]))
     return lines
-
-
-def _md(text: str) -> str:
-    return md.cell(text)
 
 
 def _write_index(members: Sequence[Member], workdir: Path, out: dict) -> None:
