@@ -110,10 +110,8 @@ def run_with_cache(model: nn.Module, variables: Any, inputs: Any, method: str = 
     if not isinstance(model, nn.Module):
         raise TypeError(f"run_with_cache takes a flax linen model, got {type(model).__name__}; "
                         "for a flax nnx model use bb.nnx_run_with_cache(model, inputs).")
-    output, found = hooked_sites.record(runner(model, variables, method, **apply_kwargs),
-                                        inputs)
-    return output, {k: v[0] if len(v) == 1 else tuple(v) for k, v in found.items()
-                    if inputs_too or not k.endswith(":input")}
+    return hooked_sites.cache(runner(model, variables, method, **apply_kwargs), inputs,
+                              inputs_too)
 
 
 def flax_site(model: nn.Module, variables: Any, path: str | Sequence[str], example_inputs: Any,

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bablate.sites import Ablation, Basis, Site, mask_activation
+from bablate.sites import Ablation, Basis, Site, mask_activation, mean_before
 
 OnValue = Callable[[str, Any], Any]
 Runner = Callable[[Any, OnValue], Any]
@@ -61,6 +61,15 @@ def record(run: Runner, inputs: Any) -> tuple[Any, dict[str, list]]:
         return value
 
     return run(inputs, on_value), found
+
+
+def cache(run: Runner, inputs: Any, inputs_too: bool) -> tuple[Any, dict[str, Any]]:
+    """``(output, cache)`` of one run: each value, or a tuple of them for a place reached
+    several times per forward pass; inputs (``"<path>:input"``) left out unless
+    ``inputs_too``."""
+    output, found = record(run, inputs)
+    return output, {k: v[0] if len(v) == 1 else tuple(v) for k, v in found.items()
+                    if inputs_too or not k.endswith(":input")}
 
 
 def shapes(run: Runner, example_inputs: Any) -> dict[str, tuple[int, tuple]]:
@@ -115,11 +124,9 @@ def build_site(run: Runner, specs: list[str], found: dict[str, tuple[int, tuple]
 
 
 def _unit_mean(values: list, unit_axis: int) -> jax.Array:
-    """The mean-ablation value of one place: units last, averaged over the axes before the unit
-    axis (examples, positions) and over the calls; later axes keep a per-unit vector."""
+    """The mean-ablation value of one place, over its calls as well (one per forward pass)."""
     stacked = jnp.stack([jnp.moveaxis(v, unit_axis, -1) for v in values])
-    lead = 1 + unit_axis % values[0].ndim
-    return stacked.mean(axis=tuple(range(lead)))
+    return mean_before(stacked, 1 + unit_axis % values[0].ndim)
 
 
 def _joint_site(run: Runner, specs: list[str], found: dict[str, tuple[int, tuple]], *,

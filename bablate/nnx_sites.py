@@ -104,9 +104,7 @@ def nnx_run_with_cache(model, inputs: Any, inputs_too: bool = True) -> tuple[Any
     call, in call order.
     """
     _check_model(model, "nnx_run_with_cache", "bb.run_with_cache(model, variables, inputs)")
-    output, found = hooked_sites.record(runner(model), inputs)
-    return output, {k: v[0] if len(v) == 1 else tuple(v) for k, v in found.items()
-                    if inputs_too or not k.endswith(":input")}
+    return hooked_sites.cache(runner(model), inputs, inputs_too)
 
 
 def nnx_site(model, path: str | Sequence[str], example_inputs: Any, *, unit_axis: int = -1,

@@ -238,6 +238,13 @@ def unit_values(site: Site, act: Array) -> Array:
     return _move_units_last(act, site.unit_axis)
 
 
+def mean_before(units: Array, lead: int) -> Array:
+    """The mean-ablation value of unit-space values (units last): the average over the ``lead``
+    axes before the unit axis (examples, positions); axes after it (e.g. the dimensions of one
+    attention head) keep their per-unit mean vector."""
+    return units.mean(axis=tuple(range(lead)))
+
+
 def ablation_value(site: Site, act: Array | None, key: Array) -> Array:
     """The value an ablated unit takes, broadcastable against the unit-space activation.
 
@@ -251,10 +258,8 @@ def ablation_value(site: Site, act: Array | None, key: Array) -> Array:
     source = act if act is not None else site.reference
     units = unit_values(site, source)
     if site.ablation == "mean":
-        # Average over the axes before the unit axis (examples, positions); axes after it
-        # (e.g. the dimensions of one attention head) keep their per-unit mean vector.
         lead = site.unit_axis % source.ndim if site.basis is None else source.ndim - 1
-        return units.mean(axis=tuple(range(lead)))
+        return mean_before(units, lead)
     # Resample: every example takes the unit values of another example of the same dataset.
     perm = jax.random.permutation(key, units.shape[0])
     return units[perm]
