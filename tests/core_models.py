@@ -64,3 +64,20 @@ def head_rule(ys: dict, head: str):
         return jnp.take_along_axis(p, y[:, None], -1)[:, 0]
 
     return bb.rules.custom(hard, data=ys[head], soft_fn=soft, name=head)
+
+
+def dense(p, v):
+    """A linen Dense layer by hand: ``v @ kernel + bias``."""
+    return v @ p["kernel"] + p["bias"][None]
+
+
+def masked_outputs(site, inputs, targets, masks):
+    """``(task, outputs)``: the task of ``site`` on ``inputs`` (top-1 on ``targets``) and its
+    outputs under each mask, one mask at a time, stacked ``[M, ...]``."""
+    import numpy as np
+
+    import bablate as bb
+
+    task = bb.Task.build(site, inputs, bb.rules.top1(targets))
+    return task, np.stack([np.asarray(task.outputs_fn(task.data, jnp.asarray(m)))
+                           for m in masks])

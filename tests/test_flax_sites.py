@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_models import dense, masked_outputs
 from flax import nnx
 
 import bablate as bb
@@ -54,14 +55,8 @@ MASKS = np.asarray(jax.random.bernoulli(jax.random.key(5), 0.5, (6, 8)), np.floa
 TARGETS = np.zeros(64, np.int32)
 
 
-def _dense(p, v):
-    return v @ p["kernel"] + p["bias"][None]
-
-
 def _outputs(site, masks):
-    task = bb.Task.build(site, X, bb.rules.top1(TARGETS))
-    return task, np.stack([np.asarray(task.outputs_fn(task.data, jnp.asarray(m)))
-                           for m in masks])
+    return masked_outputs(site, X, TARGETS, masks)
 
 
 def test_perturb_site_replaces_the_marked_value():
@@ -69,8 +64,8 @@ def test_perturb_site_replaces_the_marked_value():
     variables = model.init(jax.random.key(1), X)
     assert "perturbations" in variables  # flax's zero entry; the site works with or without it
     p = variables["params"]
-    post = jax.nn.relu(_dense(p["Block_0"]["up"], X))
-    forward = lambda h: _dense(p["head"], _dense(p["Block_0"]["down"], h))
+    post = jax.nn.relu(dense(p["Block_0"]["up"], X))
+    forward = lambda h: dense(p["head"], dense(p["Block_0"]["down"], h))
     for given in (variables, {"params": p}):
         site = bb.flax_site(model, given, "Block_0@act", X)
         assert site.num_units == 8 and site.name == "Block_0@act" and site.cached
@@ -84,7 +79,7 @@ def test_perturb_site_replaces_the_marked_value():
     mean_site = bb.flax_site(model, variables, "Block_0@act", X, ablation="mean")
     task, got = _outputs(mean_site, MASKS)
     np.testing.assert_allclose(task.data["value"], post.mean(0), rtol=1e-5, atol=1e-6)
-    pre = _dense(p["Block_0"]["up"], X)
+    pre = dense(p["Block_0"]["up"], X)
     assert not np.allclose(post.mean(0), pre.mean(0), atol=1e-3)
     want = np.stack([forward(post * m[None] + post.mean(0)[None] * (1 - m[None]))
                      for m in MASKS])
@@ -100,7 +95,7 @@ def test_perturb_sites_are_listed_and_cached():
     assert set(sites) == {"Block_0/up", "Block_0/down", "Block_0", "head", "Block_0@act"}
     out, cache = bb.run_with_cache(model, variables, X)
     np.testing.assert_allclose(out, model.apply(variables, X), rtol=1e-6)
-    np.testing.assert_allclose(cache["Block_0@act"], jax.nn.relu(_dense(p["Block_0"]["up"], X)),
+    np.testing.assert_allclose(cache["Block_0@act"], jax.nn.relu(dense(p["Block_0"]["up"], X)),
                                rtol=1e-5, atol=1e-6)
     assert set(cache) == set(bb.list_sites(model, variables, X, inputs=True))
     # A value marked in the top-level module has an empty path.
@@ -109,8 +104,8 @@ def test_perturb_sites_are_listed_and_cached():
     q = flat_vars["params"]
     assert bb.list_sites(flat, flat_vars, X)["@act"] == (1, (64, 8))
     _, got = _outputs(bb.flax_site(flat, flat_vars, "@act", X), MASKS)
-    post = jax.nn.relu(_dense(q["Dense_1"], X))
-    want = np.stack([_dense(q["Dense_0"], post * m[None]) for m in MASKS])
+    post = jax.nn.relu(dense(q["Dense_1"], X))
+    want = np.stack([dense(q["Dense_0"], post * m[None]) for m in MASKS])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -118,7 +113,7 @@ def test_perturb_site_marked_at_every_call_is_masked_in_place():
     model = Twice()
     variables = model.init(jax.random.key(1), X)
     p = variables["params"]["shared"]
-    block = lambda v, m: _dense(p["down"], jax.nn.relu(_dense(p["up"], v)) * m[None])
+    block = lambda v, m: dense(p["down"], jax.nn.relu(dense(p["up"], v)) * m[None])
     assert bb.list_sites(model, variables, X)["shared@act"] == (2, (64, 8))
     site = bb.flax_site(model, variables, "shared@act", X)
     assert not site.cached

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_models import dense, masked_outputs
 from flax import nnx
 
 import bablate as bb
@@ -39,26 +40,20 @@ class Marked(nn.Module):
         return nn.Dense(3, name="head")(nn.Dense(5, name="down")(h))
 
 
-def _dense(p, v):
-    return v @ p["kernel"] + p["bias"][None]
-
-
 def _masks(d, n=6, seed=5):
     return np.asarray(jax.random.bernoulli(jax.random.key(seed), 0.5, (n, d)), np.float32)
 
 
-def _outputs(site, masks, inputs=X):
-    task = bb.Task.build(site, inputs, bb.rules.top1(TARGETS))
-    return task, np.stack([np.asarray(task.outputs_fn(task.data, jnp.asarray(m)))
-                           for m in masks])
+def _outputs(site, masks):
+    return masked_outputs(site, X, TARGETS, masks)
 
 
 def _deep_by_hand(p, m_a, m_b, fill_a=0.0, fill_b=0.0):
-    a = _dense(p["a"], X)
+    a = dense(p["a"], X)
     a = a * m_a[None] + jnp.reshape(fill_a, (1, -1)) * (1 - m_a[None])
-    b = _dense(p["b"], jax.nn.relu(a))  # the second place sees the first one masked
+    b = dense(p["b"], jax.nn.relu(a))  # the second place sees the first one masked
     b = b * m_b[None] + jnp.reshape(fill_b, (1, -1)) * (1 - m_b[None])
-    return _dense(p["c"], jax.nn.relu(b))
+    return dense(p["c"], jax.nn.relu(b))
 
 
 def test_linen_joint_site_masks_each_place_in_one_pass():
@@ -90,8 +85,8 @@ def test_linen_joint_mean_ablation_uses_each_places_intact_mean_over_the_task_in
     # Built from 4 examples; the means come from the task's 48 inputs, in the intact network.
     site = bb.flax_site(model, variables, ["a", "b"], X[:4], ablation="mean")
     assert "mean ablation" in site.identity
-    intact_a = _dense(p["a"], X)
-    intact_b = _dense(p["b"], jax.nn.relu(intact_a))
+    intact_a = dense(p["a"], X)
+    intact_b = dense(p["b"], jax.nn.relu(intact_a))
     masks = _masks(14, seed=7)
     _, got = _outputs(site, masks)
     want = np.stack([_deep_by_hand(p, m[:8], m[8:], intact_a.mean(0), intact_b.mean(0))
@@ -110,8 +105,8 @@ def test_joint_site_of_a_marked_value_and_an_input():
     assert site.num_units == 13
     masks = _masks(13, seed=9)
     _, got = _outputs(site, masks)
-    post = jax.nn.relu(_dense(p["up"], X))
-    want = np.stack([_dense(p["head"], _dense(p["down"], post * m[None, :8]) * m[None, 8:])
+    post = jax.nn.relu(dense(p["up"], X))
+    want = np.stack([dense(p["head"], dense(p["down"], post * m[None, :8]) * m[None, 8:])
                      for m in masks])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_models import masked_outputs
 from flax import nnx
 
 import bablate as bb
@@ -42,9 +42,7 @@ TARGETS = np.zeros(64, np.int32)
 
 
 def _outputs(site, masks, ablation_inputs=X):
-    task = bb.Task.build(site, ablation_inputs, bb.rules.top1(TARGETS))
-    return task, np.stack([np.asarray(task.outputs_fn(task.data, jnp.asarray(m)))
-                           for m in masks])
+    return masked_outputs(site, ablation_inputs, TARGETS, masks)
 
 
 def test_linen_input_site_is_the_post_activation_value():

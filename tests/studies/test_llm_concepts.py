@@ -96,32 +96,6 @@ def test_svi_on_16_heads_matches_exact(tiny):
     assert np.ptp(exact.marginals) > 0.1  # some heads matter more than others
 
 
-def test_mlp_site_target_readout_equals_top1_on_logits(tiny):
-    params, prompts = tiny
-    targets = np.array(jnp.argmax(_last_logits(params, prompts), -1))
-    targets[:2] = (targets[:2] + 1) % CFG.vocab_size  # two prompts the intact model gets wrong
-    full, full_in = llm.build_mlp_site(params, CFG, 2, prompts)
-    small, small_in = llm.build_mlp_site(params, CFG, 2, prompts, targets=targets)
-    t_full = bb.Task.build(full, full_in, bb.rules.top1(jnp.asarray(targets)), name="full",
-                           check_intact=False)
-    t_small = bb.Task.build(small, small_in, llm.target_rule(), name="small",
-                            check_intact=False)
-    masks = (np.random.default_rng(0).random((40, CFG.mlp_width)) < 0.5).astype(np.float32)
-    masks[0] = 1.0
-    for smooth in (False, True):
-        np.testing.assert_allclose(t_small.p_correct(masks, smooth=smooth),
-                                   t_full.p_correct(masks, smooth=smooth), atol=1e-5)
-    hard = t_full.p_correct(masks)
-    assert hard[0] == pytest.approx((6 + 1) / (8 + 2)) and np.ptp(hard) > 0  # masks matter
-    logits = np.asarray(llm.evaluate_masks(full, full_in, masks[:3]))
-    readout = np.asarray(llm.evaluate_masks(small, small_in, masks[:3]))
-    np.testing.assert_allclose(readout, np.asarray(llm.target_readout(
-        jnp.asarray(logits.reshape(-1, CFG.vocab_size)), jnp.asarray(np.tile(targets, 3))
-    )).reshape(3, -1, 2), atol=1e-5)
-    with pytest.raises(ValueError, match="one token per prompt"):
-        llm.build_mlp_site(params, CFG, 2, prompts, targets=targets[:3])
-
-
 def test_wilson_interval_closed_form():
     from bablate.studies.llm_concepts.interventions import wilson
 
