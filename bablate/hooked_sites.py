@@ -33,18 +33,14 @@ Runner = Callable[[Any, OnValue], Any]
 PARTS = ("output", "input")
 
 
-def split_site(spec: str) -> tuple[str, str]:
-    """``"enc/Dense_1:input"`` -> ``("enc/Dense_1", "input")``; no suffix means the output;
-    ``"Block_0@act"`` -> ``("Block_0@act", "named")`` (a value marked with ``perturb``)."""
-    if "@" in spec:
-        return spec, "named"
-    path, sep, part = spec.rpartition(":")
-    if not sep:
-        return spec, "output"
-    if part not in PARTS:
+def check_part(spec: str) -> None:
+    """Refuses a part other than ``":input"`` after a submodule path (``"hidden:inpt"``) with a
+    one-line error; ``"<path>"`` is the output and ``"<path>@<name>"`` a ``perturb``-marked
+    value."""
+    _, sep, part = spec.rpartition(":")
+    if "@" not in spec and sep and part not in PARTS:
         raise ValueError(f"unknown site part {part!r} in {spec!r}; write '<path>' for a "
                          "submodule's output or '<path>:input' for its input.")
-    return path, part
 
 
 def is_array(x) -> bool:
@@ -175,7 +171,7 @@ def site_at(run: Runner, path: str | Sequence[str], example_inputs: Any, model: 
     specs = as_specs(path)
     found = shapes(run, example_inputs)
     for spec in specs:
-        split_site(spec)  # a bad part (":inpt") is its own one-line error
+        check_part(spec)
         if spec not in found:
             listing = ", ".join(f"{p} {shape} x{calls}" for p, (calls, shape) in found.items()
                                 if not p.endswith(":input"))
