@@ -17,7 +17,16 @@ task, mask)^β tells which sets of units a trained network uses to get a task ri
 from bablate import metrics, plot, progress, rules
 from bablate.amd import amd_model, log_joint, make_model
 from bablate.flax_sites import flax_site, list_sites, run_with_cache
-from bablate.inference import FlipKernel, Posterior, exact, infer, infer_many, mcmc, svi
+from bablate.inference import (
+    FlipKernel,
+    Posterior,
+    exact,
+    importance,
+    infer,
+    infer_many,
+    mcmc,
+    svi,
+)
 from bablate.nnx_sites import nnx_run_with_cache, nnx_site
 from bablate.plot import report
 from bablate.rules import Rule
@@ -31,7 +40,7 @@ __version__ = "0.1.0"  # the one version source; pyproject.toml reads it
 
 __all__ = [
     "Basis", "FlipKernel", "Posterior", "Rule", "Site", "Task", "TaskSet", "amd_model", "exact",
-    "flax_site", "infer", "infer_many", "list_sites", "log_joint", "make_model",
+    "flax_site", "importance", "infer", "infer_many", "list_sites", "log_joint", "make_model",
     "mask_activation", "mcmc", "metrics", "nnx_run_with_cache", "nnx_site", "plot", "report",
     "rules", "run_with_cache", "svi",
 ]

@@ -236,8 +236,11 @@ def _entropy(post: Posterior) -> tuple[float, str, float, np.ndarray]:
     if post.log_probs is not None:
         return float(table_entropy(jnp.asarray(post.log_probs))), "exact", 0.0, marginals
     if post.entropy_bits is not None:
-        how = "mean-field" if post.mean_field else "exact"
-        return float(post.entropy_bits), how, 0.0, marginals
+        # Importance sampling estimates H(q) from its weights and records how and how well.
+        how = "mean-field" if post.mean_field else post.diagnostics.get("entropy_estimate",
+                                                                         "exact")
+        return (float(post.entropy_bits), how,
+                float(post.diagnostics.get("entropy_error", 0.0)), marginals)
     if post.samples is None:
         raise ValueError(f"posterior {post.task!r} has neither a table nor samples.")
     if post.log_density is not None:

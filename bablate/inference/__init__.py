@@ -14,6 +14,7 @@ from bablate.inference.exact import (
     mean_field_optimum,
     table_marginals,
 )
+from bablate.inference.importance import importance
 from bablate.inference.kernels import FlipKernel, FlipState
 from bablate.inference.mcmc import chain_diagnostics, mcmc
 from bablate.inference.posterior import ConvergenceWarning, Posterior
@@ -21,15 +22,15 @@ from bablate.inference.svi import svi
 from bablate.tasks import Task
 from bablate.taskset import TaskSet
 
-METHODS = ("exact", "mcmc", "svi")
-STOCHASTIC = ("mcmc", "svi")
+METHODS = ("exact", "mcmc", "svi", "importance")
+STOCHASTIC = ("mcmc", "svi", "importance")
 MAX_EXACT = 16  # "auto" enumerates sites up to this many units (2^16 masks), samples beyond
 
 
 def choose_method(num_units: int, method: str = "auto", max_exact: int = MAX_EXACT,
                   large: str = "mcmc") -> str:
     """The inference method for a site of ``num_units`` units: ``method`` itself, or for
-    "auto", "exact" when ``num_units <= max_exact``, else ``large`` ("mcmc" or "svi")."""
+    "auto", "exact" when ``num_units <= max_exact``, else ``large`` (a stochastic method)."""
     if method not in (*METHODS, "auto"):
         raise ValueError(f"unknown inference method {method!r}; choose one of "
                          f"{(*METHODS, 'auto')}.")
@@ -49,7 +50,8 @@ def _require_key(key: jax.Array | None, method: str, what: str) -> jax.Array:
 
 
 _ACCEPTS = {m: set(inspect.signature(fn).parameters) - {"task", "key", "prior", "beta"}
-            for m, fn in (("exact", exact), ("mcmc", mcmc), ("svi", svi))}
+            for m, fn in (("exact", exact), ("mcmc", mcmc), ("svi", svi),
+                                ("importance", importance))}
 
 
 def _options_for(method: str, requested: str, options: dict) -> dict:
@@ -72,14 +74,16 @@ def infer(task: Task, method: str = "exact", key: jax.Array | None = None, prior
 
     Args:
       task: the task (:meth:`bablate.Task.build`).
-      method: "exact" (d ≤ 20), "mcmc" (any d), "svi" (thousands of units), or "auto"
+      method: "exact" (d ≤ 20), "mcmc" (any d), "svi" (thousands of units), "importance"
+        (independent weighted draws from the prior or a proposal: a reference whose error
+        the run measures, for likelihoods whose odds span a modest range), or "auto"
         (:func:`choose_method`: exact up to ``max_exact`` units, else ``large``). The method
         used is on the posterior (``post.method``).
-      key: PRNG key, required by the stochastic methods (mcmc, svi).
+      key: PRNG key, required by the stochastic methods (mcmc, svi, importance).
       prior: keep-probability of each unit, scalar or ``[d]`` (paper: 0.5).
       beta: inverse temperature on the log-odds (paper: 1).
       max_exact: the largest site "auto" enumerates.
-      large: the method "auto" uses above ``max_exact`` units ("mcmc" or "svi").
+      large: the method "auto" uses above ``max_exact`` units (a stochastic method).
       **options: passed to :func:`exact`, :func:`mcmc` or :func:`svi` (under "auto", to the
         chosen one).
 
@@ -98,6 +102,8 @@ def infer(task: Task, method: str = "exact", key: jax.Array | None = None, prior
     key = _require_key(key, chosen, f"infer for task {task.name!r}")
     if chosen == "mcmc":
         return mcmc(task, key, prior=prior, beta=beta, **options)
+    if chosen == "importance":
+        return importance(task, key, prior=prior, beta=beta, **options)
     return svi(task, key, prior=prior, beta=beta, **options)
 
 
@@ -140,5 +146,5 @@ def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array
 
 __all__ = ["MAX_EXACT", "METHODS", "STOCHASTIC", "ConvergenceWarning", "FlipKernel",
            "FlipState", "Posterior", "chain_diagnostics", "choose_method", "exact",
-           "exact_many", "index_to_masks", "infer", "infer_many", "mcmc", "mean_field_optimum",
-           "svi", "table_marginals"]
+           "exact_many", "importance", "index_to_masks", "infer", "infer_many", "mcmc",
+           "mean_field_optimum", "svi", "table_marginals"]

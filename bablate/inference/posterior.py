@@ -27,14 +27,14 @@ class Posterior:
 
     Attributes:
       task: the task's name.
-      method: "exact", "mcmc" or "svi".
+      method: "exact", "mcmc", "svi" or "importance".
       marginals: ``[d]`` q(m_i = 1), the unit importance π_i.
       prior: ``[d]`` prior keep-probabilities.
       beta: inverse temperature used.
       log_probs: ``[2^d]`` normalised log q of every mask (exact only); mask index k has
         unit i kept iff bit i of k is set.
       samples: ``[S, d]`` uint8 masks (mcmc: post-warmup draws of all chains; svi: draws from
-        the fitted mean-field guide; exact: None).
+        the fitted mean-field guide; importance: draws resampled by weight; exact: None).
       entropy_bits: H(q) in bits when known exactly (exact: the table; svi: the mean-field
         entropy), else None (then the metrics estimate it from the samples; see
         :func:`bablate.metrics.joint_entropy`).

@@ -144,8 +144,8 @@ def test_every_variant_validates_and_builds_the_nested_config():
 
 
 def test_quick_covers_every_head_and_the_mcmc_keys_are_checked():
-    """quick ablates all 30 × 9 heads with an MCMC check of SVI on one concept; MCMC settings
-    that cannot work are refused in one line before any work."""
+    """quick ablates all 30 × 9 heads with an importance-sampling check of SVI on one concept;
+    MCMC and reference settings that cannot work are refused in one line before any work."""
     import sys
     from pathlib import Path
 
@@ -155,10 +155,12 @@ def test_quick_covers_every_head_and_the_mcmc_keys_are_checked():
     from bablate.studies.llm_concepts.variants import get_config
 
     c = get_config("quick")
-    assert c.head_layers == list(range(30)) and c.head_mcmc_concepts == 1
+    assert c.head_layers == list(range(30)) and c.reference_concepts == 1
     assert c.max_prompts >= 29  # every correct training prompt of the quick concepts
     for key, value, message in (
             ("head_mcmc_concepts", 4, r"config\.head_mcmc_concepts = 4 exceeds the 3 concepts"),
+            ("reference_concepts", 4, r"config\.reference_concepts = 4 exceeds the 3 concepts"),
+            ("reference_samples", 1, r"reference_samples"),
             ("head_mcmc_sampler", "hmc", r"head_mcmc_sampler"),
             ("head_mcmc_chains", 1, r"head_mcmc_chains"),
             ("readout", "argmax", r"readout")):
@@ -219,8 +221,10 @@ def test_quick_study_smoke(tmp_path):
     c.svi_particles = 4
     c.mcmc_samples = 4
     c.mcmc_warmup = 2
+    c.head_mcmc_concepts = 1
     c.head_mcmc_samples = 8
     c.head_mcmc_warmup = 2
+    c.reference_samples = 16
     c.pa_layers = [15, 25]
     c.intervention_samples = 1
     c.intervention_own_rows = 2
@@ -259,7 +263,11 @@ def test_quick_study_smoke(tmp_path):
     assert res["convergence"]["heads"]["cheese"]["mcmc"] is False
     assert "mcmc" not in res["convergence"]["heads"]["capitals"]
     assert res["task_information"]["cheese"]["heads"]["num_prompts"] == 4
-    assert "MCMC on the heads of cheese did not converge" in ctx.render_report("t", {}, {})
+    text = ctx.render_report("t", {}, {})
+    assert "MCMC on the heads of cheese did not converge" in text
+    # 16 importance draws are too few for a reference: flagged as such.
+    assert res["convergence"]["heads"]["cheese"]["importance"] is False
+    assert "the reference itself is uncertain" in text
 
 
 def _figure_values(names: list[str]) -> dict:
@@ -315,12 +323,12 @@ class _IntTokenizer:
         return type("Encoding", (), {"ids": [int(t) for t in text.split()]})()
 
 
-def _tiny_ablation(tiny, tmp_path, head_mcmc):
+def _tiny_ablation(tiny, tmp_path, head_mcmc, reference=None):
     """The study's ablation step on the tiny LLaMA: one concept whose targets are the intact
     model's own next tokens, every head of its 4 layers (SVI) and layer 2's neurons."""
     from bablate.runs import RunContext
     from bablate.studies.llm_concepts import ablation
-    from bablate.studies.llm_concepts.config import Ablation, Mcmc, Svi
+    from bablate.studies.llm_concepts.config import Ablation, Mcmc, Reference, Svi
     from bablate.testbeds.llama import ConceptData
 
     params, prompts = tiny
@@ -333,7 +341,7 @@ def _tiny_ablation(tiny, tmp_path, head_mcmc):
                   exact_max_units=0, svi=Svi(steps=400, particles=16, lr=0.1,
                                              on_exact_sites=False),
                   mcmc=Mcmc(concepts=0, samples=4, warmup=0, chains=2, sampler="gradient"),
-                  head_mcmc=head_mcmc)
+                  head_mcmc=head_mcmc, reference=reference or Reference(concepts=0, samples=2))
     ctx = RunContext(tmp_path)
     abl, posts = ablation.ablation(ac, params, CFG, _IntTokenizer(), data, jax.random.key(0),
                                    ctx)
@@ -398,6 +406,42 @@ def test_ablation_mcmc_check_agrees_with_svi_and_exact_on_tiny_heads(tiny, tmp_p
     assert ("SVI and MCMC agree" in text) == (cmp["max_abs_diff"] <= report.AGREE_MAX)
 
 
+def test_importance_reference_matches_exact_and_the_report_judges_svi_by_it(tiny, tmp_path):
+    """The importance-sampling reference on the 16 tiny heads agrees with exact enumeration
+    within its own standard errors; SVI is compared with it (agreement beyond the reference's
+    noise), and report.md gives the verdict, the reference's errors and its figure."""
+    from bablate.studies.llm_concepts import ablation, report
+    from bablate.studies.llm_concepts.config import Mcmc, Reference
+
+    ac, abl, posts, ctx = _tiny_ablation(
+        tiny, tmp_path, Mcmc(concepts=0, samples=4, warmup=0, chains=2, sampler="gradient"),
+        Reference(concepts=1, samples=4096))
+    res = ablation.summary(ac, abl, ["tiny"], CFG.num_heads)
+    det = res["ablation_details"]["heads"]["tiny"]
+    assert res["convergence"]["heads"]["tiny"]["importance"] is True
+    assert res["convergence"]["neurons"]["tiny"]["importance"] is True
+    params, prompts = tiny
+    targets = jnp.argmax(_last_logits(params, prompts), -1)
+    site, inputs = llm.build_site(params, CFG, llm.SiteSpec("heads", (0, 1, 2, 3)), prompts)
+    exact = bb.infer(bb.Task.build(site, inputs, bb.rules.top1(targets), name="exact"), "exact",
+                     chunk_size=4096)
+    q_is = np.asarray(res["heads_importance"]["tiny"]["marginals"])
+    se = np.asarray(det["importance_marginal_se"])
+    assert np.all(np.abs(q_is - exact.marginals) <= 4.5 * se + 1e-3)
+    cmp = det["importance_vs_svi"]
+    q_svi = np.asarray(res["heads_svi"]["tiny"]["marginals"])
+    diff = np.abs(q_is - q_svi)
+    assert cmp["max_abs_diff"] == pytest.approx(diff.max())
+    assert cmp["agree"] == bool(np.all(diff <= ablation.AGREE_MAX + ablation.NOISE_SE * se))
+    res.update(concepts=["tiny"])
+    report.ablation_section(ctx, res, ["tiny"])
+    text = ctx.render_report("t", {}, {})
+    assert "SVI checked against importance sampling (heads)" in text
+    assert ("SVI **agrees** with the reference" in text) == cmp["agree"]
+    assert "heads_reference_check.png" in text
+    assert "| heads | tiny | IMPORTANCE | yes |" in text
+
+
 def test_mcmc_comparison_closed_form():
     from bablate.studies.llm_concepts.ablation import compare, information_bound
 
@@ -407,6 +451,12 @@ def test_mcmc_comparison_closed_form():
     assert cmp["top_units"] == [0, 1] and cmp["top_k_overlap"] == 1  # SVI's top 2: 0 and 2
     assert cmp["top_other"] == [0.85, 0.5]
     assert compare(ref, ref)["corr"] == pytest.approx(1.0)
+    # With the reference's standard errors: 0.3 off at s.e. 0.1 is 3 s.e. (within 0.05 +
+    # 3 s.e.), and 1 of 5 units lies beyond 2 s.e.
+    cmp = compare(ref, np.array([0.85, 0.5, 0.5, 0.2, 0.1]), se=np.full(5, 0.1))
+    assert cmp["agree"] and cmp["max_abs_diff_in_se"] == pytest.approx(3.0)
+    assert cmp["within_2se_fraction"] == pytest.approx(0.8)
+    assert not compare(ref, np.array([0.85, 0.5, 0.5, 0.2, 0.1]), se=np.full(5, 0.01))["agree"]
     assert information_bound(8) == pytest.approx(2 * np.log2(9))  # ≈ 6.34 bits
 
 

@@ -34,6 +34,7 @@ CONFIG_RULES = {
     "head_mcmc_concepts": cc.integer(0), "head_mcmc_samples": cc.integer(4),
     "head_mcmc_warmup": cc.integer(0), "head_mcmc_chains": cc.integer(2),
     "head_mcmc_sampler": cc.one_of(*MCMC_SAMPLERS),
+    "reference_concepts": cc.integer(0), "reference_samples": cc.integer(2),
     "pa_layers": cc.sequence(_LAYERS), "pa_tolerance": cc.number(0, low_open=True),
     "pa_min_neurons": cc.integer(1), "pa_prose_k": cc.integer(1), "intervention_layer": _LAYERS,
     "intervention_num_layers": cc.integer(1), "intervention_positions": cc.integer(1),
@@ -60,6 +61,8 @@ KEYS = {
     "head_mcmc_warmup": "ablation.head_mcmc.warmup",
     "head_mcmc_chains": "ablation.head_mcmc.chains",
     "head_mcmc_sampler": "ablation.head_mcmc.sampler",
+    "reference_concepts": "ablation.reference.concepts",
+    "reference_samples": "ablation.reference.samples",
     "pa_layers": "pa.layers", "pa_tolerance": "pa.tolerance",
     "pa_min_neurons": "pa.min_neurons", "pa_prose_k": "pa.prose_k",
     "intervention_layer": "interventions.layer",
@@ -95,6 +98,15 @@ class Mcmc:
 
 
 @dataclasses.dataclass(frozen=True)
+class Reference:
+    """Importance sampling on both sites for the first ``concepts`` concepts, from the prior
+    mixed with SVI's fit: independent draws, so the reference converges where chains do not
+    mix, and its standard errors come from the run itself."""
+    concepts: int
+    samples: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Ablation:
     """AMDs over attention heads (``head_layers``) and one layer's MLP neurons."""
     max_prompts: int
@@ -107,6 +119,7 @@ class Ablation:
     svi: Svi
     mcmc: Mcmc       # on the neuron site
     head_mcmc: Mcmc  # on the head site
+    reference: Reference  # importance sampling on both sites, the check of SVI
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +201,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     unknown = [n for n in config.concepts if n not in known]
     cc.require(not unknown, f"config.concepts names unknown concepts {unknown}; available: "
                f"{', '.join(sorted(known))}")
-    for key in ("mcmc_concepts", "head_mcmc_concepts"):
+    for key in ("mcmc_concepts", "head_mcmc_concepts", "reference_concepts"):
         cc.require(config[key] <= len(config.concepts),
                    f"config.{key} = {config[key]} exceeds the {len(config.concepts)} concepts; "
                    f"lower it to at most {len(config.concepts)}")

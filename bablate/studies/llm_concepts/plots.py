@@ -54,6 +54,36 @@ def mcmc_check(results: dict, kind: str = "heads") -> Figure:
     return fig
 
 
+def reference_check(results: dict, kind: str = "heads") -> Figure:
+    """SVI against the importance-sampling reference per unit, with the reference's ±2
+    standard errors, for each concept the reference ran on (the identity line: agreement)."""
+    done = [n for n in results["concepts"]
+            if "importance_vs_svi" in results["ablation_details"][kind][n]]
+    fig, axes = plt.subplots(1, max(len(done), 1), figsize=(3.6 * max(len(done), 1), 3.6),
+                             squeeze=False, layout="constrained")
+    for ax, n in zip(axes[0], done, strict=False):
+        det = results["ablation_details"][kind][n]
+        q_ref = np.asarray(results[f"{kind}_importance"][n]["marginals"])
+        q_svi = np.asarray(results[f"{kind}_svi"][n]["marginals"])
+        se = np.asarray(det["importance_marginal_se"])
+        # One range for both axes around the points and their error bars (the marginals of
+        # a weakly informative task sit near the prior; [0, 1] would hide their scatter).
+        lo = min((q_ref - 2 * se).min(), q_svi.min()) - 0.02
+        hi = max((q_ref + 2 * se).max(), q_svi.max()) + 0.02
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+        ax.errorbar(q_ref, q_svi, xerr=2 * se, fmt="o", ms=2.5, lw=0.5, alpha=0.5)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xlabel("importance sampling q(m_i = 1)")
+        ax.set_ylabel("SVI q(m_i = 1)")
+        cmp = det["importance_vs_svi"]
+        ax.set_title(f"{n} {kind}: {'agree' if cmp['agree'] else 'DISAGREE'}, max |diff| "
+                     f"{cmp['max_abs_diff']:.2f}\n(ESS {det['importance_diagnostics']['ess']:.0f},"
+                     f" s.e. ≤ {cmp['reference_se_max']:.3f})", fontsize=9)
+    return fig
+
+
 def overlap(results: dict, names: list[str]) -> Figure:
     """Concept × concept JS overlap of the AMDs, heads and neurons."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), layout="constrained")

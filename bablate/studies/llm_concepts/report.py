@@ -8,7 +8,7 @@ from typing import Any
 from bablate import markdown as md
 from bablate import plot as bbplot
 
-from . import plots
+from . import ablation, plots
 from .config import Config
 
 ARMS = plots.ARMS
@@ -58,18 +58,22 @@ def unit_name(results: dict, kind: str, u: int) -> str:
 
 
 def convergence_text(results: dict, names: list[str]) -> str:
-    """Every SVI and MCMC run with its diagnostics, and in words each one that did not
-    converge (its marginals carry unknown error)."""
+    """Every SVI, MCMC and importance-sampling run with its diagnostics, and in words each one
+    that did not converge (its marginals carry unknown error)."""
     rows = md.header(["site", "concept", "method", "converged", "diagnostics"])
     failed = []
     for kind in ("heads", "neurons"):
         for n in names:
             det = results["ablation_details"][kind][n]
-            for m in ("svi", "mcmc"):
+            for m in ("svi", "mcmc", "importance"):
                 diag = det.get(f"{m}_diagnostics")
                 if diag is None:
                     continue
-                if m == "mcmc":
+                if m == "importance":
+                    what = (f"ESS {diag.get('ess', 0):.0f} of {_i(diag.get('num_samples'))} "
+                            f"draws, largest marginal standard error "
+                            f"{_f(diag.get('marginal_se_max'))}")
+                elif m == "mcmc":
                     what = (f"R-hat max {_f(diag.get('r_hat_max'))}, ESS min "
                             f"{_f(diag.get('ess_min'))} of {_i(diag.get('num_draws'))} draws "
                             f"({_i(diag.get('num_chains'))} chains)")
@@ -87,24 +91,35 @@ def convergence_text(results: dict, names: list[str]) -> str:
                "indicative only.")
     return ("Convergence checks: MCMC passes when split R-hat ≤ 1.05 and the smallest bulk "
             "ESS ≥ 400 (Vehtari et al. 2021); SVI when its averaged marginals stopped moving "
-            "and its mean gradient is within noise of 0.\n\n" + "\n".join(rows) + "\n\n"
-            + verdict)
+            "and its mean gradient is within noise of 0; importance sampling when its "
+            "effective sample size is ≥ 100 and every marginal's standard error ≤ 0.05.\n\n"
+            + "\n".join(rows) + "\n\n" + verdict)
+
+
+def _compared(results: dict, names: list[str], kind: str, key: str):
+    """(concept, its details, the comparison under ``key``) for each concept that has one."""
+    for n in names:
+        det = results["ablation_details"][kind][n]
+        if det.get(key) is not None:
+            yield n, det, det[key]
+
+
+def _top_table(results: dict, kind: str, cmp: dict, reference: str, cell) -> str:
+    """The reference's top units beside SVI's marginals (``cell(unit, q)``: the reference's
+    column)."""
+    rows = md.header(["unit", reference, "SVI q"])
+    for u, a, b in zip(cmp["top_units"], cmp["top_reference"], cmp["top_other"], strict=True):
+        rows.append(md.row([unit_name(results, kind, u), cell(u, a), f"{b:.2f}"]))
+    return "\n".join(rows)
 
 
 def mcmc_check_text(results: dict, names: list[str], kind: str = "heads") -> str:
     """SVI against MCMC on the site: correlation, largest difference, top-k overlap, and the
     top units side by side."""
     out = []
-    for n in names:
-        det = results["ablation_details"][kind][n]
-        cmp = det.get("mcmc_vs_svi")
-        if cmp is None:
-            continue
+    for n, det, cmp in _compared(results, names, kind, "mcmc_vs_svi"):
         diag = det["mcmc_diagnostics"]
-        rows = md.header(["unit", "MCMC q", "SVI q"])
-        for u, a, b in zip(cmp["top_units"], cmp["top_reference"], cmp["top_other"],
-                           strict=True):
-            rows.append(md.row([unit_name(results, kind, u), f"{a:.2f}", f"{b:.2f}"]))
+        rows = _top_table(results, kind, cmp, "MCMC q", lambda u, a: f"{a:.2f}")
         agree = cmp["max_abs_diff"] <= AGREE_MAX
         conv = ("MCMC converged" if diag["converged"] else
                 "MCMC did NOT converge, so this comparison is itself uncertain")
@@ -117,8 +132,41 @@ def mcmc_check_text(results: dict, names: list[str], kind: str = "heads") -> str
             + ("agree" if agree else "**disagree**")
             + f" (agreement: every marginal within {AGREE_MAX}"
             + ("" if agree else "; mean-field SVI cannot represent correlated units, which "
-               "is one reason they may differ") + ").\n\nMCMC's top units:\n\n"
-            + "\n".join(rows))
+               "is one reason they may differ") + ").\n\nMCMC's top units:\n\n" + rows)
+    return "\n\n".join(out)
+
+
+def reference_check_text(results: dict, names: list[str], kind: str) -> str:
+    """SVI against the importance-sampling reference on the site: agreement beyond the
+    reference's noise, correlation, top-k overlap, and the reference's top units with their
+    standard errors beside SVI's."""
+    out = []
+    for n, det, cmp in _compared(results, names, kind, "importance_vs_svi"):
+        diag, se = det["importance_diagnostics"], det["importance_marginal_se"]
+        rows = _top_table(results, kind, cmp, "reference q ± s.e.",
+                          lambda u, a, se=se: f"{a:.2f} ± {se[u]:.2f}")
+        verdict = ("SVI **agrees** with the reference" if cmp["agree"] else
+                   "SVI **disagrees** with the reference")
+        out.append(
+            f"**{n}** ({kind}, {det['num_prompts']} prompts; {_i(diag.get('num_samples'))} "
+            f"independent draws ({diag.get('proposal')}) in {det['importance_seconds']:.0f} s, "
+            f"ESS {diag.get('ess', 0):.0f}, largest standard error "
+            f"{cmp['reference_se_max']:.3f}"
+            + ("" if diag["converged"] else ", **too few effective draws: the reference "
+               "itself is uncertain**")
+            + f"; SVI {det['svi_seconds']:.0f} s): {verdict} (agreement: every marginal "
+            f"within {ablation.AGREE_MAX} + {ablation.NOISE_SE:g} of the reference's standard "
+            "errors"
+            + ("" if cmp["agree"] else "; the SVI importances of this site, in the figures "
+               "above, are off by as much as the largest difference: more SVI steps or "
+               "particles would bring them closer")
+            + "). Largest "
+            f"|difference| {cmp['max_abs_diff']:.3f} ({cmp['max_abs_diff_in_se']:.1f} standard "
+            f"errors); {cmp['within_2se_fraction']:.0%} of units within 2 standard errors "
+            f"(≈ 95% if SVI were exact); correlation {_f(cmp['corr'])} (low when the "
+            f"marginals barely move from the prior: then it measures noise); "
+            f"{cmp['top_k_overlap']} of the reference's top {cmp['top_k']} in SVI's top "
+            f"{cmp['top_k']}.\n\nThe reference's top units:\n\n" + rows)
     return "\n\n".join(out)
 
 
@@ -157,6 +205,19 @@ def ablation_section(ctx: Any, results: dict, names: list[str],
                f"({results['concept_overlap']['heads_method']}): red = needed for the "
                "concept's completions, 0.5 = irrelevant, blue = harmful.")
     ctx.text("### Convergence\n\n" + convergence_text(results, names))
+    for kind in ablation.KINDS:
+        check = reference_check_text(results, names, kind)
+        if check:
+            ctx.text(f"### SVI checked against importance sampling ({kind})\n\n"
+                     "Importance sampling draws masks independently (from the prior mixed half "
+                     "and half with SVI's fit) and weights each by prior × odds of correctness "
+                     "over its proposal probability: nothing has to mix, the estimate is "
+                     "consistent whatever SVI got wrong, and the standard error of every "
+                     "marginal comes from the run itself.\n\n" + check)
+            ctx.figure(plots.reference_check(results, kind), f"{kind}_reference_check",
+                       f"{kind.capitalize()}: mean-field SVI against the importance-sampling "
+                       "reference, one point per unit with the reference's ±2 standard errors "
+                       "(dashed: agreement).")
     check = mcmc_check_text(results, names, "heads")
     if check:
         ctx.text("### SVI checked against MCMC (heads)\n\n" + check)

@@ -10,48 +10,52 @@ Commands:
     python -m bablate --config=llm_concepts:quick
     python -m bablate --config=llm_concepts:full
 
-Runtimes. quick: measured 685 s (11.4 min) wall on 2 otherwise idle cores (nothing else
-running; the run's own load average 0.9–2.2): load 18 s, ablation 350 s, PA 20 s,
-interventions 283 s, UCD 7 s. The ablation: head SVI 30 / 21 / 21 s (cheese / capitals /
-numbers; 40 steps × 8 masks of 24–29 prompts through 30 layers, one token each), the head MCMC
-check 194 s (cheese, 2 × 200 gradient steps), neuron SVI 10–11 s, neuron MCMC 27 s. On 2 shared
-cores (load 1.5–3.6) the same run took 1014 s, with identical results (13,463 numbers).
+Runtimes. quick: measured 805 s (13.4 min) wall on 2 cores with nothing else running (this
+version, 2026-12-01): load 21 s, ablation 441 s, PA 26 s, interventions 304 s, UCD 8 s. The
+ablation: head SVI 34 / 26 / 28 s (cheese / capitals / numbers; 40 steps × 8 masks of 24–29
+prompts through 30 layers, one token each), the importance-sampling reference on cheese 163 s
+(heads, 2048 masks) and 74 s (neurons), neuron SVI 14–18 s, neuron MCMC 36 s. The previous
+version (a head MCMC check of 194 s instead of the reference) took 685 s on the same cores, so
+this run was also 10–20% slower in the parts that did not change (SVI, interventions): the
+machine's own variation. quick is over the 10 min it was meant to fit.
 Masks are scored on the target read-out (``readout = "target"``: top-1's margin and
 log-probability instead of 49,152 logits per prompt), which gives the same numbers as the full
 logits (13,463 results compared: all equal but the MCMC adaptation's mean acceptance and step
-size, in the 6th digit) and costs 2.4× less per mask side by side (benchmarks/README.md). With
-the full logits the same quick took 2009 s at load 4.8 (ablation 1378 s: head SVI 189 / 123 /
-118 s, head MCMC 663 s).
-full: not run end to end; estimated ≈ 9 h on 2 CPU cores from the measured per-mask costs
-(all 270 heads, every position, 24 prompts: ≈ 0.7 s per mask; layer-20 neurons ≈ 0.35 s per
-mask), dominated by SVI (300 steps × 16 masks per concept and site). That per-mask cost is
-likely low: benchmarks/llm_head_site.py measured 2.8 s per mask for 270 heads at every position
-of 24 prompts × 32 tokens at load 3.7, so ≈ 9 h is a lower bound, not a measurement.
+size, in the 6th digit) and costs 2.4× less per mask side by side (benchmarks/README.md).
+full: not run end to end. At every position a mask of 270 heads over 24 prompts × 32 tokens
+costs 2.8 s on 2 cores (benchmarks/llm_head_site.py, load 3.7), so the head SVI alone (300
+steps × 16 masks for each of 6 concepts) is ≈ 22 h, the reference ≈ 3 h more: a GPU variant.
+Fewer masks would not do: on cheese's heads SVI needs ≈ 3,200 masks to come within 0.06 of the
+AMD (benchmarks/README.md).
 
 quick: 3 concepts (cheese, capitals, numbers), every correct training prompt (24 / 23 / 29),
-all 270 heads (30 layers × 9; SVI, checked against gradient MCMC on cheese) and the 1536 MLP
-neurons of layer 20 (SVI; gradient MCMC for cheese), masks at the last prompt position (the
-keys and values of earlier positions are cached), PA at 6 layers, interventions on 30 neutral
-questions (one sample each) and 8 inhibition rows.
+all 270 heads (30 layers × 9) and the 1536 MLP neurons of layer 20 (SVI), each checked on
+cheese against importance sampling (2048 independent masks from the prior mixed with SVI's
+fit; its standard errors come from the run; gradient MCMC also on cheese's neurons), masks at
+the last prompt position (the keys and values of earlier positions are cached), PA at 6
+layers, interventions on 30 neutral questions (one sample each) and 8 inhibition rows.
 full: 6 concepts, ≤ 24 prompts, all 270 heads (SVI; mean-field; MCMC check for two concepts)
 and the 1536 neurons of layer 20, masks at every position, PA at every layer, gradient MCMC for
-two concepts.
+two concepts, the importance-sampling reference (4096 masks) on the first concept.
 
 Measured ablation (quick, seed 0; this version). Task information (heads / neurons, bits)
-against its bound 2·log₂(n + 1) for n prompts: cheese 2.32 / 3.04 of 9.29, capitals 0.81 /
-6.37 of 9.17, numbers 3.20 / 5.09 of 9.81 (8 prompts gave at most 6.34). Head importance
-spans 0.39–0.65 (cheese; top L2H6, L20H8, L12H4, L18H8, L1H5), 0.43–0.58 (capitals: no head
-stands out), 0.36–0.82 (numbers; L23H3 0.82, then L27H8, L22H3); head distributedness 0.30 /
-0.29 / 0.23. Convergence: only numbers' head SVI passes its check (the others stop moving,
-drift ≤ 0.012 < 0.02, but their mean gradient is 5.8–6.4 standard errors from 0, limit 5); the
-head MCMC on cheese does NOT converge (R-hat 1.49, smallest ESS 2.3 of 300 draws) and neither
-does the neuron MCMC (R-hat 1.35, ESS 3.5); the report says so. SVI against that MCMC on
-cheese's heads: correlation 0.09, largest |difference| 0.33, 2 of MCMC's top 10 heads in SVI's
-top 10 — they disagree, and with an unconverged MCMC the check cannot tell which is right.
-Samplers for 270 heads: the gradient sampler costs ≈ 3.3 s per step for 2 chains here; the
-informed sampler scores all 270 flips per step (≈ 270 masks, ≈ 2 min per step) and numpyro's
-Gibbs one unit per model call (≈ 2 min per sweep): both out of reach of quick (estimates from
-the per-mask cost, not run).
+against its bound 2·log₂(n + 1) for n prompts, from SVI: cheese 2.32 / 3.04 of 9.29, capitals
+0.81 / 6.37 of 9.17, numbers 3.20 / 5.09 of 9.81. Head importance (SVI) spans 0.39–0.65 (cheese),
+0.43–0.58 (capitals), 0.36–0.82 (numbers; L23H3 0.82, then L27H8, L22H3). Convergence: only
+numbers' head SVI passes its own check (the others' mean gradient is 5.8–6.4 standard errors
+from 0, limit 5), and the reference says how far off the unconverged ones are. On cheese it
+converges (heads: ESS 178 of 2048, standard errors ≤ 0.038; neurons: ESS 1078, ≤ 0.015) and SVI
+DISAGREES with it: heads largest |difference| 0.20 (5.6 standard errors), 72% of heads within
+2 standard errors, 2 of its top 10 in SVI's top 10; neurons 0.10 (6.8 standard errors),
+correlation −0.01, 0 of 10. The reference puts cheese's task information at 1.79 bits (heads)
+and 0.16 bits (neurons): SVI's 2.32 and 3.04 are mostly its own noise counted as information.
+The reference's top heads: L17H3, L1H3, L20H5, L16H0, L1H5. With 40 steps × 8 masks, quick's
+SVI marginals are therefore indicative only, which the report says. How many masks SVI needs
+(benchmarks/README.md, a 16,384-mask reference on cheese's heads, standard errors ≤ 0.013):
+3,200 masks (200 steps × 16) bring it within 0.06 (top-10 overlap 7), 320 leave 0.17. The
+gradient MCMC did not mix on these sites (cheese heads, previous version: R-hat 1.49, ESS 2.3
+of 300 draws; neurons: R-hat 1.35, ESS 3.5), so quick checks with importance sampling, which
+needs no mixing; set ``head_mcmc_concepts = 1`` for the MCMC check as well.
 
 PA statistics (the tolerance unit) use training prompts only and leave out each prompt's first
 token, the attention sink (its residual norm is 9× the others' at layer 5, 166× at layer 15);
@@ -153,11 +157,15 @@ def get_config(arg=None):
     c.mcmc_chains = 2
     c.mcmc_sampler = "gradient"
     # MCMC on the head site for the first k concepts: the check of SVI there.
-    c.head_mcmc_concepts = 1
+    c.head_mcmc_concepts = 0      # 2 gradient chains on 270 heads did not mix (R-hat 1.49)
     c.head_mcmc_samples = 150
     c.head_mcmc_warmup = 50
     c.head_mcmc_chains = 2
     c.head_mcmc_sampler = "gradient"
+    # Importance sampling (prior mixed with SVI's fit) on both sites for the first k concepts:
+    # the check of SVI that does not depend on chains mixing (its errors come from the run).
+    c.reference_concepts = 1
+    c.reference_samples = 2048
     c.pa_layers = [0, 5, 10, 15, 20, 25]
     c.pa_tolerance = 0.5          # in units of the median per-neuron std of the layer
     c.pa_min_neurons = 16         # raise the tolerance where fewer neurons qualify
@@ -195,6 +203,7 @@ def get_config(arg=None):
         c.head_mcmc_samples = 1000
         c.head_mcmc_warmup = 200
         c.head_mcmc_chains = 4
+        c.reference_samples = 4096
         c.pa_layers = list(range(30))
         c.intervention_samples = 4
         c.intervention_own_rows = 32
