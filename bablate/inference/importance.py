@@ -70,7 +70,7 @@ def importance(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float =
     if num_samples < 2 or num_draws < 1 or chunk_size < 1:
         raise ValueError(f"need num_samples >= 2, num_draws >= 1 and chunk_size >= 1; got "
                          f"{num_samples}, {num_draws}, {chunk_size}.")
-    if not 0 < max_se:
+    if max_se <= 0:
         raise ValueError(f"max_se must be > 0; got {max_se}.")
     key = check_key(key, f"importance sampling for task {task.name!r}")
     beta = check_beta(beta)

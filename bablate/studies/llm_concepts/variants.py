@@ -25,8 +25,8 @@ size, in the 6th digit) and costs 2.4× less per mask side by side (benchmarks/R
 full: not run end to end. At every position a mask of 270 heads over 24 prompts × 32 tokens
 costs 2.8 s on 2 cores (benchmarks/llm_head_site.py, load 3.7), so the head SVI alone (300
 steps × 16 masks for each of 6 concepts) is ≈ 22 h, the reference ≈ 3 h more: a GPU variant.
-Fewer masks would not do: on cheese's heads SVI needs ≈ 3,200 masks to come within 0.06 of the
-AMD (benchmarks/README.md).
+Fewer masks would not do: on cheese's heads SVI needs ≈ 3,200 masks to come within 0.06–0.08
+of the AMD (benchmarks/README.md).
 
 quick: 3 concepts (cheese, capitals, numbers), every correct training prompt (24 / 23 / 29),
 all 270 heads (30 layers × 9) and the 1536 MLP neurons of layer 20 (SVI), each checked on
@@ -52,7 +52,7 @@ and 0.16 bits (neurons): SVI's 2.32 and 3.04 are mostly its own noise counted as
 The reference's top heads: L17H3, L1H3, L20H5, L16H0, L1H5. With 40 steps × 8 masks, quick's
 SVI marginals are therefore indicative only, which the report says. How many masks SVI needs
 (benchmarks/README.md, a 16,384-mask reference on cheese's heads, standard errors ≤ 0.013):
-3,200 masks (200 steps × 16) bring it within 0.06 (top-10 overlap 7), 320 leave 0.17. The
+3,200 masks (200 steps × 16) bring it within 0.06–0.08 (two keys), 320 leave 0.17. The
 gradient MCMC did not mix on these sites (cheese heads, previous version: R-hat 1.49, ESS 2.3
 of 300 draws; neurons: R-hat 1.35, ESS 3.5), so quick checks with importance sampling, which
 needs no mixing; set ``head_mcmc_concepts = 1`` for the MCMC check as well.
