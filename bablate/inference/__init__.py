@@ -62,8 +62,9 @@ def _options_for(method: str, requested: str, options: dict) -> dict:
         return options
     unknown = sorted(set(options) - set().union(*_ACCEPTS.values()))
     if unknown:
-        raise ValueError(f"unknown inference option(s) {unknown}; the options of exact, mcmc "
-                         "and svi are their keyword arguments (see bablate.exact / mcmc / svi).")
+        raise ValueError(f"unknown inference option(s) {unknown}; the options of exact, mcmc, "
+                         "svi and importance are their keyword arguments (see bablate.exact / "
+                         "mcmc / svi / importance).")
     return {k: v for k, v in options.items() if k in _ACCEPTS[method]}
 
 
