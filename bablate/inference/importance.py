@@ -63,7 +63,8 @@ def importance(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float =
     Returns:
       A :class:`Posterior` (method "importance") with the weighted marginals, H(q) in
       ``entropy_bits`` and in ``diagnostics``: ``ess``, ``ess_fraction``, ``marginal_se``
-      (per unit), ``marginal_se_max``, ``entropy_se_bits``, ``log_normaliser`` and
+      (per unit), ``marginal_se_max``, ``entropy_error`` (the standard error of H(q) in bits,
+      which :func:`bablate.metrics.summarize` reports), ``log_normaliser`` and
       ``max_weight_share``. A run with ESS below ``MIN_ESS`` or a standard error above
       ``max_se`` warns (:class:`ConvergenceWarning`) and says so in ``diagnostics["warnings"]``.
     """
@@ -122,7 +123,7 @@ def importance(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float =
                      f"prior mixed with a proposal, prior share {alpha:g}"),
         "ess": ess, "ess_fraction": ess / num_samples,
         "marginal_se": [float(x) for x in se], "marginal_se_max": float(se.max()),
-        "entropy_se_bits": entropy_se, "log_normaliser": log_z,
+        "log_normaliser": log_z,
         "max_weight_share": float(w_hat.max()), "entropy_estimate": "importance sampling",
         "entropy_error": entropy_se, "warnings": []}
     if ess < MIN_ESS or se.max() > max_se:
