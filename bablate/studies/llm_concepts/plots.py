@@ -31,22 +31,33 @@ def head_maps(results: dict, names: list[str]) -> Figure:
     return fig
 
 
+def _svi_panels(results: dict, kind: str, method: str, label: str) -> tuple[Figure, list]:
+    """A figure with one panel per concept whose ``method`` run was compared with SVI, the axes
+    labelled; returns it and, per panel, (axes, concept, the method's marginals, SVI's, the
+    concept's details)."""
+    done = [n for n in results["concepts"]
+            if f"{method}_vs_svi" in results["ablation_details"][kind][n]]
+    fig, axes = plt.subplots(1, max(len(done), 1), figsize=(3.6 * max(len(done), 1), 3.6),
+                             squeeze=False, layout="constrained")
+    panels = []
+    for ax, n in zip(axes[0], done, strict=False):
+        ax.set_xlabel(f"{label} q(m_i = 1)")
+        ax.set_ylabel("SVI q(m_i = 1)")
+        panels.append((ax, n, np.asarray(results[f"{kind}_{method}"][n]["marginals"]),
+                       np.asarray(results[f"{kind}_svi"][n]["marginals"]),
+                       results["ablation_details"][kind][n]))
+    return fig, panels
+
+
 def mcmc_check(results: dict, kind: str = "heads") -> Figure:
     """SVI against MCMC marginals per unit, for each concept MCMC ran on (the identity line:
     agreement); the title of each panel gives the correlation and whether MCMC converged."""
-    done = [n for n in results["concepts"] if n in results.get(f"{kind}_mcmc", {})]
-    fig, axes = plt.subplots(1, max(len(done), 1), figsize=(3.6 * max(len(done), 1), 3.6),
-                             squeeze=False, layout="constrained")
-    for ax, n in zip(axes[0], done, strict=False):
-        q_mc = np.asarray(results[f"{kind}_mcmc"][n]["marginals"])
-        q_svi = np.asarray(results[f"{kind}_svi"][n]["marginals"])
-        det = results["ablation_details"][kind][n]
+    fig, panels = _svi_panels(results, kind, "mcmc", "MCMC")
+    for ax, n, q_mc, q_svi, det in panels:
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         ax.scatter(q_mc, q_svi, s=8, alpha=0.6)
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("MCMC q(m_i = 1)")
-        ax.set_ylabel("SVI q(m_i = 1)")
         corr = det["mcmc_vs_svi"]["corr"]
         conv = "converged" if det["mcmc_diagnostics"]["converged"] else "NOT converged"
         ax.set_title(f"{n} {kind}: r = {'n/a' if corr is None else f'{corr:.2f}'}\n"
@@ -57,14 +68,8 @@ def mcmc_check(results: dict, kind: str = "heads") -> Figure:
 def reference_check(results: dict, kind: str = "heads") -> Figure:
     """SVI against the importance-sampling reference per unit, with the reference's ±2
     standard errors, for each concept the reference ran on (the identity line: agreement)."""
-    done = [n for n in results["concepts"]
-            if "importance_vs_svi" in results["ablation_details"][kind][n]]
-    fig, axes = plt.subplots(1, max(len(done), 1), figsize=(3.6 * max(len(done), 1), 3.6),
-                             squeeze=False, layout="constrained")
-    for ax, n in zip(axes[0], done, strict=False):
-        det = results["ablation_details"][kind][n]
-        q_ref = np.asarray(results[f"{kind}_importance"][n]["marginals"])
-        q_svi = np.asarray(results[f"{kind}_svi"][n]["marginals"])
+    fig, panels = _svi_panels(results, kind, "importance", "importance sampling")
+    for ax, n, q_ref, q_svi, det in panels:
         se = np.asarray(det["importance_marginal_se"])
         # One range for both axes around the points and their error bars (the marginals of
         # a weakly informative task sit near the prior; [0, 1] would hide their scatter).
@@ -75,8 +80,6 @@ def reference_check(results: dict, kind: str = "heads") -> Figure:
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_aspect("equal")
-        ax.set_xlabel("importance sampling q(m_i = 1)")
-        ax.set_ylabel("SVI q(m_i = 1)")
         cmp = det["importance_vs_svi"]
         ax.set_title(f"{n} {kind}: {'agree' if cmp['agree'] else 'DISAGREE'}, max |diff| "
                      f"{cmp['max_abs_diff']:.2f}\n(ESS {det['importance_diagnostics']['ess']:.0f},"
