@@ -102,7 +102,9 @@ class DictionaryBasis(Basis):
 
 def _keep_top_k(pre: Array, k: int) -> Array:
     """ReLU of the k largest pre-activations per example, zeros elsewhere."""
-    kth = jax.lax.top_k(pre, k)[0][..., -1:]
+    # min, not [..., -1:]: XLA on CPU turns that slice into a sort of the whole row
+    # (on [30, 49,152] logits 325 ms against 3.5 ms); the value is the same.
+    kth = jax.lax.top_k(pre, k)[0].min(axis=-1, keepdims=True)
     return jnp.where(pre >= kth, jax.nn.relu(pre), 0.0)
 
 

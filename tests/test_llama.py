@@ -207,6 +207,29 @@ def test_kv_cache_decoding_equals_full_forward(tiny):
     np.testing.assert_allclose(logits[0, 2:], unpadded[0], atol=1e-4)
 
 
+def test_sampling_stays_in_the_top_k_and_per_row_keys_ignore_the_batch(tiny):
+    _, _, _, cfg, params, _ = tiny
+    tokens = jnp.array([[0, 0, 11, 4, 19, 50], [3, 7, 12, 25, 2, 61], [9, 9, 1, 33, 40, 5]])
+    valid = jnp.array([[False, False, True, True, True, True], [True] * 6, [True] * 6])
+    keys = jax.random.split(jax.random.key(7), 3)
+    kw = dict(max_new=8, temperature=1.5, top_k=3)
+    new = np.asarray(llama.generate(params, cfg, tokens, valid, keys, **kw))
+    # Every sampled token is among the 3 largest logits of a plain forward at its position.
+    seq = jnp.concatenate([tokens, new], axis=1)
+    ok = jnp.concatenate([valid, jnp.ones(new.shape, bool)], axis=1)
+    logits = np.asarray(run(params, cfg, seq, ok)[0])[:, 5:-1]
+    rank = (logits > np.take_along_axis(logits, new[..., None], -1)).sum(-1)
+    assert rank.max() < 3 and rank.max() > 0  # and not always the arg-max
+    # With a key per row, a row's tokens do not depend on the rows beside it.
+    for r in range(3):
+        alone = llama.generate(params, cfg, tokens[r:r + 1], valid[r:r + 1], keys[r:r + 1], **kw)
+        np.testing.assert_array_equal(alone[0], new[r])
+    flipped = llama.generate(params, cfg, tokens[::-1], valid[::-1], keys[::-1], **kw)
+    np.testing.assert_array_equal(np.asarray(flipped)[::-1], new)
+    with pytest.raises(ValueError, match="one PRNG key or one per row"):
+        llama.generate(params, cfg, tokens, valid, keys[:2], **kw)
+
+
 def test_starting_from_cached_residual_equals_full(tiny):
     _, _, _, cfg, params, _ = tiny
     x = jnp.array([[1, 2, 3, 4, 5, 6, 7]])
