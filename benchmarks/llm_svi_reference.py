@@ -21,6 +21,7 @@ correlation and top-10 overlap, and SVI's own convergence check.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 
@@ -29,21 +30,22 @@ import numpy as np
 from common import base_parser, emit, log, parse_args
 
 import bablate as bb
-from bablate import llm
 from bablate.inference import ConvergenceWarning
+from bablate.studies.llm_concepts import ablation
 
 
 def concept_task(concept: str, layers: tuple[int, ...], positions: str, max_prompts: int):
-    """The study's head task for ``concept``: its correct training prompts, target read-out."""
+    """The study's head task for ``concept`` (``ablation.concept_task`` with quick's settings
+    but these layers, positions and prompt count)."""
+    from bablate.studies.llm_concepts import config
+    from bablate.studies.llm_concepts.variants import get_config
     from bablate.testbeds.llama import concept_data, load_concepts, load_smollm2
 
     cfg, params, tok = load_smollm2()
     d = concept_data(concept, load_concepts()[concept], tok, params, cfg)
-    keep = np.where(d.correct & ~d.test)[0][:max_prompts]
-    prompts = llm.encode(tok, [d.texts[j] for j in keep])
-    site, inputs = llm.build_site(params, cfg, llm.SiteSpec("heads", layers, positions=positions),
-                                  prompts, targets=d.target_ids[keep])
-    return bb.Task.build(site, inputs, llm.target_rule(), name=f"{concept}/heads"), len(keep)
+    ac = dataclasses.replace(config.from_config(get_config("quick")).ablation,
+                             head_layers=layers, positions=positions, max_prompts=max_prompts)
+    return ablation.concept_task(ac, params, cfg, tok, d, "heads")
 
 
 def reference(task: bb.Task, samples: int, seed: int) -> dict:
@@ -97,7 +99,7 @@ def main():
             warnings.simplefilter("ignore", ConvergenceWarning)  # reported below
             post = bb.infer(task, "svi", key=key, num_steps=steps, num_particles=particles,
                             learning_rate=lr, num_draws=100,
-                            steps_per_call=int(min(50, max(1, steps // 4))))
+                            steps_per_call=ablation.steps_per_call(steps))
         seconds = time.perf_counter() - t0
         diff = np.abs(post.marginals - q_ref)
         emit({"bench": "llm_svi_reference", "case": f"{args.concept}_{args.positions}_{spec}",

@@ -35,8 +35,12 @@ SVI_KEY, MCMC_KEY, HEAD_MCMC_KEY, REFERENCE_KEY = 0, 1, 2, 3
 # The checks compare the TOP_K most important units of the reference and SVI.
 TOP_K = 10
 # SVI agrees with a reference when every marginal is within AGREE_MAX of it, beyond the
-# reference's own Monte Carlo error (NOISE_SE of its standard errors).
-AGREE_MAX, NOISE_SE = 0.05, 3.0
+# reference's own Monte Carlo error (NOISE_SE of its standard errors), and the reference is
+# precise enough to have seen a difference of RESOLVED_MAX (AGREE_MAX + NOISE_SE × its largest
+# standard error ≤ RESOLVED_MAX). A coarser reference lets larger errors pass: its verdict is
+# "unresolved", not "agree" (a 1536-draw reference on cheese's heads, s.e. ≤ 0.043, would let
+# quick's SVI pass while a 16,384-draw one puts it 0.17 away).
+AGREE_MAX, NOISE_SE, RESOLVED_MAX = 0.05, 3.0, 0.1
 
 
 def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[ConceptData],
@@ -51,22 +55,12 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
     out = {"heads": {}, "neurons": {}}
     posts = {"heads": [], "neurons": [], "heads_exact": [], "heads_mcmc": [], "neurons_mcmc": []}
     for i, d in enumerate(data):
-        keep = np.where(d.correct & ~d.test)[0][:ac.max_prompts]
-        prompts = llm.encode(tok, [d.texts[j] for j in keep])
-        # The target read-out is top1's correctness without the 49,152 logits per prompt: on
-        # SmolLM2 masks at the last position cost 2.4x less, at every position 1.2x more
-        # (benchmarks/README.md, "Target read-out on the LLM head site").
-        targets = d.target_ids[keep] if ac.readout == "target" else None
-        rule = llm.target_rule() if targets is not None else bb.rules.top1(jnp.asarray(
-            d.target_ids[keep]))
         k_concept = jax.random.fold_in(key, i)
-        for kind, layers in (("heads", ac.head_layers), ("neurons", (ac.neuron_layer,))):
-            spec = llm.SiteSpec(kind, tuple(layers), positions=ac.positions)
-            site, inputs = llm.build_site(params, cfg, spec, prompts, targets=targets)
-            task = bb.Task.build(site, inputs, rule, name=f"{d.name}/{kind}")
-            res = {"num_prompts": int(len(keep)),
-                   "task_information_bound": information_bound(len(keep))}
-            has_exact = site.num_units <= ac.exact_max_units
+        for kind in KINDS:
+            task, num_prompts = concept_task(ac, params, cfg, tok, d, kind)
+            res = {"num_prompts": num_prompts,
+                   "task_information_bound": information_bound(num_prompts)}
+            has_exact = task.num_units <= ac.exact_max_units
             post = None
             if has_exact:
                 t0 = time.perf_counter()
@@ -122,7 +116,7 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
             if post is not None:
                 res["svi_diagnostics"] = diagnostics(post)
             out[kind][d.name] = res
-            ctx.log(f"{d.name}/{kind}: {len(keep)} prompts, distributedness "
+            ctx.log(f"{d.name}/{kind}: {num_prompts} prompts, distributedness "
                     f"{res['main']['distributedness']}")
     for kind in KINDS:
         poly = bb.metrics.polysemanticity(posts[kind])
@@ -134,6 +128,25 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
         out[f"{kind}_js"] = js(posts[kind]).tolist()
         out[f"{kind}_js_kind"] = "joint" if joint else "marginal"
     return out, posts
+
+
+def concept_task(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, d: ConceptData,
+                 kind: str) -> tuple[bb.Task, int]:
+    """The task of concept ``d`` on site ``kind`` ("heads": ``ac.head_layers``; "neurons":
+    ``ac.neuron_layer``): its training prompts the intact model completes correctly (at most
+    ``ac.max_prompts``), scored by top-1 on the target token. Returns (task, prompts used)."""
+    keep = np.where(d.correct & ~d.test)[0][:ac.max_prompts]
+    prompts = llm.encode(tok, [d.texts[j] for j in keep])
+    # The target read-out is top1's correctness without the 49,152 logits per prompt: on
+    # SmolLM2 masks at the last position cost 2.4x less, at every position 1.2x more
+    # (benchmarks/README.md, "Target read-out on the LLM head site").
+    targets = d.target_ids[keep] if ac.readout == "target" else None
+    rule = llm.target_rule() if targets is not None else bb.rules.top1(jnp.asarray(
+        d.target_ids[keep]))
+    layers = ac.head_layers if kind == "heads" else (ac.neuron_layer,)
+    spec = llm.SiteSpec(kind, tuple(layers), positions=ac.positions)
+    site, inputs = llm.build_site(params, cfg, spec, prompts, targets=targets)
+    return bb.Task.build(site, inputs, rule, name=f"{d.name}/{kind}"), int(len(keep))
 
 
 def steps_per_call(num_steps: int) -> int:
@@ -165,7 +178,10 @@ def compare(q_ref: np.ndarray, q: np.ndarray, k: int = TOP_K, se: Any = None) ->
     sampling): correlation, largest |difference|, and how many of the reference's top-k units
     are in ``q``'s top k. With the reference's standard errors ``se``, also ``agree`` (every
     |difference| ≤ AGREE_MAX + NOISE_SE·se), the largest |difference| in standard errors and
-    the share of units within 2 standard errors (≈ 0.95 when ``q`` is the truth)."""
+    the share of units within 2 standard errors (≈ 0.95 when ``q`` is the truth), and
+    ``verdict``: "disagree" (some unit beyond its tolerance), "agree" (none, and the
+    reference resolves ``RESOLVED_MAX``) or "unresolved" (none, but ``resolution``, the largest
+    tolerance, exceeds ``RESOLVED_MAX``); ``agree`` is ``verdict == "agree"``."""
     q_ref, q = np.asarray(q_ref, np.float64), np.asarray(q, np.float64)
     k = min(k, q.size)
     top_ref, top = np.argsort(-q_ref)[:k], np.argsort(-q)[:k]
@@ -178,11 +194,20 @@ def compare(q_ref: np.ndarray, q: np.ndarray, k: int = TOP_K, se: Any = None) ->
            "top_other": [float(q[u]) for u in top_ref]}
     if se is not None:
         se = np.maximum(np.asarray(se, np.float64), 1e-12)
-        out.update({"reference_se_max": float(se.max()),
-                    "agree": bool(np.all(diff <= AGREE_MAX + NOISE_SE * se)),
+        resolution = AGREE_MAX + NOISE_SE * float(se.max())
+        verdict = ("disagree" if np.any(diff > AGREE_MAX + NOISE_SE * se) else
+                   "agree" if resolution <= RESOLVED_MAX else "unresolved")
+        out.update({"reference_se_max": float(se.max()), "resolution": resolution,
+                    "verdict": verdict, "agree": verdict == "agree",
                     "max_abs_diff_in_se": float(np.max(diff / se)),
                     "within_2se_fraction": float(np.mean(diff <= 2 * se))})
     return out
+
+
+def verdict(cmp: dict) -> str:
+    """A reference comparison's verdict; results written before verdicts existed had only
+    ``agree`` (then "agree" or "disagree")."""
+    return cmp.get("verdict", "agree" if cmp["agree"] else "disagree")
 
 
 def metrics(post: bb.Posterior) -> dict:
