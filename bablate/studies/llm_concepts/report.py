@@ -148,9 +148,7 @@ def reference_check_text(results: dict, names: list[str], kind: str) -> str:
         verdict = {"agree": "SVI **agrees** with the reference",
                    "disagree": "SVI **disagrees** with the reference",
                    "unresolved": "SVI lies within the reference's noise, but the reference is "
-                                 f"**too coarse to show agreement** (it lets differences up to "
-                                 f"{cmp['resolution']:.2f} pass, more than "
-                                 f"{ablation.RESOLVED_MAX}; raise reference_samples)"}[
+                                 "**too coarse to show agreement** (raise reference_samples)"}[
             ablation.verdict(cmp)]
         out.append(
             f"**{n}** ({kind}, {det['num_prompts']} prompts; {_i(diag.get('num_samples'))} "
