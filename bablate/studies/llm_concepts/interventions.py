@@ -24,9 +24,9 @@ from .config import Interventions
 # inhibition prompts (OWN_KEY + concept index).
 NEUTRAL_KEY, OWN_KEY = 0, 1
 # Rows per generation call: wider batches use the matrix units better (on 2 CPU cores a row
-# of 48 tokens costs 0.49 s in batches of 30, 0.39 s in batches of 120, 0.35 s in batches of
-# 240), while the grafts' [layers, rows, positions, width] masks grow with it (quick's 210
-# neutral rows of 17 tokens: 0.25 GB each for the masks and the fills).
+# of 48 tokens costs 0.72 s in batches of 8, 0.48 s of 30, 0.32 s of 160; benchmarks/
+# llm_sampling.py), while the grafts' [layers, rows, positions, width] masks grow with it
+# (quick's 210 neutral rows of 17 tokens: 0.25 GB each for the masks and the fills).
 ROWS_PER_CALL = 256
 # Arms whose prompts are at most this share shorter than the longest of a batch are padded
 # to its length; shorter ones get their own batches.
