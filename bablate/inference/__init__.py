@@ -51,7 +51,7 @@ def _require_key(key: jax.Array | None, method: str, what: str) -> jax.Array:
 
 _ACCEPTS = {m: set(inspect.signature(fn).parameters) - {"task", "key", "prior", "beta"}
             for m, fn in (("exact", exact), ("mcmc", mcmc), ("svi", svi),
-                                ("importance", importance))}
+                          ("importance", importance))}
 
 
 def _options_for(method: str, requested: str, options: dict) -> dict:

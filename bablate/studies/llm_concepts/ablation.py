@@ -204,12 +204,6 @@ def compare(q_ref: np.ndarray, q: np.ndarray, k: int = TOP_K, se: Any = None) ->
     return out
 
 
-def verdict(cmp: dict) -> str:
-    """A reference comparison's verdict; results written before verdicts existed had only
-    ``agree`` (then "agree" or "disagree")."""
-    return cmp.get("verdict", "agree" if cmp["agree"] else "disagree")
-
-
 def metrics(post: bb.Posterior) -> dict:
     """A posterior's marginals and summary metrics as plain values."""
     m = bb.metrics.summarize(post)

@@ -9,8 +9,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from . import ablation  # noqa: E402
-
 
 def head_maps(results: dict, names: list[str]) -> Figure:
     """Head importance q(m_i = 1) per concept, layer × head (one colour scale, [0, 1])."""
@@ -83,11 +81,10 @@ def reference_check(results: dict, kind: str = "heads") -> Figure:
         ax.set_ylim(lo, hi)
         ax.set_aspect("equal")
         cmp = det["importance_vs_svi"]
-        verdict = ablation.verdict(cmp)
-        ax.set_title(f"{n} {kind}: {verdict.upper() if verdict == 'disagree' else verdict}, "
-                     f"max |diff| "
-                     f"{cmp['max_abs_diff']:.2f}\n(ESS {det['importance_diagnostics']['ess']:.0f},"
-                     f" s.e. ≤ {cmp['reference_se_max']:.3f})", fontsize=9)
+        verdict = cmp["verdict"].upper() if cmp["verdict"] == "disagree" else cmp["verdict"]
+        ax.set_title(f"{n} {kind}: {verdict}, max |diff| {cmp['max_abs_diff']:.2f}\n"
+                     f"(ESS {det['importance_diagnostics']['ess']:.0f}, "
+                     f"s.e. ≤ {cmp['reference_se_max']:.3f})", fontsize=9)
     return fig
 
 

@@ -149,7 +149,7 @@ def reference_check_text(results: dict, names: list[str], kind: str) -> str:
                    "disagree": "SVI **disagrees** with the reference",
                    "unresolved": "SVI lies within the reference's noise, but the reference is "
                                  "**too coarse to show agreement** (raise reference_samples)"}[
-            ablation.verdict(cmp)]
+            cmp["verdict"]]
         out.append(
             f"**{n}** ({kind}, {det['num_prompts']} prompts; {_i(diag.get('num_samples'))} "
             f"independent draws ({diag.get('proposal')}) in {det['importance_seconds']:.0f} s, "
@@ -160,11 +160,11 @@ def reference_check_text(results: dict, names: list[str], kind: str) -> str:
             + f"; SVI {det['svi_seconds']:.0f} s): {verdict} (agreement: every marginal "
             f"within {ablation.AGREE_MAX} + {ablation.NOISE_SE:g} of the reference's standard "
             "errors"
-            + (f", here at most {cmp['resolution']:.2f}, which must not exceed "
-               f"{ablation.RESOLVED_MAX}" if "resolution" in cmp else "")
-            + ("" if ablation.verdict(cmp) != "disagree" else "; the SVI importances of this site, "
-               "in the figures above, are off by as much as the largest difference: more SVI "
-               "steps or particles would bring them closer")
+            + f", here at most {cmp['resolution']:.2f}, which must not exceed "
+            f"{ablation.RESOLVED_MAX}"
+            + ("" if cmp["verdict"] != "disagree" else "; the SVI importances of this site, in "
+               "the figures above, are off by as much as the largest difference: more SVI steps "
+               "or particles would bring them closer")
             + "). Largest "
             f"|difference| {cmp['max_abs_diff']:.3f} ({cmp['max_abs_diff_in_se']:.1f} standard "
             f"errors); {cmp['within_2se_fraction']:.0%} of units within 2 standard errors "
