@@ -80,8 +80,11 @@ def test_mcmc_posterior_to_arviz_matches_its_own_diagnostics():
     moving = post.samples.std(0) > 0
     assert summary["r_hat"].to_numpy()[moving].max() == pytest.approx(
         post.diagnostics["r_hat_max"], rel=1e-9)
+    # arviz's bulk ESS rank-normalises the draws and ours does not: on binary chains with
+    # many ties they differ by a few percent (8% on the chains this test draws on an Intel
+    # Xeon, under 5% on an AMD EPYC: float rounding changes the chains).
     assert summary["ess_bulk"].to_numpy()[moving].min() == pytest.approx(
-        post.diagnostics["ess_min"], rel=0.05)
+        post.diagnostics["ess_min"], rel=0.12)
     np.testing.assert_allclose(summary["mean"].to_numpy(), post.marginals, atol=1e-12)
     stats = idata.sample_stats
     np.testing.assert_array_equal(stats["lp"].values, post.chain_log_density())
