@@ -19,35 +19,21 @@ JSON line per concept and site: tokens per mask each way, seconds per mask, and 
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+import dataclasses
+
 import numpy as np
 from common import base_parser, emit, log, parse_args, time_fn
 
-import bablate as bb
-from bablate import llm
+from bablate.studies.llm_concepts import ablation, config
+from bablate.studies.llm_concepts.variants import get_config
 
 
-def tasks(concept: str, kind: str, layers: tuple[int, ...], max_prompts: int, readout: str,
-          loaded):
-    """(shared, whole, prompts): the concept's task on the site ``kind`` ("heads" of
-    ``layers``, or "neurons" of the MLP of ``layers[0]``) at every position, both ways."""
-    from bablate.testbeds.llama import concept_data, load_concepts
-
+def tasks(ac, d, kind: str, loaded) -> tuple:
+    """(shared, whole): concept ``d``'s task on site ``kind`` built by the study's
+    ``concept_task``, with the shared header and with every prompt run whole."""
     cfg, params, tok = loaded
-    d = concept_data(concept, load_concepts()[concept], tok, params, cfg)
-    keep = np.where(d.correct & ~d.test)[0][:max_prompts]  # as the study's concept_task
-    prompts = llm.encode(tok, [d.texts[j] for j in keep])
-    targets = d.target_ids[keep] if readout == "target" else None
-    rule = llm.target_rule() if targets is not None else bb.rules.top1(
-        jnp.asarray(d.target_ids[keep]))
-    spec = llm.SiteSpec(kind, layers if kind == "heads" else layers[:1], positions="all")
-    out = []
-    for share in (True, False):
-        site, inputs = llm.build_site(params, cfg, spec, prompts, targets=targets,
-                                      share_prefix=share)
-        out.append(bb.Task.build(site, inputs, rule, name=f"{concept}/{kind}",
-                                 check_intact=False))
-    return (*out, prompts)
+    return tuple(ablation.concept_task(ac, params, cfg, tok, d, kind, share_prefix=share)[0]
+                 for share in (True, False))
 
 
 def main():
@@ -65,41 +51,53 @@ def main():
     if args.quick:
         layers, args.max_prompts, args.masks, args.concepts = (28, 29), 4, 2, ["cheese"]
         args.neuron_layer = 29
-    from bablate.testbeds.llama import load_smollm2
+    from bablate.testbeds.llama import concept_data, load_concepts, load_smollm2
 
-    loaded = load_smollm2()
-    for concept, kind in ((c, k) for c in args.concepts for k in args.kinds):
-        site_layers = layers if kind == "heads" else (args.neuron_layer,)
-        shared, whole, prompts = tasks(concept, kind, site_layers, args.max_prompts,
-                                       args.readout, loaded)
-        laid, p_len = llm.shared_prefix(prompts)
-        rng = np.random.default_rng(args.seed)
-        masks = (rng.random((args.masks, shared.num_units)) < 0.5).astype(np.float32)
-        lo_shared, lo_whole = shared.log_odds(masks), whole.log_odds(masks)
-        timed = {name: time_fn(lambda t=t, m=masks: t.log_odds(m), repeat=args.repeat)
-                 for name, t in (("shared", shared), ("whole", whole))}
-        per = {f"{name}_{k}_s_per_mask": r[f"{m}median_s"] / args.masks
-               for name, r in timed.items() for k, m in (("wall", ""), ("cpu", "cpu_"))}
-        n = prompts.num
-        tokens = {"whole": int(prompts.tokens.size),
-                  "shared": int(p_len + n * (laid.tokens.shape[1] - p_len)),
-                  "real": int(prompts.valid.sum())}
-        ratio = {"whole_over_shared_wall": timed["whole"]["median_s"]
-                 / timed["shared"]["median_s"],
-                 "whole_over_shared_cpu": timed["whole"]["cpu_median_s"]
-                 / timed["shared"]["cpu_median_s"],
-                 "tokens_whole_over_shared": tokens["whole"] / tokens["shared"]}
-        log(f"{concept}/{kind}: {n} prompts, header {p_len} tokens; tokens per mask "
-            f"{tokens['whole']} → {tokens['shared']}; s per mask "
-            f"{per['whole_wall_s_per_mask']:.2f} → {per['shared_wall_s_per_mask']:.2f} (wall ratio "
-            f"{ratio['whole_over_shared_wall']:.2f}, CPU {ratio['whole_over_shared_cpu']:.2f})")
-        emit({"bench": "llm_shared_prefix", "case": f"{concept}_{kind}_all_{args.readout}",
-              "sizes": {"kind": kind, "units": shared.num_units, "layers": len(site_layers),
-                        "prompts": n,
-                        "header_tokens": p_len, "masks": args.masks, "readout": args.readout},
-              "tokens_per_mask": tokens, **per,
-              "log_odds_max_abs_diff": float(np.max(np.abs(lo_shared - lo_whole))),
-              "throughput": args.masks / timed["shared"]["median_s"], "ratio": ratio})
+    loaded = cfg, params, tok = load_smollm2()
+    ac = dataclasses.replace(config.from_config(get_config("full")).ablation, head_layers=layers,
+                             neuron_layer=args.neuron_layer, max_prompts=args.max_prompts,
+                             readout=args.readout)
+    for concept in args.concepts:
+        d = concept_data(concept, load_concepts()[concept], tok, params, cfg)
+        for kind in args.kinds:
+            measure(args, ac, d, kind, loaded)
+
+
+def measure(args, ac, d, kind: str, loaded) -> None:
+    """Checks and times the two tasks of ``d`` on ``kind``; prints one JSON line."""
+    concept = d.name
+    site_layers = ac.head_layers if kind == "heads" else (ac.neuron_layer,)
+    shared, whole = tasks(ac, d, kind, loaded)
+    inputs = shared.data["inputs"]
+    valid = np.asarray(whole.data["inputs"]["valid"])  # the prompts as encoded
+    n, laid_width = valid.shape[0], inputs["valid"].shape[1]
+    p_len = inputs["h_prefix"].shape[1] if "h_prefix" in inputs else 0
+    rng = np.random.default_rng(args.seed)
+    masks = (rng.random((args.masks, shared.num_units)) < 0.5).astype(np.float32)
+    lo_shared, lo_whole = shared.log_odds(masks), whole.log_odds(masks)
+    timed = {name: time_fn(lambda t=t, m=masks: t.log_odds(m), repeat=args.repeat)
+             for name, t in (("shared", shared), ("whole", whole))}
+    per = {f"{name}_{k}_s_per_mask": r[f"{m}median_s"] / args.masks
+           for name, r in timed.items() for k, m in (("wall", ""), ("cpu", "cpu_"))}
+    tokens = {"whole": int(valid.size), "shared": int(p_len + n * (laid_width - p_len)),
+              "real": int(valid.sum())}
+    ratio = {"whole_over_shared_wall": timed["whole"]["median_s"]
+             / timed["shared"]["median_s"],
+             "whole_over_shared_cpu": timed["whole"]["cpu_median_s"]
+             / timed["shared"]["cpu_median_s"],
+             "tokens_whole_over_shared": tokens["whole"] / tokens["shared"]}
+    log(f"{concept}/{kind}: {n} prompts, header {p_len} tokens; tokens per mask "
+        f"{tokens['whole']} → {tokens['shared']}; s per mask "
+        f"{per['whole_wall_s_per_mask']:.2f} → {per['shared_wall_s_per_mask']:.2f} "
+        f"(wall ratio {ratio['whole_over_shared_wall']:.2f}, "
+        f"CPU {ratio['whole_over_shared_cpu']:.2f})")
+    emit({"bench": "llm_shared_prefix", "case": f"{concept}_{kind}_all_{args.readout}",
+          "sizes": {"kind": kind, "units": shared.num_units, "layers": len(site_layers),
+                    "prompts": n, "header_tokens": p_len, "masks": args.masks,
+                "readout": args.readout},
+          "tokens_per_mask": tokens, **per,
+          "log_odds_max_abs_diff": float(np.max(np.abs(lo_shared - lo_whole))),
+          "throughput": args.masks / timed["shared"]["median_s"], "ratio": ratio})
 
 
 if __name__ == "__main__":

@@ -131,10 +131,11 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
 
 
 def concept_task(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, d: ConceptData,
-                 kind: str) -> tuple[bb.Task, int]:
+                 kind: str, share_prefix: bool = True) -> tuple[bb.Task, int]:
     """The task of concept ``d`` on site ``kind`` ("heads": ``ac.head_layers``; "neurons":
     ``ac.neuron_layer``): its training prompts the intact model completes correctly (at most
-    ``ac.max_prompts``), scored by top-1 on the target token. Returns (task, prompts used)."""
+    ``ac.max_prompts``), scored by top-1 on the target token. Returns (task, prompts used).
+    ``share_prefix`` goes to ``llm.build_site`` (benchmarks/llm_shared_prefix.py turns it off)."""
     keep = np.where(d.correct & ~d.test)[0][:ac.max_prompts]
     prompts = llm.encode(tok, [d.texts[j] for j in keep])
     # The target read-out is top1's correctness without the 49,152 logits per prompt: on
@@ -145,7 +146,8 @@ def concept_task(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, d: Conc
         d.target_ids[keep]))
     layers = ac.head_layers if kind == "heads" else (ac.neuron_layer,)
     spec = llm.SiteSpec(kind, tuple(layers), positions=ac.positions)
-    site, inputs = llm.build_site(params, cfg, spec, prompts, targets=targets)
+    site, inputs = llm.build_site(params, cfg, spec, prompts, targets=targets,
+                                  share_prefix=share_prefix)
     return bb.Task.build(site, inputs, rule, name=f"{d.name}/{kind}"), int(len(keep))
 
 
