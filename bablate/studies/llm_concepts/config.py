@@ -25,7 +25,7 @@ CONFIG_RULES = {
     "seed": cc.integer(0), "concepts": cc.sequence(cc.text(), min_len=1),
     "max_prompts": cc.integer(1), "head_layers": cc.sequence(_LAYERS), "neuron_layer": _LAYERS,
     "positions": cc.one_of("last", "all"), "readout": cc.one_of("target", "logits"),
-    "exact_max_units": cc.integer(0),
+    "exact_max_units": cc.integer(0), "ablation_matmuls": cc.one_of("float32", "bfloat16"),
     "svi_steps": cc.integer(1), "svi_particles": cc.integer(2),
     "svi_lr": cc.number(0, low_open=True), "svi_on_exact_sites": cc.boolean(),
     "mcmc_concepts": cc.integer(0), "mcmc_samples": cc.integer(1),
@@ -50,7 +50,7 @@ KEYS = {
     "max_prompts": "ablation.max_prompts", "head_layers": "ablation.head_layers",
     "neuron_layer": "ablation.neuron_layer", "positions": "ablation.positions",
     "readout": "ablation.readout",
-    "exact_max_units": "ablation.exact_max_units",
+    "exact_max_units": "ablation.exact_max_units", "ablation_matmuls": "ablation.matmuls",
     "svi_steps": "ablation.svi.steps", "svi_particles": "ablation.svi.particles",
     "svi_lr": "ablation.svi.lr", "svi_on_exact_sites": "ablation.svi.on_exact_sites",
     "mcmc_concepts": "ablation.mcmc.concepts", "mcmc_samples": "ablation.mcmc.samples",
@@ -116,6 +116,8 @@ class Ablation:
     readout: str           # "target": the site returns top-1's margin and log-probability
                            # only (llm.target_rule); "logits": the full next-token logits
     exact_max_units: int   # exact enumeration when a site has at most this many units
+    matmuls: str           # "float32", or "bfloat16": masks are scored with bf16 projections
+                           # (float32 accumulation; llama.LlamaConfig.matmul_dtype)
     svi: Svi
     mcmc: Mcmc       # on the neuron site
     head_mcmc: Mcmc  # on the head site

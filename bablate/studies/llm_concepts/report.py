@@ -261,7 +261,11 @@ def report(ctx: Any, c: Config, results: dict, mcmc_posts: dict | None = None) -
     where = "the last prompt position" if c.ablation.positions == "last" else "every position"
     ctx.text(f"## Concept prompts\n\nIntact top-1 accuracy per concept (all prompts): {acc}. "
              f"Ablation uses up to {c.ablation.max_prompts} correct training prompts per "
-             f"concept; masks act at {where}.")
+             f"concept; masks act at {where}"
+             + ("." if c.ablation.matmuls == "float32" else
+                ", scored with bf16 projections (float32 accumulation; "
+                "`ablation_matmuls = \"float32\"` for the float32 model: "
+                "benchmarks/llm_bf16.py measures the difference)."))
     ablation_section(ctx, results, names, mcmc_posts)
     ctx.text("## Population averaging\n\n" + pa_text(results, names))
     if results.get("pa_prose"):

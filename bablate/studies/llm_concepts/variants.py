@@ -24,14 +24,21 @@ Masks are scored on the target read-out (``readout = "target"``: top-1's margin 
 log-probability instead of 49,152 logits per prompt), which gives the same numbers as the full
 logits (13,463 results compared: all equal but the MCMC adaptation's mean acceptance and step
 size, in the 6th digit) and costs 2.4× less per mask side by side (benchmarks/README.md).
-full: not run end to end. At every position the prompts' shared two-shot header runs once
-per mask (llm.build_site's share_prefix): one mask on all 270 heads of each of the 6 concepts
-costs 1.31 s on a 2-core Xeon (2.77 s with every prompt run whole;
-benchmarks/llm_shared_prefix.py), so the head SVI (300 steps × 16 masks per concept) is
-≈ 2.0 h, the neuron SVI ≈ 0.7 h, the reference ≈ 0.5 h, the MCMC checks ≈ 1.5 h: ≈ 4.5–5 h
-in all (benchmarks/README.md), a GPU variant.
-Fewer masks would not do: on cheese's heads SVI needs ≈ 3,200 masks to come within 0.06–0.08
-of the AMD (benchmarks/README.md).
+full: ≈ 2.7 h on 2 cores (AMD EPYC, AVX512-BF16), not ≤ 2 h. Measured stage by stage on
+2026-12-02 with a tenth of its masks (``--config.svi_steps=20 --config.reference_samples=320``,
+everything else as full: 1572 s) and scaled linearly in masks (compilation < 80 s in all):
+SVI 6,900 s (3,200 masks per concept and site: heads ≈ 5,060 s, neurons ≈ 1,840 s), the
+4096-draw reference on cheese and cake 2,290 s, PA at 30 layers 42 s,
+interventions 444 s, UCD 104 s, loading 24 s. Masks are scored with bf16 projections
+(``ablation_matmuls``; 1.6-1.67× less per mask than float32 here, 12 of 3008 top-1 decisions
+flip: benchmarks/llm_bf16.py): with float32 full is ≈ 4.3 h on this machine. At every
+position the prompts' shared two-shot header runs once per mask (llm.build_site's
+share_prefix; 2.0-3.0× less per mask). Fewer masks would not do: on cheese's heads SVI needs
+≈ 3,200 masks to come within 0.06-0.08 of the AMD (benchmarks/README.md). A GPU variant.
+In that run the reference on cheese's heads kept 316 of its 320 draws (ESS): at every
+position nearly every mask of the prior (half the heads off) fails all 24 prompts (log E[odds]
+−3.22, the all-fail log-odds), so the heads' AMD stays close to the prior (distributedness
+0.49); a 4096-draw reference is then precise to ≈ 0.01.
 
 quick: 3 concepts (cheese, capitals, numbers), every correct training prompt (24 / 23 / 29),
 all 270 heads (30 layers × 9) and the 1536 MLP neurons of layer 20 (SVI), each checked on
@@ -40,9 +47,10 @@ fit; its standard errors come from the run), masks at the last prompt position (
 values of earlier positions are cached), PA at 6 layers, interventions on 30 neutral
 questions (one sample each) and 8 inhibition rows, every arm sampled in one batch with a key
 per row.
-full: 6 concepts, ≤ 24 prompts, all 270 heads (SVI; mean-field; MCMC check for two concepts)
-and the 1536 neurons of layer 20, masks at every position, PA at every layer, gradient MCMC for
-two concepts, the importance-sampling reference (4096 masks) on the first concept.
+full: 6 concepts, ≤ 24 prompts, all 270 heads and the 1536 neurons of layer 20 (SVI, 200 steps
+× 16 masks), masks at every position scored with bf16 projections, the importance-sampling
+reference (4096 masks) on the first two concepts' sites (no MCMC: it did not mix here), PA at
+every layer, interventions with 4 samples per neutral question and 32 inhibition rows.
 
 Measured ablation (quick, seed 0; this version). Task information (heads / neurons, bits)
 against its bound 2·log₂(n + 1) for n prompts, from SVI: cheese 2.32 / 3.04 of 9.29, capitals
@@ -161,6 +169,7 @@ def get_config(arg=None):
     c.positions = "last"          # "all": mask every prompt position (slower)
     c.readout = "target"          # "logits": the full next-token logits (same correctness)
     c.exact_max_units = 12        # exact AMD as well when a site has ≤ this many units
+    c.ablation_matmuls = "float32"  # "bfloat16": masks scored with bf16 projections (faster)
     c.svi_steps = 40
     c.svi_particles = 8
     c.svi_lr = 0.1
@@ -210,18 +219,20 @@ def get_config(arg=None):
         c.max_prompts = 24
         c.positions = "all"
         c.readout = "logits"      # at every position the read-out is slower (benchmarks/)
-        c.svi_steps = 300
+        # bf16 projections: 1.5-1.6x less per mask on AVX512-BF16 CPUs (and GPUs), 0.4% of
+        # top-1 decisions flip (benchmarks/llm_bf16.py); "float32" for the exact model.
+        c.ablation_matmuls = "bfloat16"
+        # 3,200 masks per site: what SVI needs on cheese's heads to come within 0.06-0.08 of
+        # a 16,384-mask reference (benchmarks/llm_svi_reference.py).
+        c.svi_steps = 200
         c.svi_particles = 16
         c.svi_lr = 0.05
         c.svi_on_exact_sites = True
-        c.mcmc_concepts = 2
-        c.mcmc_samples = 300
-        c.mcmc_warmup = 100
-        c.mcmc_chains = 2
-        c.head_mcmc_concepts = 2
-        c.head_mcmc_samples = 1000
-        c.head_mcmc_warmup = 200
-        c.head_mcmc_chains = 4
+        # No MCMC checks: gradient chains did not mix on these sites (heads R-hat 1.49, neurons
+        # 1.35) and would cost ≈ 1.5 h; the importance reference checks SVI on two concepts.
+        c.mcmc_concepts = 0
+        c.head_mcmc_concepts = 0
+        c.reference_concepts = 2
         c.reference_samples = 4096
         c.pa_layers = list(range(30))
         c.intervention_samples = 4
