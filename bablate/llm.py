@@ -255,7 +255,8 @@ def shared_prefix(prompts: Prompts) -> tuple[Prompts, int]:
 
 
 def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
-               targets=None, share_prefix: bool = True) -> tuple[Site, dict]:
+               targets=None, share_prefix: bool = True, length_buckets: int = 1
+               ) -> tuple[Site, dict]:
     """A cached bablate site for heads / neurons / residual units of a LLaMA.
 
     Args:
@@ -272,6 +273,10 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
             few-shot header, say) once per mask instead of once per prompt, and the prompts'
             own tokens after them (:func:`shared_prefix`; causal attention makes the two
             equal). On the LLM study's concepts a mask then runs 2.9× fewer tokens.
+        length_buckets: with ``positions="all"``, run the prompts (their own tokens after a
+            shared prefix) in at most this many groups of similar length, each padded only to
+            its longest (:func:`bucket_rows`), so that short prompts do not run padding; the
+            shared prefix still runs once per mask. Same outputs, in the prompts' order.
 
     Returns:
         (site, inputs): pass both to ``bablate.Task.build(site, inputs, rule)``. The site's
@@ -303,6 +308,10 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
         inputs["h"] = h[:, -1:]
     if targets is not None:
         inputs["targets"] = _check_targets(targets, prompts)
+    groups = None
+    if spec.positions == "all" and length_buckets > 1:
+        groups = bucket_rows(prompts.valid[:, p:].sum(1), length_buckets)
+        groups = groups if len(groups) > 1 else None
 
     def suffix(mask_D, inputs):
         iv = _interventions(spec, cfg, mask_D, inputs["fills"])
@@ -312,6 +321,8 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
             pos = llama.positions_from_valid(valid)[:, -1:]
             h, _ = llama.step(inputs["params"], suffix_cfg, inputs["h"], pos, valid,
                               inputs["cache"], t - 1, iv, embed_input=False, output="hidden")
+        elif groups is not None:
+            h = _run_buckets(inputs, suffix_cfg, iv, groups)
         elif "h_prefix" in inputs:
             h = _run_after_prefix(inputs, suffix_cfg, iv)
         else:
@@ -340,6 +351,73 @@ def _run_after_prefix(inputs: dict, cfg: LlamaConfig, iv: Interventions) -> jax.
                       llama.positions_from_valid(valid)[:, p:], valid, cache, p, iv,
                       embed_input=False, output="hidden")
     return h
+
+
+def bucket_rows(lengths, max_buckets: int) -> list[tuple[np.ndarray, int]]:
+    """Rows grouped by length into at most ``max_buckets`` groups with the fewest tokens when
+    each group is padded to its longest row: ``[(rows, width), ...]``, longest first.
+
+    Exact (dynamic programming over the rows sorted by length); of equally good groupings the
+    one with fewer groups wins, since every group is one more pass per mask.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    sorted_len = lengths[order]
+    n, k = len(lengths), max(1, min(int(max_buckets), len(lengths)))
+    # best[j, i]: fewest tokens for the i longest rows in j groups; cut[j, i]: where the last
+    # group starts.
+    best = np.full((k + 1, n + 1), np.iinfo(np.int64).max // 2)
+    best[0, 0] = 0
+    cut = np.zeros((k + 1, n + 1), np.int64)
+    for j in range(1, k + 1):
+        for i in range(1, n + 1):
+            costs = [best[j - 1, m] + (i - m) * sorted_len[m] for m in range(i)]
+            cut[j, i] = int(np.argmin(costs))
+            best[j, i] = costs[cut[j, i]]
+    j = int(np.argmin(best[1:, n])) + 1  # the first (fewest groups) of the minima
+    bounds, i = [], n
+    while j:
+        bounds.append((cut[j, i], i))
+        i, j = cut[j, i], j - 1
+    return [(order[a:b], int(sorted_len[a])) for a, b in reversed(bounds)]
+
+
+def _grown_cache(cache, rows: int, width: int):
+    """A batch-1 prefix KV cache broadcast to ``rows`` rows and ``width`` empty slots longer."""
+    def grow(c):
+        c = jnp.pad(c, ((0, 0), (0, 0), (0, width), (0, 0), (0, 0)))
+        return jnp.broadcast_to(c, (c.shape[0], rows) + c.shape[2:])
+    return jax.tree.map(grow, cache)
+
+
+def _run_buckets(inputs: dict, cfg: LlamaConfig, iv: Interventions, groups) -> jax.Array:
+    """The masked layers over the prompts in length groups (:func:`bucket_rows`); a shared
+    prefix runs once. Returns the last position's hidden state ``[N, 1, D]`` in row order."""
+    valid, h_all = inputs["valid"], inputs["h"]
+    p = inputs["h_prefix"].shape[1] if "h_prefix" in inputs else 0
+    if p:
+        _, prefix_cache = llama.step(inputs["params"], cfg, inputs["h_prefix"],
+                                     jnp.arange(p, dtype=jnp.int32)[None],
+                                     jnp.ones((1, p), bool), llama.init_cache(cfg, 1, p), 0, iv,
+                                     embed_input=False, output="hidden")
+    lasts = []
+    for rows, width in groups:
+        # Rows are left-padded: a group's first (own width − width) columns are padding in
+        # every one of its rows.
+        h = h_all[rows][:, h_all.shape[1] - width:]
+        own_valid = valid[rows][:, valid.shape[1] - width:]
+        if p:
+            group_valid = jnp.concatenate([jnp.ones((len(rows), p), bool), own_valid], 1)
+            out, _ = llama.step(inputs["params"], cfg, h,
+                                llama.positions_from_valid(group_valid)[:, p:], group_valid,
+                                _grown_cache(prefix_cache, len(rows), width), p, iv,
+                                embed_input=False, output="hidden")
+        else:
+            out, _ = llama.run(inputs["params"], cfg, h, own_valid, output="hidden",
+                               interventions=iv, embed_input=False)
+        lasts.append(out[:, -1:])
+    back = np.argsort(np.concatenate([rows for rows, _ in groups]))
+    return jnp.concatenate(lasts)[back]
 
 
 @functools.partial(jax.jit, static_argnums=(1,))

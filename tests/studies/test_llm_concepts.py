@@ -397,7 +397,7 @@ def _tiny_ablation(tiny, tmp_path, head_mcmc, reference=None):
     data = [ConceptData("tiny", [" ".join(map(str, r)) for r in rows], [""] * len(rows),
                         targets, np.zeros(len(rows), bool), np.ones(len(rows), bool))]
     ac = Ablation(max_prompts=8, head_layers=(0, 1, 2, 3), neuron_layer=2, positions="all",
-                  readout="target", matmuls="float32",
+                  readout="target", matmuls="float32", length_buckets=1,
                   exact_max_units=0, svi=Svi(steps=400, particles=16, lr=0.1,
                                              on_exact_sites=False),
                   mcmc=Mcmc(concepts=0, samples=4, warmup=0, chains=2, sampler="gradient"),

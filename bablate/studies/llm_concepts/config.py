@@ -26,6 +26,7 @@ CONFIG_RULES = {
     "max_prompts": cc.integer(1), "head_layers": cc.sequence(_LAYERS), "neuron_layer": _LAYERS,
     "positions": cc.one_of("last", "all"), "readout": cc.one_of("target", "logits"),
     "exact_max_units": cc.integer(0), "ablation_matmuls": cc.one_of("float32", "bfloat16"),
+    "length_buckets": cc.integer(1),
     "svi_steps": cc.integer(1), "svi_particles": cc.integer(2),
     "svi_lr": cc.number(0, low_open=True), "svi_on_exact_sites": cc.boolean(),
     "mcmc_concepts": cc.integer(0), "mcmc_samples": cc.integer(1),
@@ -51,6 +52,7 @@ KEYS = {
     "neuron_layer": "ablation.neuron_layer", "positions": "ablation.positions",
     "readout": "ablation.readout",
     "exact_max_units": "ablation.exact_max_units", "ablation_matmuls": "ablation.matmuls",
+    "length_buckets": "ablation.length_buckets",
     "svi_steps": "ablation.svi.steps", "svi_particles": "ablation.svi.particles",
     "svi_lr": "ablation.svi.lr", "svi_on_exact_sites": "ablation.svi.on_exact_sites",
     "mcmc_concepts": "ablation.mcmc.concepts", "mcmc_samples": "ablation.mcmc.samples",
@@ -118,6 +120,7 @@ class Ablation:
     exact_max_units: int   # exact enumeration when a site has at most this many units
     matmuls: str           # "float32", or "bfloat16": masks are scored with bf16 projections
                            # (float32 accumulation; llama.LlamaConfig.matmul_dtype)
+    length_buckets: int    # with positions "all": prompts run in ≤ this many length groups
     svi: Svi
     mcmc: Mcmc       # on the neuron site
     head_mcmc: Mcmc  # on the head site

@@ -170,6 +170,9 @@ def get_config(arg=None):
     c.readout = "target"          # "logits": the full next-token logits (same correctness)
     c.exact_max_units = 12        # exact AMD as well when a site has ≤ this many units
     c.ablation_matmuls = "float32"  # "bfloat16": masks scored with bf16 projections (faster)
+    # positions "all": prompts in ≤ k groups of similar length. 1.21x on numbers' heads (no
+    # header), 0.78-1.07x behind a shared header (benchmarks/README.md): off.
+    c.length_buckets = 1
     c.svi_steps = 40
     c.svi_particles = 8
     c.svi_lr = 0.1
