@@ -42,8 +42,9 @@ class LlamaConfig:
     rope_base: float = 100000.0
     norm_eps: float = 1e-5
     # The projections' input dtype: "bfloat16" multiplies bf16 inputs and weights with float32
-    # accumulation (≈ 2× faster where the CPU has AVX512-BF16; SmolLM2 was trained in bf16);
-    # norms, attention, softmax, residual stream and read-out stay float32.
+    # accumulation (1.6x less per mask on the LLM study's sites on a CPU with AVX512-BF16,
+    # benchmarks/llm_bf16.py; SmolLM2 was trained in bf16); norms, attention, softmax, the
+    # residual stream and the read-out stay float32.
     matmul_dtype: str = "float32"
 
     def __post_init__(self):
