@@ -284,6 +284,10 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
         ``targets``).
     """
     _check_spec(spec, cfg)
+    if length_buckets > 1 and spec.positions != "all":
+        raise ValueError(f"length_buckets={length_buckets} groups prompts only with "
+                         "positions='all' (at 'last' a mask runs one token per prompt); use "
+                         "length_buckets=1.")
     first = spec.layers[0]
     d = spec.num_units(cfg)
     suffix_cfg = cfg.replace(num_layers=cfg.num_layers - first)
@@ -309,7 +313,7 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
     if targets is not None:
         inputs["targets"] = _check_targets(targets, prompts)
     groups = None
-    if spec.positions == "all" and length_buckets > 1:
+    if length_buckets > 1:
         groups = bucket_rows(prompts.valid[:, p:].sum(1), length_buckets)
         groups = groups if len(groups) > 1 else None
 
@@ -321,36 +325,14 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
             pos = llama.positions_from_valid(valid)[:, -1:]
             h, _ = llama.step(inputs["params"], suffix_cfg, inputs["h"], pos, valid,
                               inputs["cache"], t - 1, iv, embed_input=False, output="hidden")
-        elif groups is not None:
-            h = _run_buckets(inputs, suffix_cfg, iv, groups)
-        elif "h_prefix" in inputs:
-            h = _run_after_prefix(inputs, suffix_cfg, iv)
         else:
-            h, _ = llama.run(inputs["params"], suffix_cfg, inputs["h"], inputs["valid"],
-                             output="hidden", interventions=iv, embed_input=False)
+            h = _run_all_positions(inputs, suffix_cfg, iv, groups)
         logits = unembed(inputs["params"], cfg, h[:, -1])
         return logits if targets is None else target_readout(logits, inputs["targets"])
 
     # A site evaluated with bf16 matmuls says so wherever its identity is reported.
     name = spec.name if cfg.matmul_dtype == "float32" else f"{spec.name}, bf16 matmuls"
     return Site.mask_aware(name, d, suffix, ablation=spec.ablation), inputs
-
-
-def _run_after_prefix(inputs: dict, cfg: LlamaConfig, iv: Interventions) -> jax.Array:
-    """The masked layers over a shared prefix (once, batch 1) and then every prompt's own
-    tokens (attending to the prefix's keys and values): the hidden states ``[N, S, D]``."""
-    valid = inputs["valid"]
-    n, total = valid.shape
-    p = inputs["h_prefix"].shape[1]
-    _, cache = llama.step(inputs["params"], cfg, inputs["h_prefix"],
-                          jnp.arange(p, dtype=jnp.int32)[None], valid[:1],
-                          llama.init_cache(cfg, 1, total), 0, iv, embed_input=False,
-                          output="hidden")
-    cache = jax.tree.map(lambda c: jnp.broadcast_to(c, (c.shape[0], n) + c.shape[2:]), cache)
-    h, _ = llama.step(inputs["params"], cfg, inputs["h"],
-                      llama.positions_from_valid(valid)[:, p:], valid, cache, p, iv,
-                      embed_input=False, output="hidden")
-    return h
 
 
 def bucket_rows(lengths, max_buckets: int) -> list[tuple[np.ndarray, int]]:
@@ -390,34 +372,48 @@ def _grown_cache(cache, rows: int, width: int):
     return jax.tree.map(grow, cache)
 
 
-def _run_buckets(inputs: dict, cfg: LlamaConfig, iv: Interventions, groups) -> jax.Array:
-    """The masked layers over the prompts in length groups (:func:`bucket_rows`); a shared
-    prefix runs once. Returns the last position's hidden state ``[N, 1, D]`` in row order."""
+def _run_all_positions(inputs: dict, cfg: LlamaConfig, iv: Interventions, groups) -> jax.Array:
+    """The masked layers over every prompt position: a shared prefix (``h_prefix``) once, batch
+    1, then each prompt's own tokens attending to its keys and values; all prompts in one
+    batch, or in the length groups of :func:`bucket_rows`. Returns the hidden states whose last
+    position is each prompt's last token, ``[N, S, D]``, in the prompts' order."""
     valid, h_all = inputs["valid"], inputs["h"]
     p = inputs["h_prefix"].shape[1] if "h_prefix" in inputs else 0
+    prefix_cache = None
     if p:
         _, prefix_cache = llama.step(inputs["params"], cfg, inputs["h_prefix"],
                                      jnp.arange(p, dtype=jnp.int32)[None],
                                      jnp.ones((1, p), bool), llama.init_cache(cfg, 1, p), 0, iv,
                                      embed_input=False, output="hidden")
+    if groups is None:
+        return _run_own_tokens(inputs, cfg, iv, prefix_cache, h_all, valid[:, p:])
     lasts = []
     for rows, width in groups:
         # Rows are left-padded: a group's first (own width − width) columns are padding in
         # every one of its rows.
-        h = h_all[rows][:, h_all.shape[1] - width:]
-        own_valid = valid[rows][:, valid.shape[1] - width:]
-        if p:
-            group_valid = jnp.concatenate([jnp.ones((len(rows), p), bool), own_valid], 1)
-            out, _ = llama.step(inputs["params"], cfg, h,
-                                llama.positions_from_valid(group_valid)[:, p:], group_valid,
-                                _grown_cache(prefix_cache, len(rows), width), p, iv,
-                                embed_input=False, output="hidden")
-        else:
-            out, _ = llama.run(inputs["params"], cfg, h, own_valid, output="hidden",
-                               interventions=iv, embed_input=False)
-        lasts.append(out[:, -1:])
+        lasts.append(_run_own_tokens(inputs, cfg, iv, prefix_cache,
+                                     h_all[rows][:, h_all.shape[1] - width:],
+                                     valid[rows][:, valid.shape[1] - width:])[:, -1:])
     back = np.argsort(np.concatenate([rows for rows, _ in groups]))
     return jnp.concatenate(lasts)[back]
+
+
+def _run_own_tokens(inputs: dict, cfg: LlamaConfig, iv: Interventions, prefix_cache, h_NxWxD,
+                    own_valid_NxW) -> jax.Array:
+    """The masked layers over prompts' own tokens ``[N, W, D]`` (left-padded), after the shared
+    prefix's keys and values when there is one (``prefix_cache``, batch 1)."""
+    if prefix_cache is None:
+        h, _ = llama.run(inputs["params"], cfg, h_NxWxD, own_valid_NxW, output="hidden",
+                         interventions=iv, embed_input=False)
+        return h
+    n, w = own_valid_NxW.shape
+    p = prefix_cache[0].shape[2]
+    rows_valid = jnp.concatenate([jnp.ones((n, p), bool), own_valid_NxW], 1)
+    h, _ = llama.step(inputs["params"], cfg, h_NxWxD,
+                      llama.positions_from_valid(rows_valid)[:, p:], rows_valid,
+                      _grown_cache(prefix_cache, n, w), p, iv, embed_input=False,
+                      output="hidden")
+    return h
 
 
 @functools.partial(jax.jit, static_argnums=(1,))

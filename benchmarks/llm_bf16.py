@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 from common import base_parser, emit, log, parse_args, time_fn
 
@@ -76,15 +75,14 @@ def measure(args, ac, d, kind: str, loaded) -> None:
     timed = {dt: time_fn(lambda t=t: t.log_odds(masks), repeat=args.repeat)
              for dt, t in tasks.items()}
     lo = {dt: t.log_odds(masks) for dt, t in tasks.items()}
-    # Per-prompt top-1 decisions from the logits themselves.
-    keep_rows = np.where(d.correct & ~d.test)[0][:ac.max_prompts]
-    targets = d.target_ids[keep_rows]
+    # Per-prompt decisions of the task's own rule (top-1, ties wrong), the intact model first.
     correct, intact = {}, {}
+    with_intact = np.vstack([np.ones((1, num_units), np.float32), masks])
     for dt, t in tasks.items():
-        rows = [np.asarray(jnp.argmax(llm.evaluate_masks(t.site, t.data["inputs"], m[None])[0],
-                                      -1)) == targets
-                for m in np.vstack([np.ones((1, num_units), np.float32), masks])]
-        intact[dt], correct[dt] = int(rows[0].sum()), np.stack(rows[1:])
+        outputs = llm.evaluate_masks(t.site, t.data["inputs"], with_intact)
+        rows = np.stack([np.asarray(t.rule.hard(o, t.data["rule"])) > 0 for o in outputs])
+        intact[dt], correct[dt] = int(rows[0].sum()), rows[1:]
+    num_prompts = correct["float32"].shape[1]
     flips = int(np.sum(correct["float32"] != correct["bfloat16"]))
     per = {f"{dt}_{k}_s_per_mask": timed[dt][f"{m}median_s"] / args.masks
            for dt in DTYPES for k, m in (("wall", ""), ("cpu", "cpu_"))}
@@ -92,7 +90,7 @@ def measure(args, ac, d, kind: str, loaded) -> None:
              "f32_over_bf16_cpu": timed["float32"]["cpu_median_s"]
              / timed["bfloat16"]["cpu_median_s"]}
     record = {"bench": "llm_bf16", "case": f"{d.name}_{kind}_all_logits",
-              "sizes": {"kind": kind, "units": num_units, "prompts": int(len(keep_rows)),
+              "sizes": {"kind": kind, "units": num_units, "prompts": num_prompts,
                         "masks": args.masks, "keep_low": args.keep_low},
               **per, "ratio": ratio, "throughput": args.masks / timed["bfloat16"]["median_s"],
               "decisions": int(correct["float32"].size), "decision_flips": flips,

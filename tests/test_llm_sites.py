@@ -161,3 +161,7 @@ def test_length_buckets_give_the_logits_of_one_padded_batch(header, kind, layers
     want = np.asarray(llm.evaluate_masks(one, one_in, masks))
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
     assert np.abs(want - want[:1]).max() > 1e-2  # the masks change the logits
+    last = llm.SiteSpec(kind, layers, positions="last")
+    with pytest.raises(ValueError, match="length_buckets=3 groups prompts only with "
+                                         "positions='all'"):
+        llm.build_site(params, CFG, last, prompts, length_buckets=3)

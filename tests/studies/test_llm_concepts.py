@@ -206,7 +206,11 @@ def test_quick_covers_every_head_and_the_mcmc_keys_are_checked():
             ("reference_samples", 1, r"reference_samples"),
             ("head_mcmc_sampler", "hmc", r"head_mcmc_sampler"),
             ("head_mcmc_chains", 1, r"head_mcmc_chains"),
-            ("readout", "argmax", r"readout")):
+            ("readout", "argmax", r"readout"),
+            ("ablation_matmuls", "float16", r"ablation_matmuls"),
+            # quick masks the last position only, where there is nothing to group.
+            ("length_buckets", 3, r"config\.length_buckets = 3 groups prompts only with "
+                                  r"config\.positions = 'all'")):
         c = get_config("quick")
         c[key] = value
         with pytest.raises(ConfigError, match=message):

@@ -151,8 +151,7 @@ def concept_task(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, d: Conc
     # themselves were chosen by the float32 model.
     cfg = cfg.replace(matmul_dtype=ac.matmuls)
     site, inputs = llm.build_site(params, cfg, spec, prompts, targets=targets,
-                                  share_prefix=share_prefix,
-                                  length_buckets=ac.length_buckets if share_prefix else 1)
+                                  share_prefix=share_prefix, length_buckets=ac.length_buckets)
     return bb.Task.build(site, inputs, rule, name=f"{d.name}/{kind}"), int(len(keep))
 
 

@@ -210,6 +210,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         cc.require(config[key] <= len(config.concepts),
                    f"config.{key} = {config[key]} exceeds the {len(config.concepts)} concepts; "
                    f"lower it to at most {len(config.concepts)}")
+    cc.require(config.length_buckets == 1 or config.positions == "all",
+               f"config.length_buckets = {config.length_buckets} groups prompts only with "
+               "config.positions = 'all'; set length_buckets = 1 or positions = 'all'")
     # Templates are built at every intervention layer (not only at pa_layers), so the only
     # constraint is that the layers exist.
     last = config.intervention_layer + config.intervention_num_layers - 1
