@@ -189,19 +189,51 @@ def _sweep_command(workdir: Path) -> list[str]:
             f"--workdir={workdir}"]
 
 
-def _submitit_pid(job_id: str) -> int:
-    """The pid of submitit's process running the array task ``job_id`` (``<array>_<task>``)."""
+def _job_processes(job_id: str) -> tuple[int, list[int]]:
+    """submitit's Python process running the array task ``job_id`` (``<array>_<task>``) and
+    its descendants (the member). Not the ``srun`` that launched it, whose command line also
+    names submitit."""
     array, task = job_id.split("_")
     want = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode()}
+    parents, found = {}, None
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
-            cmdline = (proc / "cmdline").read_bytes()
+            stat = (proc / "stat").read_text()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
             environ = set((proc / "environ").read_bytes().split(b"\0"))
         except OSError:
             continue
-        if b"submitit.core._submit" in cmdline and want <= environ:
-            return int(proc.name)
-    raise AssertionError(f"no submitit process for SLURM job {job_id}")
+        parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        if (argv[1:4] == [b"-u", b"-m", b"submitit.core._submit"]
+                and Path(os.fsdecode(argv[0])).name.startswith("python") and want <= environ):
+            found = int(proc.name)
+    if found is None:
+        raise AssertionError(f"no submitit process for SLURM job {job_id}")
+    tree, grew = {found}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return found, sorted(tree - {found})
+
+
+def _kill_job_processes(job_id: str) -> None:
+    """SIGKILLs submitit's process of ``job_id`` and its member, with no window in which
+    either could record an exit: submitit is stopped first. (Killing one of them alone is
+    racy: submitit records a dead member's exit as a result, and a member whose parent dies
+    escapes proctrack/linuxproc and goes on running. Nor will scancel do: SLURM sends SIGTERM
+    first, which submitit survives, recording the member's exit -15.)"""
+    submitit_pid, member = _job_processes(job_id)
+    os.kill(submitit_pid, signal.SIGSTOP)
+    for pid in [*member, submitit_pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _job_ids(log: str, name: str) -> list[str]:
@@ -228,10 +260,10 @@ def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, 
             time.sleep(0.2)
         killed = _job_ids((workdir / "sweep_log.txt").read_text(), NAMES[1])
         assert len(killed) == 1
-        # As the kernel's OOM killer would: submitit's process in the job dies at once, so no
-        # result is written and only SLURM (squeue; this cluster keeps no accounting for
-        # sacct) can tell that the job ended.
-        os.kill(_submitit_pid(killed[0]), signal.SIGKILL)
+        # As the kernel's OOM killer does to a job's cgroup: submitit's process and the member
+        # it runs die at once, so no result is written and only SLURM (squeue; this cluster
+        # keeps no accounting for sacct) can tell that the job ended.
+        _kill_job_processes(killed[0])
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
