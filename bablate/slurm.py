@@ -186,13 +186,54 @@ def _has_result(job) -> bool:
 def _outcome(job, state: str | None, submitit) -> tuple[int | None, str]:
     """A finished job's member exit code and a message naming the job (and its log);
     ``state`` is squeue's last word on it, if any."""
+    from bablate import sweeps
+
     where = f"SLURM job {job.job_id}"
     if state not in (None, "COMPLETED", "GONE") and not _has_result(job):
         # Killed by SLURM (cancelled, out of time or memory): no result will come.
-        return None, f"{where} ended {state} before the run finished; see {job.paths.stderr}"
+        return None, _ended_early(where, state, "", job)
     try:  # waits a little for a result a network file system has not shown yet
-        code = job.result()
+        code = int(job.result())
     except submitit.core.utils.UncompletedJobError as e:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        return None, f"{where} ended without finishing ({first}); see {job.paths.stderr}"
-    return int(code), where
+        # submitit gives up on a job near its time limit (SIGUSR2) with "timed-out" here.
+        fix = _FIXES["TIMEOUT"] if "timed-out" in first else ""
+        return None, f"{where} ended without finishing ({first}); {fix}see {job.paths.stderr}"
+    if code < 0:
+        # SLURM ends a cancelled or timed-out job with SIGTERM, which submitit's process
+        # survives: the member's death by that signal comes back as a result. squeue says why.
+        ended = _final_state(job.job_id, state)
+        if ended not in (None, "COMPLETED", "GONE"):
+            how = f" (its run was killed by {sweeps.signal_name(-code)})"
+            return None, _ended_early(where, ended, how, job)
+    return code, where
+
+
+# What to change when SLURM ended a job early, by its state.
+_FIXES = {"TIMEOUT": "raise --slurm_time (minutes; rerun the sweep to resume the run); ",
+          "OUT_OF_MEMORY": "raise --slurm_mem_gb; ",
+          "CANCELLED": "it was cancelled (scancel, or by an administrator); "}
+
+
+def _ended_early(where: str, state: str, how: str, job) -> str:
+    """Why a job ended before its run finished, what to change, and where its log is."""
+    return (f"{where} ended {state} before the run finished{how}; {_FIXES.get(state, '')}"
+            f"see {job.paths.stderr}")
+
+
+# How long a job that squeue still shows as completing may take to reach its final state.
+_SETTLE_S, _SETTLE_POLL_S = 10.0, 0.5
+
+
+def _final_state(job_id: str, state: str | None) -> str | None:
+    """squeue's state for ``job_id`` once it has ended (None: squeue gives no answer, or the
+    job is still completing after ``_SETTLE_S``); ``state`` is what squeue last said."""
+    deadline = time.monotonic() + _SETTLE_S
+    while state not in _ENDED and state != "GONE":
+        if time.monotonic() > deadline:
+            return None
+        states = queue_states([job_id])
+        state = None if states is None else states.get(job_id, "GONE")
+        if state not in _ENDED and state != "GONE":
+            time.sleep(_SETTLE_POLL_S)
+    return state

@@ -351,13 +351,15 @@ def _record_exit(m: Member, code: int | None, where: str, workdir: Path, out: di
     else:
         console = workdir / m.name / CONSOLE_FILE
         # A killed member's last line is whatever it was doing; the signal says more.
-        msg = (f"killed by {_signal_name(-code)}" if code < 0 else None) or _last_line(
+        msg = (f"killed by {signal_name(-code)}" if code < 0 else None) or _last_line(
             console) or f"exit {code}"
         out["failed"][m.name] = msg
         log(f"{m.name}: failed{at} (exit {code}): {msg}; see {console}")
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
+    """The name of signal ``number`` (``SIGTERM``), or ``signal <n>`` for one Python does not
+    know."""
     try:
         return signal.Signals(number).name
     except ValueError:

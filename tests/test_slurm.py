@@ -241,13 +241,12 @@ def _job_ids(log: str, name: str) -> list[str]:
                       log, flags=re.M)
 
 
-def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, tmp_path):
-    """Run 1: both members are submitted; seed=1 is held after its first step and its job is
-    killed, so the sweep reports it failed (naming its job and log). Run 2 resubmits only
-    seed=1, which resumes from its checkpoint and finishes. Run 3 submits nothing."""
-    env, workdir = slurm_cluster, tmp_path / "sweep"
-    pause = tmp_path / "pause"
-    pause.write_text("1 1")  # the fake study holds seed 1 after step 1 while this file exists
+def _held_sweep(env: dict, workdir: Path, pause: Path, end_job) -> tuple[subprocess.Popen, str,
+                                                                      str]:
+    """Runs the fake study's sweep under SLURM with seed=1 held after its first step (while
+    ``pause`` exists), calls ``end_job(job id)`` on seed=1's job once it is held, and waits
+    for the sweep: (the finished process, its stderr, seed=1's job id)."""
+    pause.write_text("1 1")
     t0 = time.monotonic()
     proc = subprocess.Popen(_sweep_command(workdir), cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -258,30 +257,42 @@ def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, 
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() - t0 < 120, "seed=1 never reached step 1 under SLURM"
             time.sleep(0.2)
-        killed = _job_ids((workdir / "sweep_log.txt").read_text(), NAMES[1])
-        assert len(killed) == 1
-        # As the kernel's OOM killer does to a job's cgroup: submitit's process and the member
-        # it runs die at once, so no result is written and only SLURM (squeue; this cluster
-        # keeps no accounting for sacct) can tell that the job ended.
-        _kill_job_processes(killed[0])
+        jobs = _job_ids((workdir / "sweep_log.txt").read_text(), NAMES[1])
+        assert len(jobs) == 1
+        end_job(jobs[0])
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return proc, err, jobs[0]
+
+
+def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, tmp_path):
+    """Run 1: both members are submitted; seed=1 is held after its first step and its job is
+    killed, so the sweep reports it failed (naming its job and log). Run 2 resubmits only
+    seed=1, which resumes from its checkpoint and finishes. Run 3 submits nothing."""
+    env, workdir = slurm_cluster, tmp_path / "sweep"
+    pause = tmp_path / "pause"  # the fake study holds seed 1 after step 1 while it exists
+    t0 = time.monotonic()
+    # As the kernel's OOM killer does to a job's cgroup: submitit's process and the member it
+    # runs die at once, so no result is written and only SLURM (squeue; this cluster keeps no
+    # accounting for sacct) can tell that the job ended.
+    proc, err, killed = _held_sweep(env, workdir, pause, _kill_job_processes)
     t1 = time.monotonic()
     assert proc.returncode == 1, err
     log1 = (workdir / "sweep_log.txt").read_text()
     first = {name: _job_ids(log1, name) for name in NAMES}
     assert all(len(ids) == 1 for ids in first.values()), log1
     assert f"{NAMES[0]}: done (SLURM job {first[NAMES[0]][0]})" in log1
-    assert re.search(rf"{re.escape(NAMES[1])}: failed: SLURM job {killed[0]} ended "
-                     r"(FAILED|CANCELLED) before the run finished; see \S+slurm/\S+_log\.err",
+    assert re.search(rf"{re.escape(NAMES[1])}: failed: SLURM job {killed} ended "
+                     r"(FAILED|CANCELLED) before the run finished; (it was cancelled [^;]*; )?"
+                     r"see \S+slurm/\S+_log\.err",
                      log1), log1
     assert f"1 sweep run(s) failed: {NAMES[1]}" in err.strip().splitlines()[-1]
     assert (workdir / NAMES[0] / "results.json").exists()
     assert not (workdir / NAMES[1] / "results.json").exists()
     # submitit's files for each job are in <sweep>/slurm/.
-    for job in (first[NAMES[0]][0], killed[0]):
+    for job in (first[NAMES[0]][0], killed):
         assert (workdir / "slurm" / f"{job}_submitted.pkl").exists(), job
     assert (workdir / "slurm" / f"{first[NAMES[0]][0]}_0_result.pkl").exists()
     # The member ran inside its SLURM job: submitit read the job id from SLURM's environment.
@@ -298,7 +309,7 @@ def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, 
     log2 = (workdir / "sweep_log.txt").read_text()[len(log1):]
     assert _job_ids(log2, NAMES[0]) == []
     second = _job_ids(log2, NAMES[1])
-    assert len(second) == 1 and second != killed, log2
+    assert len(second) == 1 and second != [killed], log2
     assert f"{NAMES[1]}: done (SLURM job {second[0]})" in log2
     member_log = (workdir / NAMES[1] / "log.txt").read_text()
     assert "resumed at step 1" in member_log, member_log  # its checkpoint, not a fresh start
@@ -315,9 +326,92 @@ def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, 
     assert "submitted as SLURM job" not in (workdir / "sweep_log.txt").read_text()[
         len(log1) + len(log2):]
     assert sorted(p.name for p in (workdir / "slurm").glob("*_submitted.pkl")) == sorted(
-        f"{j}_submitted.pkl" for j in (*first[NAMES[0]], *killed, *second))
+        f"{j}_submitted.pkl" for j in (*first[NAMES[0]], killed, *second))
     print(f"SLURM sweep: run 1 (submit 2, kill 1) {t1 - t0:.1f} s, run 2 (resubmit 1) "
           f"{t2 - t1:.1f} s, run 3 (nothing to submit) {t3 - t2:.1f} s", file=sys.stderr)
+
+
+def test_a_cancelled_member_is_reported_cancelled(slurm_cluster, tmp_path):
+    """scancel on a running member: SLURM sends SIGTERM, which submitit's process survives
+    while the member dies of it, so a result (exit -15) may come before squeue says
+    CANCELLED. Either way the sweep reports the job cancelled, not merely a signal."""
+    env, workdir = slurm_cluster, tmp_path / "sweep"
+    proc, err, job = _held_sweep(env, workdir, tmp_path / "pause", lambda job: subprocess.run(
+        ["scancel", job], env=env, check=True, capture_output=True, timeout=30))
+    assert proc.returncode == 1, err
+    log = (workdir / "sweep_log.txt").read_text()
+    assert re.search(rf"{re.escape(NAMES[1])}: failed: SLURM job {job} ended CANCELLED before "
+                     r"the run finished( \(its run was killed by SIGTERM\))?; it was cancelled "
+                     r"\(scancel, or by an administrator\); see \S+_log\.err", log), log
+    assert f"{NAMES[0]}: done" in log
+
+
+def _fake_job(tmp_path, result=None, error=None):
+    """A stand-in for a submitit job whose result is ``result`` (None: none written) or whose
+    ``result()`` raises ``error``."""
+    from types import SimpleNamespace
+
+    paths = SimpleNamespace(folder=tmp_path, stderr=tmp_path / "7_0_log.err",
+                            result_pickle=tmp_path / "7_0_result.pkl")
+    if result is not None or error is not None:
+        paths.result_pickle.write_bytes(b"")
+
+    def get():
+        if error is not None:
+            raise error
+        return result
+
+    return SimpleNamespace(job_id="7_0", paths=paths, result=get)
+
+
+def test_a_job_that_slurm_ended_early_names_the_state_and_the_fix(tmp_path, monkeypatch):
+    """Without a cluster: `_outcome` turns what submitit and squeue say into the sweep's
+    verdict: the member's exit, or the SLURM state that ended it with what to change."""
+    submitit = pytest.importorskip("submitit")
+    from bablate import slurm
+
+    asked = []
+
+    def squeue(ids, state):
+        asked.append(list(ids))
+        return {ids[0]: state} if state != "GONE" else {}
+
+    # No result and squeue says TIMEOUT: the state, the fix and the log.
+    code, why = slurm._outcome(_fake_job(tmp_path / "a"), "TIMEOUT", submitit)
+    assert code is None and why == (
+        f"SLURM job 7_0 ended TIMEOUT before the run finished; raise --slurm_time (minutes; "
+        f"rerun the sweep to resume the run); see {tmp_path / 'a' / '7_0_log.err'}")
+    # A result of -15 while squeue says CANCELLED: cancelled, not just "killed by SIGTERM".
+    monkeypatch.setattr(slurm, "queue_states", lambda ids: squeue(ids, "CANCELLED"))
+    (tmp_path / "b").mkdir()
+    code, why = slurm._outcome(_fake_job(tmp_path / "b", result=-15), None, submitit)
+    assert code is None and why.startswith(
+        "SLURM job 7_0 ended CANCELLED before the run finished (its run was killed by "
+        "SIGTERM); it was cancelled (scancel, or by an administrator); see ")
+    # squeue has forgotten the job: nothing more is known than the member's own exit.
+    monkeypatch.setattr(slurm, "queue_states", lambda ids: squeue(ids, "GONE"))
+    assert slurm._outcome(_fake_job(tmp_path / "b", result=-15), None, submitit) == (
+        -15, "SLURM job 7_0")
+    # Still completing after the wait: the member's exit, after polling squeue a while.
+    monkeypatch.setattr(slurm, "queue_states", lambda ids: squeue(ids, "COMPLETING"))
+    monkeypatch.setattr(slurm, "_SETTLE_S", 0.05)
+    monkeypatch.setattr(slurm, "_SETTLE_POLL_S", 0.01)
+    asked.clear()
+    assert slurm._outcome(_fake_job(tmp_path / "b", result=-15), None, submitit) == (
+        -15, "SLURM job 7_0")
+    assert len(asked) >= 2
+    # A member that exits by itself is never second-guessed: squeue is not asked.
+    asked.clear()
+    assert slurm._outcome(_fake_job(tmp_path / "b", result=3), "COMPLETED", submitit) == (
+        3, "SLURM job 7_0")
+    assert asked == []
+    # submitit gave up near the time limit (its SIGUSR2 handler).
+    error = submitit.core.utils.UncompletedJobError(
+        "Job not requeued because: timed-out and not checkpointable.")
+    code, why = slurm._outcome(_fake_job(tmp_path / "b", error=error), None, submitit)
+    assert code is None and why.startswith(
+        "SLURM job 7_0 ended without finishing (Job not requeued because: timed-out and not "
+        "checkpointable.); raise --slurm_time")
 
 
 @pytest.mark.parametrize("flag,why", [
