@@ -254,6 +254,27 @@ def shared_prefix(prompts: Prompts) -> tuple[Prompts, int]:
     return Prompts(tokens, valid), p
 
 
+class SlowBf16Warning(UserWarning):
+    """bf16 projections were asked for on a backend where they run slower than float32."""
+
+
+def _warn_if_bf16_is_slow(cfg: LlamaConfig) -> None:
+    """Warns (once per call site) when ``cfg`` asks for bf16 projections on a CPU where they
+    measure slower than float32 (`llama.bf16_speedup`): the run would be slower and less exact
+    than without them. GPUs and TPUs multiply bf16 natively and are not measured."""
+    if cfg.matmul_dtype != "bfloat16" or jax.default_backend() != "cpu":
+        return
+    speedup = llama.bf16_speedup()
+    if speedup < 1.0:
+        import warnings
+
+        warnings.warn(SlowBf16Warning(
+            f"bf16 projections (matmul_dtype='bfloat16') run {1 / speedup:.1f}x slower than "
+            "float32 on this CPU (measured at start: llama.bf16_speedup() = "
+            f"{speedup:.2f}); use float32, the full-precision model (the LLM study: "
+            "--config.ablation_matmuls=float32)"), stacklevel=3)
+
+
 def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
                targets=None, share_prefix: bool = True, length_buckets: int = 1
                ) -> tuple[Site, dict]:
@@ -284,6 +305,7 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
         ``targets``).
     """
     _check_spec(spec, cfg)
+    _warn_if_bf16_is_slow(cfg)
     if length_buckets > 1 and spec.positions != "all":
         raise ValueError(f"length_buckets={length_buckets} groups prompts only with "
                          "positions='all' (at 'last' a mask runs one token per prompt); use "
@@ -493,6 +515,7 @@ def build_mlp_site(params, cfg: LlamaConfig, layer: int, prompts: Prompts, *,
     """
     spec = SiteSpec("neurons", (layer,), positions=positions)
     _check_spec(spec, cfg)
+    _warn_if_bf16_is_slow(cfg)
     valid = jnp.asarray(prompts.valid)
     mid, nxt = _mid_and_next(params, cfg, jnp.asarray(prompts.tokens), valid, layer)
     rest = cfg.num_layers - layer - 1

@@ -4,6 +4,8 @@ random LLaMA."""
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,3 +167,28 @@ def test_length_buckets_give_the_logits_of_one_padded_batch(header, kind, layers
     with pytest.raises(ValueError, match="length_buckets=3 groups prompts only with "
                                          "positions='all'"):
         llm.build_site(params, CFG, last, prompts, length_buckets=3)
+
+
+def test_bf16_speedup_is_measured_and_slow_bf16_warns(monkeypatch):
+    """`llama.bf16_speedup` times both dtypes on this backend; a site asked for bf16
+    projections where they measure slower warns, naming the fix, and otherwise does not."""
+    speedup = llama.bf16_speedup(tokens=64, width=32, hidden=48)
+    assert np.isfinite(speedup) and speedup > 0
+    params = llama.init_params(CFG, jax.random.key(0), scale=0.25)
+    prompts = llm.Prompts(tokens=np.ones((2, 5), np.int32), valid=np.ones((2, 5), bool))
+    bf16 = CFG.replace(matmul_dtype="bfloat16")
+    for builder in (lambda c: llm.build_site(params, c, HEADS, prompts),
+                    lambda c: llm.build_mlp_site(params, c, 2, prompts)):
+        monkeypatch.setattr(llama, "bf16_speedup", lambda: 0.6)
+        with pytest.warns(llm.SlowBf16Warning, match=r"run 1\.7x slower than float32 on this "
+                          r"CPU .* use float32, the full-precision model \(the LLM study: "
+                          r"--config\.ablation_matmuls=float32\)"):
+            builder(bf16)
+        monkeypatch.setattr(llama, "bf16_speedup", lambda: 1.6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", llm.SlowBf16Warning)
+            builder(bf16)
+        monkeypatch.setattr(llama, "bf16_speedup", lambda: 0.6)
+        with warnings.catch_warnings():  # float32 is never second-guessed
+            warnings.simplefilter("error", llm.SlowBf16Warning)
+            builder(CFG)

@@ -42,9 +42,10 @@ class LlamaConfig:
     rope_base: float = 100000.0
     norm_eps: float = 1e-5
     # The projections' input dtype: "bfloat16" multiplies bf16 inputs and weights with float32
-    # accumulation (1.6x less per mask on the LLM study's sites on a CPU with AVX512-BF16,
-    # benchmarks/llm_bf16.py; SmolLM2 was trained in bf16); norms, attention, softmax, the
-    # residual stream and the read-out stay float32.
+    # accumulation (SmolLM2 was trained in bf16); norms, attention, softmax, the residual stream
+    # and the read-out stay float32. Faster only where the backend has fast bf16 kernels: 1.6x
+    # less per mask on the LLM study's sites on an AMD EPYC, 1.4-1.6x more on an Intel Xeon
+    # (benchmarks/llm_bf16.py; `bf16_speedup` measures it, and the LLM sites warn when slower).
     matmul_dtype: str = "float32"
 
     def __post_init__(self):
@@ -96,6 +97,35 @@ def _bf16_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_typ
     return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16),
                                dimension_numbers, precision=precision,
                                preferred_element_type=jnp.float32)
+
+
+@functools.cache
+def bf16_speedup(tokens: int = 1024, width: int = 576, hidden: int = 1536) -> float:
+    """How many times faster a ``matmul_dtype="bfloat16"`` projection runs than float32 on
+    JAX's default backend: the best of 7 timings of a ``[tokens, width] @ [width, hidden]``
+    product each way (SmolLM2's up-projection shape by default), measured once per process.
+
+    Below 1 where the backend has no fast bf16 kernels: side by side per mask on the LLM
+    study's sites, bf16 was 1.6x faster on an AMD EPYC (Zen 4) and 1.4-1.6x *slower* on an
+    Intel Xeon, both reporting AVX512-BF16 (benchmarks/README.md), so a CPU's flags do not say.
+    """
+    import time
+
+    x = jnp.ones((tokens, width), jnp.float32)
+    w = jnp.ones((width, hidden), jnp.float32)
+    dims = (((1,), (0,)), ((), ()))
+    best = {}
+    for name, dot in (("float32", lambda a, b: jax.lax.dot_general(a, b, dims)),
+                      ("bfloat16", lambda a, b: _bf16_dot(a, b, dims))):
+        f = jax.jit(dot)
+        f(x, w).block_until_ready()  # compile
+        times = []
+        for _ in range(7):
+            start = time.perf_counter()
+            f(x, w).block_until_ready()
+            times.append(time.perf_counter() - start)
+        best[name] = min(times)
+    return best["float32"] / best["bfloat16"]
 
 
 def rope(x_BxTxHxK, positions_BxT, base: float):

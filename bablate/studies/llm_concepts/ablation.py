@@ -22,6 +22,7 @@ import numpy as np
 
 import bablate as bb
 from bablate import llm
+from bablate.models import llama
 from bablate.models.llama import LlamaConfig
 from bablate.testbeds.llama import ConceptData
 
@@ -54,6 +55,10 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
     """
     out = {"heads": {}, "neurons": {}}
     posts = {"heads": [], "neurons": [], "heads_exact": [], "heads_mcmc": [], "neurons_mcmc": []}
+    if ac.matmuls == "bfloat16" and jax.default_backend() == "cpu":
+        # Whether bf16 pays depends on the CPU, not its flags; llm's site builders also warn.
+        ctx.log(f"masks scored with bf16 projections: on this CPU they run "
+                f"{llama.bf16_speedup():.2f}x as fast as float32 (llama.bf16_speedup)")
     for i, d in enumerate(data):
         k_concept = jax.random.fold_in(key, i)
         for kind in KINDS:

@@ -31,7 +31,9 @@ SVI 6,900 s (3,200 masks per concept and site: heads ≈ 5,060 s, neurons ≈ 1,
 4096-draw reference on cheese and cake 2,290 s, PA at 30 layers 42 s,
 interventions 444 s, UCD 104 s, loading 24 s. Masks are scored with bf16 projections
 (``ablation_matmuls``; 1.6-1.67× less per mask than float32 here, 12 of 3008 top-1 decisions
-flip: benchmarks/llm_bf16.py): with float32 full is ≈ 4.3 h on this machine. At every
+flip: benchmarks/llm_bf16.py): with float32 full is ≈ 4.3 h on this machine. Not on every CPU:
+on an Intel Xeon bf16 cost 1.4-1.6× *more* per mask; the site builders time it at start and
+warn when it is slower (then ``--config.ablation_matmuls=float32``). At every
 position the prompts' shared two-shot header runs once per mask (llm.build_site's
 share_prefix; 2.0-3.0× less per mask). Fewer masks would not do: on cheese's heads SVI needs
 ≈ 3,200 masks to come within 0.06-0.08 of the AMD (benchmarks/README.md). A GPU variant.
