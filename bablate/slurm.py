@@ -7,8 +7,10 @@ those of a local sweep; the sweep directory must be on a file system the compute
 submitit's own files (submission scripts, pickles, job logs) go to ``<sweep dir>/slurm/``.
 
 A job that ends without its result (cancelled, timed out, killed for memory) is noticed through
-``squeue`` as well as submitit's ``sacct`` watcher, so sweeps also finish on clusters that keep
-no accounting database.
+``squeue``, so sweeps also finish on clusters that keep no accounting database (``sacct``), and
+is reported with SLURM's state and what to change. A job's result file (a pickle submitit
+writes into the sweep directory) is read as plain data only (`read_result`): nothing in the
+sweep directory runs code when the sweep reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import importlib.util
 import io
 import logging
+import pickle
 import shutil
 import subprocess
 import time
@@ -141,7 +144,7 @@ class SlurmLauncher:
                     if not (_has_result(job) or state in _ENDED or state == "GONE"):
                         continue
                     del jobs[name]
-                    yield (m, *_outcome(job, state, submitit))
+                    yield (m, *_outcome(job, state))
         finally:
             for _, job in jobs.values():  # interrupted: cancel what is still queued or running
                 job.cancel(check=False)
@@ -183,7 +186,7 @@ def _has_result(job) -> bool:
     return job.paths.result_pickle.exists()
 
 
-def _outcome(job, state: str | None, submitit) -> tuple[int | None, str]:
+def _outcome(job, state: str | None) -> tuple[int | None, str]:
     """A finished job's member exit code and a message naming the job (and its log);
     ``state`` is squeue's last word on it, if any."""
     from bablate import sweeps
@@ -192,13 +195,21 @@ def _outcome(job, state: str | None, submitit) -> tuple[int | None, str]:
     if state not in (None, "COMPLETED", "GONE") and not _has_result(job):
         # Killed by SLURM (cancelled, out of time or memory): no result will come.
         return None, _ended_early(where, state, "", job)
-    try:  # waits a little for a result a network file system has not shown yet
-        code = int(job.result())
-    except submitit.core.utils.UncompletedJobError as e:
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        # submitit gives up on a job near its time limit (SIGUSR2) with "timed-out" here.
-        fix = _FIXES["TIMEOUT"] if "timed-out" in first else ""
-        return None, f"{where} ended without finishing ({first}); {fix}see {job.paths.stderr}"
+    try:
+        status, value = read_result(job.paths.result_pickle)
+    except FileNotFoundError:
+        return None, f"{where} ended without writing its result; see {job.paths.stderr}"
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        return None, (f"{where}'s result file {job.paths.result_pickle} is unreadable ({e}); "
+                      f"see {job.paths.stderr}")
+    if status != "success" or not isinstance(value, int):
+        # submitit's trace of what went wrong in the job; its last line says what.
+        last = next((ln.strip() for ln in reversed(str(value).splitlines()) if ln.strip()),
+                    status)
+        # submitit gives up on a job near its time limit (SIGUSR2) with "timed-out".
+        fix = _FIXES["TIMEOUT"] if "timed-out" in last else ""
+        return None, f"{where} ended without finishing ({last}); {fix}see {job.paths.stderr}"
+    code = value
     if code < 0:
         # SLURM ends a cancelled or timed-out job with SIGTERM, which submitit's process
         # survives: the member's death by that signal comes back as a result. squeue says why.
@@ -207,6 +218,46 @@ def _outcome(job, state: str | None, submitit) -> tuple[int | None, str]:
             how = f" (its run was killed by {sweeps.signal_name(-code)})"
             return None, _ended_early(where, ended, how, job)
     return code, where
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data (tuples, strings, numbers) and refuses every class or function,
+    whose loading could run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, not plain data")
+
+
+# How long a result file a job has finished writing may take to appear on a network file system.
+_RESULT_WAIT_S = 30.0
+
+
+def read_result(path: Path, wait_s: float | None = None) -> tuple[str, object]:
+    """submitit's ``(outcome, value)`` from a job's result file: ``("success", the member's
+    exit code)`` or ``("error", submitit's trace)``. Read as plain data only, so that a file
+    in the sweep directory cannot run code when read (submitit's own reader unpickles
+    anything). Waits up to ``wait_s`` (default ``_RESULT_WAIT_S``) for the file to appear.
+
+    Raises:
+      FileNotFoundError: no file after the wait.
+      pickle.UnpicklingError: the file holds anything but plain data.
+    """
+    path = Path(path)
+    deadline = time.monotonic() + (_RESULT_WAIT_S if wait_s is None else wait_s)
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise FileNotFoundError(path)
+        time.sleep(0.5)
+        try:  # refreshes a network file system's view of the folder
+            path.parent.chmod(path.parent.stat().st_mode)
+        except OSError:
+            pass
+    with open(path, "rb") as f:
+        out = _PlainUnpickler(f).load()
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], str)):
+        raise pickle.UnpicklingError(f"it holds {type(out).__name__}, not submitit's "
+                                     "(outcome, value)")
+    return out
 
 
 # What to change when SLURM ended a job early, by its state.

@@ -346,28 +346,42 @@ def test_a_cancelled_member_is_reported_cancelled(slurm_cluster, tmp_path):
     assert f"{NAMES[0]}: done" in log
 
 
-def _fake_job(tmp_path, result=None, error=None):
-    """A stand-in for a submitit job whose result is ``result`` (None: none written) or whose
-    ``result()`` raises ``error``."""
+def test_a_member_out_of_time_names_the_time_limit(slurm_cluster, tmp_path):
+    """A held member under a 1-minute limit: submitit's process is signalled 90 s before the
+    limit (so at once here), gives up on the job as timed-out and writes that as its result;
+    the sweep says so and names --slurm_time."""
+    pause = tmp_path / "pause"
+    pause.write_text("1 1")
+    workdir = tmp_path / "sweep"
+    command = [c if not c.startswith("--slurm_time=") else "--slurm_time=1"
+               for c in _sweep_command(workdir)]
+    proc = subprocess.run(command, cwd=REPO, text=True, capture_output=True, timeout=400,
+                          env={**slurm_cluster, "FAKE_STUDY_PAUSE_FILE": str(pause)})
+    assert proc.returncode == 1, proc.stderr
+    log = (workdir / "sweep_log.txt").read_text()
+    assert f"{NAMES[0]}: done" in log
+    assert re.search(rf"{re.escape(NAMES[1])}: failed: SLURM job \d+_1 ended without finishing "
+                     r"\(\S*UncompletedJobError: Job not requeued because: timed-out and not "
+                     r"checkpointable\.\); raise --slurm_time \(minutes; rerun the sweep to "
+                     r"resume the run\); see \S+_log\.err", log), log
+
+
+def _fake_job(folder: Path, outcome: tuple | None = None):
+    """A stand-in for a submitit job whose result file holds ``outcome`` (None: no file)."""
+    import pickle
     from types import SimpleNamespace
 
-    paths = SimpleNamespace(folder=tmp_path, stderr=tmp_path / "7_0_log.err",
-                            result_pickle=tmp_path / "7_0_result.pkl")
-    if result is not None or error is not None:
-        paths.result_pickle.write_bytes(b"")
-
-    def get():
-        if error is not None:
-            raise error
-        return result
-
-    return SimpleNamespace(job_id="7_0", paths=paths, result=get)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = SimpleNamespace(folder=folder, stderr=folder / "7_0_log.err",
+                            result_pickle=folder / "7_0_result.pkl")
+    if outcome is not None:
+        paths.result_pickle.write_bytes(pickle.dumps(outcome))
+    return SimpleNamespace(job_id="7_0", paths=paths)
 
 
 def test_a_job_that_slurm_ended_early_names_the_state_and_the_fix(tmp_path, monkeypatch):
-    """Without a cluster: `_outcome` turns what submitit and squeue say into the sweep's
-    verdict: the member's exit, or the SLURM state that ended it with what to change."""
-    submitit = pytest.importorskip("submitit")
+    """Without a cluster: `_outcome` turns what the job's result file and squeue say into
+    the sweep's verdict: the member's exit, or the SLURM state that ended it with the fix."""
     from bablate import slurm
 
     asked = []
@@ -377,41 +391,81 @@ def test_a_job_that_slurm_ended_early_names_the_state_and_the_fix(tmp_path, monk
         return {ids[0]: state} if state != "GONE" else {}
 
     # No result and squeue says TIMEOUT: the state, the fix and the log.
-    code, why = slurm._outcome(_fake_job(tmp_path / "a"), "TIMEOUT", submitit)
+    code, why = slurm._outcome(_fake_job(tmp_path / "a"), "TIMEOUT")
     assert code is None and why == (
         f"SLURM job 7_0 ended TIMEOUT before the run finished; raise --slurm_time (minutes; "
         f"rerun the sweep to resume the run); see {tmp_path / 'a' / '7_0_log.err'}")
     # A result of -15 while squeue says CANCELLED: cancelled, not just "killed by SIGTERM".
     monkeypatch.setattr(slurm, "queue_states", lambda ids: squeue(ids, "CANCELLED"))
-    (tmp_path / "b").mkdir()
-    code, why = slurm._outcome(_fake_job(tmp_path / "b", result=-15), None, submitit)
+    killed = _fake_job(tmp_path / "b", ("success", -15))
+    code, why = slurm._outcome(killed, None)
     assert code is None and why.startswith(
         "SLURM job 7_0 ended CANCELLED before the run finished (its run was killed by "
         "SIGTERM); it was cancelled (scancel, or by an administrator); see ")
     # squeue has forgotten the job: nothing more is known than the member's own exit.
     monkeypatch.setattr(slurm, "queue_states", lambda ids: squeue(ids, "GONE"))
-    assert slurm._outcome(_fake_job(tmp_path / "b", result=-15), None, submitit) == (
-        -15, "SLURM job 7_0")
+    assert slurm._outcome(killed, None) == (-15, "SLURM job 7_0")
     # Still completing after the wait: the member's exit, after polling squeue a while.
     monkeypatch.setattr(slurm, "queue_states", lambda ids: squeue(ids, "COMPLETING"))
     monkeypatch.setattr(slurm, "_SETTLE_S", 0.05)
     monkeypatch.setattr(slurm, "_SETTLE_POLL_S", 0.01)
     asked.clear()
-    assert slurm._outcome(_fake_job(tmp_path / "b", result=-15), None, submitit) == (
-        -15, "SLURM job 7_0")
+    assert slurm._outcome(killed, None) == (-15, "SLURM job 7_0")
     assert len(asked) >= 2
     # A member that exits by itself is never second-guessed: squeue is not asked.
     asked.clear()
-    assert slurm._outcome(_fake_job(tmp_path / "b", result=3), "COMPLETED", submitit) == (
+    assert slurm._outcome(_fake_job(tmp_path / "c", ("success", 3)), "COMPLETED") == (
         3, "SLURM job 7_0")
     assert asked == []
-    # submitit gave up near the time limit (its SIGUSR2 handler).
-    error = submitit.core.utils.UncompletedJobError(
-        "Job not requeued because: timed-out and not checkpointable.")
-    code, why = slurm._outcome(_fake_job(tmp_path / "b", error=error), None, submitit)
+    # submitit gave up near the time limit (its SIGUSR2 handler): its trace's last line.
+    trace = ("Traceback (most recent call last):\n  ...\nsubmitit.core.utils."
+             "UncompletedJobError: Job not requeued because: timed-out and not checkpointable.\n")
+    code, why = slurm._outcome(_fake_job(tmp_path / "d", ("error", trace)), None)
     assert code is None and why.startswith(
-        "SLURM job 7_0 ended without finishing (Job not requeued because: timed-out and not "
-        "checkpointable.); raise --slurm_time")
+        "SLURM job 7_0 ended without finishing (submitit.core.utils.UncompletedJobError: Job "
+        "not requeued because: timed-out and not checkpointable.); raise --slurm_time")
+    # A job that ended without a result file, after waiting for a slow file system.
+    monkeypatch.setattr(slurm, "_RESULT_WAIT_S", 0.05)
+    code, why = slurm._outcome(_fake_job(tmp_path / "e"), "COMPLETED")
+    assert code is None and why.startswith("SLURM job 7_0 ended without writing its result; see")
+
+
+class _Touch:
+    """Unpickling this touches a file: what a planted pickle could do (run code)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_a_result_file_is_read_as_plain_data_only(tmp_path):
+    """A result file that names a callable is refused before anything runs; submitit's own
+    files (plain tuples) are read."""
+    import pickle
+
+    from bablate import slurm
+
+    planted = tmp_path / "ran"
+    job = _fake_job(tmp_path / "job")
+    job.paths.result_pickle.write_bytes(pickle.dumps(("success", _Touch(planted))))
+    assert pickle.loads(job.paths.result_pickle.read_bytes()) and planted.exists()  # it would
+    planted.unlink()
+    code, why = slurm._outcome(job, None)
+    assert code is None and not planted.exists()
+    assert why.startswith(f"SLURM job 7_0's result file {job.paths.result_pickle} is "
+                          "unreadable (it names pathlib")
+    with pytest.raises(pickle.UnpicklingError, match="not plain data"):
+        slurm.read_result(job.paths.result_pickle)
+    submitit = pytest.importorskip("submitit")
+    submitit.core.utils.cloudpickle_dump(("success", 0), tmp_path / "ok.pkl")
+    assert slurm.read_result(tmp_path / "ok.pkl") == ("success", 0)
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(pickle.UnpicklingError, match="holds list"):
+        slurm.read_result(tmp_path / "list.pkl")
+    with pytest.raises(FileNotFoundError):
+        slurm.read_result(tmp_path / "none.pkl", wait_s=0.0)
 
 
 @pytest.mark.parametrize("flag,why", [
