@@ -199,9 +199,9 @@ def _outcome(job, state: str | None) -> tuple[int | None, str]:
         status, value = read_result(job.paths.result_pickle)
     except FileNotFoundError:
         return None, f"{where} ended without writing its result; see {job.paths.stderr}"
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        return None, (f"{where}'s result file {job.paths.result_pickle} is unreadable ({e}); "
-                      f"see {job.paths.stderr}")
+    except Exception as e:  # a truncated or corrupt pickle can raise almost any error
+        return None, (f"{where}'s result file {job.paths.result_pickle} is unreadable "
+                      f"({type(e).__name__}: {e}); see {job.paths.stderr}")
     if status != "success" or not isinstance(value, int):
         # submitit's trace of what went wrong in the job; its last line says what.
         last = next((ln.strip() for ln in reversed(str(value).splitlines()) if ln.strip()),

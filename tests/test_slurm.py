@@ -455,7 +455,11 @@ def test_a_result_file_is_read_as_plain_data_only(tmp_path):
     code, why = slurm._outcome(job, None)
     assert code is None and not planted.exists()
     assert why.startswith(f"SLURM job 7_0's result file {job.paths.result_pickle} is "
-                          "unreadable (it names pathlib")
+                          "unreadable (UnpicklingError: it names pathlib")
+    cut = _fake_job(tmp_path / "cut")
+    cut.paths.result_pickle.write_bytes(pickle.dumps(("success", 0))[:-3])  # cut short
+    code, why = slurm._outcome(cut, None)
+    assert code is None and "is unreadable (UnpicklingError: pickle data was truncated)" in why
     with pytest.raises(pickle.UnpicklingError, match="not plain data"):
         slurm.read_result(job.paths.result_pickle)
     submitit = pytest.importorskip("submitit")
