@@ -30,6 +30,7 @@ from common import base_parser, emit, log, parse_args, time_fn
 
 import bablate as bb
 from bablate import llm
+from bablate.models import llama
 from bablate.studies.llm_concepts import ablation, config
 from bablate.studies.llm_concepts.variants import get_config
 
@@ -97,7 +98,9 @@ def measure(args, ac, d, kind: str, loaded) -> None:
               "flip_rate": flips / correct["float32"].size,
               "masks_log_odds_differ": int(np.sum(lo["float32"] != lo["bfloat16"])),
               "log_odds_max_abs_diff": float(np.max(np.abs(lo["float32"] - lo["bfloat16"]))),
-              "intact_correct": intact}
+              "intact_correct": intact,
+              # The start-up probe the site builders warn by, beside the per-mask ratio.
+              "bf16_speedup_probe": llama.bf16_speedup()}
     if kind == "heads" and args.exact_layer >= 0:
         one = _tasks(dataclasses.replace(ac, head_layers=(args.exact_layer,)), d, kind, loaded)
         exact = {dt: bb.infer(t, "exact", chunk_size=64) for dt, t in one.items()}
@@ -109,7 +112,8 @@ def measure(args, ac, d, kind: str, loaded) -> None:
     log(f"{d.name}/{kind}: s per mask {per['float32_wall_s_per_mask']:.3f} (f32) → "
         f"{per['bfloat16_wall_s_per_mask']:.3f} (bf16), wall ratio "
         f"{ratio['f32_over_bf16_wall']:.2f}, CPU {ratio['f32_over_bf16_cpu']:.2f}; "
-        f"{flips} of {correct['float32'].size} top-1 decisions flip"
+        f"{flips} of {correct['float32'].size} top-1 decisions flip; start-up probe "
+        f"{record['bf16_speedup_probe']:.2f}"
         + (f"; exact AMD on layer {args.exact_layer}'s heads: max |Δ marginal| "
            f"{record['exact_marginals_max_abs_diff']:.4f}" if "exact_layer" in record else ""))
     emit(record)

@@ -167,6 +167,7 @@ def test_llm_bf16():
     assert len(rec["exact_marginals"]["bfloat16"]) == 9
     assert 0 <= rec["exact_marginals_max_abs_diff"] < 0.2
     assert rec["ratio"]["f32_over_bf16_wall"] > 0 and rec["ratio"]["f32_over_bf16_cpu"] > 0
+    assert rec["bf16_speedup_probe"] > 0
 
 
 def test_run_gpu_script_runs_every_step_tiny(tmp_path):
