@@ -2,8 +2,10 @@
 
 ``LlamaConfig.matmul_dtype = "bfloat16"`` multiplies the projections (q, k, v, o, gate, up,
 down) on bf16-rounded inputs and weights with float32 accumulation; norms, attention, softmax,
-the residual stream and the read-out stay float32. On CPUs with AVX512-BF16 (and on GPUs)
-that is the fast path. This script builds each concept's site as the full variant does
+the residual stream and the read-out stay float32. On GPUs that is the fast path; on CPUs it
+depends on the CPU, not its flags (1.6x faster per mask on an AMD EPYC, 1.4-1.6x slower on an
+Intel Xeon, both with AVX512-BF16; ``bf16_speedup_probe`` in the JSON is the start-up probe the
+site builders warn by). This script builds each concept's site as the full variant does
 (its correct training prompts, masks at every position, the full logits read-out), once per
 dtype, and on the same masks reports:
 
