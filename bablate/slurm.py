@@ -9,8 +9,8 @@ submitit's own files (submission scripts, pickles, job logs) go to ``<sweep dir>
 A job that ends without its result (cancelled, timed out, killed for memory) is noticed through
 ``squeue``, so sweeps also finish on clusters that keep no accounting database (``sacct``), and
 is reported with SLURM's state and what to change. A job's result file (a pickle submitit
-writes into the sweep directory) is read as plain data only (`read_result`): nothing in the
-sweep directory runs code when the sweep reads it.
+writes into the sweep directory) is decoded as plain data, never unpickled (`read_result`):
+nothing in the sweep directory runs code when the sweep reads it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import dataclasses
 import importlib.util
 import io
 import logging
-import pickle
+import pickletools
 import shutil
 import subprocess
 import time
@@ -199,7 +199,7 @@ def _outcome(job, state: str | None) -> tuple[int | None, str]:
         status, value = read_result(job.paths.result_pickle)
     except FileNotFoundError:
         return None, f"{where} ended without writing its result; see {job.paths.stderr}"
-    except Exception as e:  # a truncated or corrupt pickle can raise almost any error
+    except Exception as e:  # a truncated or corrupt file can raise almost any error
         return None, (f"{where}'s result file {job.paths.result_pickle} is unreadable "
                       f"({type(e).__name__}: {e}); see {job.paths.stderr}")
     if status != "success" or not isinstance(value, int):
@@ -220,27 +220,20 @@ def _outcome(job, state: str | None) -> tuple[int | None, str]:
     return code, where
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Unpickles plain data (tuples, strings, numbers) and refuses every class or function,
-    whose loading could run code."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"it names {module}.{name}, not plain data")
-
-
 # How long a result file a job has finished writing may take to appear on a network file system.
 _RESULT_WAIT_S = 30.0
 
 
 def read_result(path: Path, wait_s: float | None = None) -> tuple[str, object]:
     """submitit's ``(outcome, value)`` from a job's result file: ``("success", the member's
-    exit code)`` or ``("error", submitit's trace)``. Read as plain data only, so that a file
-    in the sweep directory cannot run code when read (submitit's own reader unpickles
-    anything). Waits up to ``wait_s`` (default ``_RESULT_WAIT_S``) for the file to appear.
+    exit code)`` or ``("error", submitit's trace)``. Nothing is unpickled: the pickle's opcodes
+    are decoded (`plain_pickle`) and only plain data is accepted, so a file planted in the
+    sweep directory cannot run code (submitit's own reader unpickles anything). Waits up to
+    ``wait_s`` (default ``_RESULT_WAIT_S``) for the file to appear.
 
     Raises:
       FileNotFoundError: no file after the wait.
-      pickle.UnpicklingError: the file holds anything but plain data.
+      ValueError: the file is not a pickle of submitit's plain ``(outcome, value)``.
     """
     path = Path(path)
     deadline = time.monotonic() + (_RESULT_WAIT_S if wait_s is None else wait_s)
@@ -252,12 +245,62 @@ def read_result(path: Path, wait_s: float | None = None) -> tuple[str, object]:
             path.parent.chmod(path.parent.stat().st_mode)
         except OSError:
             pass
-    with open(path, "rb") as f:
-        out = _PlainUnpickler(f).load()
+    out = plain_pickle(path.read_bytes())
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], str)):
-        raise pickle.UnpicklingError(f"it holds {type(out).__name__}, not submitit's "
-                                     "(outcome, value)")
+        raise ValueError(f"it holds a {type(out).__name__}, not submitit's (outcome, value)")
     return out
+
+
+# The opcodes of tuples, strings, numbers, booleans and None, and the framing around them.
+_SCALARS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT",
+            "BINFLOAT", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"}
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+_TUPLES = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+
+
+def plain_pickle(data: bytes) -> object:
+    """The value of a pickle made only of tuples, strings, numbers, booleans and None,
+    decoded from its opcodes (`pickletools.genops`) without unpickling; any other opcode (a
+    class or function to call, a list, a dict) raises ValueError naming it."""
+    try:
+        return _decode(data)
+    except (IndexError, KeyError) as e:  # a pop or memo read the opcodes do not back
+        raise ValueError(f"a malformed pickle ({type(e).__name__})") from e
+
+
+def _decode(data: bytes) -> object:
+    stack: list = []
+    marks: list[int] = []
+    memo: dict[int, object] = {}
+    for op, arg, _ in pickletools.genops(data):
+        name = op.name
+        if name in ("PROTO", "FRAME"):
+            continue
+        if name in _SCALARS:
+            stack.append(arg)
+        elif name in _CONSTANTS:
+            stack.append(_CONSTANTS[name])
+        elif name == "MARK":
+            marks.append(len(stack))
+        elif name in _TUPLES or name == "TUPLE":
+            start = marks.pop() if name == "TUPLE" else len(stack) - _TUPLES[name]
+            if start < 0:
+                raise ValueError("a tuple of more items than the pickle holds")
+            stack[start:] = [tuple(stack[start:])]
+        elif name == "MEMOIZE":
+            memo[len(memo)] = stack[-1]
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[int(arg)] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo[int(arg)])
+        elif name == "STOP":
+            if len(stack) != 1 or marks:
+                raise ValueError("a malformed pickle")
+            return stack[0]
+        else:
+            raise ValueError(f"it holds opcode {name}, not plain data (tuples, strings, "
+                             "numbers)")
+    raise ValueError("a pickle without its end")
 
 
 # What to change when SLURM ended a job early, by its state.

@@ -189,12 +189,14 @@ def _sweep_command(workdir: Path) -> list[str]:
             f"--workdir={workdir}"]
 
 
-def _job_processes(job_id: str) -> tuple[int, list[int]]:
-    """submitit's Python process running the array task ``job_id`` (``<array>_<task>``) and
-    its descendants (the member). Not the ``srun`` that launched it, whose command line also
-    names submitit."""
+def _job_processes(job_id: str, env: dict) -> tuple[int, list[int]]:
+    """submitit's Python process running the array task ``job_id`` (``<array>_<task>``) of
+    the cluster that ``env`` reaches, and its descendants (the member). Not the ``srun`` that
+    launched it, whose command line also names submitit. (Each xdist worker starts its own
+    cluster, and their job ids coincide: the cluster's SLURM_CONF tells them apart.)"""
     array, task = job_id.split("_")
-    want = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode()}
+    want = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode(),
+            f"SLURM_CONF={env['SLURM_CONF']}".encode()}
     parents, found = {}, None
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -221,13 +223,13 @@ def _job_processes(job_id: str) -> tuple[int, list[int]]:
     return found, sorted(tree - {found})
 
 
-def _kill_job_processes(job_id: str) -> None:
+def _kill_job_processes(job_id: str, env: dict) -> None:
     """SIGKILLs submitit's process of ``job_id`` and its member, with no window in which
     either could record an exit: submitit is stopped first. (Killing one of them alone is
     racy: submitit records a dead member's exit as a result, and a member whose parent dies
     escapes proctrack/linuxproc and goes on running. Nor will scancel do: SLURM sends SIGTERM
     first, which submitit survives, recording the member's exit -15.)"""
-    submitit_pid, member = _job_processes(job_id)
+    submitit_pid, member = _job_processes(job_id, env)
     os.kill(submitit_pid, signal.SIGSTOP)
     for pid in [*member, submitit_pid]:
         try:
@@ -277,7 +279,8 @@ def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, 
     # As the kernel's OOM killer does to a job's cgroup: submitit's process and the member it
     # runs die at once, so no result is written and only SLURM (squeue; this cluster keeps no
     # accounting for sacct) can tell that the job ended.
-    proc, err, killed = _held_sweep(env, workdir, pause, _kill_job_processes)
+    proc, err, killed = _held_sweep(env, workdir, pause,
+                                    lambda job: _kill_job_processes(job, env))
     t1 = time.monotonic()
     assert proc.returncode == 1, err
     log1 = (workdir / "sweep_log.txt").read_text()
@@ -441,8 +444,9 @@ class _Touch:
 
 
 def test_a_result_file_is_read_as_plain_data_only(tmp_path):
-    """A result file that names a callable is refused before anything runs; submitit's own
-    files (plain tuples) are read."""
+    """A result file is decoded, never unpickled: one naming a callable is refused before
+    anything runs, and so are lists, dicts and broken files; submitit's own (plain tuples) are
+    read."""
     import pickle
 
     from bablate import slurm
@@ -455,21 +459,31 @@ def test_a_result_file_is_read_as_plain_data_only(tmp_path):
     code, why = slurm._outcome(job, None)
     assert code is None and not planted.exists()
     assert why.startswith(f"SLURM job 7_0's result file {job.paths.result_pickle} is "
-                          "unreadable (UnpicklingError: it names pathlib")
+                          "unreadable (ValueError: it holds opcode STACK_GLOBAL, not plain data")
     cut = _fake_job(tmp_path / "cut")
     cut.paths.result_pickle.write_bytes(pickle.dumps(("success", 0))[:-3])  # cut short
     code, why = slurm._outcome(cut, None)
-    assert code is None and "is unreadable (UnpicklingError: pickle data was truncated)" in why
-    with pytest.raises(pickle.UnpicklingError, match="not plain data"):
-        slurm.read_result(job.paths.result_pickle)
+    assert code is None and "is unreadable (ValueError: " in why
+    for bad, match in ((("success", [1]), "opcode EMPTY_LIST"), ({"a": 1}, "opcode EMPTY_DICT"),
+                       ([1, 2], "opcode EMPTY_LIST"), (3, "holds a int, not submitit's")):
+        (tmp_path / "bad.pkl").write_bytes(pickle.dumps(bad))
+        with pytest.raises(ValueError, match=match):
+            slurm.read_result(tmp_path / "bad.pkl")
+    with pytest.raises(ValueError, match="malformed"):
+        slurm.plain_pickle(b"\x80\x05h\x00.")  # reads a memo entry never stored
+    with pytest.raises(FileNotFoundError):
+        slurm.read_result(tmp_path / "none.pkl", wait_s=0.0)
+    # Plain values round-trip as pickle itself reads them, in every protocol.
+    values = [("success", 0), ("success", -15), ("success", 2**70), ("error", "trace\n" * 80),
+              ("error", "é ✓ " * 100), (None, True, False, 1.5, -2**31, 255, 65535, ()),
+              ((("nested",), ("x", "x")),)]
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        for v in values:
+            data = pickle.dumps(v, protocol=protocol)
+            assert slurm.plain_pickle(data) == pickle.loads(data) == v, (protocol, v)
     submitit = pytest.importorskip("submitit")
     submitit.core.utils.cloudpickle_dump(("success", 0), tmp_path / "ok.pkl")
     assert slurm.read_result(tmp_path / "ok.pkl") == ("success", 0)
-    (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2]))
-    with pytest.raises(pickle.UnpicklingError, match="holds list"):
-        slurm.read_result(tmp_path / "list.pkl")
-    with pytest.raises(FileNotFoundError):
-        slurm.read_result(tmp_path / "none.pkl", wait_s=0.0)
 
 
 @pytest.mark.parametrize("flag,why", [
