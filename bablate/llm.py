@@ -258,14 +258,21 @@ class SlowBf16Warning(UserWarning):
     """bf16 projections were asked for on a backend where they run slower than float32."""
 
 
+def bf16_speedup_here(cfg: LlamaConfig) -> float | None:
+    """`llama.bf16_speedup` (measured once per process) where ``cfg`` asks for bf16 projections
+    on a CPU, whose bf16 speed depends on the CPU, not its flags; None for float32, and on GPUs
+    and TPUs, which multiply bf16 natively."""
+    if cfg.matmul_dtype != "bfloat16" or jax.default_backend() != "cpu":
+        return None
+    return llama.bf16_speedup()
+
+
 def _warn_if_bf16_is_slow(cfg: LlamaConfig) -> None:
     """Warns (once per call site) when ``cfg`` asks for bf16 projections on a CPU where they
-    measure slower than float32 (`llama.bf16_speedup`): the run would be slower and less exact
-    than without them. GPUs and TPUs multiply bf16 natively and are not measured."""
-    if cfg.matmul_dtype != "bfloat16" or jax.default_backend() != "cpu":
-        return
-    speedup = llama.bf16_speedup()
-    if speedup < 1.0:
+    measure slower than float32 (`bf16_speedup_here`): the run would be slower and less exact
+    than without them."""
+    speedup = bf16_speedup_here(cfg)
+    if speedup is not None and speedup < 1.0:
         import warnings
 
         warnings.warn(SlowBf16Warning(

@@ -178,12 +178,16 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
 
 def _has_result(job) -> bool:
     """Whether the job wrote its result (as submitit's ``done``, without its sacct call)."""
-    folder = job.paths.folder
-    try:  # refreshes a network file system's view of the folder
+    _refresh(job.paths.folder)
+    return job.paths.result_pickle.exists()
+
+
+def _refresh(folder: Path) -> None:
+    """Refreshes a network file system's view of ``folder`` (a no-op chmod)."""
+    try:
         folder.chmod(folder.stat().st_mode)
     except OSError:
         pass
-    return job.paths.result_pickle.exists()
 
 
 def _outcome(job, state: str | None) -> tuple[int | None, str]:
@@ -241,10 +245,7 @@ def read_result(path: Path, wait_s: float | None = None) -> tuple[str, object]:
         if time.monotonic() > deadline:
             raise FileNotFoundError(path)
         time.sleep(0.5)
-        try:  # refreshes a network file system's view of the folder
-            path.parent.chmod(path.parent.stat().st_mode)
-        except OSError:
-            pass
+        _refresh(path.parent)
     out = plain_pickle(path.read_bytes())
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], str)):
         raise ValueError(f"it holds a {type(out).__name__}, not submitit's (outcome, value)")

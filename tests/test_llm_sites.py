@@ -177,6 +177,8 @@ def test_bf16_speedup_is_measured_and_slow_bf16_warns(monkeypatch):
     params = llama.init_params(CFG, jax.random.key(0), scale=0.25)
     prompts = llm.Prompts(tokens=np.ones((2, 5), np.int32), valid=np.ones((2, 5), bool))
     bf16 = CFG.replace(matmul_dtype="bfloat16")
+    monkeypatch.setattr(llama, "bf16_speedup", lambda: 0.6)
+    assert llm.bf16_speedup_here(bf16) == 0.6 and llm.bf16_speedup_here(CFG) is None
     for builder in (lambda c: llm.build_site(params, c, HEADS, prompts),
                     lambda c: llm.build_mlp_site(params, c, 2, prompts)):
         monkeypatch.setattr(llama, "bf16_speedup", lambda: 0.6)

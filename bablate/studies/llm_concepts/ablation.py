@@ -22,7 +22,6 @@ import numpy as np
 
 import bablate as bb
 from bablate import llm
-from bablate.models import llama
 from bablate.models.llama import LlamaConfig
 from bablate.testbeds.llama import ConceptData
 
@@ -55,10 +54,10 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
     """
     out = {"heads": {}, "neurons": {}}
     posts = {"heads": [], "neurons": [], "heads_exact": [], "heads_mcmc": [], "neurons_mcmc": []}
-    if ac.matmuls == "bfloat16" and jax.default_backend() == "cpu":
-        # Whether bf16 pays depends on the CPU, not its flags; llm's site builders also warn.
-        ctx.log(f"masks scored with bf16 projections: on this CPU they run "
-                f"{llama.bf16_speedup():.2f}x as fast as float32 (llama.bf16_speedup)")
+    speedup = llm.bf16_speedup_here(cfg.replace(matmul_dtype=ac.matmuls))
+    if speedup is not None:  # llm's site builders also warn when it is below 1
+        ctx.log(f"masks scored with bf16 projections: on this CPU they run {speedup:.2f}x as "
+                "fast as float32 (llama.bf16_speedup)")
     for i, d in enumerate(data):
         k_concept = jax.random.fold_in(key, i)
         for kind in KINDS:
@@ -151,9 +150,9 @@ def concept_task(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, d: Conc
         d.target_ids[keep]))
     layers = ac.head_layers if kind == "heads" else (ac.neuron_layer,)
     spec = llm.SiteSpec(kind, tuple(layers), positions=ac.positions)
-    # bf16 projections score masks ≈ 1.6× faster on CPUs with AVX512-BF16 and flip the
-    # correctness of ≈ 0.4% of (mask, prompt) pairs (benchmarks/llm_bf16.py); the prompts
-    # themselves were chosen by the float32 model.
+    # bf16 projections flip the correctness of ≈ 0.4% of (mask, prompt) pairs and score masks
+    # 1.6× faster on an AMD EPYC but 1.4-1.6× slower on an Intel Xeon (benchmarks/llm_bf16.py;
+    # the site builder warns where slower); the prompts were chosen by the float32 model.
     cfg = cfg.replace(matmul_dtype=ac.matmuls)
     site, inputs = llm.build_site(params, cfg, spec, prompts, targets=targets,
                                   share_prefix=share_prefix, length_buckets=ac.length_buckets)
