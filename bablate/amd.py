@@ -35,12 +35,18 @@ MASK_SITE = "mask"
 def prior_probs(prior: ArrayLike, num_units: int) -> np.ndarray:
     """The per-unit prior keep-probability ``[d]`` from a scalar or ``[d]`` array (host values)."""
     try:
-        p = np.broadcast_to(np.asarray(prior, np.float32), (num_units,))
-    except ValueError:
+        exact = np.broadcast_to(np.asarray(prior, np.float64), (num_units,))
+    except (ValueError, TypeError):
         raise ValueError(f"prior must be a scalar or have shape ({num_units},), got shape "
                          f"{np.shape(prior)}.") from None
-    if not np.all((p > 0) & (p < 1)):
+    if not np.all((exact > 0) & (exact < 1)):
         raise ValueError(f"prior keep-probabilities must lie in (0, 1), got {prior!r}.")
+    p = exact.astype(np.float32)
+    if not np.all((p > 0) & (p < 1)):
+        bad = float(exact[~((p > 0) & (p < 1))][0])
+        raise ValueError(f"prior keep-probability {bad!r} rounds to {int(bad > 0.5)} in "
+                         "float32, the precision masks are scored in; use a value in "
+                         "[1e-7, 1 - 1e-7].")
     return p
 
 

@@ -144,6 +144,20 @@ class Task:
         except ValueError as err:
             raise ValueError(f"Task {self.name!r}: {err}") from None
 
+    def log_odds_bounds(self, smooth: bool = False) -> tuple[float, float]:
+        """The least and the greatest log-odds any mask can have: every example wrong and
+        every example right (the Beta(1,1) smoothing keeps both finite; for a pooled rule on
+        n examples, ∓log(n + 1)). Importance sampling's weight bound rests on them."""
+        del smooth  # per-example correctness lies in [0, 1] for the hard and smooth rules
+        out = jax.eval_shape(lambda d: self.outputs_fn(d, jnp.ones((self.num_units,))),
+                             self.data)
+        n = num_examples(out)
+        positive = None if self.rule.positive is None else np.asarray(self.rule.positive)
+        if n is None:
+            return -np.inf, np.inf
+        ends = [p_correct_from(np.full((n,), c, np.float64), positive) for c in (0.0, 1.0)]
+        return tuple(float(np.log(p) - np.log1p(-p)) for p in ends)
+
     # ---- pure evaluators (take ``data`` so they can be jitted / traced by samplers) ----
 
     def outputs_fn(self, data: dict, mask: Array) -> Any:

@@ -72,9 +72,10 @@ def test_mcmc_posterior_to_arviz_matches_its_own_diagnostics():
                     num_chains=4)
     assert post.chains().shape == (4, 1500, 12)
     # The reshape is the one the sampler's diagnostics were computed on.
-    assert chain_diagnostics(post.chains()) == pytest.approx(
-        {k: post.diagnostics[k] for k in ("num_moving_units", "ess_min", "ess_mean",
-                                          "r_hat_max")}, rel=1e-12)
+    keys = ("num_moving_units", "ess_min", "ess_mean", "r_hat_max", "max_se")
+    again = chain_diagnostics(post.chains())
+    assert {k: again[k] for k in keys} == pytest.approx(
+        {k: post.diagnostics[k] for k in keys}, rel=1e-12)
     idata = post.to_arviz()
     summary = az.summary(idata, round_to="none")
     moving = post.samples.std(0) > 0

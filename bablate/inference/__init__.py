@@ -8,6 +8,7 @@ import jax
 from jax.typing import ArrayLike
 
 from bablate.inference.exact import (
+    MAX_EXACT_UNITS,
     exact,
     exact_many,
     index_to_masks,
@@ -19,16 +20,17 @@ from bablate.inference.kernels import FlipKernel, FlipState
 from bablate.inference.mcmc import chain_diagnostics, mcmc
 from bablate.inference.posterior import ConvergenceWarning, Posterior
 from bablate.inference.svi import svi
-from bablate.tasks import Task
+from bablate.tasks import Task, check_key
 from bablate.taskset import TaskSet
 
 METHODS = ("exact", "mcmc", "svi", "importance")
 STOCHASTIC = ("mcmc", "svi", "importance")
 MAX_EXACT = 16  # "auto" enumerates sites up to this many units (2^16 masks), samples beyond
+LARGE = "importance"  # what "auto" runs above MAX_EXACT: the estimator whose error bars hold
 
 
 def choose_method(num_units: int, method: str = "auto", max_exact: int = MAX_EXACT,
-                  large: str = "mcmc") -> str:
+                  large: str = LARGE) -> str:
     """The inference method for a site of ``num_units`` units: ``method`` itself, or for
     "auto", "exact" when ``num_units <= max_exact``, else ``large`` (a stochastic method)."""
     if method not in (*METHODS, "auto"):
@@ -37,6 +39,10 @@ def choose_method(num_units: int, method: str = "auto", max_exact: int = MAX_EXA
     if large not in STOCHASTIC:
         raise ValueError(f"large={large!r} must be one of {STOCHASTIC} (the method for sites "
                          f"above max_exact units).")
+    if method == "auto" and not 0 <= max_exact <= MAX_EXACT_UNITS:
+        raise ValueError(f"max_exact={max_exact} is outside [0, {MAX_EXACT_UNITS}]: exact "
+                         f"enumeration takes sites of at most {MAX_EXACT_UNITS} units (2^"
+                         f"{MAX_EXACT_UNITS} masks); use max_exact <= {MAX_EXACT_UNITS}.")
     if method != "auto":
         return method
     return "exact" if num_units <= max_exact else large
@@ -69,24 +75,28 @@ def _options_for(method: str, requested: str, options: dict) -> dict:
 
 
 def infer(task: Task, method: str = "exact", key: jax.Array | None = None, prior: ArrayLike = 0.5,
-          beta: float = 1.0, *, max_exact: int = MAX_EXACT, large: str = "mcmc",
+          beta: float = 1.0, *, max_exact: int = MAX_EXACT, large: str = LARGE,
           **options) -> Posterior:
     """Infers the AMD P(mask | task, correct) ∝ prior(mask) · odds(correct | task, mask)^β.
 
     Args:
       task: the task (:meth:`bablate.Task.build`).
-      method: "exact" (d ≤ 20), "mcmc" (any d), "svi" (thousands of units), "importance"
-        (independent weighted draws from the prior or a proposal: a reference whose error
-        the run measures, for likelihoods whose odds span a modest range), or "auto"
-        (:func:`choose_method`: exact up to ``max_exact`` units, else ``large``). The method
-        used is on the posterior (``post.method``).
+      method: "exact" (d ≤ 20), "importance" (independent weighted draws from a proposal
+        adapted over rounds until every marginal's standard error is at most ``target_se``:
+        the certified estimator for large sites, whose error bars hold because the odds are
+        bounded), "mcmc" (any d; a cross-check), "svi" (thousands of units; mean-field), or
+        "auto" (:func:`choose_method`: exact up to ``max_exact`` units, else ``large``). The
+        method used is on the posterior (``post.method``); every stochastic method's
+        ``post.diagnostics`` carries ``converged``, ``max_se``, ``ess`` and
+        ``forward_passes``.
       key: PRNG key, required by the stochastic methods (mcmc, svi, importance).
       prior: keep-probability of each unit, scalar or ``[d]`` (paper: 0.5).
       beta: inverse temperature on the log-odds (paper: 1).
       max_exact: the largest site "auto" enumerates.
-      large: the method "auto" uses above ``max_exact`` units (a stochastic method).
-      **options: passed to :func:`exact`, :func:`mcmc` or :func:`svi` (under "auto", to the
-        chosen one).
+      large: the method "auto" uses above ``max_exact`` units (a stochastic method;
+        "importance" by default).
+      **options: passed to :func:`exact`, :func:`importance`, :func:`mcmc` or :func:`svi`
+        (under "auto", to the chosen one).
 
     Returns:
       A :class:`Posterior`.
@@ -110,11 +120,12 @@ def infer(task: Task, method: str = "exact", key: jax.Array | None = None, prior
 
 def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array | None = None,
                prior: ArrayLike = 0.5, beta: float = 1.0, *, max_exact: int = MAX_EXACT,
-               large: str = "mcmc", **options) -> list[Posterior]:
+               large: str = LARGE, **options) -> list[Posterior]:
     """:func:`infer` for many tasks, choosing the method per task in one place.
 
-    "auto" enumerates tasks of at most ``max_exact`` units exactly and runs ``large`` ("mcmc"
-    or "svi") on the others. Exact inference of tasks that share a site and a dataset (a
+    "auto" enumerates tasks of at most ``max_exact`` units exactly and runs ``large``
+    ("importance" by default, or "mcmc" or "svi") on the others. Exact inference of tasks
+    that share a site and a dataset (a
     :class:`~bablate.taskset.TaskSet`) runs the network once per mask for all of them
     (:func:`exact_many`). Task ``i`` of a stochastic method gets the key
     ``jax.random.fold_in(key, i)``.
@@ -125,8 +136,9 @@ def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array
     items = list(tasks)
     chosen = [choose_method(t.num_units, method, max_exact, large) for t in items]
     if any(c in STOCHASTIC for c in chosen):
-        key = _require_key(key, next(c for c in chosen if c in STOCHASTIC),
-                           f"infer_many over {len(items)} tasks")
+        what = f"infer_many over {len(items)} tasks"
+        key = check_key(_require_key(key, next(c for c in chosen if c in STOCHASTIC), what),
+                        what)
     out: list[Posterior | None] = [None] * len(items)
     exact_ids = [i for i, c in enumerate(chosen) if c == "exact"]
     if exact_ids:
@@ -145,7 +157,7 @@ def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array
     return out
 
 
-__all__ = ["MAX_EXACT", "METHODS", "STOCHASTIC", "ConvergenceWarning", "FlipKernel",
+__all__ = ["LARGE", "MAX_EXACT", "METHODS", "STOCHASTIC", "ConvergenceWarning", "FlipKernel",
            "FlipState", "Posterior", "chain_diagnostics", "choose_method", "exact",
            "exact_many", "importance", "index_to_masks", "infer", "infer_many", "mcmc",
            "mean_field_optimum", "svi", "table_marginals"]

@@ -43,13 +43,13 @@ def _check_size(task: Task, max_units: int) -> None:
     if max_units > MAX_EXACT_UNITS:
         raise ValueError(f"max_units={max_units} is above the largest enumerable site, "
                          f"d = {MAX_EXACT_UNITS} (2^{MAX_EXACT_UNITS} masks); use "
-                         f"max_units <= {MAX_EXACT_UNITS}, or method='mcmc' / 'svi'.")
+                         f"max_units <= {MAX_EXACT_UNITS}, or method='importance' (any d).")
     if d > max_units:
         hint = (f"raise max_units (up to {MAX_EXACT_UNITS}), or use " if d <= MAX_EXACT_UNITS
                 else "use ")
         raise ValueError(f"exact enumeration of task {task.name!r} needs 2^{d} masks, above "
-                         f"max_units={max_units}; {hint}method='mcmc' (any d) or method='svi' "
-                         "(thousands of units).")
+                         f"max_units={max_units}; {hint}method='importance' (any d, with "
+                         "standard errors) or method='auto'.")
 
 
 def _posterior(task: Task, log_unnorm: np.ndarray, prior, beta: float, seconds: float,
@@ -66,7 +66,9 @@ def _posterior(task: Task, log_unnorm: np.ndarray, prior, beta: float, seconds: 
     return Posterior(task=task.name, method="exact", marginals=table_marginals(log_probs, d),
                      prior=np.asarray(prior_probs(prior, d)), beta=beta, log_probs=log_probs,
                      entropy_bits=entropy_bits, site=task.site.identity,
-                     diagnostics={"log_z": log_z, "num_masks": 2 ** d, "seconds": seconds})
+                     diagnostics={"log_z": log_z, "log_z_se": 0.0, "num_masks": 2 ** d,
+                                  "seconds": seconds, "converged": True, "max_se": 0.0,
+                                  "ess": None, "forward_passes": 2 ** d})
 
 
 def _enumerate(score, args, d: int, chunk: int, desc: str) -> tuple[np.ndarray, float]:

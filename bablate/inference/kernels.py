@@ -39,6 +39,10 @@ from numpyro.infer.util import log_density
 from numpyro.util import is_prng_key
 
 PROPOSALS = ("informed", "gradient")
+# What one gradient of the smooth log density costs, in forward passes of the same masks
+# (reverse mode runs the network forward and back): the unit that compares samplers' budgets
+# (diagnostics["forward_passes"]). Measured by benchmarks/certified_inference.py.
+GRADIENT_PASSES = 3
 FLIPS = ("single", "multi")
 TARGET_ACCEPT = 0.5
 
