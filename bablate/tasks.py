@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from bablate import sharding
+from bablate.callsite import warn_caller
 from bablate.rules import Rule, check_same_length, num_examples, p_correct_from
 from bablate.sites import Site, ablation_value, check_activation, check_mask_values, mask_activation
 
@@ -197,10 +197,10 @@ def warn_if_intact_fails(name: str, full: float) -> None:
         raise ValueError(f"Task {name!r}: the intact network gives a non-finite "
                          "log-odds; check the outputs for NaN/inf.")
     if full < 0:
-        warnings.warn(f"Task {name!r}: the intact network already fails it "
+        warn_caller(f"Task {name!r}: the intact network already fails it "
                       f"(P(correct) = {float(jax.nn.sigmoid(full)):.3f} < 0.5, log-odds "
                       f"{full:.2f}). The AMD is still defined, but it describes masks "
-                      "that make a failing network fail less.", stacklevel=3)
+                      "that make a failing network fail less.")
 
 
 def shared_data(site: Site, inputs: Any, name: str, activation: Array | None,
