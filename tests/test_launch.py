@@ -178,3 +178,22 @@ def test_a_runs_warnings_reach_log_and_report_with_the_callers_line(tmp_path):
         assert text in log and text in warnings_section and text in proc.stderr, text
     assert "The run issued 2 warning(s)" in warnings_section
     assert "bablate/tasks.py" not in log
+
+
+def test_help_lists_bablates_own_flags_one_line_each_with_examples(tmp_path):
+    """``--help`` shows bablate's flags (not only absl's usage line) and exits as absl's does
+    (status 1)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for cmd in ([sys.executable, "-m", "bablate"],
+                [sys.executable, str(Path(__file__).resolve().parents[1] / "launch.py")]):
+        proc = subprocess.run([*cmd, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stdout.splitlines()
+        for name in ("config", "workdir", "sweep", "jobs", "launcher", "overwrite",
+                     "cpu_devices", "slurm_time"):
+            (line,) = [ln for ln in lines if ln.strip().startswith(f"--{name}")]
+            assert len(line.split(None, 1)[1]) > 10, line  # the flag and its help, one line
+        assert any(ln.strip().startswith("python -m bablate --config=") for ln in lines)
+        assert "--launcher=local|slurm" in proc.stdout and "toy_superposition" in proc.stdout
+        assert not (tmp_path / "runs").exists()  # --help runs nothing
