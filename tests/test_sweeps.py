@@ -40,6 +40,28 @@ def test_sweep_aggregates_numeric_results_over_seeds(fake_config, tmp_path):
     assert row in text
 
 
+def test_sweep_md_shows_the_swept_values_and_results_not_the_config(fake_config, tmp_path):
+    """The config the study echoes among its results ("config": {...}) is no result: no
+    "config.seed 1 ± 1" row; a number that is the same in every run is one line, not a row
+    of "± 0"; the config values every run shares are one line, naming the swept keys."""
+    members = sweeps.expand(fake_config("quick"), [{"seed": s, "scale": c}
+                                                   for c in (0.5, 2.0) for s in (0, 1, 2)])
+    sweeps.run_sweep(members, tmp_path)
+    echo = json.loads((tmp_path / members[0].name / "results.json").read_text())["config"]
+    assert echo["seed"] == 0  # the study does echo its config
+    text = (tmp_path / "sweep.md").read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    results_rows = [ln for ln in rows if not ln.startswith(("| `seed=", "| `base"))]
+    assert [r.split("|")[1].strip() for r in results_rows] == ["`total`", "`total`"]
+    assert "config." not in text and "± 0 |" not in text
+    assert text.count("The same in every run of this group: `steps` = 4.") == 2
+    (shared,) = [ln for ln in text.splitlines() if ln.startswith("Swept:")]
+    assert shared.startswith("Swept: `seed`, `scale`. The same in every run: ")
+    assert "`steps=4`" in shared and "`model.name=tiny`" in shared and "seed=" not in shared
+    data = json.loads((tmp_path / "sweep_results.json").read_text())
+    assert not any(k.startswith("config.") for g in data["groups"] for k in g["results"])
+
+
 def test_unfinished_members_are_left_out_of_the_aggregate(fake_config, tmp_path):
     members = sweeps.expand(fake_config("quick"), [{"seed": 0}, {"seed": 1}])
     sweeps.run_sweep(members, tmp_path)

@@ -66,5 +66,6 @@ def run(config, ctx):
     ctx.text("## Accumulated sums\n\nThree sums of seeded normal draws.")
     ctx.figure(fig, "sums", "The three accumulated sums.")
     ctx.text("Closing remarks.")
+    # "config": a copy of the config among the results, as the toy study returns one
     return {"sums": acc, "total": np.float64(acc.sum()), "steps": config.steps,
-            "undefined": float("nan")}
+            "undefined": float("nan"), "config": config.to_dict()}
