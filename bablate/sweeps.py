@@ -305,7 +305,8 @@ def pinned_command(command: list[str], cores: list[int]) -> list[str]:
 
 
 def _run_parallel(pending, workdir, jobs, command_for, out, log, bar) -> None:
-    env = dict(os.environ, BABLATE_PROGRESS="0")  # the sweep's bar is the only one shown
+    # Members' output goes to console.txt: progress there as lines with an ETA, never bars.
+    env = dict(os.environ, BABLATE_PROGRESS=progress.child_setting())
     queue, running = list(pending), {}
     # Each member gets its own share of the cores (its affinity mask): JAX sizes its CPU devices
     # and XLA its thread pools from that mask, so members do not all fight over every core.

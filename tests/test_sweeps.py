@@ -138,3 +138,34 @@ def test_a_result_key_holding_a_pipe_keeps_its_row_three_cells():
                "results": {"acc_|x|": {"mean": 1.0, "sd": None, "n": 1, "values": [1.0]}}}]
     row = next(line for line in sweeps._aggregate_markdown(groups) if "acc_" in line)
     assert len(re.split(r"(?<!\\)\|", row)[1:-1]) == 3, row
+
+
+def test_parallel_members_write_progress_lines_with_an_eta(launch, tmp_path):
+    """A member of a --jobs sweep (or a SLURM job) writes to its console.txt: progress goes
+    there as plain lines with an ETA, not bars and not nothing."""
+    from conftest import FAKE_CONFIG
+
+    proc = launch(f"--config={FAKE_CONFIG}", "--sweep", "--jobs=2", f"--workdir={tmp_path}",
+                  env={"BABLATE_PROGRESS": "1", "BABLATE_PROGRESS_INTERVAL": "0"})
+    assert proc.returncode == 0, proc.stderr
+    for member in ("seed=0", "seed=1,scale=2.0"):
+        console = (tmp_path / member / "console.txt").read_text()
+        steps = [ln for ln in console.splitlines() if ln.startswith("fake steps: ")]
+        assert any("ETA" in ln for ln in steps) and "done 4/4 step" in steps[-1], console
+        assert "\r" not in console and "\x1b" not in console
+
+
+def test_progress_as_lines_and_what_children_get(monkeypatch, capsys):
+    from bablate import progress
+
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
+    monkeypatch.setenv("BABLATE_PROGRESS", "lines")
+    with progress.bar(total=2, desc="x") as b:  # a terminal, but lines were asked for
+        assert isinstance(b.inner, progress.LineProgress)
+        b.update(2)
+    assert capsys.readouterr().err.startswith("x: done 2/2")
+    assert progress.child_setting() == "lines"
+    monkeypatch.setenv("BABLATE_PROGRESS", "1")
+    assert progress.child_setting() == "lines"
+    monkeypatch.setenv("BABLATE_PROGRESS", "0")
+    assert progress.child_setting() == "0"

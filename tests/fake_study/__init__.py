@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bablate import config_checks as cc
-from bablate import tasks
+from bablate import progress, tasks
 
 CONFIG_RULES = {"seed": cc.integer(0), "steps": cc.integer(1), "scale": cc.number(),
                 "sleep": cc.number(0), "model.width": cc.integer(1), "model.name": cc.text()}
@@ -48,7 +48,7 @@ def run(config, ctx):
     else:
         step, acc = int(state["step"]), state["acc"]
         ctx.log(f"resumed at step {step}")
-    for s in range(step, config.steps):
+    for s in progress.track(range(step, config.steps), desc="fake steps", unit="step"):
         if s == fail_at:
             raise RuntimeError(f"planned failure at step {s}")
         # One generator per (seed, step): a resumed run draws exactly what a fresh one would.
