@@ -219,7 +219,8 @@ def marginals(posts: Posterior | Sequence[Posterior]) -> Figure:
     ax.set_xlabel("unit")
     ax.set_ylabel("q(m_i = 1)")
     ax.set_title("Marginals ± 1.96 Monte Carlo s.e. (dashed: prior)")
-    ax.legend(fontsize=7, loc="best")
+    # Beside the axes, not on them: points fill the whole [0, 1] range, so "best" covers some.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
@@ -270,6 +271,10 @@ def information_panels(panels: Mapping[str, Sequence[Posterior] | np.ndarray], *
     Returns:
       The figure, with one colourbar labelled in bits for all panels.
     """
+    if not isinstance(panels, Mapping):
+        raise TypeError(f"information_panels takes a dict of panels {{title: posteriors or a "
+                        f"[tasks, units] array}}, got a {type(panels).__name__}; e.g. "
+                        "information_panels({'neurons': posts}).")
     if not panels:
         raise ValueError("information_panels needs at least one panel, got none.")
     if max_units is not None and max_units < 1:
@@ -361,11 +366,35 @@ def _md_cell(value) -> object:
     return value
 
 
+def _per_task(posts: list[Posterior], text) -> str:
+    """``text(post)`` when every posterior gives the same, else each value with its tasks."""
+    groups: dict[str, list[str]] = {}
+    for p in posts:
+        groups.setdefault(text(p), []).append(p.task)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{v} ({', '.join(tasks)})" for v, tasks in groups.items())
+
+
+def _prior_text(p: Posterior) -> str:
+    q = np.unique(np.asarray(p.prior, np.float64))
+    return (f"keep-probability {q[0]:.3g} for every unit" if q.size == 1 else
+            f"keep-probability {q.min():.3g} to {q.max():.3g}, per unit")
+
+
+def _settings_line(posts: list[Posterior]) -> str:
+    """What the posteriors are of: site, prior, β and method (per task where they differ)."""
+    return (f"**Site:** {md.cell(_per_task(posts, lambda p: p.site or 'not recorded'))}. "
+            f"**Prior:** independent Bernoulli, {_per_task(posts, _prior_text)}. "
+            f"**β:** {_per_task(posts, lambda p: f'{p.beta:g}')}. "
+            f"**Method:** {_per_task(posts, lambda p: p.method)}.")
+
+
 def report(posts: Posterior | Sequence[Posterior], path: str | os.PathLike,
            title: str = "Ablation mask distributions") -> Path:
-    """Writes ``<path>/report.md`` with a metrics table and every figure of this module
-    (``<path>/figures/*.png``): rank plots for MCMC posteriors, and trace plots when arviz is
-    installed. Returns the path of report.md."""
+    """Writes ``<path>/report.md`` with the site, prior, β and method, a metrics table and every
+    figure of this module (``<path>/figures/*.png``): rank plots for MCMC posteriors, and trace
+    plots when arviz is installed. Returns the path of report.md."""
     posts = _posts(posts, "report")
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -391,7 +420,8 @@ def report(posts: Posterior | Sequence[Posterior], path: str | os.PathLike,
             if not notes:
                 notes.append(f"Trace plots left out: {e}")
         figures.append((f"rank_{i}", rank_caption(p.task), rank(p)))
-    lines = [f"# {title}", "", "| task | method | d | task information (bits) | "
+    lines = [f"# {title}", "", _settings_line(posts), "",
+             "| task | method | d | task information (bits) | "
              "used / harmful (bits) | distributedness | H(q) estimate | warnings |",
              "|---|---|---|---|---|---|---|---|"]
     for p in posts:

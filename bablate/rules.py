@@ -44,6 +44,11 @@ class Rule:
     positive: Array | None = None
     check: Callable[[Any, Any], None] | None = None
 
+    def __repr__(self) -> str:
+        n = num_examples(self.data) if self.data is not None else None
+        return (f"Rule({self.name!r}" + (f", {n} targets" if n is not None else "")
+                + (", sensitivity and specificity" if self.positive is not None else "") + ")")
+
 
 def _check_targets(targets, n_dim: int, what: str) -> Array:
     targets = jnp.asarray(targets)

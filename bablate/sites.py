@@ -165,6 +165,15 @@ class Site:
             raise ValueError(f"Site {self.name!r}: resample ablation needs a cached site "
                              "(it draws another example's activation); use 'zero' or 'mean'.")
 
+    def __repr__(self) -> str:
+        # The dataclass repr printed every function's address and the reference array.
+        kind = ("cached" if self.cached else "in place" if self.apply is not None
+                else "mask-aware")
+        axis = "" if self.unit_axis == -1 else f", unit_axis={self.unit_axis}"
+        basis = "" if self.basis is None else f", basis {self.basis.name!r}"
+        return (f"Site({self.name!r}, d={self.num_units}, {kind}, {self.ablation} ablation"
+                f"{axis}{basis})")
+
     @property
     def identity(self) -> str:
         """What tells this site from another in reports and metric checks: the name, d, the

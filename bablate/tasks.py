@@ -94,6 +94,11 @@ class Task:
     def num_units(self) -> int:
         return self.site.num_units
 
+    def __repr__(self) -> str:
+        # The dataclass repr printed the site's functions and every array of the dataset.
+        return (f"Task({self.name!r}, site {self.site.name!r} (d={self.num_units}), "
+                f"{examples_text(self.data)}, rule {self.rule.name})")
+
     @classmethod
     def build(cls, site: Site, inputs: Any, rule: Rule, *, name: str = "task",
               activation: Array | None = None, key: Array | None = None,
@@ -189,6 +194,12 @@ class Task:
                   ) -> np.ndarray:
         """P(correct | task, mask) for masks ``[M, d]``."""
         return _chunked(self, "p_correct", masks, smooth, chunk_size)
+
+
+def examples_text(data: dict) -> str:
+    """"<N> examples" of a task's data (the leading axis of its inputs), for reprs."""
+    n = num_examples(data.get("inputs"))
+    return f"{n} examples" if n is not None else "examples of unknown count"
 
 
 def warn_if_intact_fails(name: str, full: float) -> None:

@@ -115,6 +115,11 @@ def test_marginals_plot_draws_the_intervals(exact_posts, tmp_path):
     np.testing.assert_allclose(half, plot.Z_95 * plot.marginal_standard_error(post))
     assert np.all(exact_posts[0].marginals == lines[1].lines[0].get_ydata())
     assert "no MC error" in ax.get_legend().get_texts()[1].get_text()  # exact: no interval
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legend, box = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= box.x1  # beside the points, never over them
     _assert_png(plot.save_png(fig, tmp_path / "marginals.png"))
 
 
@@ -242,6 +247,9 @@ def test_report_on_a_real_mcmc_run(tmp_path):
                            num_warmup=100, num_chains=2)
     path = plot.report([bb.infer(task, "exact"), sampled], tmp_path)
     text = path.read_text()
+    assert ("**Site:** h (d=4, zero ablation). **Prior:** independent Bernoulli, "
+            "keep-probability 0.5 for every unit. **β:** 1. **Method:** exact (sum>0); "
+            "mcmc-gradient-multi (sum>0).") in text
     assert "| sum>0 | exact |" in text
     row = next(line for line in text.splitlines() if line.startswith("| sum>0 | mcmc"))
     assert "adapted step size" in row
@@ -327,3 +335,24 @@ def test_information_panels_show_the_most_informative_units_by_their_ids():
         plot.information_panels({"bad": -info})
     with pytest.raises(ValueError, match="at least one panel"):
         plot.information_panels({})
+
+
+def test_information_panels_given_a_list_says_it_takes_a_dict(exact_posts):
+    for panels in (exact_posts, [np.zeros((2, 3))]):
+        with pytest.raises(TypeError, match=r"takes a dict of panels .* got a list; e\.g\. "
+                           r"information_panels\(\{'neurons': posts\}\)") as err:
+            plot.information_panels(panels)
+        assert "\n" not in str(err.value)
+
+
+def test_report_names_each_tasks_prior_and_beta_where_they_differ(tmp_path):
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    a = _exact("a", rng.normal(size=8))
+    b = dataclasses.replace(_exact("b", rng.normal(size=8)), prior=np.array([0.2, 0.5, 0.8]),
+                            beta=2.0)
+    text = plot.report([a, b], tmp_path).read_text()
+    assert ("**Site:** s. **Prior:** independent Bernoulli, keep-probability 0.5 for every "
+            "unit (a); keep-probability 0.2 to 0.8, per unit (b). **β:** 1 (a); 2 (b). "
+            "**Method:** exact.") in text

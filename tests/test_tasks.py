@@ -291,3 +291,23 @@ def test_task_sets_on_one_site_share_one_compiled_outputs_program(head_task_set,
     first, second = task_set.outputs(masks), other.outputs(masks)
     assert not np.allclose(first, second)  # other data, same program
     programs.clear_cache()
+
+
+def test_site_task_and_task_set_print_compactly(readme_mlp):
+    """Name, d, examples and rules, not the functions' addresses and the dataset's arrays
+    (the dataclass reprs ran to thousands of characters)."""
+    site, x, pred = readme_mlp
+    task = bb.Task.build(site, x, bb.rules.top1(pred), name="all")
+    task_set = bb.TaskSet.build(site, x, {f"class {c}": bb.rules.one_vs_rest(pred, c)
+                                          for c in range(3)})
+    assert repr(site) == "Site('hidden', d=8, cached, zero ablation)"
+    assert repr(task) == "Task('all', site 'hidden' (d=8), 512 examples, rule top1)"
+    assert repr(task.rule) == "Rule('top1', 512 targets)"
+    assert repr(task_set) == (
+        "TaskSet(site 'hidden' (d=8), 512 examples, 3 tasks: 'class 0' [one_vs_rest(0)], "
+        "'class 1' [one_vs_rest(1)], 'class 2' [one_vs_rest(2)])")
+    assert repr(task_set.tasks[0].rule) == (
+        "Rule('one_vs_rest(0)', 512 targets, sensitivity and specificity)")
+    rnn = bb.Site.in_place("h", 3, lambda x, ablate: ablate(x), unit_axis=1, ablation="mean",
+                           reference=np.ones((2, 3), np.float32))
+    assert repr(rnn) == "Site('h', d=3, in place, mean ablation, unit_axis=1)"
