@@ -12,11 +12,13 @@ task, mask)^β tells which sets of units a trained network uses to get a task ri
     posts = bb.infer_many(task_set, "auto", key=jax.random.key(0))  # exact if d <= 16
     bb.metrics.summarize_tasks(posts).as_dict()                  # per task, means, polysemanticity
     bb.report(posts, "out")                                      # figures + report.md
+    posts[0].save("p.npz"); bb.load_posterior("p.npz")           # plain npz, read back equal
 """
 
 from bablate import metrics, plot, progress, rules
 from bablate.amd import amd_model, log_joint, make_model
 from bablate.flax_sites import flax_site, list_sites, run_with_cache
+from bablate.hooked_sites import mark
 from bablate.inference import (
     FlipKernel,
     Posterior,
@@ -27,10 +29,12 @@ from bablate.inference import (
     mcmc,
     svi,
 )
-from bablate.nnx_sites import nnx_run_with_cache, nnx_site
+from bablate.inference.posterior import load_posterior
+from bablate.nnx_sites import nnx_list_sites, nnx_run_with_cache, nnx_site
 from bablate.plot import report
 from bablate.rules import Rule
 from bablate.sites import Basis, Site, mask_activation
+from bablate.statefile import read_checkpoint
 from bablate.tasks import Task
 from bablate.taskset import TaskSet
 
@@ -40,7 +44,8 @@ __version__ = "0.1.0"  # the one version source; pyproject.toml reads it
 
 __all__ = [
     "Basis", "FlipKernel", "Posterior", "Rule", "Site", "Task", "TaskSet", "amd_model", "exact",
-    "flax_site", "importance", "infer", "infer_many", "list_sites", "log_joint", "make_model",
-    "mask_activation", "mcmc", "metrics", "nnx_run_with_cache", "nnx_site", "plot", "report",
-    "rules", "run_with_cache", "svi",
+    "flax_site", "importance", "infer", "infer_many", "list_sites", "load_posterior", "log_joint",
+    "make_model", "mark", "mask_activation", "mcmc", "metrics", "nnx_list_sites",
+    "nnx_run_with_cache", "nnx_site", "plot", "read_checkpoint", "report", "rules",
+    "run_with_cache", "svi",
 ]

@@ -69,36 +69,63 @@ def resolve_config(spec: str) -> str:
 
 _DEFAULT = resolve_config("toy_superposition:quick")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT, "Study config file[:variant]; override fields with --config.a.b=value.",
-    lock_config=True)
+    "config", _DEFAULT, "A study, or a config file <path>.py[:variant] (default: "
+    "toy_superposition:quick); --config.<field>=<value> sets a field.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<study>/<variant>; "
                                 "runs/<study>/<variant>-sweep with --sweep).")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Run the sweep the config file's get_sweep declares.")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Sweep members run at once (in subprocesses when > 1).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Redo finished runs and replace other configs.")
 _CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", None, "JAX CPU devices to split masks and MCMC chains over (default: one per "
-    "core, or the count XLA_FLAGS forces); 1 = a single device. Results do not depend on it "
-    "beyond float rounding.")
+    "cpu_devices", None, "JAX CPU devices for masks and chains (default: one per core; 1: one "
+    "device).")
 _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "slurm"],
-                              "Where sweep members run: local (this machine, --jobs at a time) "
-                              "or slurm (one SLURM job each, through submitit).")
-_SLURM_PARTITION = flags.DEFINE_string("slurm_partition", None, "SLURM partition for sweep "
-                                       "members (default: the cluster's default partition).")
+                              "Where sweep members run: this machine, or one SLURM job each.")
+_SLURM_PARTITION = flags.DEFINE_string("slurm_partition", None, "SLURM partition of the "
+                                       "members' jobs (default: the cluster's).")
 _SLURM_TIME = flags.DEFINE_integer("slurm_time", 60, "Time limit of each member's SLURM job, "
                                    "in minutes.")
 _SLURM_GPUS = flags.DEFINE_integer("slurm_gpus_per_node", 0, "GPUs for each member's SLURM "
                                    "job (0: none).")
 _SLURM_CPUS = flags.DEFINE_integer("slurm_cpus_per_task", None, "CPU cores for each member's "
-                                   "SLURM job (default: the cluster's default).")
+                                   "SLURM job (default: the cluster's).")
 _SLURM_MEM = flags.DEFINE_float("slurm_mem_gb", None, "Memory of each member's SLURM job in GB "
-                                "(default: the cluster's default).")
+                                "(default: the cluster's).")
 _SLURM_PARALLEL = flags.DEFINE_integer("slurm_array_parallelism", None, "How many members' "
                                        "SLURM jobs run at once (default: all).")
 _SLURM_FLAGS = (_SLURM_PARTITION, _SLURM_TIME, _SLURM_GPUS, _SLURM_CPUS, _SLURM_MEM,
                 _SLURM_PARALLEL)
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
-                               "(one process per host of a TPU pod or multi-GPU job).")
+                               "(one process per host of a multi-host job).")
+_OWN_FLAGS = ("config", "workdir", "sweep", "jobs", "launcher", "overwrite", "cpu_devices",
+              "multihost", *(f.name for f in _SLURM_FLAGS))
+_HINTS = {"config": "=<study>[:variant]", "workdir": "=<dir>"}
+_EXAMPLES = """\
+  python -m bablate                                  # the quick toy-superposition study
+  python -m bablate --config=rnn_chunks:quick --config.seed=3
+  python -m bablate --config=experiments/rnn_chunks.py:quick --workdir=runs/mine
+  python -m bablate --config=toy_superposition:quick --sweep --jobs=2
+  python -m bablate --config=toy_superposition --sweep --launcher=slurm --slurm_time=120"""
+
+
+def usage() -> str:
+    """What ``--help`` prints (absl prints the main module's docstring, which `entry` sets to
+    this): the command, examples, and bablate's own flags, one line each."""
+    lines = []
+    for name in _OWN_FLAGS:
+        flag = flags.FLAGS[name]
+        text, values = flag.help, getattr(flag.parser, "enum_values", None)
+        if values:  # absl puts "<a|b>: " before an enum's help
+            hint = "=" + "|".join(values)
+            text = text.removeprefix(f"<{'|'.join(values)}>: ")
+        else:
+            hint = _HINTS.get(name, "" if flag.flag_type() == "bool" else
+                              f"=<{flag.flag_type()}>")
+        lines.append(f"  --{name}{hint}".ljust(34) + f" {text}")
+    return (f"python -m bablate: runs a bablate study, or a sweep of them, into a run directory "
+            f"(config.json, log.txt, figures/, report.md, results.json).\n\nExamples:\n"
+            f"{_EXAMPLES}\n\nFlags:\n" + "\n".join(lines) + "\n\nStudies: "
+            f"{', '.join(study_names())}. Details: README.md, \"Sweeps and run directories\".\n")
 
 
 def _die(msg: str):
@@ -212,6 +239,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     absl_log.setLevel(logging.ERROR)
     try:
         return flags.FLAGS(argv)
+    except BrokenPipeError:  # --help piped into a reader that stopped (| head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except (AttributeError, KeyError) as e:  # ml_collections: an override names no field
         if "get_config" in str(e):
             _die(f"{path} defines no get_config(arg); a config file needs get_config(arg=None) "
@@ -379,6 +409,7 @@ def interrupted() -> None:
 
 def entry() -> None:
     """``python -m bablate`` / ``python launch.py``: parses the flags and runs."""
+    sys.modules["__main__"].__doc__ = usage()  # absl's --help prints it
     try:
         app.run(main, flags_parser=_parse_flags)
     except KeyboardInterrupt:

@@ -76,7 +76,10 @@ def runner(model: nn.Module, variables: Any, method: str = "__call__",
             out = next_fun(*args, **kwargs)
             return on_value(path, out) if at_site and is_array(out) else out
 
-        with nn.intercept_methods(intercept):
+        def marked(module, name, value):
+            return on_value(f"{'/'.join(str(p) for p in module.path)}@{name}", value)
+
+        with nn.intercept_methods(intercept), hooked_sites.marking(marked):
             return model.apply(variables, inputs, **apply_kwargs)
 
     return run
@@ -90,12 +93,15 @@ def list_sites(model: nn.Module, variables: Any, example_inputs: Any,
     Returns:
       ``{path: (calls_per_forward, shape)}`` for every submodule whose ``method`` returns a
       single array, paths joined with "/" (e.g. ``"Block_0/Dense_1"``); every array value
-      marked with ``self.perturb(name, x)``, as ``"<path>@<name>"``; with ``inputs``, also
+      marked with ``bb.mark(self, name, x)`` or ``self.perturb(name, x)``, as
+      ``"<path>@<name>"``; with ``inputs``, also
       ``"<path>:input"`` for those whose first positional argument is an array.
     """
-    found = hooked_sites.shapes(runner(model, variables, method, **apply_kwargs),
-                                example_inputs)
-    return {k: v for k, v in found.items() if inputs or not k.endswith(":input")}
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"list_sites takes a flax linen model, got {type(model).__name__}; "
+                        "for a flax nnx model use bb.nnx_list_sites(model, example_inputs).")
+    return hooked_sites.listing(runner(model, variables, method, **apply_kwargs),
+                                example_inputs, inputs)
 
 
 def run_with_cache(model: nn.Module, variables: Any, inputs: Any, method: str = "__call__",

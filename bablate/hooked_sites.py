@@ -4,9 +4,9 @@ The flax front ends (:mod:`bablate.flax_sites` for linen, :mod:`bablate.nnx_site
 model into a *runner*: ``run(inputs, on_value) -> outputs`` runs the model once and passes every
 value a site can name through ``on_value(name, value) -> value`` — a submodule's output
 (``"Block_0/Dense_1"``), its first positional argument (``"Dense_1:input"``) and each value
-marked with ``perturb`` (``"Block_0@act"``) — using whatever ``on_value`` returns in its place
-downstream. Recording, caching and masking are all ``on_value`` functions, so one module builds
-every kind of site from a runner:
+marked with :func:`mark` or flax's ``perturb`` (``"Block_0@act"``) — using whatever
+``on_value`` returns in its place downstream. Recording, caching and masking are all
+``on_value`` functions, so one module builds every kind of site from a runner:
 
 * one place called once per forward pass: a cached site (the prefix records the value, the
   suffix puts the masked one in its place; under jit what only fed it is dead code);
@@ -20,17 +20,61 @@ every kind of site from a runner:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from bablate.sites import Ablation, Basis, Site, mask_activation, mean_before
+from bablate.sites import (
+    Ablation,
+    Basis,
+    Site,
+    check_unit_axis,
+    mask_activation,
+    mean_before,
+)
 
 OnValue = Callable[[str, Any], Any]
 Runner = Callable[[Any, OnValue], Any]
 PARTS = ("output", "input")
+# While a runner runs the model: (module, name, value) -> the value to use, for `mark`.
+_MARK_HOOK: contextvars.ContextVar[Callable[[Any, str, Any], Any] | None] = (
+    contextvars.ContextVar("bablate_mark_hook", default=None))
+
+
+def mark(module: Any, name: str, value: Any) -> Any:
+    """Marks ``value`` inside ``module``'s forward pass as the site ``"<module path>@<name>"``.
+
+    Call it in a flax module's ``__call__``, linen or nnx: ``h = bb.mark(self, "act", h)``.
+    Outside bablate it returns ``value`` unchanged and does nothing else: unlike nnx's
+    ``self.perturb`` (deprecated outside ``nnx.capture`` since flax 0.12, and a warning on
+    every call of the model), it stores no variable and never warns. Inside
+    :func:`bablate.flax_site`, :func:`bablate.nnx_site` and their ``run_with_cache`` and
+    ``list_sites``, the value is recorded, cached or masked like a submodule's output.
+
+    Args:
+      module: the module whose forward pass holds the value (``self``).
+      name: the mark's name, unique within the module.
+      value: the array to mark.
+
+    Returns:
+      ``value``, or inside a site's forward pass the value that takes its place downstream.
+    """
+    hook = _MARK_HOOK.get()
+    return value if hook is None else hook(module, name, value)
+
+
+@contextlib.contextmanager
+def marking(hook: Callable[[Any, str, Any], Any]) -> Iterator[None]:
+    """Within it, :func:`mark` calls ``hook(module, name, value)`` (a runner sets it)."""
+    token = _MARK_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _MARK_HOOK.reset(token)
 
 
 def check_part(spec: str) -> None:
@@ -78,6 +122,13 @@ def shapes(run: Runner, example_inputs: Any) -> dict[str, tuple[int, tuple]]:
 
     jax.eval_shape(trace, example_inputs)
     return found
+
+
+def listing(run: Runner, example_inputs: Any, inputs: bool) -> dict[str, tuple[int, tuple]]:
+    """``list_sites``' answer: :func:`shapes`, without the ``":input"`` places unless
+    ``inputs``."""
+    found = shapes(run, example_inputs)
+    return {k: v for k, v in found.items() if inputs or not k.endswith(":input")}
 
 
 def as_specs(path: str | Sequence[str]) -> list[str]:
@@ -179,5 +230,7 @@ def site_at(run: Runner, path: str | Sequence[str], example_inputs: Any, model: 
                              "exist (name shape x calls per forward): "
                              f"{listing or 'none'}; append ':input' for a submodule's input; "
                              "'<path>@<name>' is a value marked with self.perturb(name, x).")
+        if basis is None:  # a basis acts on the last axis whatever unit_axis says
+            check_unit_axis(spec, unit_axis, found[spec][1])
     return build_site(run, specs, found, unit_axis=unit_axis, ablation=ablation, basis=basis,
                       reference=reference)

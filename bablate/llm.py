@@ -33,6 +33,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from bablate import rules
+from bablate.callsite import warn_caller
 from bablate.models import llama
 from bablate.models.llama import Interventions, LlamaConfig
 from bablate.rules import Rule
@@ -273,13 +274,11 @@ def _warn_if_bf16_is_slow(cfg: LlamaConfig) -> None:
     than without them."""
     speedup = bf16_speedup_here(cfg)
     if speedup is not None and speedup < 1.0:
-        import warnings
-
-        warnings.warn(SlowBf16Warning(
+        warn_caller(SlowBf16Warning(
             f"bf16 projections (matmul_dtype='bfloat16') run {1 / speedup:.1f}x slower than "
             "float32 on this CPU (measured at start: llama.bf16_speedup() = "
             f"{speedup:.2f}); use float32, the full-precision model (the LLM study: "
-            "--config.ablation_matmuls=float32)"), stacklevel=3)
+            "--config.ablation_matmuls=float32)"))
 
 
 def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,

@@ -1,9 +1,10 @@
 """Sites on flax nnx models.
 
 ``nnx_site(model, "linear1", x)`` points at the output of a submodule, ``"linear2:input"`` at its
-input (its first positional argument), ``"block@act"`` at a value the model marks with nnx's
-``self.perturb("act", x)`` inside ``block`` (``"@act"`` in the top-level module), and a list of
-names at all their units jointly (see :mod:`bablate.hooked_sites`).
+input (its first positional argument), ``"block@act"`` at a value the model marks with
+``bb.mark(self, "act", x)`` (or nnx's ``self.perturb("act", x)``) inside ``block`` (``"@act"``
+in the top-level module), and a list of names at all their units jointly (see
+:mod:`bablate.hooked_sites`).
 
 The model is split once into its graph and state. Each run merges a fresh copy whose submodules
 are wrapped and whose ``perturb`` is hooked, so the caller's model object (and any state it
@@ -90,7 +91,14 @@ def runner(model) -> Runner:
         for path, module in modules.items():
             parent, _, name = path.rpartition("/")
             _set_child(parents[parent], name, _Replace(module, wrapper(path)))
-        return copy(inputs)
+        paths = {id(module): path for path, module in parents.items()}
+
+        def marked(module, name, value):
+            path = paths.get(id(module))
+            return value if path is None else on_value(f"{path}@{name}", value)
+
+        with hooked_sites.marking(marked):
+            return copy(inputs)
 
     return run
 
@@ -105,6 +113,17 @@ def nnx_run_with_cache(model, inputs: Any, inputs_too: bool = True) -> tuple[Any
     """
     _check_model(model, "nnx_run_with_cache", "bb.run_with_cache(model, variables, inputs)")
     return hooked_sites.cache(runner(model), inputs, inputs_too)
+
+
+def nnx_list_sites(model, example_inputs: Any, inputs: bool = False
+                   ) -> dict[str, tuple[int, tuple]]:
+    """Every place of a flax nnx model a mask can apply to, as :func:`bablate.list_sites`
+    lists a linen model's: ``{name: (calls per forward pass, shape)}`` for each submodule's
+    output (``"block/up"``), each value marked with ``bb.mark(self, name, x)`` or
+    ``self.perturb(name, x)`` (``"block@act"``) and, with ``inputs=True``, each submodule's
+    first positional argument (``"head:input"``); traced, nothing computed."""
+    _check_model(model, "nnx_list_sites", "bb.list_sites(model, variables, example_inputs)")
+    return hooked_sites.listing(runner(model), example_inputs, inputs)
 
 
 def nnx_site(model, path: str | Sequence[str], example_inputs: Any, *, unit_axis: int = -1,

@@ -16,19 +16,19 @@ writes ``report.md`` with all of them.
   basis, all panels on one colour scale from 0 with one colourbar;
 * :func:`js_matrix` — task overlap: the joint JS divergence for exact posteriors, else the mean
   JS between marginals (a different, smaller quantity; the title says which);
-* :func:`trace` and :func:`rank` — arviz's trace and rank plots of an MCMC posterior's draws.
+* :func:`rank` — rank plots of MCMC chains with ties broken at random, so 0/1 draws of
+  agreeing chains give flat bars inside a drawn band (:mod:`bablate.chain_plots`);
+* :func:`trace` — arviz's trace plot of an MCMC posterior's draws.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from numpyro.diagnostics import effective_sample_size
@@ -36,6 +36,7 @@ from numpyro.diagnostics import effective_sample_size
 from bablate import io as bbio
 from bablate import markdown as md
 from bablate import metrics
+from bablate.chain_plots import rank, rank_caption, trace
 from bablate.inference.posterior import Posterior
 
 # Intervals drawn by `marginals`: ± this many Monte Carlo standard errors (95 %).
@@ -218,7 +219,8 @@ def marginals(posts: Posterior | Sequence[Posterior]) -> Figure:
     ax.set_xlabel("unit")
     ax.set_ylabel("q(m_i = 1)")
     ax.set_title("Marginals ± 1.96 Monte Carlo s.e. (dashed: prior)")
-    ax.legend(fontsize=7, loc="best")
+    # Beside the axes, not on them: points fill the whole [0, 1] range, so "best" covers some.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
@@ -269,6 +271,10 @@ def information_panels(panels: Mapping[str, Sequence[Posterior] | np.ndarray], *
     Returns:
       The figure, with one colourbar labelled in bits for all panels.
     """
+    if not isinstance(panels, Mapping):
+        raise TypeError(f"information_panels takes a dict of panels {{title: posteriors or a "
+                        f"[tasks, units] array}}, got a {type(panels).__name__}; e.g. "
+                        "information_panels({'neurons': posts}).")
     if not panels:
         raise ValueError("information_panels needs at least one panel, got none.")
     if max_units is not None and max_units < 1:
@@ -341,59 +347,6 @@ def js_matrix(posts: Sequence[Posterior]) -> Figure:
     return fig
 
 
-def _diagnostic_units(post: Posterior, units: Sequence[int] | None, k: int) -> list[int]:
-    """The units to show: those given, else the ``k`` moving units with the smallest ESS (the
-    ones most likely to show a problem)."""
-    if units is not None:
-        return [int(u) for u in units]
-    x = post.chains().astype(np.float64)
-    ess = np.asarray(effective_sample_size(x), np.float64)
-    ess = np.where(np.isfinite(ess), ess, np.inf)  # units that never move: last
-    return sorted(int(u) for u in np.argsort(ess, kind="stable")[:k])
-
-
-def _arviz_figure(post: Posterior, units, k: int, kind: str) -> Figure:
-    from bablate.inference.arviz_data import import_arviz
-
-    if post.samples is None or not post.method.startswith("mcmc"):
-        raise ValueError(f"{kind} plots need MCMC chains; the posterior of {post.task!r} is "
-                         f"{post.method}.")
-    az = import_arviz()
-    idata = post.to_arviz()
-    chosen = _diagnostic_units(post, units, k)
-    coords = {"unit": chosen}
-    import matplotlib.pyplot as plt  # arviz draws on pyplot axes
-
-    n = len(chosen)
-    with warnings.catch_warnings():
-        # arviz 0.2x calls a matplotlib helper that matplotlib >= 3.11 deprecates (not ours).
-        warnings.simplefilter("ignore", MatplotlibDeprecationWarning)
-        if kind == "trace":
-            fig, axes = plt.subplots(n, 2, figsize=(10, 1.9 * n + 0.6), squeeze=False,
-                                     layout="constrained")
-            az.plot_trace(idata, var_names=["mask"], coords=coords, compact=False, axes=axes)
-        else:
-            rows = -(-n // 2)
-            fig, axes = plt.subplots(rows, min(n, 2), figsize=(10, 3.0 * rows + 0.6),
-                                     squeeze=False, layout="constrained")
-            az.plot_rank(idata, var_names=["mask"], coords=coords, ax=axes.ravel()[:n])
-            for ax in axes.ravel()[n:]:
-                ax.set_visible(False)
-    fig.suptitle(f"{post.task}: {kind} of units {chosen} ({post.num_chains or 1} chains)")
-    return fig
-
-
-def trace(post: Posterior, units: Sequence[int] | None = None, k: int = 4) -> Figure:
-    """arviz's trace plot of the draws of ``units`` (default: the ``k`` with the lowest ESS)."""
-    return _arviz_figure(post, units, k, "trace")
-
-
-def rank(post: Posterior, units: Sequence[int] | None = None, k: int = 4) -> Figure:
-    """arviz's rank plot (one histogram of within-chain ranks per chain: flat when the chains
-    mix) of ``units`` (default: the ``k`` with the lowest ESS)."""
-    return _arviz_figure(post, units, k, "rank")
-
-
 def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Writes ``fig`` as a PNG atomically (never a half-written file) and releases it."""
     path = Path(path)
@@ -413,11 +366,35 @@ def _md_cell(value) -> object:
     return value
 
 
+def _per_task(posts: list[Posterior], text) -> str:
+    """``text(post)`` when every posterior gives the same, else each value with its tasks."""
+    groups: dict[str, list[str]] = {}
+    for p in posts:
+        groups.setdefault(text(p), []).append(p.task)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{v} ({', '.join(tasks)})" for v, tasks in groups.items())
+
+
+def _prior_text(p: Posterior) -> str:
+    q = np.unique(np.asarray(p.prior, np.float64))
+    return (f"keep-probability {q[0]:.3g} for every unit" if q.size == 1 else
+            f"keep-probability {q.min():.3g} to {q.max():.3g}, per unit")
+
+
+def _settings_line(posts: list[Posterior]) -> str:
+    """What the posteriors are of: site, prior, β and method (per task where they differ)."""
+    return (f"**Site:** {md.cell(_per_task(posts, lambda p: p.site or 'not recorded'))}. "
+            f"**Prior:** independent Bernoulli, {_per_task(posts, _prior_text)}. "
+            f"**β:** {_per_task(posts, lambda p: f'{p.beta:g}')}. "
+            f"**Method:** {_per_task(posts, lambda p: p.method)}.")
+
+
 def report(posts: Posterior | Sequence[Posterior], path: str | os.PathLike,
            title: str = "Ablation mask distributions") -> Path:
-    """Writes ``<path>/report.md`` with a metrics table and every figure of this module
-    (``<path>/figures/*.png``); trace and rank plots for MCMC posteriors when arviz is
-    installed. Returns the path of report.md."""
+    """Writes ``<path>/report.md`` with the site, prior, β and method, a metrics table and every
+    figure of this module (``<path>/figures/*.png``): rank plots for MCMC posteriors, and trace
+    plots when arviz is installed. Returns the path of report.md."""
     posts = _posts(posts, "report")
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -435,22 +412,16 @@ def report(posts: Posterior | Sequence[Posterior], path: str | os.PathLike,
         figures.append(("js_matrix", "Task overlap by Jensen–Shannon divergence.",
                         js_matrix(posts)))
     notes = []
-    chains = [p for p in posts if p.method.startswith("mcmc") and p.samples is not None]
-    if chains:
+    for i, p in enumerate(p for p in posts if p.method.startswith("mcmc")
+                          and p.samples is not None):
         try:
-            from bablate.inference.arviz_data import import_arviz
-
-            import_arviz()
+            figures.append((f"trace_{i}", f"Trace of {p.task} (lowest-ESS units).", trace(p)))
         except ImportError as e:
-            notes.append(f"Trace and rank plots left out: {e}")
-        else:
-            for i, p in enumerate(chains):
-                figures.append((f"trace_{i}", f"Trace of {p.task} (lowest-ESS units).",
-                                trace(p)))
-                figures.append((f"rank_{i}", f"Rank plot of {p.task} (arviz breaks the ties "
-                                "of 0/1 draws at random): flat bars when the chains agree.",
-                                rank(p)))
-    lines = [f"# {title}", "", "| task | method | d | task information (bits) | "
+            if not notes:
+                notes.append(f"Trace plots left out: {e}")
+        figures.append((f"rank_{i}", rank_caption(p.task), rank(p)))
+    lines = [f"# {title}", "", _settings_line(posts), "",
+             "| task | method | d | task information (bits) | "
              "used / harmful (bits) | distributedness | H(q) estimate | warnings |",
              "|---|---|---|---|---|---|---|---|"]
     for p in posts:

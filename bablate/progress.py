@@ -9,7 +9,10 @@ One place decides how progress is shown, so a study never prints by hand:
 * elsewhere (a log file, CI): no cursor escapes, only plain lines. The outermost loop writes
   a line every ``BABLATE_PROGRESS_INTERVAL`` seconds (default 30) and one when it ends; an
   inner loop writes only if it runs longer than that interval;
-* ``BABLATE_PROGRESS=0`` silences all of it (tests).
+* ``BABLATE_PROGRESS=0`` silences all of it (tests); ``BABLATE_PROGRESS=lines`` writes plain
+  lines even on a terminal. Sweep members (their ``console.txt``) and SLURM jobs (their logs)
+  run with ``lines`` (:func:`child_setting`), so a long job shows a line with an ETA at every
+  interval instead of bars or silence.
 
 :func:`quiet_jax_backend_probe` hides JAX's "Unable to initialize backend 'tpu'" line, which
 every run on a machine without a TPU prints when logging is at INFO (as under absl).
@@ -36,6 +39,17 @@ _open_bars: list = []
 def enabled() -> bool:
     """Whether progress is shown (env ``BABLATE_PROGRESS``, default on)."""
     return os.environ.get("BABLATE_PROGRESS", "1") not in ("0", "false", "False", "")
+
+
+def lines_only() -> bool:
+    """Whether progress is plain lines wherever it goes (``BABLATE_PROGRESS=lines``)."""
+    return os.environ.get("BABLATE_PROGRESS", "") == "lines"
+
+
+def child_setting() -> str:
+    """``BABLATE_PROGRESS`` for a process whose output goes to a file (a sweep member, a SLURM
+    job): plain lines, or "0" when this process shows no progress."""
+    return "lines" if enabled() else "0"
 
 
 def interval() -> float:
@@ -161,7 +175,7 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it", **kwargs):
     if not enabled():
         return tqdm(total=total, desc=desc, unit=unit, disable=True, **kwargs)
     depth = len(_open_bars)
-    if on_terminal():
+    if on_terminal() and not lines_only():
         inner = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5,
                      leave=depth == 0, position=depth, **kwargs)
     else:

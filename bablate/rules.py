@@ -20,7 +20,8 @@ from jax.typing import ArrayLike
 
 Array = jax.Array
 
-__all__ = ["TIES", "Rule", "binary", "custom", "p_correct_from", "smooth_top1", "top1"]
+__all__ = ["TIES", "Rule", "binary", "custom", "one_vs_rest", "p_correct_from", "smooth_top1",
+           "top1"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -42,6 +43,11 @@ class Rule:
     data: Any
     positive: Array | None = None
     check: Callable[[Any, Any], None] | None = None
+
+    def __repr__(self) -> str:
+        n = num_examples(self.data) if self.data is not None else None
+        return (f"Rule({self.name!r}" + (f", {n} targets" if n is not None else "")
+                + (", sensitivity and specificity" if self.positive is not None else "") + ")")
 
 
 def _check_targets(targets, n_dim: int, what: str) -> Array:
@@ -72,6 +78,8 @@ def binary(targets: ArrayLike, threshold: float = 0.0, temperature: float = 1.0)
 
     Outputs must be ``[N]`` scores. Sensitivity and specificity are estimated separately.
     The smooth surrogate is ``sigmoid((output - threshold)/temperature)`` for the target class.
+    For one class against the rest of a multi-class head's ``[N, C]`` logits use
+    :func:`one_vs_rest`.
     """
     targets = _check_targets(targets, 1, "binary rule").astype(bool)
 
@@ -86,7 +94,8 @@ def binary(targets: ArrayLike, threshold: float = 0.0, temperature: float = 1.0)
         if not hasattr(out, "shape") or len(out.shape) != 1:
             raise ValueError(f"binary rule: outputs must be one score per example, shape [N]; "
                              f"got {getattr(out, 'shape', type(out).__name__)}. Use top1 for "
-                             "[N, C] logits, or index the score column in the suffix.")
+                             "[N, C] logits, one_vs_rest(targets, c) for one class of them "
+                             "against the rest, or index the score column in the suffix.")
         check_same_length("binary rule", out, y)
 
     return Rule("binary", hard, soft, targets, positive=targets, check=check)
@@ -152,6 +161,54 @@ def top1(targets: ArrayLike, ties: str = "wrong") -> Rule:
                              f" logits per example; targets must lie in [0, {logits.shape[1]}).")
 
     return Rule("top1", hard, soft, targets, check=check)
+
+
+def one_vs_rest(targets: ArrayLike, positive_class: int) -> Rule:
+    """A binary task on a multi-class head: is an example of class ``positive_class``?
+
+    The network says "yes" where ``positive_class`` is the unique arg-max of its ``[N, C]``
+    logits (a tie is a "no", as :func:`top1` counts a tie as wrong); it is right where that
+    answer matches ``targets == positive_class``. Sensitivity and specificity are estimated
+    separately, as for :func:`binary`, so a mask that makes the network answer "no" to
+    everything is not credited with the many negatives.
+
+    Args:
+      targets: ``[N]`` integer class indices (e.g. the network's own decisions).
+      positive_class: the class the task asks about, in ``[0, C)``.
+
+    The smooth surrogate is the softmax probability of ``positive_class`` for positives and
+    one minus it for the rest.
+    """
+    what = f"one_vs_rest rule (class {positive_class!r})"
+    if not isinstance(positive_class, int | np.integer) or isinstance(positive_class, bool) \
+            or positive_class < 0:
+        raise ValueError(f"{what}: positive_class must be a class index >= 0, got "
+                         f"{positive_class!r}.")
+    c = int(positive_class)
+    is_c = _class_targets(targets, what) == c
+
+    def says_c(logits):
+        others = jnp.delete(logits, c, axis=-1, assume_unique_indices=True).max(axis=-1)
+        return logits[:, c] > others
+
+    def hard(logits, y):
+        return (says_c(logits) == y).astype(jnp.float32)
+
+    def soft(logits, y):
+        p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, c]
+        return jnp.where(y, p, 1.0 - p)
+
+    def check(logits, y):
+        if not hasattr(logits, "shape") or len(logits.shape) != 2 or logits.shape[1] < 2:
+            raise ValueError(f"{what}: outputs must be logits [N, C] with C >= 2; got "
+                             f"{getattr(logits, 'shape', type(logits).__name__)}. Use binary "
+                             "for one score per example.")
+        check_same_length(what, logits, y)
+        if c >= logits.shape[1]:
+            raise ValueError(f"{what}: class {c} is out of range for {logits.shape[1]} logits "
+                             f"per example; positive_class must lie in [0, {logits.shape[1]}).")
+
+    return Rule(f"one_vs_rest({c})", hard, soft, is_c, positive=is_c, check=check)
 
 
 def smooth_top1(targets: ArrayLike) -> Rule:

@@ -46,6 +46,7 @@ import shutil
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,7 @@ class RunContext:
     writer: bool = True
     config_hash: str | None = None
     _items: list[tuple[str, str, str]] = dataclasses.field(default_factory=list, repr=False)
+    _warnings: list[str] = dataclasses.field(default_factory=list, repr=False)
 
     def log(self, msg: str, console: bool = True) -> None:
         """Prints a timestamped line to stderr (unless ``console=False``) and appends it to
@@ -199,6 +201,26 @@ class RunContext:
             self.workdir.mkdir(parents=True, exist_ok=True)
             with open(self.workdir / LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
+
+    def warning(self, message: str, category: str = "UserWarning", where: str = "") -> None:
+        """Records a warning: a ``warning:`` line in ``log.txt`` (and on stderr) and an entry
+        of report.md's Warnings section. Every warning a run issues through Python's
+        ``warnings`` arrives here (see `run_one`); a study may also call it directly."""
+        text = " ".join(str(message).split())  # one line, whatever the message's layout
+        entry = f"{category}: {text}" + (f" (at {where})" if where else "")
+        self._warnings.append(entry)
+        self.log(f"warning: {entry}")
+
+    @contextlib.contextmanager
+    def recording_warnings(self):
+        """Within it, every warning shown (the filters decide which, as outside) goes to
+        :meth:`warning` instead of stderr's two-line form, with the line it names."""
+        def show(message, category, filename, lineno, file=None, line=None):
+            self.warning(str(message), category.__name__, f"{_short_path(filename)}:{lineno}")
+
+        with warnings.catch_warnings():  # restores showwarning (and the filters) on exit
+            warnings.showwarning = show
+            yield
 
     def text(self, markdown: str) -> None:
         """Appends a markdown paragraph or section to ``report.md`` (in order of calls)."""
@@ -295,6 +317,10 @@ class RunContext:
             lines += ["| result | value |", "|---|---|"]
             lines += [md.row([k, _fmt_cell(v)]) for k, v in list(scalars.items())[:30]]
             lines += ["", f"All numbers: [{RESULTS_FILE}]({RESULTS_FILE}).", ""]
+        if self._warnings:
+            lines += ["## Warnings", "", f"The run issued {len(self._warnings)} warning(s) "
+                      f"(also in [{LOG_FILE}]({LOG_FILE})):", ""]
+            lines += [f"- {md.cell(w)}" for w in self._warnings] + [""]
         n_fig = 0
         for kind, a, b in self._items:
             if kind == "text":
@@ -315,6 +341,16 @@ def _check_name(name: str, what: str) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(f"{what} {name!r} must be letters, digits, '_', '.' or '-' "
                          "(it becomes a file name)")
+
+
+def _short_path(filename: str) -> str:
+    """A warning's file as a reader finds it: relative to the directory holding the bablate
+    package (``bablate/studies/...``) or to the working directory, else as given."""
+    path = Path(filename)
+    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+        with contextlib.suppress(ValueError, OSError):
+            return str(path.resolve().relative_to(base))
+    return filename
 
 
 def _fmt_cell(v: Any) -> str:
@@ -593,11 +629,12 @@ def _run_locked(config, resolved, study_run, workdir: Path, overwrite: bool, wri
         start = time.perf_counter()
         study_config = copy.deepcopy(config)  # the study cannot change what config.json says
         study_config.lock()
-        results = study_run(study_config, ctx)
-        if not isinstance(results, Mapping):
-            raise TypeError(f"{config.study}.run must return a dict of results, "
-                            f"got {type(results).__name__}")
-        results = to_jsonable(results, "results")
+        with ctx.recording_warnings():
+            results = study_run(study_config, ctx)
+            if not isinstance(results, Mapping):
+                raise TypeError(f"{config.study}.run must return a dict of results, "
+                                f"got {type(results).__name__}")
+            results = to_jsonable(results, "results")
         seconds = time.perf_counter() - start
         if writer:
             _write_results(ctx, config, resolved, results, seconds, chash)

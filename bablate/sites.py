@@ -165,6 +165,15 @@ class Site:
             raise ValueError(f"Site {self.name!r}: resample ablation needs a cached site "
                              "(it draws another example's activation); use 'zero' or 'mean'.")
 
+    def __repr__(self) -> str:
+        # The dataclass repr printed every function's address and the reference array.
+        kind = ("cached" if self.cached else "in place" if self.apply is not None
+                else "mask-aware")
+        axis = "" if self.unit_axis == -1 else f", unit_axis={self.unit_axis}"
+        basis = "" if self.basis is None else f", basis {self.basis.name!r}"
+        return (f"Site({self.name!r}, d={self.num_units}, {kind}, {self.ablation} ablation"
+                f"{axis}{basis})")
+
     @property
     def identity(self) -> str:
         """What tells this site from another in reports and metric checks: the name, d, the
@@ -265,12 +274,23 @@ def ablation_value(site: Site, act: Array | None, key: Array) -> Array:
     return units[perm]
 
 
+def check_unit_axis(name: str, unit_axis: int, shape: tuple[int, ...]) -> None:
+    """Refuses a ``unit_axis`` that does not exist in an activation of ``shape``, or that is
+    its example axis (axis 0 of an activation with more than one axis)."""
+    if not -len(shape) <= unit_axis < len(shape):
+        raise ValueError(f"Site {name!r}: unit_axis={unit_axis} is not an axis of the "
+                         f"activation of shape {tuple(shape)}; the units usually lie on the "
+                         "last axis, unit_axis=-1.")
+    if len(shape) >= 2 and unit_axis % len(shape) == 0:
+        raise ValueError(f"Site {name!r}: unit_axis={unit_axis} is the example axis "
+                         f"(axis 0) of the activation of shape {tuple(shape)}; the units "
+                         "must lie on another axis (usually the last, unit_axis=-1).")
+
+
 def check_activation(site: Site, act: Array) -> None:
     """Raises a clear error for a wrong unit count or non-finite activations."""
-    if site.basis is None and act.ndim >= 2 and site.unit_axis % act.ndim == 0:
-        raise ValueError(f"Site {site.name!r}: unit_axis={site.unit_axis} is the example axis "
-                         f"(axis 0) of the activation of shape {tuple(act.shape)}; the units "
-                         "must lie on another axis (usually the last, unit_axis=-1).")
+    if site.basis is None:
+        check_unit_axis(site.name, site.unit_axis, tuple(act.shape))
     units = unit_values(site, act)
     if units.shape[-1] != site.num_units:
         raise ValueError(f"Site {site.name!r} declares {site.num_units} units but its activation "

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from bablate import progress
+
 LOG_DIR = "slurm"
 # Job states after which a job will not run again (squeue's long names). PREEMPTED is left out:
 # a preempted job may be requeued.
@@ -81,8 +83,8 @@ class SlurmLauncher:
         logging.getLogger("submitit").setLevel(logging.ERROR)
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params = {"name": name, "timeout_min": self.time_min,
-                  # Members write their own progress to console.txt; no bars in files.
-                  "slurm_setup": ["export BABLATE_PROGRESS=0"]}
+                  # A member's progress goes to its console.txt as lines with an ETA.
+                  "slurm_setup": [f"export BABLATE_PROGRESS={progress.child_setting()}"]}
         if self.partition:
             params["slurm_partition"] = self.partition
         if self.gpus_per_node:

@@ -9,12 +9,17 @@ floats, strings, bytes and numpy arrays / scalars of numeric, bool or string dty
 arrays travel as msgpack extension types whose payload is again plain data; decoding builds
 arrays with ``np.frombuffer`` from a whitelisted dtype, so there is no path from the file's bytes
 to an import or a call (unlike pickle, which can call any function it names).
+
+:func:`read_checkpoint` reads a run's checkpoint (``<run dir>/state/<name>.msgpack``) outside
+the run, e.g. a study's trained parameters in a notebook.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -154,3 +159,24 @@ def loads(data: bytes) -> tuple[Any, str | None]:
             or not isinstance(doc.get("config_hash"), (str, type(None)))):
         raise StateFormatError(f"unexpected contents (format {FORMAT} expected)")
     return doc["tree"], doc["config_hash"]
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[Any, str | None]:
+    """A run's checkpoint (``<run dir>/state/<name>.msgpack``, written by ``ctx.save_state``).
+
+    Reading it cannot run code (see the module docstring).
+
+    Returns:
+      ``(tree, config_hash)``: the saved pytree (dicts, lists, tuples, numbers, strings and
+      numpy arrays) and the SHA-256 of the config of the run that saved it (the run's
+      ``run.json`` holds the same hash as ``config_sha256``).
+
+    Raises:
+      StateFormatError: the file is not a complete bablate checkpoint; one line naming it.
+      OSError: the file cannot be read (e.g. it does not exist).
+    """
+    path = Path(path)
+    try:
+        return loads(path.read_bytes())
+    except StateFormatError as e:
+        raise StateFormatError(f"{path} is not a readable bablate checkpoint: {e}") from None

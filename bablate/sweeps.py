@@ -305,7 +305,8 @@ def pinned_command(command: list[str], cores: list[int]) -> list[str]:
 
 
 def _run_parallel(pending, workdir, jobs, command_for, out, log, bar) -> None:
-    env = dict(os.environ, BABLATE_PROGRESS="0")  # the sweep's bar is the only one shown
+    # Members' output goes to console.txt: progress there as lines with an ETA, never bars.
+    env = dict(os.environ, BABLATE_PROGRESS=progress.child_setting())
     queue, running = list(pending), {}
     # Each member gets its own share of the cores (its affinity mask): JAX sizes its CPU devices
     # and XLA its thread pools from that mask, so members do not all fight over every core.
@@ -384,13 +385,22 @@ def numeric_results(results: Mapping, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _without_config_echo(numbers: dict[str, float], config: ml_collections.ConfigDict
+                         ) -> dict[str, float]:
+    """``numbers`` without the copy of the config a study may return under ``"config"``
+    (``config.seed`` averaged over seeds is no result)."""
+    echo = {f"config.{k}" for k in runs.flatten(runs.config_to_dict(config))}
+    return {k: v for k, v in numbers.items() if k not in echo}
+
+
 def aggregate(members: Sequence[Member], workdir: str | os.PathLike) -> list[dict]:
     """Every finished member's numeric results, grouped by their non-seed overrides.
 
     Members whose overrides differ only in seed keys (``seed``, ``*.seed``) form one group; for
     each number of their ``results.json`` the group gets the mean, the sample standard
     deviation (ddof 1; None for one value), the count and the per-member values (None where a
-    member lacks it or it is not finite). Unfinished members are left out.
+    member lacks it or it is not finite). Unfinished members are left out, and so is a copy
+    of the config that a study returns among its results (``"config": {...}``).
 
     Returns:
       ``[{"overrides", "members", "seeds", "results": {key: {"mean", "sd", "n", "values"}}}]``
@@ -403,14 +413,14 @@ def aggregate(members: Sequence[Member], workdir: str | os.PathLike) -> list[dic
         if not runs.is_finished(runs.config_to_dict(m.config), mdir):
             continue
         results = json.loads((mdir / runs.RESULTS_FILE).read_text())
+        numbers = numeric_results(results) if isinstance(results, Mapping) else {}
         fixed = {k: v for k, v in m.overrides.items() if not _is_seed_key(k)}
         key = json.dumps(bbio.to_jsonable(fixed), sort_keys=True)
         group = groups.setdefault(key, {"overrides": fixed, "members": [], "seeds": [],
                                         "numbers": []})
         group["members"].append(m.name)
         group["seeds"].append({k: v for k, v in m.overrides.items() if _is_seed_key(k)})
-        group["numbers"].append(numeric_results(results) if isinstance(results, Mapping)
-                                else {})
+        group["numbers"].append(_without_config_echo(numbers, m.config))
     out = []
     for group in groups.values():
         keys = list(dict.fromkeys(k for numbers in group["numbers"] for k in numbers))
@@ -439,24 +449,50 @@ def _aggregate_markdown(groups: list[dict]) -> list[str]:
     lines = ["", "## Results", "",
              "Members that differ only in their seed are one group: mean ± sample standard "
              "deviation over the finished members, then each member's value in the order "
-             "listed. All numbers are in `sweep_results.json`."]
+             "listed; a number with one value in every run of a group is in the line under "
+             "its table. All numbers are in `sweep_results.json`."]
     for g in groups:
         title = ", ".join(f"{k}={format_value(v)}" for k, v in g["overrides"].items()) or "all"
         seeds = "; ".join(", ".join(f"{k}={format_value(v)}" for k, v in s.items()) or name
                           for s, name in zip(g["seeds"], g["members"], strict=True))
-        lines += ["", f"### {md.cell(title)} ({len(g['members'])} run(s): {md.cell(seeds)})", "",
-                  "| result | mean ± sd | per run |", "|---|---|---|"]
-        for key, r in g["results"].items():
+        lines += ["", f"### {md.cell(title)} ({len(g['members'])} run(s): {md.cell(seeds)})", ""]
+        same = {k: r for k, r in g["results"].items() if _same_in_every_run(r)}
+        varying = {k: r for k, r in g["results"].items() if k not in same}
+        if varying:
+            lines += ["| result | mean ± sd | per run |", "|---|---|---|"]
+        for key, r in varying.items():
             spread = f"{_fmt(r['mean'])} ± {_fmt(r['sd'])}" if r["sd"] is not None else _fmt(
                 r["mean"])
             lines.append(md.row([f"`{key}`", spread, ", ".join(_fmt(v) for v in r["values"])]))
+        if same:
+            lines += ["", "The same in every run of this group: "
+                      + ", ".join(f"`{k}` = {_fmt(r['mean'])}" for k, r in same.items()) + "."]
     return lines
+
+
+def _same_in_every_run(r: dict) -> bool:
+    """Whether an aggregated number has one value in every run of a group of several."""
+    values = r["values"]
+    return len(values) > 1 and None not in values and len(set(values)) == 1
+
+
+def _config_line(members: Sequence[Member]) -> list[str]:
+    """sweep.md's line of the config values every member shares, naming the swept keys."""
+    flat = [runs.flatten(runs.config_to_dict(m.config)) for m in members]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    shared = {k: flat[0][k] for k in keys
+              if all(k in f and f[k] == flat[0][k] for f in flat)}
+    given = dict.fromkeys(k for m in members for k in m.overrides)  # in get_sweep's order
+    swept = [*given, *(k for k in keys if k not in shared and k not in given)]
+    return ["", f"Swept: {', '.join(f'`{k}`' for k in swept) or 'nothing'}. The same in every "
+            "run: " + ", ".join(f"`{k}={format_value(v)}`" for k, v in shared.items()) + "."]
 
 
 def _write_index(members: Sequence[Member], workdir: Path, out: dict) -> None:
     """sweep.md: a table of the members with links to their reports and the aggregated results
     (also written to ``sweep_results.json``)."""
-    lines = ["# Sweep", "", "| run | status | overrides |", "|---|---|---|"]
+    lines = ["# Sweep", *_config_line(members), "", "| run | status | overrides |",
+             "|---|---|---|"]
     for m in members:
         if m.name in out["failed"]:
             status = "failed"

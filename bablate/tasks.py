@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from bablate import sharding
+from bablate.callsite import warn_caller
 from bablate.rules import Rule, check_same_length, num_examples, p_correct_from
 from bablate.sites import Site, ablation_value, check_activation, check_mask_values, mask_activation
 
@@ -93,6 +93,11 @@ class Task:
     @property
     def num_units(self) -> int:
         return self.site.num_units
+
+    def __repr__(self) -> str:
+        # The dataclass repr printed the site's functions and every array of the dataset.
+        return (f"Task({self.name!r}, site {self.site.name!r} (d={self.num_units}), "
+                f"{examples_text(self.data)}, rule {self.rule.name})")
 
     @classmethod
     def build(cls, site: Site, inputs: Any, rule: Rule, *, name: str = "task",
@@ -205,16 +210,22 @@ class Task:
         return _chunked(self, "p_correct", masks, smooth, chunk_size)
 
 
+def examples_text(data: dict) -> str:
+    """"<N> examples" of a task's data (the leading axis of its inputs), for reprs."""
+    n = num_examples(data.get("inputs"))
+    return f"{n} examples" if n is not None else "examples of unknown count"
+
+
 def warn_if_intact_fails(name: str, full: float) -> None:
     """Refuses a non-finite log-odds of the intact network; warns when it fails the task."""
     if not np.isfinite(full):
         raise ValueError(f"Task {name!r}: the intact network gives a non-finite "
                          "log-odds; check the outputs for NaN/inf.")
     if full < 0:
-        warnings.warn(f"Task {name!r}: the intact network already fails it "
+        warn_caller(f"Task {name!r}: the intact network already fails it "
                       f"(P(correct) = {float(jax.nn.sigmoid(full)):.3f} < 0.5, log-odds "
                       f"{full:.2f}). The AMD is still defined, but it describes masks "
-                      "that make a failing network fail less.", stacklevel=3)
+                      "that make a failing network fail less.")
 
 
 def shared_data(site: Site, inputs: Any, name: str, activation: Array | None,

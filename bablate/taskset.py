@@ -19,6 +19,7 @@ from bablate.tasks import (
     Task,
     check_masks,
     correct_fn,
+    examples_text,
     logit,
     masked_outputs,
     outputs_evaluator,
@@ -100,6 +101,12 @@ class TaskSet:
                 "value": base.data["value"], "rules": [t.rule.data for t in tasks],
                 "positives": [t.rule.positive for t in tasks]}
         return cls(site=base.site, tasks=tasks, data=data)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{t.name!r} [{t.rule.name}]" for t in self.tasks[:6])
+        more = f", and {len(self.tasks) - 6} more" if len(self.tasks) > 6 else ""
+        return (f"TaskSet(site {self.site.name!r} (d={self.num_units}), "
+                f"{examples_text(self.data)}, {len(self.tasks)} tasks: {shown}{more})")
 
     @property
     def names(self) -> list[str]:

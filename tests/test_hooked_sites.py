@@ -226,3 +226,96 @@ def test_nnx_joint_site_with_mean_ablation():
         b = _lin(model.block.down, jax.nn.relu(a))
         want.append(_lin(model.head, b * m[None, 8:] + mid.mean(0)[None] * (1 - m[None, 8:])))
     np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-5)
+
+
+# ---- bb.mark: a marked value without flax's perturb ------------------------------------------
+
+
+class NnxMarkedBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.up = nnx.Linear(4, 8, rngs=rngs)
+        self.down = nnx.Linear(8, 5, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down(bb.mark(self, "act", nnx.relu(self.up(x))))
+
+
+class NnxMarkedNet(nnx.Module):
+    def __init__(self, rngs):
+        self.block = NnxMarkedBlock(rngs)
+        self.head = nnx.Linear(5, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(bb.mark(self, "mid", self.block(x)))
+
+
+def test_nnx_perturb_warns_on_every_call_of_the_model_and_bb_mark_never_does():
+    """The reason for bb.mark: flax >= 0.12 deprecates nnx's perturb outside nnx.capture, so a
+    model marked with it warns whenever the user runs it; bb.mark is an identity there."""
+    with pytest.warns(DeprecationWarning, match="perturb"):
+        NnxNet(nnx.Rngs(0))(X)
+    model = NnxMarkedNet(nnx.Rngs(0))
+    before = nnx.state(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = model(X)
+        site = bb.nnx_site(model, "block@act", X)
+        top = bb.nnx_site(model, "@mid", X)
+        _, cache = bb.nnx_run_with_cache(model, X)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model), before)  # nothing stored
+    post = jax.nn.relu(_lin(model.block.up, X))
+    np.testing.assert_allclose(out, _lin(model.head, _lin(model.block.down, post)), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(cache["block@act"], post, rtol=1e-5, atol=1e-6)
+    assert site.cached and site.num_units == 8 and top.num_units == 5
+    masks = _masks(8)
+    _, got = _outputs(site, masks)
+    want = np.stack([_lin(model.head, _lin(model.block.down, post * m[None])) for m in masks])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_linen_bb_mark_is_the_same_site_as_perturb():
+    class MarkedByBb(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = bb.mark(self, "act", nn.relu(nn.Dense(8, name="up")(x)))
+            return nn.Dense(3, name="head")(nn.Dense(5, name="down")(h))
+
+    variables = Marked().init(jax.random.key(1), X)  # the same parameter tree
+    masks = _masks(8)
+    _, want = _outputs(bb.flax_site(Marked(), variables, "@act", X), masks)
+    _, got = _outputs(bb.flax_site(MarkedByBb(), variables, "@act", X), masks)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert bb.list_sites(MarkedByBb(), variables, X)["@act"] == (1, (48, 8))
+
+
+def test_nnx_list_sites_lists_outputs_marks_and_inputs():
+    model = NnxMarkedNet(nnx.Rngs(0))
+    found = bb.nnx_list_sites(model, X)
+    assert found == {"block/up": (1, (48, 8)), "block@act": (1, (48, 8)),
+                     "block/down": (1, (48, 5)), "block": (1, (48, 5)), "@mid": (1, (48, 5)),
+                     "head": (1, (48, 3))}
+    with_inputs = bb.nnx_list_sites(model, X, inputs=True)
+    assert with_inputs["head:input"] == (1, (48, 5)) and set(found) < set(with_inputs)
+    with pytest.raises(TypeError, match=r"for a flax nnx model use bb.nnx_list_sites"):
+        bb.list_sites(model, None, X)
+    with pytest.raises(TypeError, match=r"bb.list_sites\(model, variables, example_inputs\)"):
+        bb.nnx_list_sites(Marked(), X)
+
+
+@pytest.mark.parametrize("unit_axis,message", [
+    (0, r"Site 'a': unit_axis=0 is the example axis \(axis 0\) of the activation of shape "
+        r"\(48, 8\)"),
+    (-2, r"unit_axis=-2 is the example axis"),
+    (2, r"Site 'a': unit_axis=2 is not an axis of the activation of shape \(48, 8\)"),
+])
+def test_a_unit_axis_on_the_examples_is_refused_when_the_site_is_built(unit_axis, message):
+    """Not later in Task.build: the site would otherwise claim 48 "units" (the examples)."""
+    model = Deep()
+    variables = model.init(jax.random.key(1), X)
+    for names in ("a", ["a", "b"]):
+        with pytest.raises(ValueError, match=message) as err:
+            bb.flax_site(model, variables, names, X, unit_axis=unit_axis)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=message.replace("'a'", "'block/up'")):
+        bb.nnx_site(NnxNet(nnx.Rngs(0)), "block/up", X, unit_axis=unit_axis)

@@ -151,3 +151,49 @@ def test_only_the_config_value_is_resolved_to_the_studys_file():
                                     "--config=toy_superposition:quick"])
     assert argv == ["prog", "--workdir=toy_superposition:quick", f"--config={path}"]
     assert cli.resolved_argv(["prog"])[0] == ["prog"]  # the flag's default is already a path
+
+
+def test_a_runs_warnings_reach_log_and_report_with_the_callers_line(tmp_path):
+    """``python -m bablate``: a warning raised by the library inside a study, and one the study
+    raises itself, are both in log.txt and report.md's Warnings section, each with the study's
+    line (not a line inside bablate); stderr still shows them."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "FAKE_STUDY_WARN": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bablate", f"--config={FAKE}",
+                           f"--workdir={tmp_path / 'w'}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    study = Path(__file__).resolve().parent / "fake_study" / "__init__.py"
+    lines = study.read_text().splitlines()
+    library_line = 1 + next(i for i, s in enumerate(lines) if "warn_if_intact_fails(" in s)
+    own_line = 1 + next(i for i, s in enumerate(lines) if "the fake study's own warning" in s)
+    expected = ["UserWarning: Task 'fake': the intact network already fails it",
+                f"(at tests/fake_study/__init__.py:{library_line})",
+                "RuntimeWarning: the fake study's own warning "
+                f"(at tests/fake_study/__init__.py:{own_line})"]
+    log = (tmp_path / "w" / "log.txt").read_text()
+    report = (tmp_path / "w" / "report.md").read_text()
+    warnings_section = report.split("## Warnings", 1)[1].split("\n## ", 1)[0]
+    for text in expected:
+        assert text in log and text in warnings_section and text in proc.stderr, text
+    assert "The run issued 2 warning(s)" in warnings_section
+    assert "bablate/tasks.py" not in log
+
+
+def test_help_lists_bablates_own_flags_one_line_each_with_examples(tmp_path):
+    """``--help`` shows bablate's flags (not only absl's usage line) and exits as absl's does
+    (status 1)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for cmd in ([sys.executable, "-m", "bablate"],
+                [sys.executable, str(Path(__file__).resolve().parents[1] / "launch.py")]):
+        proc = subprocess.run([*cmd, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stdout.splitlines()
+        for name in ("config", "workdir", "sweep", "jobs", "launcher", "overwrite",
+                     "cpu_devices", "slurm_time"):
+            (line,) = [ln for ln in lines if ln.strip().startswith(f"--{name}")]
+            assert len(line.split(None, 1)[1]) > 10, line  # the flag and its help, one line
+        assert any(ln.strip().startswith("python -m bablate --config=") for ln in lines)
+        assert "--launcher=local|slurm" in proc.stdout and "toy_superposition" in proc.stdout
+        assert not (tmp_path / "runs").exists()  # --help runs nothing

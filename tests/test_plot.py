@@ -12,7 +12,7 @@ import pytest
 from numpyro.diagnostics import effective_sample_size
 
 import bablate as bb
-from bablate import plot
+from bablate import chain_plots, plot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -115,6 +115,11 @@ def test_marginals_plot_draws_the_intervals(exact_posts, tmp_path):
     np.testing.assert_allclose(half, plot.Z_95 * plot.marginal_standard_error(post))
     assert np.all(exact_posts[0].marginals == lines[1].lines[0].get_ydata())
     assert "no MC error" in ax.get_legend().get_texts()[1].get_text()  # exact: no interval
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legend, box = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= box.x1  # beside the points, never over them
     _assert_png(plot.save_png(fig, tmp_path / "marginals.png"))
 
 
@@ -128,6 +133,8 @@ def test_plots_refuse_posteriors_of_different_sites():
 def test_trace_and_rank_need_chains(exact_posts):
     with pytest.raises(ValueError, match="MCMC chains"):
         plot.trace(exact_posts[0])
+    with pytest.raises(ValueError, match="MCMC chains"):
+        plot.rank(exact_posts[0])
 
 
 def test_report_writes_markdown_and_valid_pngs(exact_posts, tmp_path):
@@ -143,6 +150,8 @@ def test_report_writes_markdown_and_valid_pngs(exact_posts, tmp_path):
     linked = re.findall(r"!\[[^]]*\]\((figures/[^)]+\.png)\)", text)
     assert {"figures/importance.png", "figures/js_matrix.png", "figures/trace_0.png",
             "figures/rank_0.png"} <= set(linked)
+    rank_caption = text.split("](figures/rank_0.png)", 1)[1].strip().splitlines()[0]
+    assert "ties broken at random" in rank_caption and "band" in rank_caption
     for rel in linked:
         _assert_png(tmp_path / "rep" / rel)
     assert not list((tmp_path / "rep").rglob(".*.tmp"))  # atomic writes leave no temp files
@@ -163,6 +172,67 @@ def test_trace_and_rank_show_the_lowest_ess_units(tmp_path):
     _assert_png(plot.save_png(plot.rank(post, units=[0, 3]), tmp_path / "rank.png"))
 
 
+def _chain_posterior(x: np.ndarray) -> bb.Posterior:
+    """An MCMC posterior of the draws ``x`` [chains, draws, units]."""
+    flat = x.reshape(-1, x.shape[-1])
+    return bb.Posterior(task="t", method="mcmc-test", marginals=flat.mean(0),
+                        prior=np.full(x.shape[-1], 0.5), beta=1.0, samples=flat,
+                        num_chains=x.shape[0])
+
+
+def _rank_bars(fig, chains: int, bins: int) -> list[np.ndarray]:
+    """Per drawn unit, the ``[chains, bins]`` bar heights of a rank plot."""
+    return [np.rint([p.get_height() for p in ax.patches]).reshape(chains, bins)
+            for ax in fig.axes if ax.get_visible() and ax.patches]
+
+
+def _normal_band(chains: int, draws: int, bins: int) -> float:
+    """Half-width of a simultaneous 95 % band of the bars of agreeing chains of independent
+    draws, by the normal approximation of a bar's hypergeometric count (independent of the
+    exact band the plot draws)."""
+    from scipy.stats import norm
+
+    n, share = chains * draws, 1.0 / bins
+    sd = np.sqrt(draws * share * (1 - share) * (n - draws) / (n - 1))
+    return norm.isf(0.05 / (2 * chains * bins)) * sd
+
+
+def test_rank_plot_of_identical_well_mixed_chains_is_flat_within_its_band():
+    """Four copies of one chain of independent 0/1 draws agree perfectly: every bar lies in
+    the band (with average ranks for the ties, as arviz ranks, each chain has spikes and empty
+    bins instead)."""
+    rng = np.random.default_rng(0)
+    draws, bins = 1000, 20
+    one = (rng.random((draws, 3)) < np.array([0.5, 0.2, 0.95])).astype(np.uint8)
+    post = _chain_posterior(np.stack([one] * 4))
+    bars = _rank_bars(plot.rank(post, units=[0, 1, 2], bins=bins), 4, bins)
+    assert len(bars) == 3
+    half = _normal_band(4, draws, bins)
+    for b in bars:
+        assert b.sum(1).tolist() == [draws] * 4
+        assert np.abs(b - draws / bins).max() <= half + 1, b
+    low, high = chain_plots.uniform_band(4, draws, bins)
+    np.testing.assert_allclose(high - draws / bins, half, atol=2)
+    np.testing.assert_allclose(draws / bins - low, half, atol=2)
+
+
+def test_rank_plot_shows_chains_that_disagree_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    x = (rng.random((4, 1000, 1)) < np.array([0.2, 0.5, 0.5, 0.5])[:, None, None])
+    post = _chain_posterior(x.astype(np.uint8))
+    (bars,) = _rank_bars(plot.rank(post, units=[0], bins=20), 4, 20)
+    low, high = chain_plots.uniform_band(4, 1000, 20)
+    outside = (bars < low) | (bars > high)
+    assert outside[0].any()  # the chain that samples another distribution leaves the band
+    again = _rank_bars(plot.rank(post, units=[0], bins=20), 4, 20)[0]
+    other = _rank_bars(plot.rank(post, units=[0], bins=20, seed=1), 4, 20)[0]
+    np.testing.assert_array_equal(bars, again)
+    assert not np.array_equal(bars, other)
+    ranks = chain_plots.tie_broken_ranks(x[:, :, 0], seed=3)
+    assert sorted(ranks.ravel()) == list(range(4000))  # a permutation ordered by value:
+    assert ranks[x[:, :, 0] == 0].max() < ranks[x[:, :, 0] == 1].min()
+
+
 def test_report_on_a_real_mcmc_run(tmp_path):
     """End to end on the README's kind of model: one site, exact and MCMC posteriors."""
     pytest.importorskip("arviz", reason="trace/rank plots need arviz")
@@ -178,6 +248,9 @@ def test_report_on_a_real_mcmc_run(tmp_path):
                            num_warmup=100, num_chains=2)
     path = plot.report([bb.infer(task, "exact"), sampled], tmp_path)
     text = path.read_text()
+    assert ("**Site:** h (d=4, zero ablation). **Prior:** independent Bernoulli, "
+            "keep-probability 0.5 for every unit. **β:** 1. **Method:** exact (sum>0); "
+            "mcmc-gradient-multi (sum>0).") in text
     assert "| sum>0 | exact |" in text
     row = next(line for line in text.splitlines() if line.startswith("| sum>0 | mcmc"))
     assert "one value at every drawn mask" in row
@@ -263,3 +336,24 @@ def test_information_panels_show_the_most_informative_units_by_their_ids():
         plot.information_panels({"bad": -info})
     with pytest.raises(ValueError, match="at least one panel"):
         plot.information_panels({})
+
+
+def test_information_panels_given_a_list_says_it_takes_a_dict(exact_posts):
+    for panels in (exact_posts, [np.zeros((2, 3))]):
+        with pytest.raises(TypeError, match=r"takes a dict of panels .* got a list; e\.g\. "
+                           r"information_panels\(\{'neurons': posts\}\)") as err:
+            plot.information_panels(panels)
+        assert "\n" not in str(err.value)
+
+
+def test_report_names_each_tasks_prior_and_beta_where_they_differ(tmp_path):
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    a = _exact("a", rng.normal(size=8))
+    b = dataclasses.replace(_exact("b", rng.normal(size=8)), prior=np.array([0.2, 0.5, 0.8]),
+                            beta=2.0)
+    text = plot.report([a, b], tmp_path).read_text()
+    assert ("**Site:** s. **Prior:** independent Bernoulli, keep-probability 0.5 for every "
+            "unit (a); keep-probability 0.2 to 0.8, per unit (b). **β:** 1 (a); 2 (b). "
+            "**Method:** exact.") in text

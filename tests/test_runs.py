@@ -155,6 +155,28 @@ def test_state_round_trip_and_bad_inputs(tmp_path):
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["params.msgpack"]
 
 
+def test_a_runs_checkpoint_is_read_with_read_checkpoint(fake_config, workdir):
+    """bb.read_checkpoint reads what the study saved, stamped with the hash in run.json; a
+    damaged file is one line naming it."""
+    import bablate as bb
+    from bablate import statefile
+
+    runs.run_one(fake_config("quick"), workdir)
+    path = workdir / "state" / "progress.msgpack"
+    tree, config_hash = bb.read_checkpoint(path)
+    results = json.loads((workdir / "results.json").read_text())
+    assert tree["step"] == 4
+    np.testing.assert_array_equal(tree["acc"], results["sums"])
+    assert config_hash == json.loads((workdir / "run.json").read_text())["config_sha256"]
+    bad = workdir / "bad.msgpack"
+    bad.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(statefile.StateFormatError) as err:
+        bb.read_checkpoint(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError):
+        bb.read_checkpoint(workdir / "none.msgpack")
+
+
 # ----------------------------------------------------------------------------- sweeps
 
 

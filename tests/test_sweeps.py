@@ -40,6 +40,28 @@ def test_sweep_aggregates_numeric_results_over_seeds(fake_config, tmp_path):
     assert row in text
 
 
+def test_sweep_md_shows_the_swept_values_and_results_not_the_config(fake_config, tmp_path):
+    """The config the study echoes among its results ("config": {...}) is no result: no
+    "config.seed 1 ± 1" row; a number that is the same in every run is one line, not a row
+    of "± 0"; the config values every run shares are one line, naming the swept keys."""
+    members = sweeps.expand(fake_config("quick"), [{"seed": s, "scale": c}
+                                                   for c in (0.5, 2.0) for s in (0, 1, 2)])
+    sweeps.run_sweep(members, tmp_path)
+    echo = json.loads((tmp_path / members[0].name / "results.json").read_text())["config"]
+    assert echo["seed"] == 0  # the study does echo its config
+    text = (tmp_path / "sweep.md").read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    results_rows = [ln for ln in rows if not ln.startswith(("| `seed=", "| `base"))]
+    assert [r.split("|")[1].strip() for r in results_rows] == ["`total`", "`total`"]
+    assert "config." not in text and "± 0 |" not in text
+    assert text.count("The same in every run of this group: `steps` = 4.") == 2
+    (shared,) = [ln for ln in text.splitlines() if ln.startswith("Swept:")]
+    assert shared.startswith("Swept: `seed`, `scale`. The same in every run: ")
+    assert "`steps=4`" in shared and "`model.name=tiny`" in shared and "seed=" not in shared
+    data = json.loads((tmp_path / "sweep_results.json").read_text())
+    assert not any(k.startswith("config.") for g in data["groups"] for k in g["results"])
+
+
 def test_unfinished_members_are_left_out_of_the_aggregate(fake_config, tmp_path):
     members = sweeps.expand(fake_config("quick"), [{"seed": 0}, {"seed": 1}])
     sweeps.run_sweep(members, tmp_path)
@@ -116,3 +138,34 @@ def test_a_result_key_holding_a_pipe_keeps_its_row_three_cells():
                "results": {"acc_|x|": {"mean": 1.0, "sd": None, "n": 1, "values": [1.0]}}}]
     row = next(line for line in sweeps._aggregate_markdown(groups) if "acc_" in line)
     assert len(re.split(r"(?<!\\)\|", row)[1:-1]) == 3, row
+
+
+def test_parallel_members_write_progress_lines_with_an_eta(launch, tmp_path):
+    """A member of a --jobs sweep (or a SLURM job) writes to its console.txt: progress goes
+    there as plain lines with an ETA, not bars and not nothing."""
+    from conftest import FAKE_CONFIG
+
+    proc = launch(f"--config={FAKE_CONFIG}", "--sweep", "--jobs=2", f"--workdir={tmp_path}",
+                  env={"BABLATE_PROGRESS": "1", "BABLATE_PROGRESS_INTERVAL": "0"})
+    assert proc.returncode == 0, proc.stderr
+    for member in ("seed=0", "seed=1,scale=2.0"):
+        console = (tmp_path / member / "console.txt").read_text()
+        steps = [ln for ln in console.splitlines() if ln.startswith("fake steps: ")]
+        assert any("ETA" in ln for ln in steps) and "done 4/4 step" in steps[-1], console
+        assert "\r" not in console and "\x1b" not in console
+
+
+def test_progress_as_lines_and_what_children_get(monkeypatch, capsys):
+    from bablate import progress
+
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
+    monkeypatch.setenv("BABLATE_PROGRESS", "lines")
+    with progress.bar(total=2, desc="x") as b:  # a terminal, but lines were asked for
+        assert isinstance(b.inner, progress.LineProgress)
+        b.update(2)
+    assert capsys.readouterr().err.startswith("x: done 2/2")
+    assert progress.child_setting() == "lines"
+    monkeypatch.setenv("BABLATE_PROGRESS", "1")
+    assert progress.child_setting() == "lines"
+    monkeypatch.setenv("BABLATE_PROGRESS", "0")
+    assert progress.child_setting() == "0"

@@ -57,6 +57,45 @@ def test_top1_tie_rule_against_a_numpy_reference():
     np.testing.assert_allclose(task.p_correct(np.ones((1, 4))), [(correct + 1) / 202], rtol=1e-6)
 
 
+def test_one_vs_rest_against_a_numpy_reference():
+    """Class 2 of a 4-class head against the rest: "yes" where 2 is the unique arg-max; P
+    is the mean of the Beta(1,1)-smoothed sensitivity and specificity, under masks too."""
+    rng = np.random.default_rng(1)
+    logits = rng.integers(0, 3, size=(300, 4)).astype(np.float32)  # many ties
+    y = rng.integers(0, 4, size=300)
+    site = bb.Site.from_functions("id", 4, lambda x: x, lambda a, x: a)
+    task = bb.Task.build(site, logits, bb.rules.one_vs_rest(y, 2), check_intact=False)
+    masks = np.array([[1, 1, 1, 1], [1, 1, 0, 1], [0, 1, 1, 0], [0, 0, 0, 0]], np.float32)
+    expected = []
+    for m in masks:
+        z = logits * m
+        yes = z[:, 2] > np.delete(z, 2, axis=1).max(1)
+        pos = y == 2
+        sens = ((yes & pos).sum() + 1) / (pos.sum() + 2)
+        spec = ((~yes & ~pos).sum() + 1) / ((~pos).sum() + 2)
+        expected.append((sens + spec) / 2)
+    np.testing.assert_allclose(task.p_correct(masks), expected, rtol=1e-6)
+    # The smooth rule: softmax probability of class 2 for positives, one minus it otherwise.
+    p2 = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    soft = np.where(y == 2, p2[:, 2], 1 - p2[:, 2])
+    pos = y == 2
+    smooth = ((soft[pos].sum() + 1) / (pos.sum() + 2)
+              + (soft[~pos].sum() + 1) / ((~pos).sum() + 2)) / 2
+    np.testing.assert_allclose(task.p_correct(masks[:1], smooth=True), [smooth], rtol=1e-5)
+
+
+@pytest.mark.parametrize("targets,cls,message", [
+    (np.array([0, 1, 2]), 3, r"class 3 is out of range for 3 logits"),
+    (np.array([0, 1, 2]), -1, r"positive_class must be a class index >= 0"),
+    (np.array([0.0, 1.0, 2.0]), 1, r"must be integer class indices"),
+    (np.array([0, 1]), 1, r"gives 3 examples but there are 2 targets"),
+])
+def test_bad_one_vs_rest_input_is_refused(targets, cls, message):
+    with pytest.raises(ValueError, match=message):
+        bb.Task.build(_identity_site(), np.eye(3, dtype=np.float32),
+                      bb.rules.one_vs_rest(targets, cls))
+
+
 def _identity_site(d=3):
     return bb.Site.from_functions("id", d, lambda x: x, lambda a, x: a)
 
@@ -78,7 +117,8 @@ def test_top1_unknown_tie_rule_is_refused():
 
 
 def test_binary_rule_needs_one_score_per_example():
-    with pytest.raises(ValueError, match=r"binary rule: outputs must be one score per example"):
+    with pytest.raises(ValueError, match=r"binary rule: outputs must be one score per example.*"
+                       r"one_vs_rest\(targets, c\) for one class"):
         bb.Task.build(_identity_site(), np.eye(3, dtype=np.float32),
                       bb.rules.binary(np.array([True, False, True])))
 
@@ -251,3 +291,23 @@ def test_task_sets_on_one_site_share_one_compiled_outputs_program(head_task_set,
     first, second = task_set.outputs(masks), other.outputs(masks)
     assert not np.allclose(first, second)  # other data, same program
     programs.clear_cache()
+
+
+def test_site_task_and_task_set_print_compactly(readme_mlp):
+    """Name, d, examples and rules, not the functions' addresses and the dataset's arrays
+    (the dataclass reprs ran to thousands of characters)."""
+    site, x, pred = readme_mlp
+    task = bb.Task.build(site, x, bb.rules.top1(pred), name="all")
+    task_set = bb.TaskSet.build(site, x, {f"class {c}": bb.rules.one_vs_rest(pred, c)
+                                          for c in range(3)})
+    assert repr(site) == "Site('hidden', d=8, cached, zero ablation)"
+    assert repr(task) == "Task('all', site 'hidden' (d=8), 512 examples, rule top1)"
+    assert repr(task.rule) == "Rule('top1', 512 targets)"
+    assert repr(task_set) == (
+        "TaskSet(site 'hidden' (d=8), 512 examples, 3 tasks: 'class 0' [one_vs_rest(0)], "
+        "'class 1' [one_vs_rest(1)], 'class 2' [one_vs_rest(2)])")
+    assert repr(task_set.tasks[0].rule) == (
+        "Rule('one_vs_rest(0)', 512 targets, sensitivity and specificity)")
+    rnn = bb.Site.in_place("h", 3, lambda x, ablate: ablate(x), unit_axis=1, ablation="mean",
+                           reference=np.ones((2, 3), np.float32))
+    assert repr(rnn) == "Site('h', d=3, in place, mean ablation, unit_axis=1)"

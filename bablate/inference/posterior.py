@@ -6,6 +6,8 @@ import dataclasses
 import io
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,14 @@ from bablate import io as bbio
 
 _ARRAYS = ("marginals", "prior", "log_probs", "samples", "log_density")
 _STAT = "sample_stat__"  # key prefix of the sample stats in a saved .npz
+FILE_FORMAT, FILE_VERSION = "bablate.Posterior", 1  # the "meta" of a saved posterior
+_META = {"task": (str,), "method": (str,), "beta": (int, float),
+         "entropy_bits": (int, float, type(None)), "mean_field": (bool,), "diagnostics": (dict,),
+         "site": (str,), "num_chains": (int, type(None))}
+
+
+class PosteriorFileError(ValueError):
+    """A file that :meth:`Posterior.load` cannot read as a saved posterior."""
 
 
 class ConvergenceWarning(UserWarning):
@@ -87,26 +97,67 @@ class Posterior:
         return bits.astype(np.uint8), p[idx]
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the posterior to an ``.npz`` file atomically (temp file + rename)."""
+        """Writes the posterior to ``path`` atomically (temp file + rename), as data only.
+
+        The file is a numpy ``.npz`` archive (a zip of ``.npy`` arrays, no pickled objects), so
+        ``numpy.load(path)`` reads it, as do npz readers of other languages:
+
+        * ``meta``: a 0-d string array holding JSON: ``{"format": "bablate.Posterior",
+          "version": 1, "task", "method", "beta", "entropy_bits", "mean_field",
+          "diagnostics", "site", "num_chains"}`` (non-finite numbers as Python's json writes
+          them: ``NaN``, ``Infinity``);
+        * ``marginals`` ``[d]`` and ``prior`` ``[d]``; when the method made them,
+          ``log_probs`` ``[2^d]`` (exact), ``samples`` ``[S, d]`` uint8 (chain-major),
+          ``log_density`` ``[S]`` and one ``sample_stat__<name>`` ``[S]`` per sampler stat.
+
+        :meth:`load` (or ``bablate.load_posterior``) reads it back equal.
+        """
         path = Path(path)
-        meta = {"task": self.task, "method": self.method, "beta": self.beta,
-                "entropy_bits": self.entropy_bits, "mean_field": self.mean_field,
-                "diagnostics": self.diagnostics, "site": self.site,
-                "num_chains": self.num_chains}
+        meta = {"format": FILE_FORMAT, "version": FILE_VERSION, "task": self.task,
+                "method": self.method, "beta": self.beta, "entropy_bits": self.entropy_bits,
+                "mean_field": self.mean_field, "diagnostics": self.diagnostics,
+                "site": self.site, "num_chains": self.num_chains}
         arrays = {k: getattr(self, k) for k in _ARRAYS if getattr(self, k) is not None}
         arrays.update({_STAT + k: np.asarray(v) for k, v in self.sample_stats.items()})
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, meta=np.asarray(json.dumps(meta)), **arrays)
+        np.savez_compressed(buffer, meta=np.asarray(json.dumps(meta, default=_plain)), **arrays)
         bbio.atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Posterior:
-        """Reads a posterior written by :meth:`save`."""
-        with np.load(path) as f:
-            meta = json.loads(str(f["meta"]))
-            arrays = {k: f[k] for k in _ARRAYS if k in f}
-            stats = {k[len(_STAT):]: f[k] for k in f.files if k.startswith(_STAT)}
-        return cls(**meta, **arrays, sample_stats=stats)
+        """Reads a posterior written by :meth:`save` (nothing in the file can run code).
+
+        Raises:
+          PosteriorFileError: the file is not a posterior :meth:`save` wrote (plain text,
+            another archive), or it is truncated or corrupt; one line naming the file.
+          OSError: the file cannot be opened (e.g. it does not exist).
+        """
+        path = Path(path)
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head != b"PK\x03\x04":  # the zip signature every .npz starts with
+            raise PosteriorFileError(f"{path} is not a posterior file: it is not an .npz "
+                                     f"archive (it starts with {head!r}); give the path "
+                                     "Posterior.save wrote")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                files = set(f.files)
+                if "meta" not in files:
+                    raise PosteriorFileError(f"{path} is an .npz archive without the 'meta' "
+                                             "entry of a saved posterior; give the path "
+                                             "Posterior.save wrote")
+                meta = json.loads(str(f["meta"]))
+                arrays = {k: f[k] for k in _ARRAYS if k in files}
+                stats = {k[len(_STAT):]: f[k] for k in files if k.startswith(_STAT)}
+        except PosteriorFileError:
+            raise
+        except (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+            raise PosteriorFileError(f"{path} is truncated or corrupt ({type(e).__name__}: "
+                                     f"{_first_line(e)}); save the posterior again") from None
+        fields = _check_meta(meta, path)
+        post = cls(**fields, **arrays, sample_stats=stats)
+        _check_shapes(post, path)
+        return post
 
     def _num_chains(self, what: str) -> int:
         """C of the chain-major draws (1 for independent draws); refuses an exact table."""
@@ -168,3 +219,63 @@ class Posterior:
         line = (f"{self.task} [{self.method}, d={self.num_units}] mean importance "
                 f"{self.marginals.mean():.3f}; {diag}")
         return line + "".join(f"; WARNING: {w}" for w in self.warnings)
+
+
+def load_posterior(path: str | os.PathLike) -> Posterior:
+    """The posterior :meth:`Posterior.save` wrote to ``path`` (see there for the format)."""
+    return Posterior.load(path)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in diagnostics as the JSON numbers and lists they hold."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"a {type(value).__name__} in the diagnostics cannot be saved as JSON")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else "no details"
+
+
+def _check_meta(meta: Any, path: Path) -> dict:
+    """The constructor fields of a saved posterior's ``meta``, or a one-line error."""
+    def bad(why: str) -> PosteriorFileError:
+        return PosteriorFileError(f"{path} has unreadable posterior metadata ({why}); save the "
+                                  "posterior again")
+
+    if not isinstance(meta, dict):
+        raise bad(f"a {type(meta).__name__} instead of a JSON object")
+    version = meta.pop("version", FILE_VERSION)  # files of bablate 0.1.0 have neither
+    if meta.pop("format", FILE_FORMAT) != FILE_FORMAT or version != FILE_VERSION:
+        raise PosteriorFileError(f"{path} is a posterior file of format version {version!r}; "
+                                 f"this bablate reads version {FILE_VERSION}: upgrade bablate")
+    unknown = sorted(set(meta) - set(_META))
+    if unknown or "task" not in meta or "method" not in meta or "beta" not in meta:
+        raise bad(f"unknown keys {unknown}" if unknown else "task, method or beta missing")
+    for key, value in meta.items():
+        kinds = _META[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise bad(f"{key} is {value!r}")  # (a bool is an int to isinstance)
+    return meta
+
+
+def _check_shapes(post: Posterior, path: Path) -> None:
+    """Refuses arrays whose shapes do not fit together (a file edited or damaged inside)."""
+    d = post.marginals.shape[0] if post.marginals.ndim == 1 else 0
+    wanted = {"marginals": (d,), "prior": (d,)}
+    if post.log_probs is not None:
+        wanted["log_probs"] = (2 ** min(d, 62),)
+    if post.samples is not None:
+        n = post.samples.shape[0] if post.samples.ndim == 2 else -1
+        wanted["samples"] = (n, d)
+        if post.log_density is not None:
+            wanted["log_density"] = (n,)
+        wanted.update({_STAT + k: (n,) for k in post.sample_stats})
+    got = {k: np.shape(getattr(post, k)) for k in _ARRAYS if getattr(post, k) is not None}
+    got.update({_STAT + k: np.shape(v) for k, v in post.sample_stats.items()})
+    for key, shape in wanted.items():
+        if d < 1 or got.get(key, shape) != shape:
+            raise PosteriorFileError(f"{path} holds {key} of shape {got.get(key)} for "
+                                     f"{max(d, 0)} units; the file is damaged: save the "
+                                     "posterior again")

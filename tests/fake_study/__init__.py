@@ -6,16 +6,20 @@ anything. ``FAKE_STUDY_FAIL_AT_STEP=k`` makes the run raise when it reaches step
 that leaves a checkpoint behind); ``config.sleep`` slows each step (for kill tests).
 ``FAKE_STUDY_PAUSE_FILE=path`` holds the run after step k of seed s while that file exists and
 reads "s k" (or is empty: after every step).
+``FAKE_STUDY_WARN=1`` makes the run issue a warning through the library (the intact-network
+check of `bablate.tasks`) and one of its own, as a real study's sampler or data checks would.
 ``validate(config)`` refuses bad values before any work, like a real study's.
 """
 
 import os
 import time
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from bablate import config_checks as cc
+from bablate import progress, tasks
 
 CONFIG_RULES = {"seed": cc.integer(0), "steps": cc.integer(1), "scale": cc.number(),
                 "sleep": cc.number(0), "model.width": cc.integer(1), "model.name": cc.text()}
@@ -44,7 +48,7 @@ def run(config, ctx):
     else:
         step, acc = int(state["step"]), state["acc"]
         ctx.log(f"resumed at step {step}")
-    for s in range(step, config.steps):
+    for s in progress.track(range(step, config.steps), desc="fake steps", unit="step"):
         if s == fail_at:
             raise RuntimeError(f"planned failure at step {s}")
         # One generator per (seed, step): a resumed run draws exactly what a fresh one would.
@@ -54,10 +58,14 @@ def run(config, ctx):
         ctx.log(f"step {s + 1}/{config.steps}")
         while _paused(config.seed, s + 1):
             time.sleep(0.05)  # held here (after a checkpoint) for lock / kill / Ctrl-C tests
+    if os.environ.get("FAKE_STUDY_WARN") == "1":
+        tasks.warn_if_intact_fails("fake", -1.0)  # a library warning, attributed to this line
+        warnings.warn("the fake study's own warning", RuntimeWarning, stacklevel=1)
     fig, ax = plt.subplots(figsize=(3, 2))
     ax.bar(range(3), acc)
     ctx.text("## Accumulated sums\n\nThree sums of seeded normal draws.")
     ctx.figure(fig, "sums", "The three accumulated sums.")
     ctx.text("Closing remarks.")
+    # "config": a copy of the config among the results, as the toy study returns one
     return {"sums": acc, "total": np.float64(acc.sum()), "steps": config.steps,
-            "undefined": float("nan")}
+            "undefined": float("nan"), "config": config.to_dict()}

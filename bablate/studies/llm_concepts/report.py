@@ -7,6 +7,7 @@ from typing import Any
 
 from bablate import markdown as md
 from bablate import plot as bbplot
+from bablate.chain_plots import rank_caption
 
 from . import ablation, plots
 from .config import Config
@@ -235,9 +236,7 @@ def ablation_section(ctx: Any, results: dict, names: list[str],
             ctx.figure(bbplot.trace(post), f"{stem}_mcmc_trace",
                        f"MCMC draws of {post.task}: the four units with the lowest ESS, per "
                        "chain (arviz trace plot).")
-            ctx.figure(bbplot.rank(post), f"{stem}_mcmc_rank",
-                       f"Rank plot of the same units of {post.task}: flat histograms when the "
-                       "chains mix.")
+            ctx.figure(bbplot.rank(post), f"{stem}_mcmc_rank", rank_caption(post.task))
     overlap = results["concept_overlap"]
     kinds = {"joint": "joint JS of the whole mask distributions",
              "marginal": "mean over units of the JS between marginals"}
