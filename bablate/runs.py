@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from bablate import io as bbio
 from bablate import markdown as md
@@ -239,19 +238,14 @@ class RunContext:
         """
         _check_name(name, "state name")
         jax = sys.modules.get("jax")  # without jax loaded the tree holds no jax arrays
-        tree = pytree
-        if jax is not None:
-
-            def to_numpy(x):
-                if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype,
-                                                                      jax.dtypes.prng_key):
-                    raise TypeError(f"state {name!r}: PRNG keys cannot be saved; save "
-                                    "jax.random.key_data(key) and rebuild the key with "
-                                    "jax.random.wrap_key_data")
-                return np.asarray(x) if isinstance(x, jax.Array) else x
-
-            tree = jax.tree.map(to_numpy, pytree)
-        data = statefile.dumps(tree, self.config_hash, f"state {name!r}")
+        # The tree is checked, not rebuilt: jax.tree.map would sort every dict's keys, and a
+        # resumed run would then write its results in another order than a fresh one.
+        for x in [] if jax is None else jax.tree.leaves(pytree):
+            if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                raise TypeError(f"state {name!r}: PRNG keys cannot be saved; save "
+                                "jax.random.key_data(key) and rebuild the key with "
+                                "jax.random.wrap_key_data")
+        data = statefile.dumps(pytree, self.config_hash, f"state {name!r}")
         if self.writer:
             bbio.atomic_write_bytes(self.state_path(name), data)
 
