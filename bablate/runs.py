@@ -253,15 +253,22 @@ class RunContext:
         """Where ``save_state(name, ...)`` writes."""
         return self.workdir / STATE_DIR / f"{name}{STATE_SUFFIX}"
 
-    def load_state(self, name: str) -> Any | None:
+    def load_state(self, name: str, like: Any = None) -> Any | None:
         """The pytree saved by ``save_state(name, ...)`` (numpy leaves), or None if none was.
 
         A checkpoint stamped with another config's hash is ignored (None, with a log line).
         Pickled checkpoints of older versions (``state/<name>.pkl``) are never read.
 
+        Args:
+          name: the name given to ``save_state``.
+          like: what the checkpoint must hold (see `bablate.statefile.mismatch`), e.g.
+            ``{"params": initial_params, "history": dict}``: the same keys, arrays of the same
+            shapes and kinds, finite floats, and no all-zero array where ``like``'s is
+            nonzero. None loads whatever the file holds.
+
         Raises:
-          RunError: the checkpoint exists but is not a valid state file (names the file and
-            suggests ``--overwrite``).
+          RunError: the checkpoint exists but is not a valid state file, or does not hold what
+            ``like`` describes (names the file, what is wrong and suggests ``--overwrite``).
         """
         _check_name(name, "state name")
         path = self.state_path(name)
@@ -271,13 +278,17 @@ class RunContext:
                          "loaded (they can run code); recomputing")
             return None
         try:
+            if not path.is_file():
+                raise statefile.StateFormatError("it is not a file")
             tree, stamp = statefile.loads(path.read_bytes())
         except statefile.StateFormatError as e:
-            raise RunError(f"checkpoint {str(path)!r} is corrupt ({e}); rerun with --overwrite "
-                           "to start this run afresh") from e
+            raise RunError(_refusal(path, f"is corrupt ({e})")) from e
         if stamp != self.config_hash:
             self.log(f"ignoring {STATE_DIR}/{path.name}: it was saved by a run of another config")
             return None
+        problem = None if like is None else statefile.mismatch(tree, like)
+        if problem is not None:
+            raise RunError(_refusal(path, f"does not hold what this run saves ({problem})"))
         return tree
 
     def render_report(self, title: str, config: Mapping, results: Mapping, footer: str = "") -> str:
@@ -303,6 +314,11 @@ class RunContext:
         if footer:
             lines += [footer, ""]
         return "\n".join(lines)
+
+
+def _refusal(path: Path, what: str) -> str:
+    """The one-line refusal of a checkpoint that cannot be resumed from."""
+    return f"checkpoint {str(path)!r} {what}; rerun with --overwrite to start this run afresh"
 
 
 def _check_name(name: str, what: str) -> None:

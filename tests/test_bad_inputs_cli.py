@@ -45,9 +45,9 @@ def _reset_flags() -> None:
     sys.modules.pop("config_config", None)
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """``cli(*args) -> (exit code, stderr)``: launch.py run in this process."""
+def launch_in_process(monkeypatch, capsys):
+    """``cli(*args) -> (exit code, stderr)``: launch.py run in this process (the ``cli``
+    fixture of conftest.py, which every tests/test_bad_inputs_*.py uses)."""
 
     def run(*args: str) -> tuple[int, str]:
         argv = ["launch.py", *args]
