@@ -67,9 +67,13 @@ FIGURES_DIR = "figures"
 SWEEP_MARKER = "sweep.json"  # bablate.sweeps.SWEEP_FILE: a sweep's directory, not a run's
 STATE_DIR = "state"
 STATE_SUFFIX = ".msgpack"
-# Write failures that are the disk's or the user's (not a bug): reported as one line.
+# What a run directory holds: files, and directories (checked before a run touches it).
+RUN_FILES = (CONFIG_FILE, RESULTS_FILE, RUN_FILE, REPORT_FILE, LOG_FILE, LOCK_FILE)
+RUN_DIRS = (FIGURES_DIR, STATE_DIR)
+# Write failures that are the disk's or the user's (not a bug): reported as one line. EISDIR
+# and ENOTDIR: a directory where a file is written (figures/<name>.png, say), or the reverse.
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                          errno.EIO})
+                          errno.EIO, errno.EISDIR, errno.ENOTDIR})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -374,12 +378,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         check(frozen)
 
 
-def check_workdir(workdir: Path) -> None:
-    """Refuses a workdir (or any parent of it) that exists but is not a directory."""
+def check_workdir(workdir: Path, files: tuple[str, ...] = RUN_FILES,
+                  dirs: tuple[str, ...] = RUN_DIRS) -> None:
+    """Refuses a workdir (or any parent of it) that exists but is not a directory, and one where
+    one of the ``files`` it writes exists as a directory (or anything but a file), or one of
+    the ``dirs`` as a file: one line naming the path, before anything is touched."""
     for p in [workdir, *workdir.parents]:
         if p.exists() and not p.is_dir():
             raise RunError(f"workdir {str(workdir)!r} cannot be used: {str(p)!r} is a file; "
                            "pass --workdir=<a directory path>")
+    for names, fits, what in ((files, Path.is_file, "a file"), (dirs, Path.is_dir,
+                                                                "a directory")):
+        for name in names:
+            p = workdir / name
+            if p.exists() and not fits(p):
+                got = ("a directory" if p.is_dir() else "a file" if p.is_file()
+                       else "neither a file nor a directory")
+                raise RunError(f"workdir {str(workdir)!r} cannot be used: {str(p)!r} is {got} "
+                               f"where bablate keeps {what}; move or remove it")
 
 
 def _sha256(data: bytes) -> str:
@@ -485,9 +501,13 @@ def disk_message(e: OSError, workdir: Path) -> str:
         fix = "free some disk space (or choose another --workdir)"
     elif e.errno == errno.EIO:
         fix = "check the disk"
+    elif e.errno in (errno.EISDIR, errno.ENOTDIR):
+        fix = "move or remove what stands in the way"
     else:
         fix = "make it writable or choose another --workdir"
-    where = f" ({e.filename})" if e.filename else ""
+    # os.replace names the temp file first and the file it replaces second.
+    target = e.filename2 or e.filename
+    where = f" ({target})" if target else ""
     return (f"cannot write in {str(workdir)!r}: {e.strerror or e}{where}; {fix}, then rerun the "
             "same command to resume")
 
