@@ -19,9 +19,17 @@ skips a finished run and resumes an unfinished one; a different config is refuse
 ``overwrite=True``.
 
 Nothing in a run directory is trusted blindly: checkpoints are msgpack data (numbers, strings,
-arrays and containers; loading one cannot run code) stamped with the config's hash and never
-loaded for another config, and a ``results.json`` that does not parse, or does not match
-``run.json``, makes the run unfinished.
+arrays and containers; loading one cannot run code) stamped with the config's hash, never
+loaded for another config and checked against what the run saves (``load_state(like=...)``),
+and a ``results.json`` that does not parse, or does not match ``run.json``, makes the run
+unfinished.
+
+These hashes are checksums against accidents, not signatures: whoever can write the directory
+can rewrite ``results.json`` with its hash in ``run.json``, or a checkpoint under its stamp, and
+is not detected. A signature would need a secret outside the directory that every process
+resuming the run can read (so the same account's writer could read it too), and would tie run
+directories to one machine (copied elsewhere, finished runs would be redone); README.md,
+"Trust boundaries", says what to do instead.
 
 Errors meant for the user (bad config values, an unusable or locked directory, a full disk, a
 corrupt checkpoint) are `RunError`; launch.py prints them as one line. Everything else is a bug
