@@ -328,9 +328,13 @@ class RunContext:
         return "\n".join(lines)
 
 
+# The fix for saved state a run cannot resume from (a corrupt checkpoint, say).
+RESTART_FIX = "rerun with --overwrite to start this run afresh"
+
+
 def _refusal(path: Path, what: str) -> str:
     """The one-line refusal of a checkpoint that cannot be resumed from."""
-    return f"checkpoint {str(path)!r} {what}; rerun with --overwrite to start this run afresh"
+    return f"checkpoint {str(path)!r} {what}; {RESTART_FIX}"
 
 
 def _check_name(name: str, what: str) -> None:

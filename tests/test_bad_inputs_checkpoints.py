@@ -12,8 +12,10 @@ import jax
 import numpy as np
 import pytest
 
+from bablate import dictionary as dl
 from bablate import runs, statefile
 from bablate.models import rnn
+from bablate.studies.basis_comparison import bases
 from bablate.studies.basis_comparison import config as basis_config
 from bablate.studies.basis_comparison import llm as basis_llm
 from bablate.studies.basis_comparison import rnn as basis_rnn
@@ -231,3 +233,37 @@ def test_llm_dictionary_setup_is_reused_only_when_it_is_the_same(tmp_path):
     for other in ({}, {**setup, "layer": 4}, {**setup, "layer": np.ones((2, 2))}):
         ctx.save_state("llm_setup", other)
         assert not basis_llm.same_setup(ctx, setup)  # refitted, never a traceback
+
+
+def test_saved_dictionary_is_reused_and_a_damaged_one_is_one_line(tmp_path, monkeypatch):
+    """basis_comparison keeps each fitted dictionary in the run's dictionaries/ and reuses it
+    when the network was reloaded; a damaged file there is refused like a checkpoint."""
+    ctx = runs.RunContext(workdir=tmp_path)
+    acts = np.abs(np.asarray(jax.random.normal(jax.random.key(0), (64, 6))))
+    configs = (dl.DictionaryConfig("sae_topk", 4, steps=100, top_k=2),)
+    fitted, _ = bases.fit_dictionaries(acts, configs, jax.random.key(1), ctx, "toy", False)
+    path = tmp_path / "dictionaries" / "toy_sae_topk_4.npz"
+    good = path.read_bytes()
+
+    def no_fitting(*args, **kwargs):
+        raise AssertionError("fitted again instead of reusing the saved dictionary")
+
+    monkeypatch.setattr(dl, "fit", no_fitting)
+    again, _ = bases.fit_dictionaries(acts, configs, jax.random.key(1), ctx, "toy", True)
+    np.testing.assert_array_equal(again["sae_topk"].decoder, fitted["sae_topk"].decoder)
+    with np.load(path) as f:
+        arrays = dict(f)
+    nan = {**arrays, "decoder": np.full_like(arrays["decoder"], np.nan)}
+    for damage, problem in ((good[: len(good) // 2], "(BadZipFile: "), (b"", "(EOFError: "),
+                            (nan, "(ValueError: decoder holds NaN/inf)")):
+        if isinstance(damage, dict):
+            np.savez(path, **damage)
+        else:
+            path.write_bytes(damage)
+        with pytest.raises(runs.RunError) as info:
+            bases.fit_dictionaries(acts, configs, jax.random.key(1), ctx, "toy", True)
+        msg = str(info.value)
+        assert "\n" not in msg, msg
+        assert msg.startswith(f"{path} is not a dictionary file written by "
+                              f"bablate.dictionary.save {problem}"), msg
+        assert msg.endswith(FIX), msg
