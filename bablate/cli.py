@@ -229,6 +229,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors instead of tracebacks and usage text."""
     argv, spec, resolved = resolved_argv(argv)
     path, _, arg = resolved.partition(":")
+    if os.path.isdir(path):
+        _die(f"config file {path!r} is a directory; pass a config file in it "
+             f"(--config={path.rstrip('/')}/<name>.py[:variant]) or a study name (studies: "
+             f"{', '.join(study_names())})")
     if not os.path.isfile(path):
         _die(f"config file {path!r} does not exist and names no study; pass "
              f"--config=<study>[:variant] (studies: {', '.join(study_names())}) or "

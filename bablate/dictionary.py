@@ -36,8 +36,10 @@ number of active codes per example (L0) and the dead codes (never active on the 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
+import zipfile
 from typing import Literal
 
 import chex
@@ -46,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bablate import io as bbio
 from bablate import progress
 from bablate.sites import Basis, _lift
 
@@ -341,7 +344,8 @@ def fit_sae(acts_NxD: Array, cfg: DictionaryConfig, key: Array) -> DictionaryBas
 
 def save(path: str | os.PathLike, basis: DictionaryBasis,
          report: DictionaryReport | None = None) -> None:
-    """Writes a dictionary (and its report) to an ``.npz`` file."""
+    """Writes a dictionary (and its report) to an ``.npz`` file, atomically: a run killed while
+    saving leaves the old file or none, never a truncated one that a resume would read."""
     arrays = {"encoder": np.asarray(basis.encoder), "decoder": np.asarray(basis.decoder)}
     if basis.center is not None:
         arrays["center"] = np.asarray(basis.center)
@@ -350,19 +354,34 @@ def save(path: str | os.PathLike, basis: DictionaryBasis,
     meta = {"name": basis.name, "encoding": basis.encoding, "top_k": basis.top_k,
             "nnls_steps": basis.nnls_steps,
             "report": None if report is None else report.as_dict()}
-    np.savez(path, meta=np.asarray(json.dumps(meta)), **arrays)
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.asarray(json.dumps(meta)), **arrays)
+    bbio.atomic_write_bytes(path, buf.getvalue())
 
 
 def load(path: str | os.PathLike) -> tuple[DictionaryBasis, DictionaryReport | None]:
-    """Reads a dictionary written by :func:`save`."""
-    with np.load(path, allow_pickle=False) as f:
-        if "meta" not in f or "decoder" not in f:
-            raise ValueError(f"{path} is not a dictionary file written by bablate.dictionary.save.")
-        meta = json.loads(str(f["meta"]))
-        get = lambda name: jnp.asarray(f[name]) if name in f else None
-        basis = DictionaryBasis(encoder=get("encoder"), decoder=get("decoder"),
-                                center=get("center"), bias=get("bias"), name=meta["name"],
-                                encoding=meta["encoding"], top_k=int(meta["top_k"]),
-                                nnls_steps=int(meta["nnls_steps"]))
-    report = None if meta["report"] is None else DictionaryReport(**meta["report"])
+    """Reads a dictionary written by :func:`save`.
+
+    Raises:
+      ValueError: the file is not one (truncated, garbled, other arrays or metadata, arrays
+        that do not fit together or hold NaN/inf), in one line naming it.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "meta" not in f or "decoder" not in f:
+                raise ValueError("no meta or decoder array")
+            arrays = {name: np.asarray(f[name]) for name in ("encoder", "decoder", "center",
+                                                              "bias") if name in f}
+            meta = json.loads(str(f["meta"]))
+        bad = [name for name, a in arrays.items() if not np.all(np.isfinite(a))]
+        if bad:
+            raise ValueError(f"{bad[0]} holds NaN/inf")
+        basis = DictionaryBasis(**{k: jnp.asarray(a) for k, a in arrays.items()},
+                                name=meta["name"], encoding=meta["encoding"],
+                                top_k=int(meta["top_k"]), nnls_steps=int(meta["nnls_steps"]))
+        report = None if meta["report"] is None else DictionaryReport(**meta["report"])
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError, TypeError,
+            AttributeError) as e:  # np.load and json raise these for damaged files
+        raise ValueError(f"{path} is not a dictionary file written by bablate.dictionary.save "
+                         f"({type(e).__name__}: {e}).") from e
     return basis, report

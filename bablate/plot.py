@@ -55,6 +55,13 @@ def _posts(posts: Posterior | Sequence[Posterior], what: str) -> list[Posterior]
     if len(d) != 1:
         raise ValueError(f"{what} needs posteriors over one site; got unit counts {sorted(d)}. "
                          "Plot tasks on the same site together.")
+    for p in posts:  # a NaN cell is drawn blank or skipped, which reads as a value
+        for field in ("marginals", "prior"):
+            bad = np.flatnonzero(~np.isfinite(np.asarray(getattr(p, field), np.float64)))
+            if bad.size:
+                raise ValueError(f"{what}: posterior {p.task!r} has NaN/inf {field} (units "
+                                 f"{bad[:5].tolist()}{'...' if bad.size > 5 else ''}); check "
+                                 "the inference that made it, or leave it out of the plot.")
     return posts
 
 

@@ -19,9 +19,17 @@ skips a finished run and resumes an unfinished one; a different config is refuse
 ``overwrite=True``.
 
 Nothing in a run directory is trusted blindly: checkpoints are msgpack data (numbers, strings,
-arrays and containers; loading one cannot run code) stamped with the config's hash and never
-loaded for another config, and a ``results.json`` that does not parse, or does not match
-``run.json``, makes the run unfinished.
+arrays and containers; loading one cannot run code) stamped with the config's hash, never
+loaded for another config and checked against what the run saves (``load_state(like=...)``),
+and a ``results.json`` that does not parse, or does not match ``run.json``, makes the run
+unfinished.
+
+These hashes are checksums against accidents, not signatures: whoever can write the directory
+can rewrite ``results.json`` with its hash in ``run.json``, or a checkpoint under its stamp, and
+is not detected. A signature would need a secret outside the directory that every process
+resuming the run can read (so the same account's writer could read it too), and would tie run
+directories to one machine (copied elsewhere, finished runs would be redone); README.md,
+"Trust boundaries", says what to do instead.
 
 Errors meant for the user (bad config values, an unusable or locked directory, a full disk, a
 corrupt checkpoint) are `RunError`; launch.py prints them as one line. Everything else is a bug
@@ -52,7 +60,6 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from bablate import io as bbio
 from bablate import markdown as md
@@ -69,9 +76,13 @@ FIGURES_DIR = "figures"
 SWEEP_MARKER = "sweep.json"  # bablate.sweeps.SWEEP_FILE: a sweep's directory, not a run's
 STATE_DIR = "state"
 STATE_SUFFIX = ".msgpack"
-# Write failures that are the disk's or the user's (not a bug): reported as one line.
+# What a run directory holds: files, and directories (checked before a run touches it).
+RUN_FILES = (CONFIG_FILE, RESULTS_FILE, RUN_FILE, REPORT_FILE, LOG_FILE, LOCK_FILE)
+RUN_DIRS = (FIGURES_DIR, STATE_DIR)
+# Write failures that are the disk's or the user's (not a bug): reported as one line. EISDIR
+# and ENOTDIR: a directory where a file is written (figures/<name>.png, say), or the reverse.
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                          errno.EIO})
+                          errno.EIO, errno.EISDIR, errno.ENOTDIR})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -261,19 +272,14 @@ class RunContext:
         """
         _check_name(name, "state name")
         jax = sys.modules.get("jax")  # without jax loaded the tree holds no jax arrays
-        tree = pytree
-        if jax is not None:
-
-            def to_numpy(x):
-                if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype,
-                                                                      jax.dtypes.prng_key):
-                    raise TypeError(f"state {name!r}: PRNG keys cannot be saved; save "
-                                    "jax.random.key_data(key) and rebuild the key with "
-                                    "jax.random.wrap_key_data")
-                return np.asarray(x) if isinstance(x, jax.Array) else x
-
-            tree = jax.tree.map(to_numpy, pytree)
-        data = statefile.dumps(tree, self.config_hash, f"state {name!r}")
+        # The tree is checked, not rebuilt: jax.tree.map would sort every dict's keys, and a
+        # resumed run would then write its results in another order than a fresh one.
+        for x in [] if jax is None else jax.tree.leaves(pytree):
+            if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                raise TypeError(f"state {name!r}: PRNG keys cannot be saved; save "
+                                "jax.random.key_data(key) and rebuild the key with "
+                                "jax.random.wrap_key_data")
+        data = statefile.dumps(pytree, self.config_hash, f"state {name!r}")
         if self.writer:
             bbio.atomic_write_bytes(self.state_path(name), data)
 
@@ -281,15 +287,22 @@ class RunContext:
         """Where ``save_state(name, ...)`` writes."""
         return self.workdir / STATE_DIR / f"{name}{STATE_SUFFIX}"
 
-    def load_state(self, name: str) -> Any | None:
+    def load_state(self, name: str, like: Any = None) -> Any | None:
         """The pytree saved by ``save_state(name, ...)`` (numpy leaves), or None if none was.
 
         A checkpoint stamped with another config's hash is ignored (None, with a log line).
         Pickled checkpoints of older versions (``state/<name>.pkl``) are never read.
 
+        Args:
+          name: the name given to ``save_state``.
+          like: what the checkpoint must hold (see `bablate.statefile.mismatch`), e.g.
+            ``{"params": initial_params, "history": dict}``: the same keys, arrays of the same
+            shapes and kinds, finite floats, and no all-zero array where ``like``'s is
+            nonzero. None loads whatever the file holds.
+
         Raises:
-          RunError: the checkpoint exists but is not a valid state file (names the file and
-            suggests ``--overwrite``).
+          RunError: the checkpoint exists but is not a valid state file, or does not hold what
+            ``like`` describes (names the file, what is wrong and suggests ``--overwrite``).
         """
         _check_name(name, "state name")
         path = self.state_path(name)
@@ -299,13 +312,17 @@ class RunContext:
                          "loaded (they can run code); recomputing")
             return None
         try:
+            if not path.is_file():
+                raise statefile.StateFormatError("it is not a file")
             tree, stamp = statefile.loads(path.read_bytes())
         except statefile.StateFormatError as e:
-            raise RunError(f"checkpoint {str(path)!r} is corrupt ({e}); rerun with --overwrite "
-                           "to start this run afresh") from e
+            raise RunError(_refusal(path, f"is corrupt ({e})")) from e
         if stamp != self.config_hash:
             self.log(f"ignoring {STATE_DIR}/{path.name}: it was saved by a run of another config")
             return None
+        problem = None if like is None else statefile.mismatch(tree, like)
+        if problem is not None:
+            raise RunError(_refusal(path, f"does not hold what this run saves ({problem})"))
         return tree
 
     def render_report(self, title: str, config: Mapping, results: Mapping, footer: str = "") -> str:
@@ -335,6 +352,15 @@ class RunContext:
         if footer:
             lines += [footer, ""]
         return "\n".join(lines)
+
+
+# The fix for saved state a run cannot resume from (a corrupt checkpoint, say).
+RESTART_FIX = "rerun with --overwrite to start this run afresh"
+
+
+def _refusal(path: Path, what: str) -> str:
+    """The one-line refusal of a checkpoint that cannot be resumed from."""
+    return f"checkpoint {str(path)!r} {what}; {RESTART_FIX}"
 
 
 def _check_name(name: str, what: str) -> None:
@@ -400,12 +426,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         check(frozen)
 
 
-def check_workdir(workdir: Path) -> None:
-    """Refuses a workdir (or any parent of it) that exists but is not a directory."""
+def check_workdir(workdir: Path, files: tuple[str, ...] = RUN_FILES,
+                  dirs: tuple[str, ...] = RUN_DIRS) -> None:
+    """Refuses a workdir (or any parent of it) that exists but is not a directory, and one where
+    one of the ``files`` it writes exists as a directory (or anything but a file), or one of
+    the ``dirs`` as a file: one line naming the path, before anything is touched."""
     for p in [workdir, *workdir.parents]:
         if p.exists() and not p.is_dir():
             raise RunError(f"workdir {str(workdir)!r} cannot be used: {str(p)!r} is a file; "
                            "pass --workdir=<a directory path>")
+    for names, fits, what in ((files, Path.is_file, "a file"), (dirs, Path.is_dir,
+                                                                "a directory")):
+        for name in names:
+            p = workdir / name
+            if p.exists() and not fits(p):
+                got = ("a directory" if p.is_dir() else "a file" if p.is_file()
+                       else "neither a file nor a directory")
+                raise RunError(f"workdir {str(workdir)!r} cannot be used: {str(p)!r} is {got} "
+                               f"where bablate keeps {what}; move or remove it")
 
 
 def _sha256(data: bytes) -> str:
@@ -511,9 +549,13 @@ def disk_message(e: OSError, workdir: Path) -> str:
         fix = "free some disk space (or choose another --workdir)"
     elif e.errno == errno.EIO:
         fix = "check the disk"
+    elif e.errno in (errno.EISDIR, errno.ENOTDIR):
+        fix = "move or remove what stands in the way"
     else:
         fix = "make it writable or choose another --workdir"
-    where = f" ({e.filename})" if e.filename else ""
+    # os.replace names the temp file first and the file it replaces second.
+    target = e.filename2 or e.filename
+    where = f" ({target})" if target else ""
     return (f"cannot write in {str(workdir)!r}: {e.strerror or e}{where}; {fix}, then rerun the "
             "same command to resume")
 

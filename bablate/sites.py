@@ -62,6 +62,15 @@ class Basis:
     def num_units(self) -> int:
         return int(self.encoder.shape[1])
 
+    def check_width(self, act_shape: tuple[int, ...], what: str) -> None:
+        """Refuses an activation whose last axis is not the width the basis was made for."""
+        width = int(self.decoder.shape[1])
+        if not act_shape or act_shape[-1] != width:
+            raise ValueError(f"{what}: basis {self.name!r} maps activations of width {width} (its "
+                             f"decoder is [{self.num_units}, {width}]) but the activation has "
+                             f"shape {tuple(act_shape)}; use a basis fitted on this site's "
+                             "activations (their last axis).")
+
     def encode(self, act: Array) -> Array:
         if self.center is not None:
             act = act - _lift(self.center, act.ndim)
@@ -108,6 +117,15 @@ def mask_activation(act: Array, mask: Array, value: Array | float, unit_axis: in
     Returns:
       The masked activation, same shape and dtype as ``act``.
     """
+    if basis is not None:
+        basis.check_width(jnp.shape(act), "mask_activation")
+    d = basis.num_units if basis is not None else jnp.shape(act)[unit_axis]
+    if jnp.shape(mask) != (d,):  # shapes are known when traced too
+        where = (f"basis {basis.name!r} has {d} units" if basis is not None else
+                 f"the activation of shape {tuple(jnp.shape(act))} has {d} units on axis "
+                 f"{unit_axis}")
+        raise ValueError(f"mask_activation: the mask has shape {tuple(jnp.shape(mask))} but "
+                         f"{where}; pass one mask value per unit, shape ({d},).")
     if not isinstance(mask, jax.core.Tracer):  # concrete masks are checked; traced ones can't be
         check_mask_values(np.asarray(mask), "mask_activation")
     if basis is None:
@@ -291,6 +309,8 @@ def check_activation(site: Site, act: Array) -> None:
     """Raises a clear error for a wrong unit count or non-finite activations."""
     if site.basis is None:
         check_unit_axis(site.name, site.unit_axis, tuple(act.shape))
+    if site.basis is not None:
+        site.basis.check_width(tuple(act.shape), f"Site {site.name!r}")
     units = unit_values(site, act)
     if units.shape[-1] != site.num_units:
         raise ValueError(f"Site {site.name!r} declares {site.num_units} units but its activation "

@@ -180,3 +180,81 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, str | None]:
         return loads(path.read_bytes())
     except StateFormatError as e:
         raise StateFormatError(f"{path} is not a readable bablate checkpoint: {e}") from None
+
+
+
+def _is_array(x: Any) -> bool:
+    """Arrays and array specs (numpy, jax, ``jax.ShapeDtypeStruct``): a shape and a dtype."""
+    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, type)
+
+
+def _where(path: str) -> str:
+    return path or "the top level"
+
+
+def _child(path: str, key: Any) -> str:
+    """The path of an item: ``params['W']``, ``history[0]`` (the top level's keys bare)."""
+    return f"{path}[{key!r}]" if path else (key if isinstance(key, str) else f"item {key!r}")
+
+
+def mismatch(tree: Any, like: Any, path: str = "") -> str | None:
+    """The first way a loaded ``tree`` differs from ``like``, as a phrase, or None.
+
+    ``like`` describes what a checkpoint should hold, as the target of a restore does in flax:
+    dicts must have the same keys and lists and tuples the same length; an array (or a
+    ``jax.ShapeDtypeStruct``) wants an array of that shape and kind of dtype (bool, int, float,
+    complex or string), with finite values if floating; a type (``int``, ``dict``...) wants any
+    value of that type (e.g. a history of variable length); any other value wants an equal one.
+    A floating array of ``like`` that holds a nonzero value, such as a network's initial weights,
+    must not come back all zeros: training from a nonzero start never lands on exactly zero
+    everywhere, while a zero-filled file does.
+    """
+    if isinstance(like, type):
+        return None if isinstance(tree, like) else (
+            f"{_where(path)} is a {type(tree).__name__}, not a {like.__name__}")
+    if isinstance(like, Mapping):
+        if not isinstance(tree, Mapping):
+            return f"{_where(path)} is a {type(tree).__name__}, not a dict"
+        missing = [k for k in like if k not in tree]
+        extra = [k for k in tree if k not in like]
+        if missing or extra:
+            return (f"{_where(path)} has keys {sorted(map(str, tree))}, expected "
+                    f"{sorted(map(str, like))}")
+        return next((m for k in like if (m := mismatch(tree[k], like[k], _child(path, k)))),
+                    None)
+    if isinstance(like, (list, tuple)):
+        if type(tree) is not type(like) or len(tree) != len(like):
+            got = f"a {type(tree).__name__}" + (f" of {len(tree)}" if isinstance(
+                tree, (list, tuple)) else "")
+            return f"{_where(path)} is {got}, expected a {type(like).__name__} of {len(like)}"
+        return next((m for i, (t, lk) in enumerate(zip(tree, like, strict=True))
+                     if (m := mismatch(t, lk, _child(path, i)))), None)
+    if _is_array(like):
+        return _array_mismatch(tree, like, _where(path))
+    if type(tree) is not type(like) or tree != like:
+        return f"{_where(path)} is {tree!r:.40}, expected {like!r:.40}"
+    return None
+
+
+def _array_mismatch(tree: Any, like: Any, where: str) -> str | None:
+    if not isinstance(tree, (np.ndarray, np.generic)):
+        return f"{where} is a {type(tree).__name__}, not an array"
+    want = np.dtype(like.dtype)
+    if tuple(tree.shape) != tuple(like.shape):
+        return f"{where} has shape {tuple(tree.shape)}, expected {tuple(like.shape)}"
+    if _kind(tree.dtype) != _kind(want):
+        return f"{where} has dtype {tree.dtype}, expected {want}"
+    if _kind(want) in "fc":
+        values = np.asarray(tree, np.complex128 if want.kind == "c" else np.float64)
+        bad = int(np.sum(~np.isfinite(values)))
+        if bad:
+            return f"{where} holds {bad} NaN/inf values"
+        if values.size and not values.any() and hasattr(like, "__array__") and np.any(like):
+            return f"{where} is all zeros"
+    return None
+
+
+def _kind(dtype: np.dtype) -> str:
+    """numpy's dtype kind, with JAX's extra floats (bfloat16, float8: kind 'V') as 'f'."""
+    extra = {d: name for name, d in _ml_dtypes().items()}
+    return "f" if extra.get(dtype, "").startswith(("bfloat", "float")) else dtype.kind

@@ -205,7 +205,10 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
     if (jobs > 1 or launcher is not None) and command_for is None:
         raise ValueError("run_sweep needs command_for to run members in subprocesses or jobs")
     workdir = Path(workdir)
-    runs.check_workdir(workdir)
+    runs.check_workdir(workdir, files=(SWEEP_FILE, SWEEP_INDEX, SWEEP_RESULTS, SWEEP_LOG,
+                                       runs.LOCK_FILE), dirs=tuple(m.name for m in members))
+    for m in members:
+        runs.check_workdir(workdir / m.name, files=(*runs.RUN_FILES, CONSOLE_FILE))
     single = [f for f in (runs.CONFIG_FILE, runs.RESULTS_FILE) if (workdir / f).exists()]
     if single:
         raise runs.RunError(f"workdir {str(workdir)!r} holds a single run ({single[0]}); a "

@@ -114,6 +114,7 @@ class Task:
           key: PRNG key for resample ablation (default ``jax.random.key(0)``).
           check_intact: warn when the intact network already fails the task.
         """
+        check_rule_type(rule, f"Task {name!r}")
         shared = shared_data(site, inputs, name, activation, key)
         task = cls(name=name, site=site, rule=rule, data={**shared, "rule": rule.data})
         task.check_rule()
@@ -214,6 +215,15 @@ def examples_text(data: dict) -> str:
     """"<N> examples" of a task's data (the leading axis of its inputs), for reprs."""
     n = num_examples(data.get("inputs"))
     return f"{n} examples" if n is not None else "examples of unknown count"
+
+
+
+def check_rule_type(rule: Any, what: str) -> None:
+    """Refuses anything but a :class:`Rule` (raw targets, say) with the fix."""
+    if not isinstance(rule, Rule):
+        raise TypeError(f"{what}: the rule must be a bablate Rule, got {type(rule).__name__}; "
+                        "wrap the targets in one, e.g. bb.rules.top1(targets) or "
+                        "bb.rules.binary(targets).")
 
 
 def warn_if_intact_fails(name: str, full: float) -> None:

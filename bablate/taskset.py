@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -18,6 +18,7 @@ from bablate.sites import Site
 from bablate.tasks import (
     Task,
     check_masks,
+    check_rule_type,
     correct_fn,
     examples_text,
     logit,
@@ -39,6 +40,33 @@ def _rules_p_correct(rules: tuple[Rule, ...], outputs: Any, rule_data: list, pos
         c = jax.vmap(lambda out, correct=correct, data=data: correct(out, data))(outputs)
         rows.append(p_correct_from(c.astype(jnp.float32), positive))
     return jnp.stack(rows)
+
+
+def _same_arrays(a: Any, b: Any) -> bool:
+    """Whether two pytrees are the same objects or hold equal arrays."""
+    if a is b:
+        return True
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    return tree_a == tree_b and all(
+        x is y or (np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y)))
+        for x, y in zip(leaves_a, leaves_b, strict=True))
+
+
+def sharing_problem(tasks: Sequence[Task]) -> str | None:
+    """Why ``tasks`` do not share one site and one dataset (None: they do, and one evaluation
+    of the network per mask serves them all): they must be on the same site object, with the
+    same or equal inputs, cached activation and ablation value."""
+    base = tasks[0]
+    for task in tasks[1:]:
+        if task.site is not base.site:
+            return (f"task {task.name!r} is on another site than task {base.name!r} "
+                    f"({task.site.identity}, not the same object as {base.site.identity})")
+        for key, what in (("inputs", "inputs"), ("act", "cached activation"),
+                          ("value", "ablation value")):
+            if not _same_arrays(task.data[key], base.data[key]):
+                return f"task {task.name!r} has other {what} than task {base.name!r}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -75,8 +103,13 @@ class TaskSet:
           key: PRNG key for resample ablation (default ``jax.random.key(0)``); drawn once.
           check_intact: warn for each task the intact network already fails.
         """
+        if not isinstance(rules, Mapping):
+            raise TypeError(f"TaskSet.build: rules must be a dict of task name -> Rule, got "
+                            f"{type(rules).__name__}.")
         if not rules:
             raise ValueError("TaskSet.build needs at least one rule; got an empty dict.")
+        for name, rule in rules.items():
+            check_rule_type(rule, f"TaskSet.build, task {name!r}")
         shared = shared_data(site, inputs, next(iter(rules)), activation, key)
         tasks = tuple(Task(name=name, site=site, rule=rule, data={**shared, "rule": rule.data})
                       for name, rule in rules.items())
@@ -91,11 +124,26 @@ class TaskSet:
 
     @classmethod
     def of(cls, tasks: list[Task] | tuple[Task, ...]) -> TaskSet:
-        """The set of ``tasks`` that are known to share one site and one dataset (their data
-        is taken from the first; nothing is checked: use :meth:`build` to make them)."""
+        """The set of ``tasks`` that share one site and one dataset (:meth:`build` makes them).
+
+        Raises:
+          ValueError: the tasks are on different site objects, or their inputs, cached
+            activations or ablation values differ (a task set evaluates every rule on the
+            first task's), naming the first such task and the fix.
+        """
         tasks = tuple(tasks)
         if not tasks:
             raise ValueError("a TaskSet needs at least one task.")
+        odd = next((i for i, t in enumerate(tasks) if not isinstance(t, Task)), None)
+        if odd is not None:
+            raise TypeError(f"TaskSet.of takes Task objects; item {odd} is a "
+                            f"{type(tasks[odd]).__name__}.")
+        problem = sharing_problem(tasks)
+        if problem is not None:
+            raise ValueError(f"TaskSet.of: {problem}; a task set holds tasks of one site and one "
+                             "dataset: build it with TaskSet.build(site, inputs, rules), or pass "
+                             "the tasks to bb.infer_many as a list (each is then inferred on its "
+                             "own site and data).")
         base = tasks[0]
         data = {"inputs": base.data["inputs"], "act": base.data["act"],
                 "value": base.data["value"], "rules": [t.rule.data for t in tasks],

@@ -32,6 +32,14 @@ def fake_config():
 
 
 @pytest.fixture
+def cli(monkeypatch, capsys):
+    """``cli(*args) -> (exit code, stderr)``: launch.py run in this process."""
+    from tests.test_bad_inputs_cli import launch_in_process
+
+    return launch_in_process(monkeypatch, capsys)
+
+
+@pytest.fixture
 def launch():
     """Runs ``python launch.py *args`` in a subprocess; returns the CompletedProcess."""
 

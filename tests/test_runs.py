@@ -177,6 +177,19 @@ def test_a_runs_checkpoint_is_read_with_read_checkpoint(fake_config, workdir):
         bb.read_checkpoint(workdir / "none.msgpack")
 
 
+
+def test_state_keeps_the_order_of_dict_keys(tmp_path):
+    """A resumed run reads its checkpoint in the order a fresh run built it, so the results it
+    writes are the same bytes (jax.tree.map would have sorted the keys)."""
+    ctx = runs.RunContext(workdir=tmp_path)
+    tree = {"xavier": {"norms": jnp.ones(2), "count": 3}, "all_represented": {"z": 1, "a": 2}}
+    ctx.save_state("control", tree)
+    back = ctx.load_state("control")
+    assert list(back) == ["xavier", "all_represented"]
+    assert list(back["all_represented"]) == ["z", "a"]
+    assert isinstance(back["xavier"]["norms"], np.ndarray)
+
+
 # ----------------------------------------------------------------------------- sweeps
 
 

@@ -15,7 +15,7 @@ from bablate.amd import check_beta, nonfinite_error, prior_probs
 from bablate.inference import programs
 from bablate.inference.posterior import Posterior
 from bablate.tasks import Task
-from bablate.taskset import TaskSet
+from bablate.taskset import TaskSet, sharing_problem
 
 MAX_EXACT_UNITS = 24
 
@@ -117,16 +117,6 @@ def _build_many(task_set: TaskSet, smooth: bool, chunk: int):
     return jax.jit(programs.trace_guard(score))
 
 
-def _shares_data(tasks: list[Task]) -> bool:
-    """Whether a plain list of tasks shares one site and one dataset (then one enumeration
-    serves all of them); a :class:`TaskSet` says so by construction."""
-    base = tasks[0]
-    same_value = lambda t: (t.data["value"] is base.data["value"]
-                            or np.array_equal(t.data["value"], base.data["value"]))
-    return all(t.site is base.site and t.data["inputs"] is base.data["inputs"]
-               and t.data["act"] is base.data["act"] and same_value(t) for t in tasks)
-
-
 def exact_many(tasks: TaskSet | list[Task], prior: ArrayLike = 0.5, beta: float = 1.0,
                smooth: bool = False, chunk_size: int = 4096, max_units: int = 20,
                ) -> list[Posterior]:
@@ -142,7 +132,7 @@ def exact_many(tasks: TaskSet | list[Task], prior: ArrayLike = 0.5, beta: float 
         tasks = list(tasks)
         if not tasks:
             return []
-        if not _shares_data(tasks):
+        if sharing_problem(tasks) is not None:
             return [exact(t, prior, beta, smooth, chunk_size, max_units) for t in tasks]
         tasks = TaskSet.of(tasks)
     beta = check_beta(beta)

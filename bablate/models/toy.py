@@ -317,6 +317,15 @@ def train_instances(spec: ToySpec, densities_K: jax.Array, keys_K: jax.Array,
     return params, last_loss
 
 
+def instances_like(spec: ToySpec, num_instances: int) -> tuple[Params, jax.ShapeDtypeStruct]:
+    """What `train_instances` returns for ``num_instances`` instances, to check a saved copy
+    against (``like`` of `bablate.runs.RunContext.load_state`): parameters stacked as a fresh
+    start makes them (nonzero weights) and the shape of the ``[K]`` losses."""
+    keys = jax.random.split(jax.random.key(0), num_instances)
+    return (jax.vmap(lambda k: init_params(spec, k))(keys),
+            jax.ShapeDtypeStruct((num_instances,), jnp.float32))
+
+
 def unstack(params_K: Params, k: int) -> Params:
     """Instance k's parameters from a stacked pytree."""
     return jax.tree.map(lambda a: a[k], params_K)

@@ -42,7 +42,7 @@ def _paused(seed: int, step: int) -> bool:
 
 def run(config, ctx):
     fail_at = int(os.environ.get("FAKE_STUDY_FAIL_AT_STEP", "-1"))
-    state = ctx.load_state("progress")
+    state = ctx.load_state("progress", like={"step": int, "acc": np.zeros(3)})
     if state is None:
         step, acc = 0, np.zeros(3)
     else:

@@ -11,7 +11,7 @@ import numpy as np
 
 import bablate as bb
 from bablate import dictionary as dl
-from bablate.runs import RunContext
+from bablate.runs import RESTART_FIX, RunContext, RunError
 
 NEURON, ROTATION = "neuron", "rotation"
 
@@ -67,7 +67,10 @@ def fit_dictionaries(acts_NxD: np.ndarray, configs: tuple[dl.DictionaryConfig, .
     folder = ctx.workdir / "dictionaries"
     for j, cfg in enumerate(configs):
         path = folder / f"{network}_{cfg.method}_{cfg.num_codes}.npz"
-        loaded = dl.load(path) if reuse and path.exists() else None
+        try:
+            loaded = dl.load(path) if reuse and path.exists() else None
+        except ValueError as e:  # damaged since it was saved: one line, as a checkpoint's
+            raise RunError(f"{str(e).rstrip('.')}; {RESTART_FIX}") from e
         if loaded is not None and loaded[1] is not None:
             basis, report = loaded
         else:

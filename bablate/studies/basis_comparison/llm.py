@@ -12,6 +12,7 @@ import numpy as np
 import bablate as bb
 from bablate import dictionary as dl
 from bablate import llm as llm_lib
+from bablate import statefile
 from bablate.runs import RunContext
 
 from .bases import NEURON, ROTATION, CenterUnitBasis, fit_dictionaries, random_rotation, rebase
@@ -124,6 +125,13 @@ def task_coverage(bases: dict, tasks: list[bb.Task], width: int, reports: dict) 
                                    for t in tasks])).fvu
 
 
+def same_setup(ctx: RunContext, setup: dict) -> bool:
+    """Whether the run's state holds this dictionary setup (a resume with the same layer and
+    concepts, whose saved dictionaries can be reused); anything else, garbled too, is not."""
+    saved = ctx.load_state("llm_setup")
+    return saved is not None and statefile.mismatch(saved, setup) is None
+
+
 def run(lc: LLMConfig, ctx: RunContext, keys: NetworkKeys) -> dict:
     """One SmolLM2 MLP layer: concept tasks read in neurons, a rotation and SAE codes (SVI)."""
     network = f"SmolLM2-135M MLP layer {lc.layer}"
@@ -152,7 +160,7 @@ def run(lc: LLMConfig, ctx: RunContext, keys: NetworkKeys) -> dict:
     # when the run resumes with the same layer and concepts.
     setup = {"layer": lc.layer, "fit_concepts": list(lc.fit_concepts),
              "dictionaries": [dataclasses.asdict(d) for d in lc.dictionaries]}
-    reuse = ctx.load_state("llm_setup") == setup
+    reuse = same_setup(ctx, setup)
     bases, reports = fit_dictionaries(acts, lc.dictionaries, keys.dictionary, ctx,
                                       f"llm_L{lc.layer}", reuse)
     ctx.save_state("llm_setup", setup)

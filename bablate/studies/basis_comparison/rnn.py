@@ -27,7 +27,7 @@ from .reading import compare_bases
 def train_network(rc: RNNConfig, model: rnn_model.RNNConfig, tokens, ctx: RunContext,
                   key: jax.Array) -> tuple[dict, bool]:
     """The trained RNN's variables, and whether they were reloaded from the run's state."""
-    saved = ctx.load_state("rnn_params")
+    saved = ctx.load_state("rnn_params", like={"variables": rnn_model.init(model, key)})
     if saved is not None:
         return jax.tree.map(jnp.asarray, saved["variables"]), True
     ctx.log(f"rnn: training a {rc.cell} RNN (hidden {rc.hidden}) on {rc.family} for "

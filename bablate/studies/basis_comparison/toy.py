@@ -77,7 +77,8 @@ def train_models(tc: ToyConfig, ctx: RunContext, keys: ToyKeys) -> tuple[dict, b
     Returns:
       ``{"params": stacked params, "loss": final loss per density}`` (numpy) and ``reuse``.
     """
-    state = ctx.load_state("toy_params")
+    params_like, loss_like = toy_model.instances_like(toy_spec(tc), len(tc.densities))
+    state = ctx.load_state("toy_params", like={"params": params_like, "loss": loss_like})
     if state is not None:
         return state, True
     ctx.log(f"toy: training {len(tc.densities)} |x| models {tc.n_features}->{tc.m_hidden} for "

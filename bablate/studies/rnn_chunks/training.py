@@ -24,7 +24,9 @@ def train_or_load(model: rnn.RNNConfig, train: rnn.TrainConfig, name: str,
                   tokens: np.ndarray, test: Windows, key: jax.Array, ctx) -> tuple[dict, dict]:
     """Trains the network ``name`` on ``tokens`` with ``key`` (or loads its checkpoint) →
     (variables, history); the learning curve is read on the first held-out windows."""
-    saved = ctx.load_state(name)
+    # The learning curve's lists vary in length; the variables must be the network's.
+    saved = ctx.load_state(name, like={"variables": initial_variables(model, key),
+                                       "history": dict})
     if saved is not None:
         return jax.tree.map(jnp.asarray, saved["variables"]), saved["history"]
     variables, hist = rnn.train(model, train, tokens, key,

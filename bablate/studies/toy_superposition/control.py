@@ -21,6 +21,16 @@ from .geometry import REPRESENTED_THRESHOLDS
 STARTS = ("xavier", "all_represented")
 
 
+def _like(n: int, n_features: int) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
+    """What the "control" checkpoint holds: per start, n counts, norms and losses."""
+    counts = jax.ShapeDtypeStruct((n,), np.int64)
+    return {name: {"features_represented": counts,
+                   **{f"features_represented_at_{t:g}": counts for t in REPRESENTED_THRESHOLDS},
+                   "feature_norms": jax.ShapeDtypeStruct((n, n_features), np.float32),
+                   "heldout_loss": jax.ShapeDtypeStruct((n,), np.float64)}
+            for name in STARTS}
+
+
 def initialisation_control(cfg: StudyConfig, ctx: RunContext, key: jax.Array) -> dict[str, Any]:
     """Features represented at the sparsest density over more seeds and two starts.
 
@@ -32,7 +42,7 @@ def initialisation_control(cfg: StudyConfig, ctx: RunContext, key: jax.Array) ->
     """
     density = min(cfg.densities)
     spec, n = cfg.spec, cfg.control.num_seeds
-    state = ctx.load_state("control")
+    state = ctx.load_state("control", like=_like(n, spec.n_features))
     if state is None:
         keys = jax.random.split(key, 2 * n)
         # One vmapped run: the first n instances start as the paper's, the next n with every

@@ -48,7 +48,8 @@ def train(cfg: StudyConfig, ctx: RunContext, inst: Instances,
     Returns:
       ``params_K`` (each leaf ``[K, ...]``) and the last-chunk training loss ``[K]``.
     """
-    state = ctx.load_state("params")
+    params_like, loss_like = toy.instances_like(cfg.spec, inst.density.size)
+    state = ctx.load_state("params", like={"params": params_like, "loss": loss_like})
     if state is None:
         spec = cfg.spec
         ctx.log(f"training {inst.density.size} instances of {cfg.setting} ({spec.kind}) for "
