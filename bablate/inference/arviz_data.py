@@ -24,7 +24,7 @@ def import_arviz():
             warnings.simplefilter("ignore", FutureWarning)
             import arviz
     except ImportError as e:
-        raise ImportError("to_arviz and bablate.plot's trace/rank plots need arviz; install "
+        raise ImportError("to_arviz and bablate.plot's trace plots need arviz; install "
                           "it with pip install 'bablate[arviz]'.") from e
     return arviz
 

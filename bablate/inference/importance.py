@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 
 import jax
 import numpy as np
@@ -63,6 +62,7 @@ from jax.typing import ArrayLike
 
 from bablate import progress
 from bablate.amd import check_beta, nonfinite_error, prior_probs
+from bablate.callsite import warn_caller
 from bablate.inference.posterior import ConvergenceWarning, Posterior
 from bablate.inference.proposals import Proposal, fit, log_bernoulli
 from bablate.tasks import Task, check_key
@@ -308,8 +308,7 @@ def importance(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float =
             f"{est.ess:.0f} (at least {MIN_ESS:g} wanted); raise max_masks (the error falls as "
             "1/sqrt(ESS))")
     for message in diagnostics["warnings"]:
-        warnings.warn(f"importance sampling for task {task.name!r}: {message}",
-                      ConvergenceWarning, stacklevel=2)
+        warn_caller(f"importance sampling for task {task.name!r}: {message}", ConvergenceWarning)
     return Posterior(task=task.name, method="importance", marginals=est.marginals,
                      prior=p.astype(np.float32), beta=beta,
                      samples=_resample(k_resample, est.w_hat, draws.masks, num_draws),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-import warnings
 from collections.abc import Callable
 
 import jax
@@ -27,6 +26,7 @@ from numpyro.infer import MCMC, DiscreteGibbs
 
 from bablate import amd, progress, sharding
 from bablate.amd import MASK_SITE, check_beta, make_model, nonfinite_error, prior_probs
+from bablate.callsite import warn_caller
 from bablate.inference import programs
 from bablate.inference.kernels import GRADIENT_PASSES, FlipKernel
 from bablate.inference.posterior import ConvergenceWarning, Posterior
@@ -158,8 +158,7 @@ def mcmc(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float = 1.0, 
     diagnostics.setdefault("max_se", None)  # too few draws, or no unit moved (a warning)
     diagnostics["ess"] = diagnostics.get("ess_min")
     for message in diagnostics["warnings"]:
-        warnings.warn(f"MCMC for task {task.name!r}: {message}", ConvergenceWarning,
-                      stacklevel=2)
+        warn_caller(f"MCMC for task {task.name!r}: {message}", ConvergenceWarning)
     return Posterior(task=task.name, method=f"mcmc-{sampler}", marginals=flat.mean(axis=0),
                      prior=p, beta=beta, samples=flat, diagnostics=diagnostics,
                      site=task.site.identity, log_density=log_density, num_chains=num_chains,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +27,7 @@ from jax.typing import ArrayLike
 
 from bablate import amd, progress, sharding
 from bablate.amd import check_beta, nonfinite_error, prior_probs
+from bablate.callsite import warn_caller
 from bablate.inference import programs
 from bablate.inference.kernels import GRADIENT_PASSES
 from bablate.inference.posterior import ConvergenceWarning, Posterior
@@ -172,8 +172,7 @@ def svi(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float = 1.0, *
     diagnostics.update({"converged": not diagnostics["warnings"], "max_se": None, "ess": None,
                         "forward_passes": int(elbo.size * num_particles * per_mask)})
     for message in diagnostics["warnings"]:
-        warnings.warn(f"SVI for task {task.name!r}: {message}", ConvergenceWarning,
-                      stacklevel=2)
+        warn_caller(f"SVI for task {task.name!r}: {message}", ConvergenceWarning)
     q_draws = jnp.broadcast_to(jnp.asarray(q, jnp.float32), (num_draws, d))
     draws = np.asarray(jax.random.bernoulli(key_draw, q_draws), np.uint8)
     return Posterior(task=task.name, method=f"svi-{estimator}", marginals=q,
