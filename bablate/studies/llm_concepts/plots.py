@@ -5,22 +5,38 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
+def _verdict(results: dict, kind: str, n: str) -> str:
+    """A panel's verdict line: the certified estimate's method and whether it converged."""
+    e = results["estimates"][kind][n]
+    if e["method"] == "exact":
+        return "exact"
+    ok = "converged" if e["converged"] else "NOT CONVERGED"
+    return f"{e['method']}, {ok}, s.e. ≤ {e['max_se']:.3f}"
+
+
 def head_maps(results: dict, names: list[str]) -> Figure:
-    """Head importance q(m_i = 1) per concept, layer × head (one colour scale, [0, 1])."""
+    """Head importance q(m_i = 1) per concept, layer × head (one colour scale, [0, 1]), each
+    panel titled with its estimate's verdict; a panel whose estimate did not converge is
+    hatched over."""
     layers = results["head_layers"]
     # A row per layer: 30 layers need a taller panel than one.
-    height = 3.2 if len(layers) <= 10 else 1.6 + 0.16 * len(layers)
+    height = 3.4 if len(layers) <= 10 else 1.8 + 0.16 * len(layers)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 0.8, height),
                              squeeze=False, layout="constrained")
     for ax, n in zip(axes[0], names, strict=True):
         m = np.asarray(results["head_importance"][n])
         im = ax.imshow(m, vmin=0, vmax=1, cmap="RdBu_r", aspect="auto")
-        ax.set_title(n)
+        ax.set_title(f"{n}\n({_verdict(results, 'heads', n)})", fontsize=9)
+        if not results["estimates"]["heads"][n]["converged"]:
+            ax.add_patch(matplotlib.patches.Rectangle(
+                (-0.5, -0.5), m.shape[1], m.shape[0], fill=False, hatch="//", color="k",
+                alpha=0.5))
         ax.set_xlabel("head")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_yticks(range(len(layers)))
@@ -31,81 +47,64 @@ def head_maps(results: dict, names: list[str]) -> Figure:
     return fig
 
 
-def _svi_panels(results: dict, kind: str, method: str, label: str) -> tuple[Figure, list]:
-    """A figure with one panel per concept whose ``method`` run was compared with SVI, the axes
-    labelled; returns it and, per panel, (axes, concept, the method's marginals, SVI's, the
-    concept's details)."""
+def check(results: dict, kind: str, method: str) -> Figure:
+    """A cross-check (``method``: "svi" or "mcmc") against the certified estimate per unit,
+    with the estimate's ±2 standard errors, for each concept the check ran on (dashed: the
+    identity, agreement)."""
     done = [n for n in results["concepts"]
-            if f"{method}_vs_svi" in results["ablation_details"][kind][n]]
-    fig, axes = plt.subplots(1, max(len(done), 1), figsize=(3.6 * max(len(done), 1), 3.6),
+            if f"{method}_vs_estimate" in results["ablation_details"][kind][n]]
+    fig, axes = plt.subplots(1, max(len(done), 1), figsize=(3.6 * max(len(done), 1), 3.8),
                              squeeze=False, layout="constrained")
-    panels = []
+    label = {"svi": "SVI", "mcmc": "MCMC"}[method]
     for ax, n in zip(axes[0], done, strict=False):
-        ax.set_xlabel(f"{label} q(m_i = 1)")
-        ax.set_ylabel("SVI q(m_i = 1)")
-        panels.append((ax, n, np.asarray(results[f"{kind}_{method}"][n]["marginals"]),
-                       np.asarray(results[f"{kind}_svi"][n]["marginals"]),
-                       results["ablation_details"][kind][n]))
-    return fig, panels
-
-
-def mcmc_check(results: dict, kind: str = "heads") -> Figure:
-    """SVI against MCMC marginals per unit, for each concept MCMC ran on (the identity line:
-    agreement); the title of each panel gives the correlation and whether MCMC converged."""
-    fig, panels = _svi_panels(results, kind, "mcmc", "MCMC")
-    for ax, n, q_mc, q_svi, det in panels:
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-        ax.scatter(q_mc, q_svi, s=8, alpha=0.6)
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.02)
-        corr = det["mcmc_vs_svi"]["corr"]
-        conv = "converged" if det["mcmc_diagnostics"]["converged"] else "NOT converged"
-        ax.set_title(f"{n} {kind}: r = {'n/a' if corr is None else f'{corr:.2f}'}\n"
-                     f"(MCMC {conv})", fontsize=9)
-    return fig
-
-
-def reference_check(results: dict, kind: str = "heads") -> Figure:
-    """SVI against the importance-sampling reference per unit, with the reference's ±2
-    standard errors, for each concept the reference ran on (the identity line: agreement)."""
-    fig, panels = _svi_panels(results, kind, "importance", "importance sampling")
-    for ax, n, q_ref, q_svi, det in panels:
-        se = np.asarray(det["importance_marginal_se"])
+        q_ref = np.asarray(results[f"{kind}_estimate"][n]["marginals"])
+        q = np.asarray(results[f"{kind}_{method}"][n]["marginals"])
+        se = np.asarray(results[f"{'head' if kind == 'heads' else 'neuron'}_importance_se"][n],
+                        float).ravel()
         # One range for both axes around the points and their error bars (the marginals of
         # a weakly informative task sit near the prior; [0, 1] would hide their scatter).
-        lo = min((q_ref - 2 * se).min(), q_svi.min()) - 0.02
-        hi = max((q_ref + 2 * se).max(), q_svi.max()) + 0.02
+        lo = min((q_ref - 2 * se).min(), q.min()) - 0.02
+        hi = max((q_ref + 2 * se).max(), q.max()) + 0.02
         ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
-        ax.errorbar(q_ref, q_svi, xerr=2 * se, fmt="o", ms=2.5, lw=0.5, alpha=0.5)
+        ax.errorbar(q_ref, q, xerr=2 * se, fmt="o", ms=2.5, lw=0.5, alpha=0.5)
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_aspect("equal")
-        cmp = det["importance_vs_svi"]
+        ax.set_xlabel("certified estimate q(m_i = 1) ± 2 s.e.")
+        ax.set_ylabel(f"{label} q(m_i = 1)")
+        cmp = results["ablation_details"][kind][n][f"{method}_vs_estimate"]
         verdict = cmp["verdict"].upper() if cmp["verdict"] == "disagree" else cmp["verdict"]
-        ax.set_title(f"{n} {kind}: {verdict}, max |diff| {cmp['max_abs_diff']:.2f}\n"
-                     f"(ESS {det['importance_diagnostics']['ess']:.0f}, "
-                     f"s.e. ≤ {cmp['reference_se_max']:.3f})", fontsize=9)
+        ax.set_title(f"{n} {kind}: {label} {verdict}, max |diff| {cmp['max_abs_diff']:.2f}\n"
+                     f"({_verdict(results, kind, n)})", fontsize=9)
     return fig
 
 
-def overlap(results: dict, names: list[str]) -> Figure:
-    """Concept × concept JS overlap of the AMDs, heads and neurons."""
+def overlap(results: dict) -> Figure:
+    """Concept × concept JS overlap of the AMDs, heads and neurons (over the concepts whose
+    estimates converged)."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), layout="constrained")
     kinds = ("heads", "neurons")
+    co = results["concept_overlap"]
     # One colour scale from 0 for both panels, so that a small overlap looks small.
-    every = np.concatenate([np.asarray(results["concept_overlap"][k], float).ravel()
-                            for k in kinds])
+    every = np.concatenate([np.asarray(co[k] or [], float).ravel() for k in kinds])
     every = every[np.isfinite(every)]
     norm = matplotlib.colors.Normalize(0.0, max(every.max(initial=0.0), 1e-3))
+    im = None
     for ax, kind in zip(axes, kinds, strict=True):
-        m = np.asarray(results["concept_overlap"][kind], float)
-        im = ax.imshow(m, cmap="viridis", norm=norm)
+        names = co["concepts"][kind]
+        if co[kind] is None:
+            ax.text(0.5, 0.5, "fewer than two concepts converged", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        im = ax.imshow(np.asarray(co[kind], float), cmap="viridis", norm=norm)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=45)
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names)
         ax.set_title(f"JS overlap, {kind}")
-    fig.colorbar(im, ax=axes.tolist(), label="JS divergence (bits)")
+    if im is not None:
+        fig.colorbar(im, ax=axes.tolist(), label="JS divergence (bits)")
     return fig
 
 
@@ -148,15 +147,22 @@ def rates(results: dict, names: list[str]) -> Figure:
 
 
 def neurons(results: dict, names: list[str]) -> Figure:
-    """Sorted MLP-neuron importance per concept."""
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    """Sorted MLP-neuron importance per concept with each neuron's ±2 standard errors (a
+    band); a concept whose estimate did not converge is drawn dashed and says so."""
+    fig, ax = plt.subplots(figsize=(5.4, 3.6))
     for n in names:
-        q = np.sort(np.asarray(results["neuron_importance"][n]))[::-1]
-        ax.plot(q, label=n)
+        q = np.asarray(results["neuron_importance"][n])
+        se = np.asarray(results["neuron_importance_se"][n], float)
+        order = np.argsort(-q)
+        ok = results["estimates"]["neurons"][n]["converged"]
+        (line,) = ax.plot(q[order], ls="-" if ok else "--",
+                          label=n if ok else f"{n} (NOT converged)")
+        ax.fill_between(np.arange(q.size), (q - 2 * se)[order], (q + 2 * se)[order],
+                        color=line.get_color(), alpha=0.2, lw=0)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("neuron (sorted)")
-    ax.set_ylabel("q(m_i = 1)")
+    ax.set_ylabel("q(m_i = 1) ± 2 s.e.")
     ax.set_xscale("log")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

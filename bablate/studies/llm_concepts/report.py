@@ -13,8 +13,6 @@ from . import ablation, plots
 from .config import Config
 
 ARMS = plots.ARMS
-# SVI "agrees" with MCMC when every marginal is within this (the core's mean-field tolerance).
-AGREE_MAX = 0.1
 
 
 def interventions_text(c: Config, results: dict, names: list[str]) -> str:
@@ -58,43 +56,62 @@ def unit_name(results: dict, kind: str, u: int) -> str:
     return f"L{results['head_layers'][u // per]}H{u % per}"
 
 
+def estimate_cell(e: dict) -> str:
+    """A certified estimate's verdict and numbers, in one table cell."""
+    if e["method"] == "exact":
+        return f"exact ({_i(e.get('forward_passes'))} masks)"
+    ok = "converged" if e["converged"] else "**NOT converged**"
+    return (f"{ok}: s.e. ≤ {_f(e.get('max_se'))} (target {_f(e.get('target_se'))}), ESS "
+            f"{_i(e.get('ess'))}, log Z {_f(e.get('log_z'))} ± {_f(e.get('log_z_se'))}, "
+            f"unseen mass ≤ {_f(e.get('unseen_mass_bound'))}")
+
+
 def convergence_text(results: dict, names: list[str]) -> str:
-    """Every SVI, MCMC and importance-sampling run with its diagnostics, and in words each one
-    that did not converge (its marginals carry unknown error)."""
-    rows = md.header(["site", "concept", "method", "converged", "diagnostics"])
+    """Every certified estimate with its verdict, forward passes and wall time, then every
+    cross-check run, and in words each one that did not converge."""
+    rows = md.header(["site", "concept", "certified estimate", "forward passes", "seconds"])
     failed = []
     for kind in ("heads", "neurons"):
         for n in names:
+            e = results["estimates"][kind][n]
+            rows.append(md.row([kind, n, estimate_cell(e), _i(e.get("forward_passes")),
+                                f"{e['seconds']:.0f}"]))
+            if not e["converged"]:
+                failed.append(f"**the {kind} of {n} did not converge** ("
+                              + "; ".join(e["warnings"]) + ")")
+    checks = md.header(["site", "concept", "check", "converged", "diagnostics"])
+    any_check = False
+    for kind in ("heads", "neurons"):
+        for n in names:
             det = results["ablation_details"][kind][n]
-            for m in ("svi", "mcmc", "importance"):
+            for m in ("svi", "mcmc"):
                 diag = det.get(f"{m}_diagnostics")
                 if diag is None:
                     continue
-                if m == "importance":
-                    what = (f"ESS {diag.get('ess', 0):.0f} of {_i(diag.get('num_samples'))} "
-                            f"draws, largest marginal standard error "
-                            f"{_f(diag.get('marginal_se_max'))}")
-                elif m == "mcmc":
+                any_check = True
+                if m == "mcmc":
                     what = (f"R-hat max {_f(diag.get('r_hat_max'))}, ESS min "
                             f"{_f(diag.get('ess_min'))} of {_i(diag.get('num_draws'))} draws "
                             f"({_i(diag.get('num_chains'))} chains)")
                 else:
                     what = (f"marginal drift {_f(diag.get('marginal_drift'))}, gradient "
                             f"z {_f(diag.get('gradient_z'))} ({_i(diag.get('num_steps'))} steps)")
-                ok = diag["converged"]
-                rows.append(md.row([kind, n, m.upper(), "yes" if ok else "**NO**", what]))
-                if not ok:
-                    failed.append(f"**{m.upper()} on the {kind} of {n} did not converge** ("
-                                  + "; ".join(diag["warnings"]) + ")")
-    verdict = ("Every run passed its convergence check." if not failed else
-               " ".join(f"{f}." for f in failed) + " The marginals and metrics of a run that "
-               "did not converge carry an error its diagnostics cannot bound; read them as "
-               "indicative only.")
-    return ("Convergence checks: MCMC passes when split R-hat ≤ 1.05 and the smallest bulk "
-            "ESS ≥ 400 (Vehtari et al. 2021); SVI when its averaged marginals stopped moving "
-            "and its mean gradient is within noise of 0; importance sampling when its "
-            "effective sample size is ≥ 100 and every marginal's standard error ≤ 0.05.\n\n"
-            + "\n".join(rows) + "\n\n" + verdict)
+                what += f", {_i(diag.get('forward_passes'))} forward passes"
+                checks.append(md.row([kind, n, m.upper(), "yes" if diag["converged"] else "no",
+                                      what]))
+    verdict = ("Every certified estimate converged." if not failed else
+               " ".join(f"{f[0].upper()}{f[1:]}." for f in failed) + " Its numbers stay out "
+               "of the headline table; the figures mark it.")
+    return ("Each site's AMD is estimated once, with a verdict: exact enumeration where the "
+            "site is small, else adaptive importance sampling (`bb.infer(task, "
+            "\"importance\")`: independent masks from a proposal refitted over rounds, mixed "
+            "with the prior, so every weight is bounded and the standard errors come from the "
+            "run itself) until every marginal's standard error is at most the target. A "
+            "forward pass is one mask evaluated over the concept's prompts. The unseen-mass "
+            "bound is the most AMD mass (95% confidence) a region no draw reached could hold.\n\n"
+            + "\n".join(rows) + "\n\n" + verdict
+            + ("" if not any_check else "\n\nCross-checks (their own diagnostics):\n\n"
+               + "\n".join(checks)))
 
 
 def _compared(results: dict, names: list[str], kind: str, key: str):
@@ -105,82 +122,52 @@ def _compared(results: dict, names: list[str], kind: str, key: str):
             yield n, det, det[key]
 
 
-def _top_table(results: dict, kind: str, cmp: dict, reference: str, cell) -> str:
-    """The reference's top units beside SVI's marginals (``cell(unit, q)``: the reference's
-    column)."""
-    rows = md.header(["unit", reference, "SVI q"])
-    for u, a, b in zip(cmp["top_units"], cmp["top_reference"], cmp["top_other"], strict=True):
-        rows.append(md.row([unit_name(results, kind, u), cell(u, a), f"{b:.2f}"]))
-    return "\n".join(rows)
-
-
-def mcmc_check_text(results: dict, names: list[str], kind: str = "heads") -> str:
-    """SVI against MCMC on the site: correlation, largest difference, top-k overlap, and the
-    top units side by side."""
+def check_text(results: dict, names: list[str], kind: str, method: str) -> str:
+    """A cross-check (SVI or MCMC) against the certified estimate on the site: agreement beyond
+    the estimate's noise, correlation, top-k overlap, and the estimate's top units with their
+    standard errors beside the check's."""
+    label = method.upper()
     out = []
-    for n, det, cmp in _compared(results, names, kind, "mcmc_vs_svi"):
-        diag = det["mcmc_diagnostics"]
-        rows = _top_table(results, kind, cmp, "MCMC q", lambda u, a: f"{a:.2f}")
-        agree = cmp["max_abs_diff"] <= AGREE_MAX
-        conv = ("MCMC converged" if diag["converged"] else
-                "MCMC did NOT converge, so this comparison is itself uncertain")
+    for n, det, cmp in _compared(results, names, kind, f"{method}_vs_estimate"):
+        e = results["estimates"][kind][n]
+        se = results[f"{'head' if kind == 'heads' else 'neuron'}_importance_se"][n]
+        se = [x for row in se for x in row] if kind == "heads" else se
+        rows = md.header(["unit", "certified q ± s.e.", f"{label} q"])
+        for u, a, b in zip(cmp["top_units"], cmp["top_reference"], cmp["top_other"],
+                           strict=True):
+            rows.append(md.row([unit_name(results, kind, u), f"{a:.2f} ± {se[u]:.2f}",
+                                f"{b:.2f}"]))
+        verdict = {"agree": f"{label} **agrees** with the certified estimate",
+                   "disagree": f"{label} **disagrees** with the certified estimate",
+                   "unresolved": f"{label} lies within the estimate's noise, but the estimate "
+                                 "is **too coarse to show agreement**"}[cmp["verdict"]]
+        conv = "" if det[f"{method}_diagnostics"]["converged"] else (
+            f"; {label} did not pass its own convergence check")
         out.append(
-            f"**{n}** ({kind}, {det['num_prompts']} prompts; MCMC {_i(diag.get('num_draws'))} "
-            f"draws in {det['mcmc_seconds']:.0f} s, SVI {det['svi_seconds']:.0f} s): "
-            f"correlation {_f(cmp['corr'])}, largest |difference| {cmp['max_abs_diff']:.3f}, "
-            f"{cmp['top_k_overlap']} of MCMC's top {cmp['top_k']} units in SVI's top "
-            f"{cmp['top_k']}; {conv}. SVI and MCMC "
-            + ("agree" if agree else "**disagree**")
-            + f" (agreement: every marginal within {AGREE_MAX}"
-            + ("" if agree else "; mean-field SVI cannot represent correlated units, which "
-               "is one reason they may differ") + ").\n\nMCMC's top units:\n\n" + rows)
+            f"**{n}** ({kind}, {det['num_prompts']} prompts; {label} "
+            f"{det[f'{method}_seconds']:.0f} s{conv}; estimate: {estimate_cell(e)}): {verdict}"
+            f" (agreement: every marginal within {ablation.AGREE_MAX} + {ablation.NOISE_SE:g} "
+            f"of the estimate's standard errors, here at most {cmp['resolution']:.2f}, which "
+            f"must not exceed {ablation.RESOLVED_MAX}). Largest |difference| "
+            f"{cmp['max_abs_diff']:.3f} ({cmp['max_abs_diff_in_se']:.1f} standard errors); "
+            f"{cmp['within_2se_fraction']:.0%} of units within 2 standard errors (≈ 95% if "
+            f"{label} were exact); correlation {_f(cmp['corr'])} (low when the marginals "
+            f"barely move from the prior: then it measures noise); {cmp['top_k_overlap']} of "
+            f"the estimate's top {cmp['top_k']} in {label}'s top {cmp['top_k']}.\n\n"
+            "The certified estimate's top units:\n\n" + "\n".join(rows))
     return "\n\n".join(out)
 
 
-def reference_check_text(results: dict, names: list[str], kind: str) -> str:
-    """SVI against the importance-sampling reference on the site: agreement beyond the
-    reference's noise, correlation, top-k overlap, and the reference's top units with their
-    standard errors beside SVI's."""
-    out = []
-    for n, det, cmp in _compared(results, names, kind, "importance_vs_svi"):
-        diag, se = det["importance_diagnostics"], det["importance_marginal_se"]
-        rows = _top_table(results, kind, cmp, "reference q ± s.e.",
-                          lambda u, a, se=se: f"{a:.2f} ± {se[u]:.2f}")
-        verdict = {"agree": "SVI **agrees** with the reference",
-                   "disagree": "SVI **disagrees** with the reference",
-                   "unresolved": "SVI lies within the reference's noise, but the reference is "
-                                 "**too coarse to show agreement** (raise reference_samples)"}[
-            cmp["verdict"]]
-        out.append(
-            f"**{n}** ({kind}, {det['num_prompts']} prompts; {_i(diag.get('num_samples'))} "
-            f"independent draws ({diag.get('proposal')}) in {det['importance_seconds']:.0f} s, "
-            f"ESS {diag.get('ess', 0):.0f}, largest standard error "
-            f"{cmp['reference_se_max']:.3f}"
-            + ("" if diag["converged"] else ", **too few effective draws: the reference "
-               "itself is uncertain**")
-            + f"; SVI {det['svi_seconds']:.0f} s): {verdict} (agreement: every marginal "
-            f"within {ablation.AGREE_MAX} + {ablation.NOISE_SE:g} of the reference's standard "
-            "errors"
-            + f", here at most {cmp['resolution']:.2f}, which must not exceed "
-            f"{ablation.RESOLVED_MAX}"
-            + ("" if cmp["verdict"] != "disagree" else "; the SVI importances of this site, in "
-               "the figures above, are off by as much as the largest difference: more SVI steps "
-               "or particles would bring them closer")
-            + "). Largest "
-            f"|difference| {cmp['max_abs_diff']:.3f} ({cmp['max_abs_diff_in_se']:.1f} standard "
-            f"errors); {cmp['within_2se_fraction']:.0%} of units within 2 standard errors "
-            f"(≈ 95% if SVI were exact); correlation {_f(cmp['corr'])} (low when the "
-            f"marginals barely move from the prior: then it measures noise); "
-            f"{cmp['top_k_overlap']} of the reference's top {cmp['top_k']} in SVI's top "
-            f"{cmp['top_k']}.\n\nThe reference's top units:\n\n" + rows)
-    return "\n\n".join(out)
+def _headline(results: dict, n: str, kind: str, value: str) -> str:
+    """A headline cell: ``value`` where the site's estimate converged, else a mark."""
+    return value if results["estimates"][kind][n]["converged"] else "not converged"
 
 
 def ablation_section(ctx: Any, results: dict, names: list[str],
                      mcmc_posts: dict | None = None) -> None:
-    """The Bayesian-ablation part of the report: task information against its bound, head
-    map, convergence of every run (in words where it failed), SVI against MCMC, trace and
-    rank plots of the MCMC draws, concept overlap and neuron importance."""
+    """The Bayesian-ablation part of the report: task information ± its error against its
+    bound (converged estimates only), the head map, every estimate's verdict and cost, the
+    cross-checks, trace and rank plots of MCMC draws, concept overlap and neuron importance."""
     layers = results["head_layers"]
     span = (f"layer {layers[0]}" if len(layers) == 1 else
             f"layers {layers[0]}–{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1))
@@ -192,44 +179,39 @@ def ablation_section(ctx: Any, results: dict, names: list[str],
         dd = results["distributedness_by_concept"][n]
         tc = results["total_correlation_by_concept"][n]["heads"]
         ti = results["task_information"][n]
-        rows.append(md.row([n, str(ti["heads"]["num_prompts"]),
-                            *(f"{_f(ti[k]['bits'])} / {ti[k]['bound']:.2f}"
-                              for k in ("heads", "neurons")),
-                            _f(dd["heads"]), _f(dd["neurons"]), _f(tc)]))
+        cells = [_headline(results, n, k, f"{_f(ti[k]['bits'])} ± {_f(ti[k]['error'])} / "
+                                          f"{ti[k]['bound']:.2f}") for k in ("heads", "neurons")]
+        rows.append(md.row([n, str(ti["heads"]["num_prompts"]), *cells,
+                            _headline(results, n, "heads", _f(dd["heads"])),
+                            _headline(results, n, "neurons", _f(dd["neurons"])), _f(tc)]))
     pm = results["polysemanticity_mean"]
+    of = results["concept_overlap"]["concepts"]
     grid = results["head_importance"][names[0]]
     ctx.text(f"## Bayesian ablation\n\nSites: the {len(grid) * len(grid[0])} "
-             f"attention heads of {span} ({results['concept_overlap']['heads_method']}) and the "
-             f"MLP neurons of layer {results['neuron_layer']}. A task of n prompts can carry at "
-             "most 2·log₂(n + 1) bits about the mask (the odds likelihood spans 1/(n+1) to "
-             "n+1); the bound says how much room the prompts leave, the task information how "
-             "much of it the network's units use.\n\n" + "\n".join(rows) +
-             f"\n\nMean polysemanticity (effective concepts per unit): heads {_f(pm['heads'])}, "
-             f"neurons {_f(pm['neurons'])}.")
+             f"attention heads of {span} and the MLP neurons of layer "
+             f"{results['neuron_layer']}. A task of n prompts can carry at most 2·log₂(n + 1) "
+             "bits about the mask (the odds likelihood spans 1/(n+1) to n+1); the bound says "
+             "how much room the prompts leave, the task information (± its standard error) "
+             "how much of it the network's units use. Only estimates that converged are "
+             "shown; TC needs an exact table (n/a otherwise).\n\n" + "\n".join(rows) +
+             "\n\nMean polysemanticity (effective concepts per unit, over the concepts whose "
+             f"estimates converged): heads {_f(pm['heads'])} ({', '.join(of['heads']) or '–'}), "
+             f"neurons {_f(pm['neurons'])} ({', '.join(of['neurons']) or '–'}).")
     ctx.figure(plots.head_maps(results, names), "head_importance",
-               f"Head importance q(m_i = 1) per concept "
-               f"({results['concept_overlap']['heads_method']}): red = needed for the "
-               "concept's completions, 0.5 = irrelevant, blue = harmful.")
-    ctx.text("### Convergence\n\n" + convergence_text(results, names))
+               "Head importance q(m_i = 1) per concept, each panel titled with its estimate's "
+               "verdict (hatched: not converged): red = needed for the concept's completions, "
+               "0.5 = irrelevant, blue = harmful.")
+    ctx.text("### Convergence and cost\n\n" + convergence_text(results, names))
     for kind in ablation.KINDS:
-        check = reference_check_text(results, names, kind)
-        if check:
-            ctx.text(f"### SVI checked against importance sampling ({kind})\n\n"
-                     "Importance sampling draws masks independently (from the prior mixed half "
-                     "and half with SVI's fit) and weights each by prior × odds of correctness "
-                     "over its proposal probability: nothing has to mix, the estimate is "
-                     "consistent whatever SVI got wrong, and the standard error of every "
-                     "marginal comes from the run itself.\n\n" + check)
-            ctx.figure(plots.reference_check(results, kind), f"{kind}_reference_check",
-                       f"{kind.capitalize()}: mean-field SVI against the importance-sampling "
-                       "reference, one point per unit with the reference's ±2 standard errors "
-                       "(dashed: agreement).")
-    check = mcmc_check_text(results, names, "heads")
-    if check:
-        ctx.text("### SVI checked against MCMC (heads)\n\n" + check)
-        ctx.figure(plots.mcmc_check(results, "heads"), "heads_mcmc_check",
-                   "Head importance from mean-field SVI against MCMC, one point per head "
-                   "(dashed: agreement).")
+        for method, what in (("svi", "Mean-field SVI"), ("mcmc", "MCMC")):
+            text = check_text(results, names, kind, method)
+            if text:
+                ctx.text(f"### {what} checked against the certified estimate ({kind})\n\n"
+                         + text)
+                ctx.figure(plots.check(results, kind, method), f"{kind}_{method}_check",
+                           f"{kind.capitalize()}: {what} against the certified estimate, one "
+                           "point per unit with the estimate's ±2 standard errors (dashed: "
+                           "agreement).")
     for posts in (mcmc_posts or {}).values():
         for post in posts:
             stem = post.task.replace("/", "_")
@@ -239,13 +221,14 @@ def ablation_section(ctx: Any, results: dict, names: list[str],
             ctx.figure(bbplot.rank(post), f"{stem}_mcmc_rank", rank_caption(post.task))
     overlap = results["concept_overlap"]
     kinds = {"joint": "joint JS of the whole mask distributions",
-             "marginal": "mean over units of the JS between marginals"}
-    ctx.figure(plots.overlap(results, names), "concept_overlap",
-               "Concept × concept Jensen–Shannon divergence between AMDs (heads, "
-               f"{overlap['heads_method']}: {kinds[overlap['heads_js']]}; neurons: "
+             "marginal": "mean over units of the JS between marginals", None: "none"}
+    ctx.figure(plots.overlap(results), "concept_overlap",
+               "Concept × concept Jensen–Shannon divergence between AMDs over the concepts "
+               f"whose estimates converged (heads: {kinds[overlap['heads_js']]}; neurons: "
                f"{kinds[overlap['neurons_js']]}).")
     ctx.figure(plots.neurons(results, names), "neuron_importance",
-               f"Sorted MLP-neuron importance at layer {results['neuron_layer']} (SVI).")
+               f"Sorted MLP-neuron importance at layer {results['neuron_layer']} with ±2 "
+               "standard errors (dashed: not converged).")
 
 
 def report(ctx: Any, c: Config, results: dict, mcmc_posts: dict | None = None) -> None:

@@ -170,35 +170,36 @@ def get_config(arg=None):
     c.neuron_layer = 20
     c.positions = "last"          # "all": mask every prompt position (slower)
     c.readout = "target"          # "logits": the full next-token logits (same correctness)
-    c.exact_max_units = 12        # exact AMD as well when a site has ≤ this many units
+    c.exact_max_units = 12        # exact AMD when a site has ≤ this many units
     c.ablation_matmuls = "float32"  # "bfloat16": masks scored with bf16 projections (faster)
     # positions "all": prompts in ≤ k groups of similar length. 1.21x on numbers' heads (no
     # header), 0.78-1.07x behind a shared header (benchmarks/README.md): off.
     c.length_buckets = 1
+    # The certified estimate of every site above exact_max_units: adaptive importance sampling
+    # until every marginal's standard error is ≤ importance_target_se (else "not converged").
+    c.importance_target_se = 0.05
+    c.importance_max_masks = 4096
+    c.importance_min_masks = 512
+    c.importance_round_masks = 256
+    # Mean-field SVI on both sites of the first k concepts: a cross-check, judged against the
+    # certified estimate in units of its standard errors.
+    c.svi_concepts = 1
     c.svi_steps = 40
     c.svi_particles = 8
     c.svi_lr = 0.1
-    c.svi_on_exact_sites = False  # also fit SVI where exact enumeration ran (a check)
-    # MCMC on the neuron site for the first k concepts. Off in quick: 2 × 40 draws over 1536
-    # neurons did not mix (R-hat 1.35, ESS 3.5; correlation with SVI 0.05) and cost 36 s,
-    # while the importance-sampling reference below converges on the same site.
+    # MCMC cross-checks on the neuron / head site of the first k concepts. Off: gradient chains
+    # did not mix on these sites (neurons: 2 × 40 draws, R-hat 1.35, ESS 3.5; heads: 2 × 150,
+    # R-hat 1.49, ESS 2.3).
     c.mcmc_concepts = 0
     c.mcmc_samples = 40
     c.mcmc_warmup = 20
     c.mcmc_chains = 2
     c.mcmc_sampler = "gradient"
-    # MCMC on the head site for the first k concepts: the check of SVI there.
-    c.head_mcmc_concepts = 0      # 2 gradient chains on 270 heads did not mix (R-hat 1.49)
+    c.head_mcmc_concepts = 0
     c.head_mcmc_samples = 150
     c.head_mcmc_warmup = 50
     c.head_mcmc_chains = 2
     c.head_mcmc_sampler = "gradient"
-    # Importance sampling (prior mixed with SVI's fit) on both sites for the first k concepts:
-    # the check of SVI that does not depend on chains mixing (its errors come from the run).
-    c.reference_concepts = 1
-    # 1536 draws: cheese's heads ESS ≈ 140, standard errors ≤ 0.043, so differences up to
-    # 0.18 pass (2048 draws: 0.16, and quick ran 640 s instead of its ≤ 10 min).
-    c.reference_samples = 1536
     c.pa_layers = [0, 5, 10, 15, 20, 25]
     c.pa_tolerance = 0.5          # in units of the median per-neuron std of the layer
     c.pa_min_neurons = 16         # raise the tolerance where fewer neurons qualify
@@ -227,18 +228,16 @@ def get_config(arg=None):
         # bf16 projections: 1.5-1.6x less per mask on AVX512-BF16 CPUs (and GPUs), 0.4% of
         # top-1 decisions flip (benchmarks/llm_bf16.py); "float32" for the exact model.
         c.ablation_matmuls = "bfloat16"
-        # 3,200 masks per site: what SVI needs on cheese's heads to come within 0.06-0.08 of
-        # a 16,384-mask reference (benchmarks/llm_svi_reference.py).
+        c.importance_target_se = 0.02
+        c.importance_max_masks = 16_384
+        c.importance_min_masks = 2048
+        c.importance_round_masks = 512
+        # SVI on the first two concepts as a cross-check: 3,200 masks per site, what SVI needs
+        # on cheese's heads to come within 0.06-0.08 of the AMD (benchmarks/README.md).
+        c.svi_concepts = 2
         c.svi_steps = 200
         c.svi_particles = 16
         c.svi_lr = 0.05
-        c.svi_on_exact_sites = True
-        # No MCMC checks: gradient chains did not mix on these sites (heads R-hat 1.49, neurons
-        # 1.35) and would cost ≈ 1.5 h; the importance reference checks SVI on two concepts.
-        c.mcmc_concepts = 0
-        c.head_mcmc_concepts = 0
-        c.reference_concepts = 2
-        c.reference_samples = 4096
         c.pa_layers = list(range(30))
         c.intervention_samples = 4
         c.intervention_own_rows = 32
