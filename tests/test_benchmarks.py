@@ -172,6 +172,29 @@ def test_gate_reads_proc_stat_and_judges_peaks_and_idleness(monkeypatch):
     assert not gating.judge({"jax": 1.0}, {"jax": 1.0}, None)["quiet"]
 
 
+def test_table_quotes_quiet_cases_only(tmp_path, masked_eval_records):
+    records = [json.loads(json.dumps(r)) for r in masked_eval_records]  # a copy to mark
+    toy, rnn = sorted(records, key=lambda r: r["case"] != "toy_large")
+    toy["gate"] = {**toy["gate"], "quiet": True, "reasons": []}
+    rnn["gate"] = {**rnn["gate"], "quiet": False, "reasons": ["CPUs only 40% idle"]}
+    path = tmp_path / "me.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (toy, rnn)) + "\n")
+    out = subprocess.run([sys.executable, str(BENCH / "table.py"), str(path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 1 and rows[0].startswith("| toy_large |")
+    assert f"{toy['throughput']:.3g}" in rows[0] and toy["command"] in rows[0]
+    if HAVE_TORCH:
+        assert f"**{toy['ratio']['bablate_vs_torch_cached_best']:.2f}**" in rows[0]
+    assert "Left out as loaded" in out and "rnn12 (CPUs only 40% idle)" in out
+    assert "log-softmax" not in out  # the RNN note goes with quoted RNN rows only
+    for bad_input in (tmp_path / "missing.jsonl", tmp_path / "empty.jsonl"):
+        (tmp_path / "empty.jsonl").write_text("")
+        bad = subprocess.run([sys.executable, str(BENCH / "table.py"), str(bad_input)],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) <= 2, bad.stderr
+
+
 def test_exact_enumeration():
     records = run_script("exact_enumeration.py")
     assert {r["case"] for r in records} == {"toy_2^8", "rnn_2^8"}
