@@ -305,7 +305,8 @@ def test_llm_bf16():
 
 
 def test_run_gpu_script_runs_every_step_tiny(tmp_path):
-    env = {**os.environ, "BABLATE_PROGRESS": "0"}
+    # The script runs $PYTHON: this interpreter, whether or not its venv is activated.
+    env = {**os.environ, "BABLATE_PROGRESS": "0", "PYTHON": sys.executable}
     out = subprocess.run(["bash", str(BENCH / "run_gpu.sh"), str(tmp_path), "--tiny"], cwd=REPO,
                          capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
