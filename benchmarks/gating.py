@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 # A case is quoted only if the CPUs were this idle for other processes over the case ...
 MIN_IDLE = 0.8
@@ -89,3 +90,17 @@ def judge(peaks_before: dict[str, float], peaks_after: dict[str, float], idle: f
         reasons.append(f"CPUs only {idle:.0%} idle for other processes (< {min_idle:.0%})")
     return {"quiet": not reasons, "reasons": reasons, "cpu_idle": idle, "peak_change": change}
 
+
+
+def wait_for_quiet(max_s: float, window_s: float = 5.0, min_idle: float = MIN_IDLE) -> float | None:
+    """Waits (at most ``max_s`` seconds) for a ``window_s`` window in which other processes left
+    the CPUs at least ``min_idle`` idle; returns that window's idle share (the last one read if
+    none was quiet), or None without ``/proc/stat``. Call it while this process is idle."""
+    deadline = time.monotonic() + max_s
+    idle = None
+    while True:
+        start = sample()
+        time.sleep(window_s)
+        idle = idle_for_others(start, sample())
+        if idle is None or idle >= min_idle or time.monotonic() + window_s > deadline:
+            return idle

@@ -23,9 +23,9 @@ fraction of its framework's float32 matmul peak.
 
 Gating (``gating.py``): the matmul peak of JAX and PyTorch is measured before and after each
 case, and the CPUs' idle share for other processes is read from ``/proc/stat`` over it; a case
-whose peaks moved by more than 20% or whose CPUs were < 80% idle is rerun (``--attempts``,
-``--retry-wait``) and, if it never passes, emitted with ``gate.quiet = false``: such a line is
-never quoted (``table.py`` leaves it out).
+whose peaks moved by more than 20% or whose CPUs were < 80% idle is rerun once a 5 s window
+finds them idle (``--attempts``; ``--retry-wait`` bounds the wait) and, if it never passes,
+emitted with ``gate.quiet = false``: such a line is never quoted (``table.py`` leaves it out).
 
     python benchmarks/masked_eval.py                 # all cases (minutes on 2 cores)
     python benchmarks/masked_eval.py --cases toy_large,rnn128 --masks 512
@@ -235,8 +235,10 @@ def run_case(name: str, kind: str, kwargs: dict, num_masks: int, args, torch) ->
             break
         log(f"{name}: loaded ({'; '.join(timed['gate']['reasons'])})")
         if attempt < args.attempts:
-            log(f"{name}: rerun {attempt + 1} of {args.attempts} in {args.retry_wait:g} s")
-            time.sleep(args.retry_wait)
+            log(f"{name}: rerun {attempt + 1} of {args.attempts} once the CPUs are idle "
+                f"(waiting at most {args.retry_wait:g} s)")
+            idle = gating.wait_for_quiet(args.retry_wait)
+            log(f"{name}: CPUs {'?' if idle is None else f'{idle:.0%}'} idle for others")
     model = case.model
     rec = {"bench": "masked_eval", "case": name, "model": kind,
            "sizes": {**model["sizes"], "units": model["num_units"],
@@ -311,7 +313,8 @@ def main():
     p.add_argument("--attempts", type=int, default=3,
                    help="times a case is measured until the gate finds the machine quiet")
     p.add_argument("--retry-wait", type=float, default=60.0,
-                   help="seconds to wait before measuring a loaded case again")
+                   help="before measuring a loaded case again, wait until a 5 s window finds "
+                        "the CPUs >= 80%% idle for other processes, at most this many seconds")
     args = parse_args(p)
     if args.attempts < 1:
         p.error(f"--attempts must be at least 1, got {args.attempts}")

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,10 @@ def test_gate_reads_proc_stat_and_judges_peaks_and_idleness(monkeypatch):
     busy = gating.judge({"jax": 100e9}, {"jax": 100e9}, 0.79)
     assert not busy["quiet"] and "79% idle" in busy["reasons"][0]
     assert not gating.judge({"jax": 1.0}, {"jax": 1.0}, None)["quiet"]
+    # Waiting for a quiet window returns its idle share, and gives up at the deadline.
+    t0 = time.monotonic()
+    idle = gating.wait_for_quiet(0.3, window_s=0.1, min_idle=1.1)  # never quiet enough
+    assert 0.1 <= time.monotonic() - t0 < 2 and 0 <= idle <= 1
 
 
 def test_table_quotes_quiet_cases_only(tmp_path, masked_eval_records):
