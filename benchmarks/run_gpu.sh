@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU run of the benchmarks, within ~9 minutes on one H100/H200: masked evaluation of the
 # cases of the CPU table (benchmarks/README.md) plus the LLaMA block, exact enumeration (2^20
-# masks), the sampler and the LLM head-site AMD (270 heads of a SmolLM2-135M-shaped model with
-# random weights: needs no gguf package and no weights file). Every script writes JSON lines;
+# masks), the sampler, and the LLM head-site AMD by SVI and by certified importance sampling
+# (270 heads of a SmolLM2-135M-shaped model with random weights: needs no gguf package and no
+# weights file). Every script writes JSON lines;
 # each step has its own time limit, so a slow step costs only its own lines, and the run goes on.
 #
 #   bash benchmarks/run_gpu.sh [OUT_DIR]          # full sizes (GPU)
@@ -48,10 +49,9 @@ step sampler 120 sampler_efficiency.py --units 256,1536 --samplers gradient --ch
 step sampler_stock 40 sampler_efficiency.py --units 256 --samplers stock --chains 4 --no-svi --no-e2e
 # SVI over SmolLM2's 270 heads: the wall time of one AMD.
 step llm_head_site 150 llm_head_site.py --prompts 16 --length 16 --svi-steps 500 --particles 32
-# ---- CERTIFIED INFERENCE ON THE HEAD SITE: NOT YET A STEP --------------------------------------
-# The adaptive, certified `bb.infer(task, "importance", ...)` on the same 270-head site goes
-# here, as its own step with its own limit (wall time, ESS, log Z ± s.e., the verdict), once the
-# library has it. Until then nothing runs here.
-# ------------------------------------------------------------------------------------------------
+# The certified AMD of the same 270 heads: adaptive importance sampling to a standard error of
+# 0.05 per head (its verdict, forward passes, ESS and log Z ± s.e. in the JSON line).
+step certified_heads 240 llm_head_site.py --prompts 16 --length 16 --svi-steps 0 \
+  --readout-masks 0 --certified-se 0.05 --certified-masks 8192
 
 echo "[$(date +%T)] done: $OUT/*.jsonl" >&2

@@ -213,7 +213,8 @@ def importance(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float =
       beta: inverse temperature.
       target_se: stop once every marginal's standard error is at most this (and the ESS at
         least ``MIN_ESS``): the verdict ``converged``.
-      max_masks: the budget: masks evaluated (each one forward pass over the task's examples).
+      max_masks: the budget: masks evaluated (each one forward pass over the task's examples);
+        ``min_masks`` and ``round_masks`` are capped at it.
       min_masks: masks evaluated before the run may stop: a region of prior mass p holding
         most of the AMD is missed by m draws with probability ≈ e^{−α p m}, and a run that
         stopped after a first round that missed it would report the prior with small errors.
@@ -241,6 +242,8 @@ def importance(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float =
     _check_settings(target_se, max_masks, min_masks, round_masks, components, defensive,
                     num_draws, chunk_size)
     key = check_key(key, f"importance sampling for task {task.name!r}")
+    # The budget bounds the others: a small max_masks needs no other setting changed.
+    round_masks, min_masks = min(round_masks, max_masks), min(min_masks, max_masks)
     beta = check_beta(beta)
     d = task.num_units
     p = prior_probs(prior, d).astype(np.float64)
@@ -321,10 +324,10 @@ def _check_settings(target_se, max_masks, min_masks, round_masks, components, de
     if not 0 < target_se < 0.5:
         raise ValueError(f"target_se must be in (0, 0.5) (the largest standard error of a "
                          f"marginal to stop at); got {target_se}.")
-    if round_masks < 2 or max_masks < round_masks or not 0 <= min_masks <= max_masks:
-        raise ValueError(f"need round_masks >= 2 and 0 <= min_masks <= max_masks >= "
-                         f"round_masks; got round_masks={round_masks}, min_masks={min_masks}, "
-                         f"max_masks={max_masks}.")
+    if round_masks < 2 or max_masks < 2 or min_masks < 0:
+        raise ValueError(f"need round_masks >= 2, max_masks >= 2 and min_masks >= 0; got "
+                         f"round_masks={round_masks}, max_masks={max_masks}, "
+                         f"min_masks={min_masks}.")
     if components < 1 or num_draws < 1 or chunk_size < 1:
         raise ValueError(f"need components >= 1, num_draws >= 1 and chunk_size >= 1; got "
                          f"{components}, {num_draws}, {chunk_size}.")

@@ -55,7 +55,9 @@ def chain_diagnostics(samples_CxSxD: np.ndarray) -> dict:
     out = {"num_moving_units": int(moving.sum())}
     if moving.any() and x.shape[1] >= 4:
         xm = x[..., moving]
-        ess = np.asarray(effective_sample_size(xm))
+        # numpyro's estimate can come out negative for a handful of draws; one draw is the
+        # least a chain can hold.
+        ess = np.maximum(np.asarray(effective_sample_size(xm)), 1.0)
         out["ess_min"] = float(np.nanmin(ess))
         out["ess_mean"] = float(np.nanmean(ess))
         q = flat[:, moving].mean(axis=0)

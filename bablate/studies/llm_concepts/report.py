@@ -77,7 +77,7 @@ def convergence_text(results: dict, names: list[str]) -> str:
             rows.append(md.row([kind, n, estimate_cell(e), _i(e.get("forward_passes")),
                                 f"{e['seconds']:.0f}"]))
             if not e["converged"]:
-                failed.append(f"**the {kind} of {n} did not converge** ("
+                failed.append(f"**The {kind} of {n} did not converge** ("
                               + "; ".join(e["warnings"]) + ")")
     checks = md.header(["site", "concept", "check", "converged", "diagnostics"])
     any_check = False
@@ -100,8 +100,8 @@ def convergence_text(results: dict, names: list[str]) -> str:
                 checks.append(md.row([kind, n, m.upper(), "yes" if diag["converged"] else "no",
                                       what]))
     verdict = ("Every certified estimate converged." if not failed else
-               " ".join(f"{f[0].upper()}{f[1:]}." for f in failed) + " Its numbers stay out "
-               "of the headline table; the figures mark it.")
+               " ".join(f"{f}." for f in failed) + " Their numbers stay out of the headline "
+               "table; the figures mark them.")
     return ("Each site's AMD is estimated once, with a verdict: exact enumeration where the "
             "site is small, else adaptive importance sampling (`bb.infer(task, "
             "\"importance\")`: independent masks from a proposal refitted over rounds, mixed "
