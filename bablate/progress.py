@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -187,7 +187,7 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it", **kwargs):
 def track(iterable: Iterable[T], total: int | None = None, desc: str = "",
           unit: str = "it") -> Iterator[T]:
     """Iterate with progress (the total defaults to ``len(iterable)`` when it has one)."""
-    if total is None and hasattr(iterable, "__len__"):
+    if total is None and isinstance(iterable, Sized):
         total = len(iterable)
     with bar(total=total, desc=desc, unit=unit) as b:
         for item in iterable:
