@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ from bablate.tasks import Task
 from bablate.taskset import TaskSet
 
 MASK_SITE = "mask"
+_A = TypeVar("_A", jax.Array, np.ndarray)  # traced or host arrays, out as they came in
 
 
 def prior_probs(prior: ArrayLike, num_units: int) -> np.ndarray:
@@ -141,8 +142,9 @@ def log_joint(task: Task, data: Any, masks: jax.Array, prior: ArrayLike = 0.5, b
                           smooth)
 
 
-def log_prior_of(masks: jax.Array, log_prior_2xD: jax.Array) -> jax.Array:
-    """log prior(mask) ``[M]`` of masks ``[M, d]`` (float 0/1) from ``[log p, log(1 − p)]``."""
+def log_prior_of(masks: _A, log_prior_2xD: _A) -> _A:
+    """log prior(mask) ``[M]`` of masks ``[M, d]`` (float 0/1) from ``[log p, log(1 − p)]``:
+    a JAX array for JAX arrays (traced), a NumPy array for NumPy arrays (on the host)."""
     return masks @ log_prior_2xD[0] + (1.0 - masks) @ log_prior_2xD[1]
 
 

@@ -28,7 +28,9 @@ import errno
 import logging
 import os
 import sys
+import types
 from pathlib import Path
+from typing import NoReturn
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # runs write PNGs; never open windows
 
@@ -128,7 +130,7 @@ def usage() -> str:
             f"{', '.join(study_names())}. Details: README.md, \"Sweeps and run directories\".\n")
 
 
-def _die(msg: str):
+def _die(msg: str) -> NoReturn:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
@@ -176,12 +178,17 @@ def _message(e: BaseException, last: bool = False) -> str:
     return line
 
 
-def _load_config_module(path: str):
+def _load_config_module(path: str) -> types.ModuleType:
+    import importlib.machinery
     import importlib.util
 
-    module_spec = importlib.util.spec_from_file_location("bablate_launch_config", path)
+    # Source whatever its suffix, as ml_collections loads the --config file.
+    loader = importlib.machinery.SourceFileLoader("bablate_launch_config", path)
+    module_spec = importlib.util.spec_from_file_location(loader.name, path, loader=loader)
+    if module_spec is None:  # only when no loader is given
+        raise ImportError(f"could not load the config file {path}")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    loader.exec_module(module)
     return module
 
 
@@ -218,7 +225,7 @@ def resolved_argv(argv: list[str]) -> tuple[list[str], str, str]:
         elif a in ("--config", "-config") and i + 1 < len(argv):
             spec, at = argv[i + 1], i + 1
     resolved = resolve_config(spec)
-    if resolved != spec:  # a study name: absl reads the file it names
+    if resolved != spec and at is not None:  # a study name: absl reads the file it names
         given = argv[at]  # "--config=<spec>", or "<spec>" after a bare --config
         argv = [*argv[:at], resolved if given == spec else f"{given.split('=', 1)[0]}={resolved}",
                 *argv[at + 1:]]
@@ -290,8 +297,9 @@ def main(argv: list[str]) -> None:
     except flags.Error:  # get_config returned None
         config = None
     if not isinstance(config, ml_collections.ConfigDict):
-        _die(f"get_config in {flags.FLAGS['config'].config_filename.split(':')[0]} returned "
-             f"{type(config).__name__}; it must return an ml_collections.ConfigDict")
+        path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+        _die(f"get_config in {path} returned {type(config).__name__}; it must return an "
+             "ml_collections.ConfigDict")
     if "study" not in config:
         _die("the config has no 'study' field; every config needs 'study', 'variant' and 'seed'")
     study, variant = config.study, config.get("variant", None) or "default"

@@ -20,11 +20,14 @@ import math
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bablate.runs import ConfigError
 
-T = typing.TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = typing.TypeVar("T", bound="DataclassInstance")
 Rule = Callable[[Any], str | None]  # the problem with a value, or None when it is fine
 _MISSING = object()
 
@@ -112,14 +115,19 @@ def sequence(item: Rule, min_len: int = 0) -> Rule:
     return rule
 
 
+@dataclasses.dataclass(frozen=True)
+class _Optional:
+    """A rule that a field the config does not have passes (:func:`check` asks for the type)."""
+
+    rule: Rule
+
+    def __call__(self, v: Any) -> str | None:
+        return None if v is _MISSING else self.rule(v)
+
+
 def optional(rule: Rule) -> Rule:
     """``rule``, but a field the config does not have is fine."""
-
-    def wrapped(v):
-        return None if v is _MISSING else rule(v)
-
-    wrapped.optional = True
-    return wrapped
+    return _Optional(rule)
 
 
 def get(config: Mapping, key: str) -> Any:
@@ -140,7 +148,7 @@ def check(config: Mapping, rules: Mapping[str, Rule]) -> None:
     """
     for key, rule in rules.items():
         value = get(config, key)
-        if value is _MISSING and not getattr(rule, "optional", False):
+        if value is _MISSING and not isinstance(rule, _Optional):
             raise ConfigError(f"the config has no field {key!r}, which this study needs; add it "
                               "to the config file")
         problem = rule(value)
@@ -219,7 +227,7 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
             return None
         kind = next(a for a in args if a is not type(None))
         return _convert(kind, value, where)
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         return build(kind, value, where=where)
     if origin is tuple:
         item = args[0] if args else Any

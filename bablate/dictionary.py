@@ -355,7 +355,7 @@ def save(path: str | os.PathLike, basis: DictionaryBasis,
             "nnls_steps": basis.nnls_steps,
             "report": None if report is None else report.as_dict()}
     buf = io.BytesIO()
-    np.savez(buf, meta=np.asarray(json.dumps(meta)), **arrays)
+    np.savez(buf, allow_pickle=False, meta=np.asarray(json.dumps(meta)), **arrays)
     bbio.atomic_write_bytes(path, buf.getvalue())
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,7 @@ from bablate.callsite import warn_caller
 from bablate.models import llama
 from bablate.models.llama import Interventions, LlamaConfig
 from bablate.rules import Rule
-from bablate.sites import Basis, Site, ablation_value
+from bablate.sites import Ablation, Basis, Site, ablation_value
 from bablate.tasks import outputs_evaluator
 
 KINDS = ("heads", "neurons", "resid")
@@ -150,7 +151,7 @@ class SiteSpec:
     kind: str
     layers: tuple[int, ...]
     heads: tuple[int, ...] | None = None
-    ablation: str = "zero"
+    ablation: Literal["zero", "mean"] = "zero"
     positions: str = "all"
 
     def __post_init__(self):
@@ -488,7 +489,7 @@ _mid_and_next = jax.jit(_mid_and_next_impl, static_argnums=(1, 4))
 
 
 def build_mlp_site(params, cfg: LlamaConfig, layer: int, prompts: Prompts, *,
-                   positions: str = "last", ablation: str = "zero",
+                   positions: str = "last", ablation: Ablation = "zero",
                    basis: Basis | None = None, targets=None) -> tuple[Site, dict]:
     """A cached site on one layer's MLP hidden activation (works with any basis).
 
@@ -597,8 +598,8 @@ def evaluate_masks(site: Site, inputs: dict, masks_MxD: ArrayLike, key: jax.Arra
     permutation of resample ablation). The masks go through the library's one evaluator
     (:func:`bablate.tasks.outputs_evaluator`), one after another.
     """
-    data = {"inputs": inputs}
-    if site.cached:
+    data: dict[str, Any] = {"inputs": inputs}
+    if site.prefix is not None:  # a cached site
         act = jax.jit(site.prefix)(inputs)
         data.update(act=act, value=ablation_value(site, act,
                                                   jax.random.key(0) if key is None else key))

@@ -324,8 +324,8 @@ class TaskMetrics:
     total_correlation: float
     entropy: float
     entropy_estimate: str
-    unit_information_used: np.ndarray = None
-    unit_information_harmful: np.ndarray = None
+    unit_information_used: np.ndarray
+    unit_information_harmful: np.ndarray
     information: str = "used"
     entropy_error: float = 0.0
 
@@ -375,10 +375,10 @@ def summarize(post: Posterior, information: str = "used") -> TaskMetrics:
     p = jnp.asarray(post.prior, jnp.float32)
     used, harmful = split_information(post.marginals, post.prior)
     info = used + harmful
-    h, how, err, q_h = _entropy(post)
+    h, how, err, q_of_h = _entropy(post)
     # TC and task information take H(q) and the marginals from one estimate (for MCMC draws
     # the reweighted ones), so that the two errors do not add up.
-    q_h = jnp.asarray(q_h, jnp.float32)
+    q_h = jnp.asarray(q_of_h, jnp.float32)
     h_marg = float(bernoulli_entropy(q_h).sum())
     # KL(q‖prior) = −H(q) − E_q log prior(m), and the prior factorises over units.
     cross = -float((q_h * jnp.log2(p) + (1 - q_h) * jnp.log2(1 - p)).sum())
@@ -604,7 +604,7 @@ def summarize_tasks(posts: list[Posterior], informative_bits: float = INFORMATIV
                    for p, m in zip(posts, summaries, strict=True)])
     dist_ = np.array([m.distributedness for m in summaries])
     eff = np.array([m.effective_units for m in summaries])
-    out = dict(
+    summary = TaskSetMetrics(
         tasks=[p.task for p in posts], methods=[p.method for p in posts],
         informative_bits=float(informative_bits), task_information=info,
         distributedness=dist_, effective_units=eff, total_correlation=tc,
@@ -616,16 +616,17 @@ def summarize_tasks(posts: list[Posterior], informative_bits: float = INFORMATIV
         distributedness_mean=informative_mean(dist_, keep),
         effective_units_mean=informative_mean(eff, keep),
         total_correlation_mean=informative_mean(tc, keep))
-    if len(posts) > 1:
-        poly = polysemanticity(posts, information=information)
-        serving = np.isfinite(poly.effective_tasks)
-        weight = np.where(serving, poly.information.sum(0), 0.0)
-        weighted = (float(np.sum(weight * np.nan_to_num(poly.effective_tasks)) / weight.sum())
-                    if weight.sum() > 0 else float("nan"))
-        served = (poly.information >= informative_bits).sum(axis=0)
-        out.update(effective_tasks=poly.effective_tasks, polysemanticity_mean=poly.mean,
-                   polysemanticity_weighted=weighted, units_serving_tasks=int(serving.sum()),
-                   unit_task_mi=poly.mutual_information,
-                   unit_task_mi_mean=float(poly.mutual_information.mean()),
-                   tasks_served=served, tasks_served_mean=float(served.mean()))
-    return TaskSetMetrics(**out)
+    if len(posts) == 1:
+        return summary
+    poly = polysemanticity(posts, information=information)
+    serving = np.isfinite(poly.effective_tasks)
+    weight = np.where(serving, poly.information.sum(0), 0.0)
+    weighted = (float(np.sum(weight * np.nan_to_num(poly.effective_tasks)) / weight.sum())
+                if weight.sum() > 0 else float("nan"))
+    served = (poly.information >= informative_bits).sum(axis=0)
+    return dataclasses.replace(
+        summary, effective_tasks=poly.effective_tasks, polysemanticity_mean=poly.mean,
+        polysemanticity_weighted=weighted, units_serving_tasks=int(serving.sum()),
+        unit_task_mi=poly.mutual_information,
+        unit_task_mi_mean=float(poly.mutual_information.mean()), tasks_served=served,
+        tasks_served_mean=float(served.mean()))

@@ -27,6 +27,7 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 from matplotlib.colors import Normalize
@@ -120,7 +121,7 @@ def _rows(labels: Sequence[str] | None, n: int, what: str) -> list[str]:
     return labels
 
 
-def _is_posteriors(x) -> bool:
+def _is_posteriors(x: object) -> TypeGuard[Posterior | Sequence[Posterior]]:
     """Posteriors (an empty list too, which :func:`_posts` refuses) rather than an array."""
     return isinstance(x, Posterior) or (isinstance(x, Sequence) and not isinstance(x, str)
                                         and all(isinstance(p, Posterior) for p in x))
@@ -418,7 +419,7 @@ def report(posts: Posterior | Sequence[Posterior], path: str | os.PathLike,
     if len(posts) > 1:
         figures.append(("js_matrix", "Task overlap by Jensen–Shannon divergence.",
                         js_matrix(posts)))
-    notes = []
+    notes: list[str] = []
     for i, p in enumerate(p for p in posts if p.method.startswith("mcmc")
                           and p.samples is not None):
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 Array = jax.Array
+_A = TypeVar("_A", jax.Array, np.ndarray)  # traced or host arrays, out as they came in
 
 __all__ = ["TIES", "Rule", "binary", "custom", "one_vs_rest", "p_correct_from", "smooth_top1",
            "top1"]
@@ -146,10 +147,6 @@ def top1(targets: ArrayLike, ties: str = "wrong") -> Rule:
         others = jnp.where(is_target, -jnp.inf, logits).max(axis=-1)
         return (target > others).astype(jnp.float32)
 
-    def soft(logits, y):
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-        return jnp.take_along_axis(probs, y[:, None], axis=-1)[:, 0]
-
     def check(logits, y):
         if not hasattr(logits, "shape") or len(logits.shape) != 2:
             raise ValueError(f"top1 rule: outputs must be logits [N, C]; got "
@@ -160,7 +157,13 @@ def top1(targets: ArrayLike, ties: str = "wrong") -> Rule:
             raise ValueError(f"top1 rule: target class {hi} is out of range for {logits.shape[1]}"
                              f" logits per example; targets must lie in [0, {logits.shape[1]}).")
 
-    return Rule("top1", hard, soft, targets, check=check)
+    return Rule("top1", hard, _target_probability, targets, check=check)
+
+
+def _target_probability(logits: Array, y: Array) -> Array:
+    """The softmax probability of each example's target class: top1's smooth surrogate."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(probs, y[:, None], axis=-1)[:, 0]
 
 
 def one_vs_rest(targets: ArrayLike, positive_class: int) -> Rule:
@@ -214,7 +217,7 @@ def one_vs_rest(targets: ArrayLike, positive_class: int) -> Rule:
 def smooth_top1(targets: ArrayLike) -> Rule:
     """The smooth variant of :func:`top1`: the probability of the correct class is the rule."""
     rule = top1(targets)
-    return dataclasses.replace(rule, name="smooth_top1", hard=rule.soft)
+    return dataclasses.replace(rule, name="smooth_top1", hard=_target_probability)
 
 
 def custom(correct_fn: Callable, positive: ArrayLike | None = None, data: Any = None,
@@ -232,8 +235,9 @@ def custom(correct_fn: Callable, positive: ArrayLike | None = None, data: Any = 
     return Rule(name, correct_fn, soft_fn, data, positive=pos)
 
 
-def p_correct_from(c: Array, positive: Array | None) -> Array:
-    """Beta(1,1)-smoothed P(correct) from per-example correctness ``c`` (``[..., N]``)."""
+def p_correct_from(c: _A, positive: _A | None) -> _A:
+    """Beta(1,1)-smoothed P(correct) from per-example correctness ``c`` (``[..., N]``): a JAX
+    array for JAX arrays (traced), a NumPy array for NumPy arrays (on the host)."""
     if positive is None:
         return (c.sum(-1) + 1.0) / (c.shape[-1] + 2.0)
     pos = positive.astype(c.dtype).reshape((1,) * (c.ndim - 1) + positive.shape)

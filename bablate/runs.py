@@ -274,11 +274,12 @@ class RunContext:
         jax = sys.modules.get("jax")  # without jax loaded the tree holds no jax arrays
         # The tree is checked, not rebuilt: jax.tree.map would sort every dict's keys, and a
         # resumed run would then write its results in another order than a fresh one.
-        for x in [] if jax is None else jax.tree.leaves(pytree):
-            if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-                raise TypeError(f"state {name!r}: PRNG keys cannot be saved; save "
-                                "jax.random.key_data(key) and rebuild the key with "
-                                "jax.random.wrap_key_data")
+        if jax is not None and any(
+                isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                for x in jax.tree.leaves(pytree)):
+            raise TypeError(f"state {name!r}: PRNG keys cannot be saved; save "
+                            "jax.random.key_data(key) and rebuild the key with "
+                            "jax.random.wrap_key_data")
         data = statefile.dumps(pytree, self.config_hash, f"state {name!r}")
         if self.writer:
             bbio.atomic_write_bytes(self.state_path(name), data)

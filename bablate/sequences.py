@@ -21,6 +21,7 @@ one-symbol chunk 'E', so every position has a chunk id.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -170,8 +171,9 @@ def hierarchy(seed: int, n_h: int, n_draws: int = 100_000) -> ChunkedSequence:
 
 def generate(family: str, seed: int, **kwargs) -> ChunkedSequence:
     """Dispatch by family name: one of FAMILIES; kwargs go to the family's generator."""
-    fns = {"reflection": reflection, "compositional": compositional, "transfer": transfer,
-           "context": context, "hierarchy": hierarchy}
+    fns: dict[str, Callable[..., ChunkedSequence]] = {
+        "reflection": reflection, "compositional": compositional, "transfer": transfer,
+        "context": context, "hierarchy": hierarchy}
     if family not in fns:
         raise ValueError(f"unknown sequence family {family!r}; choose one of {FAMILIES}.")
     return fns[family](seed, **kwargs)

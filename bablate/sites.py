@@ -165,7 +165,7 @@ class Site:
             raise ValueError(f"Site {self.name!r} has num_units={self.num_units}; need >= 1.")
         kinds = [self.prefix is not None and self.suffix is not None, self.apply is not None,
                  self.apply_mask is not None]
-        if sum(kinds) != 1:
+        if sum(kinds) != 1 or (self.prefix is None) != (self.suffix is None):
             raise ValueError(f"Site {self.name!r}: give exactly one of prefix+suffix (cached), "
                              "apply (in place) or apply_mask (mask-aware).")
         if self.apply_mask is not None and (self.basis is not None or self.ablation == "resample"):
@@ -283,6 +283,10 @@ def ablation_value(site: Site, act: Array | None, key: Array) -> Array:
     if site.ablation == "zero" or site.apply_mask is not None:
         return jnp.zeros((site.num_units,), jnp.float32)
     source = act if act is not None else site.reference
+    if source is None:
+        raise ValueError(f"Site {site.name!r}: {site.ablation} ablation of an in-place site needs "
+                         "`reference` activations; build it with Site.in_place(..., "
+                         "reference=...).")
     units = unit_values(site, source)
     if site.ablation == "mean":
         lead = site.unit_axis % source.ndim if site.basis is None else source.ndim - 1

@@ -293,9 +293,9 @@ def _decode(data: bytes) -> object:
         elif name == "MEMOIZE":
             memo[len(memo)] = stack[-1]
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = stack[-1]
+            memo[_memo_index(arg)] = stack[-1]
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.append(memo[int(arg)])
+            stack.append(memo[_memo_index(arg)])
         elif name == "STOP":
             if len(stack) != 1 or marks:
                 raise ValueError("a malformed pickle")
@@ -304,6 +304,13 @@ def _decode(data: bytes) -> object:
             raise ValueError(f"it holds opcode {name}, not plain data (tuples, strings, "
                              "numbers)")
     raise ValueError("a pickle without its end")
+
+
+def _memo_index(arg: object) -> int:
+    """The memo slot a PUT or GET opcode names (pickletools gives an int, or decimal text)."""
+    if not isinstance(arg, int | str):
+        raise ValueError("a malformed pickle (a memo opcode without its slot)")
+    return int(arg)
 
 
 # What to change when SLURM ended a job early, by its state.

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import ml_collections
 
@@ -46,6 +46,15 @@ class Member:
     name: str
     overrides: dict[str, Any]
     config: ml_collections.ConfigDict
+
+
+class SweepOutcome(TypedDict):
+    """What :func:`run_sweep` did: the members that ran, those skipped (already finished), and
+    each failed member's one-line message."""
+
+    ran: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
 
 
 def format_value(value: Any) -> str:
@@ -117,7 +126,8 @@ def expand(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]]
     if isinstance(sweep, Mapping) or not isinstance(sweep, Sequence) or not sweep:
         raise runs.RunError("get_sweep must return a non-empty list of dicts of config overrides, "
                             f"got {type(sweep).__name__} {sweep!r:.80}")
-    members, seen = [], {}
+    members: list[Member] = []
+    seen: dict[str, int] = {}  # directory name -> the first item that maps to it
     for i, overrides in enumerate(sweep):
         if not isinstance(overrides, Mapping):
             raise runs.RunError(f"get_sweep item {i} is a {type(overrides).__name__}, not a dict "
@@ -177,7 +187,7 @@ def _last_line(path: Path) -> str:
 def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: int = 1,
               overwrite: bool = False,
               command_for: Callable[[Member, Path], list[str]] | None = None,
-              launcher: Callable | None = None) -> dict:
+              launcher: Callable | None = None) -> SweepOutcome:
     """Runs every member of a sweep, skipping finished ones.
 
     Args:
@@ -225,11 +235,11 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
 
 
 def _run_sweep_locked(members, workdir: Path, jobs: int, overwrite: bool, command_for,
-                      launcher) -> dict:
+                      launcher) -> SweepOutcome:
     bbio.atomic_write_json(workdir / SWEEP_FILE, {
         "members": [{"name": m.name, "overrides": m.overrides} for m in members]})
     log = _SweepLog(workdir / SWEEP_LOG)
-    out = {"ran": [], "skipped": [], "failed": {}}
+    out: SweepOutcome = {"ran": [], "skipped": [], "failed": {}}
 
     pending = []
     for m in members:
@@ -310,7 +320,8 @@ def pinned_command(command: list[str], cores: list[int]) -> list[str]:
 def _run_parallel(pending, workdir, jobs, command_for, out, log, bar) -> None:
     # Members' output goes to console.txt: progress there as lines with an ETA, never bars.
     env = dict(os.environ, BABLATE_PROGRESS=progress.child_setting())
-    queue, running = list(pending), {}
+    queue = list(pending)
+    running: dict[subprocess.Popen[bytes], tuple[Member, list[int]]] = {}
     # Each member gets its own share of the cores (its affinity mask): JAX sizes its CPU devices
     # and XLA its thread pools from that mask, so members do not all fight over every core.
     free = core_slots(jobs)
@@ -340,7 +351,7 @@ def _run_parallel(pending, workdir, jobs, command_for, out, log, bar) -> None:
             proc.wait()
 
 
-def _record_exit(m: Member, code: int | None, where: str, workdir: Path, out: dict,
+def _record_exit(m: Member, code: int | None, where: str, workdir: Path, out: SweepOutcome,
                  log: Callable[[str], None]) -> None:
     """Books a member whose command ended with exit ``code`` (None: it did not run to the end;
     ``where`` then says why); ``where`` also names where it ran (e.g. a SLURM job)."""
@@ -491,7 +502,7 @@ def _config_line(members: Sequence[Member]) -> list[str]:
             "run: " + ", ".join(f"`{k}={format_value(v)}`" for k, v in shared.items()) + "."]
 
 
-def _write_index(members: Sequence[Member], workdir: Path, out: dict) -> None:
+def _write_index(members: Sequence[Member], workdir: Path, out: SweepOutcome) -> None:
     """sweep.md: a table of the members with links to their reports and the aggregated results
     (also written to ``sweep_results.json``)."""
     lines = ["# Sweep", *_config_line(members), "", "| run | status | overrides |",

@@ -43,13 +43,16 @@ def site_outputs(site: Site, data: dict, mask: Array) -> Any:
     """
     if site.apply_mask is not None:
         return site.apply_mask(mask, data["inputs"])
-    if site.cached:
+    if site.suffix is not None:  # a cached site (prefix + suffix)
         masked = mask_activation(data["act"], mask, data["value"], site.unit_axis, site.basis)
         return site.suffix(masked, data["inputs"])
 
     def ablate(h):
         return mask_activation(h, mask, data["value"], site.unit_axis, site.basis)
 
+    if site.apply is None:  # Site's own checks leave no fourth kind
+        raise ValueError(f"Site {site.name!r} has no network to run; build it with "
+                         "Site.from_functions, Site.in_place or Site.mask_aware.")
     return site.apply(data["inputs"], ablate)
 
 
@@ -162,7 +165,8 @@ class Task:
         if n is None:
             return -np.inf, np.inf
         ends = [p_correct_from(np.full((n,), c, np.float64), positive) for c in (0.0, 1.0)]
-        return tuple(float(np.log(p) - np.log1p(-p)) for p in ends)
+        lo, hi = (float(np.log(p) - np.log1p(-p)) for p in ends)
+        return lo, hi
 
     # ---- pure evaluators (take ``data`` so they can be jitted / traced by samplers) ----
 
@@ -242,7 +246,7 @@ def shared_data(site: Site, inputs: Any, name: str, activation: Array | None,
                  key: Array | None) -> dict:
     """The rule-free arrays of a task: inputs, cached activation and ablation value."""
     key = jax.random.key(0) if key is None else check_key(key, f"Task {name!r}")
-    if site.cached:
+    if site.prefix is not None:  # a cached site
         act = jax.jit(site.prefix)(inputs) if activation is None else activation
         if act.ndim >= 1 and act.shape[0] == 0:  # before a mean of nothing turns into NaN
             raise ValueError(f"Task {name!r}: the dataset is empty (the site's activation "

@@ -48,7 +48,8 @@ def _same_arrays(a: Any, b: Any) -> bool:
         return True
     leaves_a, tree_a = jax.tree.flatten(a)
     leaves_b, tree_b = jax.tree.flatten(b)
-    return tree_a == tree_b and all(
+    # jaxlib ships no stub for its compiled PyTreeDef, so mypy cannot see its __eq__.
+    return tree_a == tree_b and all(  # type: ignore[operator]
         x is y or (np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y)))
         for x, y in zip(leaves_a, leaves_b, strict=True))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -109,8 +110,9 @@ def _code_arrays(spec: toy.ToySpec, params, key: jax.Array, density: jax.Array,
                  num_samples: int, num_points: int, num_projections: int) -> dict:
     """Everything :func:`code_geometry` measures, in one compiled program per setting."""
     model, variables = spec.model(), {"params": params}
-    encode = lambda x: model.apply(variables, x, method="encode")
-    decode = lambda h: model.apply(variables, h, method="decode")
+    # flax's apply without mutable= returns the method's output alone (its type allows a pair).
+    encode = lambda x: cast(jax.Array, model.apply(variables, x, method="encode"))
+    decode = lambda h: cast(jax.Array, model.apply(variables, h, method="decode"))
     k_x, k1, k2, k3, k4 = jax.random.split(key, 5)
     x = toy.sample_features(k_x, num_samples, spec.n_features, density, spec.signed)
     eigs = geometry.covariance_spectrum(encode(x))

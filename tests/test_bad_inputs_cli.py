@@ -245,6 +245,18 @@ def test_cli_bad_input(case, args, message, code, cli, tmp_path):
     assert_nothing_finished(workdir)
 
 
+def test_a_config_file_of_any_suffix_gives_its_sweep_too(cli, tmp_path):
+    """absl reads --config whatever the file's suffix; --sweep reads get_sweep from that file
+    the same way (here a sweep it refuses, so nothing runs)."""
+    config = tmp_path / "dup.cfg"
+    config.write_text(FAKE_IMPORT + "\n\ndef get_sweep(arg=None):\n"
+                      "    return [{'seed': 1}, {'seed': 1}]\n")
+    code, err = cli(f"--config={config}", "--sweep", f"--workdir={tmp_path / 'run'}")
+    assert code == 2, err
+    assert_one_line(err, "sweep items 0 and 1 both map to directory 'seed=1'")
+    assert_nothing_finished(tmp_path / "run")
+
+
 def test_slurm_launcher_without_submitit_or_sbatch_is_one_line(cli, monkeypatch, tmp_path):
     """--launcher=slurm names the missing piece and its fix before anything is submitted."""
     workdir = tmp_path / "sweep"

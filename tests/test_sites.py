@@ -115,6 +115,26 @@ def test_unknown_ablation_is_refused():
         bb.Site.from_functions("h", 3, lambda x: x, lambda a, x: a, ablation="noise")
 
 
+def test_half_a_cached_pair_beside_an_in_place_network_is_refused():
+    # No site kind has a prefix without its suffix (or the reverse): the evaluator would call
+    # the missing half.
+    def apply(x, ablate):
+        return ablate(x)
+
+    for half in ({"prefix": lambda x: x}, {"suffix": lambda h, x: h}):
+        with pytest.raises(ValueError, match=r"give exactly one of prefix\+suffix \(cached\)"):
+            bb.Site(name="bad", num_units=3, apply=apply, **half)
+
+
+def test_mean_ablation_of_an_in_place_site_without_reference_is_one_line():
+    # Site.in_place refuses it; the constructor and dataclasses.replace reach ablation_value.
+    site = bb.Site(name="rnn", num_units=3, apply=lambda x, ablate: ablate(x), ablation="mean")
+    with pytest.raises(ValueError) as info:
+        bb.Task.build(site, jnp.ones((2, 3)), bb.rules.top1(np.array([0, 1])))
+    assert str(info.value) == ("Site 'rnn': mean ablation of an in-place site needs `reference` "
+                               "activations; build it with Site.in_place(..., reference=...).")
+
+
 def test_nnx_model_site_matches_a_hand_written_lesion():
     from flax import nnx
 

@@ -201,7 +201,8 @@ def sweep_template(states_NxD: np.ndarray, labels_N: np.ndarray, k: int,
     train = s[occ]
     mean = train.mean(axis=0)
     spread = np.max(np.abs(train - mean), axis=0)
-    tpr, fpr, acc, nn, templates = [], [], [], [], []
+    tpr, fpr, acc, nn = [], [], [], []
+    templates: list[Template | None] = []
     for tol in tolerances:
         mask = spread < tol
         if not mask.any():

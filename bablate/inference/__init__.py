@@ -135,11 +135,13 @@ def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array
     """
     items = list(tasks)
     chosen = [choose_method(t.num_units, method, max_exact, large) for t in items]
-    if any(c in STOCHASTIC for c in chosen):
+    keys: dict[int, jax.Array] = {}  # task i's key, for the tasks of a stochastic method
+    stochastic_ids = [i for i, c in enumerate(chosen) if c in STOCHASTIC]
+    if stochastic_ids:  # checked before any work, so a missing key fails fast
         what = f"infer_many over {len(items)} tasks"
-        key = check_key(_require_key(key, next(c for c in chosen if c in STOCHASTIC), what),
-                        what)
-    out: list[Posterior | None] = [None] * len(items)
+        base = check_key(_require_key(key, chosen[stochastic_ids[0]], what), what)
+        keys = {i: jax.random.fold_in(base, i) for i in stochastic_ids}
+    out: dict[int, Posterior] = {}
     exact_ids = [i for i, c in enumerate(chosen) if c == "exact"]
     if exact_ids:
         exact_options = _options_for("exact", method, dict(options))
@@ -150,11 +152,10 @@ def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array
         for i, post in zip(exact_ids, exact_many(group, prior=prior, beta=beta,
                                                  **exact_options), strict=True):
             out[i] = post
-    for i, c in enumerate(chosen):
-        if c != "exact":
-            out[i] = infer(items[i], c, jax.random.fold_in(key, i), prior, beta,
-                           **_options_for(c, method, options))
-    return out
+    for i, task_key in keys.items():
+        out[i] = infer(items[i], chosen[i], task_key, prior, beta,
+                       **_options_for(chosen[i], method, options))
+    return [out[i] for i in range(len(items))]
 
 
 __all__ = ["LARGE", "MAX_EXACT", "METHODS", "STOCHASTIC", "ConvergenceWarning", "FlipKernel",

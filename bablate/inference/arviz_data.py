@@ -31,7 +31,7 @@ def import_arviz():
 
 def to_inference_data(post: Posterior):
     """See :meth:`Posterior.to_arviz`."""
-    post._num_chains("to_arviz()")  # an exact table has no draws: say so in to_arviz's name
+    post._draws("to_arviz()")  # an exact table has no draws: say so in to_arviz's name
     az = import_arviz()
     chains = post.chains()
     c, s, d = chains.shape

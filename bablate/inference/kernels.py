@@ -209,14 +209,14 @@ class FlipKernel(MCMCKernel):
         # and the chain's next key, from one call of the chain's generator.
         key, u = jax.vmap(lambda k: _uniforms(k, d + 1))(state.rng_key)
         u_accept = u[:, d]
+        # Independent flips temper their proposal by the adapted step size (single flips don't).
+        penalty = 0.5 * jnp.exp(-state.log_step_size)[:, None]
         if self._flips == "single":
             gumbel = -jnp.log(-jnp.log(jnp.maximum(u[:, :d], jnp.finfo(jnp.float32).tiny)))
             j = jnp.argmax(state.proposal_logits + gumbel, axis=-1)
             flip = jax.nn.one_hot(j, d, dtype=bool)
-            penalty = None
         else:
             # Independent flips: u_j < p_j is a Bernoulli(p_j) draw.
-            penalty = 0.5 * jnp.exp(-state.log_step_size)[:, None]
             flip = u[:, :d] < jax.nn.sigmoid(state.proposal_logits - penalty)
         y = jnp.where(flip, 1.0 - x, x)
         log_py = self._log_density(y, args, kwargs)

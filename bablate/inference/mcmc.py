@@ -52,7 +52,7 @@ def chain_diagnostics(samples_CxSxD: np.ndarray) -> dict:
     x = samples_CxSxD.astype(np.float64)
     flat = x.reshape(-1, x.shape[-1])
     moving = flat.std(axis=0) > 0
-    out = {"num_moving_units": int(moving.sum())}
+    out: dict[str, float | list[float]] = {"num_moving_units": int(moving.sum())}
     if moving.any() and x.shape[1] >= 4:
         xm = x[..., moving]
         # numpyro's estimate can come out negative for a handful of draws; one draw is the

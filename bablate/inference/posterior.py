@@ -159,8 +159,8 @@ class Posterior:
         _check_shapes(post, path)
         return post
 
-    def _num_chains(self, what: str) -> int:
-        """C of the chain-major draws (1 for independent draws); refuses an exact table."""
+    def _draws(self, what: str) -> tuple[np.ndarray, int]:
+        """The chain-major draws and C (1 for independent draws); refuses an exact table."""
         if self.samples is None:
             raise ValueError(f"{what} needs draws, and the {self.method} posterior of "
                              f"{self.task!r} has none (an exact table); use probs() or "
@@ -169,17 +169,17 @@ class Posterior:
         if self.samples.shape[0] % chains:
             raise ValueError(f"{self.samples.shape[0]} draws do not split into {chains} chains "
                              f"of equal length for {self.task!r}; was num_chains edited?")
-        return chains
+        return self.samples, chains
 
     def chains(self) -> np.ndarray:
         """The draws by chain, ``[C, S, d]`` (a view of ``samples``; C = 1 for independent
         draws such as SVI's)."""
-        c = self._num_chains("chains()")
-        return self.samples.reshape(c, -1, self.num_units)
+        samples, c = self._draws("chains()")
+        return samples.reshape(c, -1, self.num_units)
 
     def chain_log_density(self) -> np.ndarray:
         """The unnormalised log density of each draw by chain, ``[C, S]`` (mcmc only)."""
-        c = self._num_chains("chain_log_density()")
+        _, c = self._draws("chain_log_density()")
         if self.log_density is None:
             raise ValueError(f"the {self.method} posterior of {self.task!r} records no log "
                              "density per draw (only MCMC does).")
@@ -263,7 +263,7 @@ def _check_meta(meta: Any, path: Path) -> dict:
 def _check_shapes(post: Posterior, path: Path) -> None:
     """Refuses arrays whose shapes do not fit together (a file edited or damaged inside)."""
     d = post.marginals.shape[0] if post.marginals.ndim == 1 else 0
-    wanted = {"marginals": (d,), "prior": (d,)}
+    wanted: dict[str, tuple[int, ...]] = {"marginals": (d,), "prior": (d,)}
     if post.log_probs is not None:
         wanted["log_probs"] = (2 ** min(d, 62),)
     if post.samples is not None:

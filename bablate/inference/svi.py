@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -152,9 +153,10 @@ def svi(task: Task, key: jax.Array, prior: ArrayLike = 0.5, beta: float = 1.0, *
     g_mean, g_sq = tail[:, 1].mean(axis=0), tail[:, 2].mean(axis=0)
     g_se = np.sqrt(np.maximum(g_sq - g_mean ** 2, 1e-30) / n_tail)
     gradient_z = float(np.max(np.abs(g_mean) / g_se))
-    diagnostics = {"seconds": time.perf_counter() - start,
-                   "elbo_final": float(elbo[-50:].mean()), "num_steps": int(elbo.size),
-                   "marginal_drift": drift, "gradient_z": gradient_z, "averaged_steps": n_tail}
+    diagnostics: dict[str, Any] = {"seconds": time.perf_counter() - start,
+                                   "elbo_final": float(elbo[-50:].mean()),
+                                   "num_steps": int(elbo.size), "marginal_drift": drift,
+                                   "gradient_z": gradient_z, "averaged_steps": n_tail}
     diagnostics["warnings"] = []
     if num_chunks < 4:
         diagnostics["warnings"].append(

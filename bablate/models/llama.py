@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any, cast
 
 import flax.linen as nn
 import flax.struct
@@ -209,6 +210,11 @@ class Block(nn.Module):
         return h, (new_cache, collected)
 
 
+# (output, KV cache, collected): what Llama.apply returns. flax types apply's result as the
+# output or an (output, variables) pair, the pair only with mutable=, which bablate never sets.
+_LlamaOut = tuple[jax.Array, Any, dict]
+
+
 class Llama(nn.Module):
     """LLaMA over a contiguous range of ``cfg.num_layers`` stacked layers.
 
@@ -271,7 +277,7 @@ def mlp_hidden(layer: dict, cfg: LlamaConfig, mid_BxTxD):
     """
     x = RMSNorm(cfg.norm_eps).apply({"params": layer["mlp_norm"]}, mid_BxTxD)
     dense = nn.Dense(cfg.mlp_width, use_bias=False)
-    gate = dense.apply({"params": layer["gate"]}, x)
+    gate = cast(jax.Array, dense.apply({"params": layer["gate"]}, x))  # see _LlamaOut
     return nn.silu(gate) * dense.apply({"params": layer["up"]}, x)
 
 
@@ -311,9 +317,9 @@ def run(params, cfg: LlamaConfig, x, valid_BxT, *, start: int = 0, stop: int | N
         raise ValueError(f"layer range [{start}, {stop}) outside [0, {cfg.num_layers}].")
     embed_input = start == 0 if embed_input is None else embed_input
     model = Llama(cfg.replace(num_layers=stop - start), collect, embed_input, output)
-    out, _, collected = model.apply({"params": layer_range(params, start, stop)}, x,
-                                    positions_from_valid(valid_BxT), valid_BxT,
-                                    interventions=interventions)
+    out, _, collected = cast(_LlamaOut, model.apply(
+        {"params": layer_range(params, start, stop)}, x, positions_from_valid(valid_BxT),
+        valid_BxT, interventions=interventions))
     return out, collected
 
 
@@ -340,8 +346,8 @@ def step(params, cfg: LlamaConfig, x, positions_BxT, key_ok_BxS, cache, cache_in
     Returns:
         (logits [B, T, V] or hidden [B, T, D], updated cache).
     """
-    out, cache, _ = Llama(cfg, (), embed_input, output).apply(
-        {"params": params}, x, positions_BxT, key_ok_BxS, cache, cache_index, interventions)
+    out, cache, _ = cast(_LlamaOut, Llama(cfg, (), embed_input, output).apply(
+        {"params": params}, x, positions_BxT, key_ok_BxS, cache, cache_index, interventions))
     return out, cache
 
 

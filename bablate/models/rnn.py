@@ -26,6 +26,7 @@ import functools
 from collections.abc import Callable
 
 import chex
+import flax.core
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -112,7 +113,8 @@ class RNN(nn.Module):
 def init(config: RNNConfig, key: Array) -> dict:
     """Initial flax variables of `RNN(config)`."""
     h0 = jnp.zeros((config.hidden,), jnp.float32)
-    return RNN(config).init(key, h0, jnp.zeros((), jnp.int32))
+    # A plain dict whatever flax's init gives (its type also allows a FrozenDict).
+    return flax.core.unfreeze(RNN(config).init(key, h0, jnp.zeros((), jnp.int32)))
 
 
 def unroll(config: RNNConfig, variables: dict, tokens_T: Array, *, h0: Array | None = None,
@@ -305,7 +307,8 @@ def train(config: RNNConfig, train_cfg: TrainConfig, tokens: np.ndarray, key: Ar
     data = jnp.asarray(np.pad(np.asarray(tokens, np.int32), (0, n_pad - len(tokens))))
     starts_max = jnp.int32(len(tokens) - tc.window)
     static_tc = dataclasses.replace(tc, steps=0, eval_every=0)  # one compile per step shape
-    history = {"step": [], "loss": [], "accuracy": [], "accuracy_grafted": []}
+    history: dict[str, list[float]] = {"step": [], "loss": [], "accuracy": [],
+                                       "accuracy_grafted": []}
     eval_w = None if eval_windows is None else jnp.asarray(eval_windows, jnp.int32)
 
     def record(step, loss):

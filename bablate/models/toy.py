@@ -31,7 +31,7 @@ between chunks.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import chex
 import flax.linen as nn
@@ -153,8 +153,8 @@ def sample_features(key: jax.Array, batch: int, n: int, density: jax.Array,
     return jnp.where(active, vals, 0.0)
 
 
-def sample_conditioned(key: jax.Array, batch: int, n: int, density: jax.Array, feature: int,
-                       active: bool, signed: bool = False) -> jax.Array:
+def sample_conditioned(key: jax.Array, batch: int, n: int, density: jax.Array,
+                       feature: int | jax.Array, active: bool, signed: bool = False) -> jax.Array:
     """The data distribution conditioned on feature ``feature`` being active (≠ 0) or 0."""
     k_x, k_f = jax.random.split(key)
     x = sample_features(k_x, batch, n, density, signed)
@@ -200,7 +200,9 @@ def weighted_mse(spec: ToySpec, params: Params, x_BxN: jax.Array,
                  reduce: str = "sum") -> jax.Array:
     """Σ_i I_i (target_i − x'_i)², averaged over the batch (``reduce="mean"``: also averaged
     over features, the public notebook's loss, 1/n of ours)."""
-    out = spec.model().apply({"params": params}, x_BxN)
+    # flax types apply's result as the output or an (output, variables) pair; the pair comes
+    # only with mutable=, never set here.
+    out = cast(jax.Array, spec.model().apply({"params": params}, x_BxN))
     importance = jnp.asarray(spec.importance, x_BxN.dtype)
     per_example = jnp.sum(importance[None, :] * (spec.target(x_BxN) - out) ** 2, axis=-1)
     scale = 1.0 / spec.n_features if reduce == "mean" else 1.0

@@ -127,8 +127,8 @@ def exact_answer(spec: CountSpec, task: bb.Task, prior: float = 0.5, beta: float
     counts = np.indices(tuple(s + 1 for s in sizes)).reshape(len(sizes), -1).T  # [V, G]
     masks = np.ones((counts.shape[0], spec.num_units), np.float32)
     for g, units in enumerate(spec.groups):
-        units = np.asarray(units)
-        masks[:, units] = (np.arange(len(units))[None, :] < counts[:, g:g + 1])
+        idx = np.asarray(units)
+        masks[:, idx] = (np.arange(len(idx))[None, :] < counts[:, g:g + 1])
     log_odds = np.asarray(task.log_odds(masks), np.float64)
     s = np.asarray(sizes)[None, :]
     lgamma = np.vectorize(math.lgamma)

@@ -139,7 +139,7 @@ def chunk_tasks(site: bb.Site, w: Windows, words: Sequence[str], *,
         word_ids = [k for k, word in enumerate(words) if len(word) >= 2]
     hard, soft, check = _positional(rule)
     inputs = jnp.asarray(w.tokens, jnp.int32)  # one object: tasks share the dataset
-    tasks = []
+    tasks: list[bb.Task] = []
     for k in word_ids:
         if max_tasks is not None and len(tasks) >= max_tasks:
             break

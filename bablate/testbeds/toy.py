@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,8 @@ from bablate.models import toy
 Params = toy.Params  # one instance's parameters (a dict of arrays)
 
 
-def readout(spec: toy.ToySpec, params: Params, feature: int) -> Callable[[jax.Array], jax.Array]:
+def readout(spec: toy.ToySpec, params: Params, feature: int | jax.Array
+            ) -> Callable[[jax.Array], jax.Array]:
     """hidden [N, m] -> output x'_i [N] of one feature (the suffix after the hidden site)."""
     if spec.kind == "relu_hidden":
         w, b = params["W2"][feature, :], params["b"][feature]
@@ -43,7 +45,8 @@ def hidden_site(spec: toy.ToySpec, params: Params, feature: int) -> bb.Site:
     neurons of ``relu_hidden``), read out at feature ``feature``'s output."""
     model, variables = spec.model(), {"params": params}
     out_i = readout(spec, params, feature)
-    encode = lambda inputs: model.apply(variables, inputs, method="encode")
+    # flax's apply without mutable= returns the method's output alone (its type allows a pair).
+    encode = lambda inputs: cast(jax.Array, model.apply(variables, inputs, method="encode"))
     return bb.Site.from_functions("hidden", spec.m_hidden, prefix=encode,
                                   suffix=lambda h, inputs: out_i(h))
 
@@ -66,7 +69,7 @@ def task_inputs(spec: toy.ToySpec, params: Params, key: jax.Array, density: jax.
     x = jnp.concatenate([
         toy.sample_conditioned(k_pos, num_positive, n, density, feature, True, spec.signed),
         toy.sample_conditioned(k_neg, num_negative, n, density, feature, False, spec.signed)])
-    hidden = spec.model().apply({"params": params}, x, method="encode")
+    hidden = cast(jax.Array, spec.model().apply({"params": params}, x, method="encode"))
     return x, hidden, spec.target(x)[:, feature], readout(spec, params, feature)(hidden)
 
 
