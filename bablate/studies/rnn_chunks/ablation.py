@@ -52,7 +52,10 @@ def ablation(cfg: StudyConfig, variables: dict, seq: sequences.ChunkedSequence,
     if not tasks:
         return {}
     tasks = bb.TaskSet.of(tasks)  # one site, one dataset: the builder shares them
-    method = bb.inference.choose_method(cfg.model.hidden, a.method, max_exact=EXACT_MAX_UNITS)
+    # Above EXACT_MAX_UNITS "auto" means this study's MCMC (its settings are ablation.mcmc),
+    # not the library's default large-site method.
+    method = bb.inference.choose_method(cfg.model.hidden, a.method, max_exact=EXACT_MAX_UNITS,
+                                        large="mcmc")
     posts = infer(cfg, tasks, method, key)
     m = bb.metrics.summarize_tasks(posts)
     codes = res.discretizer.codes(h_fit)
