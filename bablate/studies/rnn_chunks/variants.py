@@ -3,18 +3,19 @@ Interpretability" (arXiv 2502.01803), RNN part: the DSC chunk dictionaries of tr
 untrained networks (its 10-seed comparison of unique states and vocabulary), the perturbation
 and grafting experiments; then the same networks read with Bayesian ablation (DESIGN.md §3).
 
-Commands (wall-clock runtimes measured on 2 CPU cores shared with other jobs):
+Commands (wall-clock runtimes measured on 2 CPU cores shared with other jobs; quick, context,
+hierarchy and tanh64 measured with both training recipes, at a load average of about 9):
 
-    python -m bablate --config=rnn_chunks:quick          # ~2 min
+    python -m bablate --config=rnn_chunks:quick          # ~1 min (66 s; 37 s CPU)
     python -m bablate --config=rnn_chunks:reflection     # ~1.5 min
     python -m bablate --config=rnn_chunks:compositional  # ~3 min (with grafting)
-    python -m bablate --config=rnn_chunks:context        # ~3 min
-    python -m bablate --config=rnn_chunks:hierarchy      # ~4 min (n_h = 15)
+    python -m bablate --config=rnn_chunks:context        # ~2.5 min (136 s)
+    python -m bablate --config=rnn_chunks:hierarchy      # ~1.5 min (n_h = 15; 93 s)
     python -m bablate --config=rnn_chunks:hierarchy --config.n_h=35
-    python -m bablate --config=rnn_chunks:tanh64         # ~7 min (MCMC AMD)
+    python -m bablate --config=rnn_chunks:tanh64         # ~2 min (MCMC AMD; 125 s)
     python -m bablate --config=rnn_chunks:compositional --sweep   # seeds 0..4
 
-DSC protocols (dsc.protocol; "both" runs each, results["dsc"][protocol][trained|untrained]):
+DSC protocols (dsc.protocol; "both" runs each, results["dsc"][recipe][protocol]):
   "long" (ours): k-means, lookup and chunk dictionary on up to 30,000 tokens cut into 200-token
     windows, decoding tested on another sequence, vocabulary = every state and every merge.
   "authors" (their notebooks RNN_1 / RNN_3, github swu32/Chunk-Interpretability): one
@@ -105,7 +106,7 @@ def get_config(arg=None):
     c.compare_seeds = 10  # trained vs untrained DSC comparison
     # protocol: "long" (ours), "authors" (their notebooks: one trajectory of authors_length
     # tokens, lookup fitted on its first authors_fit_steps, vocabulary rebuilt from each
-    # parse) or "both" (long fills the headline keys; results["dsc"][protocol] holds each).
+    # parse) or "both" (long fills the headline keys; results["dsc"][recipe][protocol] holds each).
     c.dsc = ml_collections.ConfigDict({"k": 5, "rounds": 6, "top": 5, "min_count": 10,
                                        "max_tokens": 30_000, "protocol": "both",
                                        "authors_length": 2000, "authors_fit_steps": 100})
