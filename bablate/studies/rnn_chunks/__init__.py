@@ -4,9 +4,11 @@ Reproduces the RNN part of Wu, Alaniz, Schulz, Akata, "Discovering Chunks in Neu
 for Interpretability" (arXiv 2502.01803) and reads the same networks with Bayesian ablation
 (DESIGN.md §3). Steps of `run`:
 
-1. Train the RNN on a sequence family for `compare_seeds` seeds; for each seed run DSC on the
-   trained network and on the same network untrained (unique states, vocabulary, parse length,
-   held-out decoding accuracy).
+1. Train the RNN on a sequence family for `compare_seeds` seeds, by each training recipe
+   (`train.recipe`: ours, the authors' 200 steps on one 2,000-token window, or both); for each
+   seed run DSC on every trained network and on their common untrained start (unique states,
+   vocabulary, parse length, held-out decoding accuracy); trained − untrained per recipe and
+   protocol with a t-interval over seeds.
 2. PA templates of every ground-truth chunk (state at the chunk's last symbol): TPR/FPR/AUC.
 3. Perturbation: inject the DSC state decoded as symbol a as the hidden state and feed b (for
    every a, b, c consecutive inside a word): does the network predict c? Control: the state
@@ -17,16 +19,21 @@ for Interpretability" (arXiv 2502.01803) and reads the same networks with Bayesi
    curves over seeds of the one new transition (L after ABCD). Our reconstruction of the
    paper's grafting experiment; curves are measured without the graft unless labelled so.
 5. Bayesian ablation: site = the hidden units, masked at every step; one task per chunk
-   ("predict the continuation inside chunk k": top-1 next symbol at positions inside chunk k
-   after its first symbol; optionally also the smooth rule, the mean probability of the correct
-   symbol); exact AMD when hidden <= 16 (every chunk task in one enumeration), MCMC
-   otherwise. Agreement between DSC and the AMD (our reconstruction): per chunk, Spearman rank
-   correlation over units between the AMD importance π_i and the mutual information between
-   unit i's DSC cluster id and "this step is a task step of chunk k"; averaged over chunks.
+   ("predict the continuation inside chunk k" at positions inside chunk k after its first
+   symbol), one AMD per correctness rule (top-1 next symbol; the smooth rule, the mean
+   probability of the correct symbol); exact AMD when hidden <= 16 (every chunk task in one
+   enumeration), MCMC otherwise. The headline keys are those of the first rule whose AMD
+   carries information (task information >= 0.1 bits on some chunk), not of a rule by name.
+   Agreement with DSC and PA (our reconstruction): per chunk, Spearman rank correlation over
+   units between the AMD importance π_i and the mutual information between unit i's DSC
+   cluster id and "this step is a task step of chunk k" (DSC), or unit i's membership in the
+   chunk's PA template (PA); averaged over chunks, with a percentile bootstrap interval over
+   units.
 
 Config: variants.py (``python -m bablate --config=rnn_chunks:<variant>``), read into
 `config.StudyConfig`. Modules, one per step: `training` (networks), `dsc` (steps 1-2),
-`perturb` (3-4), `ablation` (5), `plots` (figures), `report` (report.md); the sequences,
+`perturb` (3-4), `ablation` (5), `intervals` (the intervals of the comparisons), `plots`
+(figures), `report` (report.md, with what reproduced and what did not); the sequences,
 the hidden-unit site and the chunk tasks come from `bablate.testbeds.rnn`.
 """
 
@@ -36,6 +43,7 @@ import dataclasses
 
 import jax
 import ml_collections
+import numpy as np
 
 from bablate.studies.rnn_chunks import ablation, dsc, perturb, plots, report
 from bablate.studies.rnn_chunks.config import StudyConfig, from_config, validate
@@ -54,11 +62,14 @@ class Keys:
         (it is exactly the start of training).
       transfer: seed s → the key of the two grafting transfer runs of seed s, ``key(s)``.
       ablation: MCMC of chunk task i uses ``fold_in(ablation, i)``; ``key(cfg.seed)``, the root.
+      bootstrap: the seed of the numpy generator that draws the bootstrap resamples of the
+        agreement intervals (the same draws for every rule), ``cfg.seed``.
     """
 
     networks: dict[int, jax.Array]
     transfer: dict[int, jax.Array]
     ablation: jax.Array
+    bootstrap: int
 
 
 def study_keys(cfg: StudyConfig) -> Keys:
@@ -69,7 +80,7 @@ def study_keys(cfg: StudyConfig) -> Keys:
                           for i in range(cfg.compare_seeds)},
                 transfer={cfg.seed + i: seed_key(cfg.seed + i)
                           for i in range(cfg.grafting.seeds)},
-                ablation=root)
+                ablation=root, bootstrap=cfg.seed)
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
@@ -107,15 +118,22 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
         if graft:
             plots.grafting(ctx, graft)
 
-    # 5. Bayesian ablation, one AMD per rule; the first rule fills the headline keys, the
-    # others get a suffix (e.g. _smooth_top1).
-    for i, rule in enumerate(cfg.ablation.rules if cfg.ablation.enabled else ()):
-        sfx = "" if i == 0 else f"_{rule}"
-        abl = ablation.ablation(cfg, first.variables, seq, first.res, first.h_fit, first.fit,
-                                word_ids, rule, keys.ablation)
+    # 5. Bayesian ablation, one AMD per rule; the rule whose AMD carries information fills
+    # the headline keys, the others get a suffix (e.g. _top1).
+    abls = {rule: ablation.ablation(cfg, first.variables, seq, first.res, first.h_fit,
+                                    first.fit, word_ids, rule, keys.ablation)
+            for rule in (cfg.ablation.rules if cfg.ablation.enabled else ())}
+    head = ablation.headline_rule(abls)
+    if head is not None:
+        results["ablation_headline_rule"] = head
+    for rule in sorted(abls, key=lambda r: r != head):  # the headline's keys first
+        abl = abls[rule]
+        sfx = "" if rule == head else f"_{rule}"
         results["ablation" + sfx] = abl
         if abl:
-            results.update(ablation.headline(abl, results["pa"], sfx))
+            abl["agreement"] = ablation.agreement(abl, results["pa"],
+                                                  np.random.default_rng(keys.bootstrap))
+            results.update(ablation.headline(abl, sfx))
             plots.unit_importance(ctx, abl, "unit_importance" + sfx)
     report.report_text(ctx, cfg, results)
     return results

@@ -4,6 +4,7 @@ ConfigDict (see that file for the meaning of each field), its checks, and its re
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import ml_collections
 
@@ -11,6 +12,54 @@ from bablate import chunks, sequences
 from bablate import config_checks as cc
 from bablate.models import rnn
 from bablate.testbeds import rnn as rnn_testbed
+
+RECIPES = ("bablate", "authors")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """The training recipes of the networks; ``recipe`` "bablate", "authors" or "both".
+
+    "bablate" (ours): ``steps`` Adam steps on batches of ``batch`` random ``window``-token
+    windows. "authors" (the call in their notebook RNN_3, github swu32/Chunk-Interpretability:
+    ``train_rnn(..., n_iters=200, chunk_len=2000)``, whose loop their RNN_2 notebook shows):
+    ``authors_steps`` Adam steps, each on ONE random ``authors_window``-token window, at the
+    same learning rate (theirs: 0.005). Their loss sums the window's cross-entropies, ours
+    averages them; under Adam the two differ only through its epsilon.
+    """
+
+    steps: int
+    window: int
+    batch: int
+    learning_rate: float
+    chunk: int
+    eval_every: int
+    recipe: str = "bablate"
+    authors_steps: int = 200
+    authors_window: int = 2000
+
+    def __post_init__(self):
+        train_recipes(self.recipe)  # refuses an unknown recipe
+
+    @property
+    def recipes(self) -> tuple[str, ...]:
+        """The recipes to run; the first one's networks fill the headline keys and are the
+        ones PA, perturbation, grafting and ablation read."""
+        return train_recipes(self.recipe)
+
+    def of(self, recipe: str) -> rnn.TrainConfig:
+        """The optimisation settings of ``recipe``."""
+        ours = rnn.TrainConfig(steps=self.steps, window=self.window, batch=self.batch,
+                               learning_rate=self.learning_rate, chunk=self.chunk,
+                               eval_every=self.eval_every)
+        if recipe == "bablate":
+            return ours
+        if recipe != "authors":
+            raise ValueError(f"unknown training recipe {recipe!r}; choose one of {RECIPES}.")
+        # Steps per jitted scan must divide the step count; the curve is read at each.
+        chunk = math.gcd(self.chunk, self.authors_steps)
+        return dataclasses.replace(ours, steps=self.authors_steps, window=self.authors_window,
+                                   batch=1, chunk=chunk, eval_every=chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +130,7 @@ class StudyConfig:
     n_h: int
     n_draws: int
     model: rnn.RNNConfig
-    train: rnn.TrainConfig
+    train: TrainSettings
     compare_seeds: int
     dsc: DSCConfig
     pa_tolerance: float
@@ -97,7 +146,9 @@ CONFIG_RULES = {
     "model.cell": cc.one_of(*rnn.CELLS), "model.hidden": cc.integer(1),
     "train.steps": cc.integer(1), "train.window": cc.integer(2), "train.batch": cc.integer(1),
     "train.learning_rate": cc.number(0, low_open=True), "train.chunk": cc.integer(1),
-    "train.eval_every": cc.integer(0), "compare_seeds": cc.integer(1),
+    "train.eval_every": cc.integer(0), "train.recipe": cc.one_of(*RECIPES, "both"),
+    "train.authors_steps": cc.integer(1), "train.authors_window": cc.integer(2),
+    "compare_seeds": cc.integer(1),
     "dsc.k": cc.integer(1), "dsc.rounds": cc.integer(1), "dsc.top": cc.integer(1),
     "dsc.min_count": cc.integer(1), "dsc.max_tokens": cc.integer(1),
     "pa_tolerance": cc.number(0, low_open=True), "perturbation": cc.boolean(),
@@ -130,14 +181,30 @@ def from_config(config: ml_collections.ConfigDict) -> StudyConfig:
     seq = rnn_testbed.make_sequence(config.family, 0, config.n_h, config.n_draws)
     model = cc.build(rnn.RNNConfig, config.model, where="config.model",
                      num_symbols=seq.num_symbols)
-    return cc.build(StudyConfig, config, skip=("study", "variant"), model=model)
+    cfg = cc.build(StudyConfig, config, skip=("study", "variant"), model=model)
+    for recipe in cfg.train.recipes:
+        window = cfg.train.of(recipe).window
+        if window >= len(seq.tokens):
+            key = "window" if recipe == "bablate" else "authors_window"
+            raise ValueError(f"train.{key} = {window} is not shorter than the {cfg.family} "
+                             f"sequence ({len(seq.tokens)} symbols at seed 0); lower it or "
+                             "raise n_draws")
+    return cfg
+
+
+def train_recipes(recipe: str) -> tuple[str, ...]:
+    """config.train.recipe → the recipes to run ("both" = ours first, then the authors')."""
+    return _one_or_both(recipe, RECIPES, "train.recipe")
 
 
 def dsc_protocols(protocol: str) -> tuple[str, ...]:
     """config.dsc.protocol → the protocols to run ("both" = long first, then authors)."""
-    if protocol == "both":
-        return chunks.PROTOCOLS
-    if protocol not in chunks.PROTOCOLS:
-        raise ValueError(f"dsc.protocol must be one of {chunks.PROTOCOLS} or 'both'; got "
-                         f"{protocol!r}.")
-    return (protocol,)
+    return _one_or_both(protocol, chunks.PROTOCOLS, "dsc.protocol")
+
+
+def _one_or_both(value: str, options: tuple[str, str], key: str) -> tuple[str, ...]:
+    if value == "both":
+        return options
+    if value not in options:
+        raise ValueError(f"{key} must be one of {options} or 'both'; got {value!r}.")
+    return (value,)

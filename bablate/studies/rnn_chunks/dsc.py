@@ -11,7 +11,7 @@ import numpy as np
 
 from bablate import chunks, sequences
 from bablate.models import rnn
-from bablate.studies.rnn_chunks import training
+from bablate.studies.rnn_chunks import intervals, training
 from bablate.studies.rnn_chunks.config import StudyConfig
 from bablate.testbeds import rnn as rnn_testbed
 from bablate.testbeds.rnn import Windows
@@ -39,11 +39,12 @@ class FirstSeed:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """Per protocol, per network ("trained" / "untrained"), one row of DSC numbers per seed;
-    the training histories; the first seed's objects."""
+    """Per training recipe, per protocol, per network ("trained" / "untrained"), one row of
+    DSC numbers per seed; the training histories per recipe; the first seed's objects (of the
+    first recipe)."""
 
     rows_by: dict
-    histories: list
+    histories: dict
     first: FirstSeed
 
 
@@ -85,43 +86,60 @@ def dsc_authors_summary(cfg: StudyConfig, variables: dict, seq: sequences.Chunke
     return res, {**_numbers(res), "trajectory_length": n}, h
 
 
+def _read(cfg: StudyConfig, v: dict, seq, fit: Windows, test: Windows) -> tuple[dict, tuple]:
+    """One network read by every DSC protocol → ({protocol: numbers}, the long protocol's
+    (result, h_fit, h_test) or None)."""
+    acc = rnn.accuracy(cfg.model, v, test.tokens)
+    numbers, long = {}, None
+    for protocol in cfg.dsc.protocols:
+        if protocol == "long":
+            res, numbers[protocol], h_fit, h_test = dsc_summary(cfg, v, fit, test)
+            long = (res, h_fit, h_test)
+        else:
+            _, numbers[protocol], _ = dsc_authors_summary(cfg, v, seq)
+        numbers[protocol]["accuracy"] = acc
+    return numbers, long
+
+
 def compare(cfg: StudyConfig, network_keys: dict[int, jax.Array], ctx) -> Comparison:
-    """Step 1: for each seed s, the trained network (key ``network_keys[s]``) and its own
-    untrained start, read by every DSC protocol."""
-    protocols = cfg.dsc.protocols
-    rows_by = {p: {"trained": [], "untrained": []} for p in protocols}
-    rows = rows_by[protocols[0]]
-    histories, first = [], None
+    """Step 1: for each seed s, one network per training recipe (key ``network_keys[s]``) and
+    their common untrained start, read by every DSC protocol.
+
+    Every recipe starts from the same initialisation, so the untrained network is read once
+    per seed and its row stands under each recipe.
+    """
+    recipes, protocols = cfg.train.recipes, cfg.dsc.protocols
+    rows_by = {r: {p: {"trained": [], "untrained": []} for p in protocols} for r in recipes}
+    histories = {r: [] for r in recipes}
+    first = None
     for i, (s, key) in enumerate(network_keys.items()):
         seq = rnn_testbed.make_sequence(cfg.family, s, cfg.n_h, cfg.n_draws)
         test_seq = rnn_testbed.make_sequence(cfg.family, s + rnn_testbed.TEST_SEED_OFFSET,
                                              cfg.n_h, cfg.n_draws)
         fit = rnn_testbed.to_windows(seq, cfg.train.window, cfg.dsc.max_tokens)
         test = rnn_testbed.to_windows(test_seq, cfg.train.window, cfg.dsc.max_tokens)
-        variables, hist = training.train_or_load(cfg.model, cfg.train, f"net_seed{s}",
-                                                 seq.tokens, test, key, ctx)
-        histories.append(hist)
-        untrained = training.initial_variables(cfg.model, key)
-        long_first = {}
-        for name, v in (("trained", variables), ("untrained", untrained)):
-            acc = rnn.accuracy(cfg.model, v, test.tokens)
+        untrained, _ = _read(cfg, training.initial_variables(cfg.model, key), seq, fit, test)
+        line = []
+        for recipe in recipes:
+            variables, hist = training.train_or_load(
+                cfg.model, cfg.train.of(recipe), training.checkpoint_name(recipe, s),
+                seq.tokens, test, key, ctx)
+            histories[recipe].append(hist)
+            trained, long = _read(cfg, variables, seq, fit, test)
             for protocol in protocols:
-                if protocol == "long":
-                    res, numbers, h_fit, h_test = dsc_summary(cfg, v, fit, test)
-                    long_first[name] = (res, h_fit, h_test)
-                else:
-                    res, numbers, _ = dsc_authors_summary(cfg, v, seq)
-                numbers["accuracy"] = acc
-                rows_by[protocol][name].append(numbers)
-        if i == 0:
-            # PA, perturbation, grafting and ablation read the long protocol's DSC.
-            if "trained" not in long_first:
-                res, _, h_fit, h_test = dsc_summary(cfg, variables, fit, test)
-                long_first["trained"] = (res, h_fit, h_test)
-            first = FirstSeed(seq, fit, test, variables, *long_first["trained"])
-        ctx.log(f"seed {s}: accuracy {rows['trained'][-1]['accuracy']:.3f}, unique states "
-                f"{rows['trained'][-1]['n_unique_states']} vs "
-                f"{rows['untrained'][-1]['n_unique_states']} untrained")
+                rows_by[recipe][protocol]["trained"].append(trained[protocol])
+                rows_by[recipe][protocol]["untrained"].append(untrained[protocol])
+            if i == 0 and recipe == recipes[0]:
+                # PA, perturbation, grafting and ablation read the long protocol's DSC.
+                if long is None:
+                    res, _, h_fit, h_test = dsc_summary(cfg, variables, fit, test)
+                    long = (res, h_fit, h_test)
+                first = FirstSeed(seq, fit, test, variables, *long)
+            p = protocols[0]
+            line.append(f"{recipe} recipe: accuracy {trained[p]['accuracy']:.3f}, unique "
+                        f"states {trained[p]['n_unique_states']} vs "
+                        f"{untrained[p]['n_unique_states']} untrained ({p} protocol)")
+        ctx.log(f"seed {s}: " + "; ".join(line))
     return Comparison(rows_by, histories, first)
 
 
@@ -129,17 +147,37 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
 
+# The counts whose trained > untrained is the paper's claim (unique states, vocabulary).
+COMPARED = ("n_unique_states", "vocab_size")
+
+
+def _summary(rows: dict) -> dict:
+    """One recipe and protocol: per network the means, per-seed values and ranges of KEYS and
+    the t-intervals of the means of COMPARED; the paired trained − untrained differences of
+    COMPARED with t-intervals over seeds."""
+    out = {n: {**{k: _mean(rs, k) for k in KEYS},
+               "per_seed": {k: [r[k] for r in rs] for k in KEYS},
+               "range": {k: [min(r[k] for r in rs), max(r[k] for r in rs)] for k in KEYS},
+               "interval": {k: intervals.mean_interval([r[k] for r in rs]) for k in COMPARED}}
+           for n, rs in rows.items()}
+    out["trained_minus_untrained"] = {
+        k: intervals.paired_difference(out["trained"]["per_seed"][k],
+                                       out["untrained"]["per_seed"][k]) for k in COMPARED}
+    return out
+
+
 def comparison_results(comp: Comparison) -> dict:
-    """results.json's DSC keys: headline means (first protocol), per-seed rows, per protocol."""
-    primary = next(iter(comp.rows_by))
-    rows = comp.rows_by[primary]
+    """results.json's DSC keys: headline means (first recipe, first protocol), its per-seed
+    rows, and ``dsc[recipe][protocol]`` for every recipe and protocol."""
+    recipe = next(iter(comp.rows_by))
+    primary = next(iter(comp.rows_by[recipe]))
+    rows = comp.rows_by[recipe][primary]
     results = {k: {n: _mean(rows[n], k) for n in rows} for k in KEYS}
     results["per_seed"] = rows
+    results["dsc_primary_recipe"] = recipe
     results["dsc_primary_protocol"] = primary
-    results["dsc"] = {p: {n: {**{k: _mean(rs[n], k) for k in KEYS},
-                              "per_seed": {k: [r[k] for r in rs[n]] for k in KEYS}}
-                          for n in rs}
-                      for p, rs in comp.rows_by.items()}
+    results["dsc"] = {r: {p: _summary(rs) for p, rs in by_p.items()}
+                      for r, by_p in comp.rows_by.items()}
     results["accuracy"] = results["accuracy"]["trained"]
     results["accuracy_untrained"] = _mean(rows["untrained"], "accuracy")
     results["ground_truth_parse_length"] = int((comp.first.fit.chunk_pos.ravel() == 0).sum())

@@ -8,10 +8,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from bablate import chunks, sequences
 from bablate.models import rnn
+from bablate.studies.rnn_chunks import intervals
 from bablate.studies.rnn_chunks.config import StudyConfig
 from bablate.studies.rnn_chunks.training import EVAL_WINDOWS
 from bablate.testbeds import rnn as rnn_testbed
@@ -83,7 +83,9 @@ def grafting(cfg: StudyConfig, variables: dict, res: chunks.DSCResult, h_fit: np
         return jnp.broadcast_to(j_state, window.shape + j_state.shape), window == c_id
 
     g = cfg.grafting
-    tc = dataclasses.replace(cfg.train, steps=g.steps, eval_every=g.eval_every, chunk=g.chunk)
+    # Transfer training keeps our window and batch whichever recipe trained the network.
+    tc = dataclasses.replace(cfg.train.of("bablate"), steps=g.steps, eval_every=g.eval_every,
+                             chunk=g.chunk)
     curves: dict[str, list] = {"none": [], "graft": [], "graft_eval_grafted": []}
     steps = None
     for s, key in transfer_keys.items():
@@ -101,15 +103,7 @@ def grafting(cfg: StudyConfig, variables: dict, res: chunks.DSCResult, h_fit: np
             if gr is not None:
                 curves["graft_eval_grafted"].append(hist["accuracy_grafted"])
             steps = hist["step"]
-    summary = {name: mean_ci(np.asarray(c)) for name, c in curves.items()}
+    summary = {name: intervals.mean_ci(np.asarray(c)) for name, c in curves.items()}
     return {"step": steps, "curves": {k: np.asarray(v).tolist() for k, v in curves.items()},
             "summary": summary}
 
-
-def mean_ci(x_SxN: np.ndarray) -> dict:
-    """Mean and 95% t-interval half-width over the first axis (seeds)."""
-    n = x_SxN.shape[0]
-    mean = x_SxN.mean(0)
-    half = (stats.t.ppf(0.975, n - 1) * x_SxN.std(0, ddof=1) / np.sqrt(n) if n > 1
-            else np.zeros_like(mean))
-    return {"mean": mean.tolist(), "ci95": np.asarray(half).tolist()}

@@ -20,33 +20,38 @@ REFERENCE = {"n_unique_states": ((364.5, 13, 1005), (41.0, 26, 87)),
              "vocab_size": ((383.3, 16, 1020), (48.0, 29, 109))}
 
 
-def training_curves(ctx, histories: list[dict]) -> None:
+def training_curves(ctx, histories: dict[str, list[dict]]) -> None:
+    """Loss and held-out accuracy of every seed's network, one colour per training recipe."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for i, h in enumerate(histories):
-        steps = np.asarray(h["step"])
-        axes[0].plot(steps[1:], np.asarray(h["loss"])[1:], color="C0", alpha=0.5,
-                     label="seeds" if i == 0 else None)
-        axes[1].plot(steps, h["accuracy"], color="C1", alpha=0.5)
+    for c, (recipe, hists) in enumerate(histories.items()):
+        for i, h in enumerate(hists):
+            steps = np.asarray(h["step"])
+            label = f"{recipe} recipe" if i == 0 else None
+            axes[0].plot(steps[1:], np.asarray(h["loss"])[1:], color=f"C{c}", alpha=0.5,
+                         label=label)
+            axes[1].plot(steps, h["accuracy"], color=f"C{c}", alpha=0.5, label=label)
     axes[0].set(xlabel="step", ylabel="training loss (mean CE)")
     axes[1].set(xlabel="step", ylabel="held-out next-symbol accuracy", ylim=(0, 1))
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     ctx.figure(fig, "training_curves", "Training loss and held-out next-symbol accuracy of "
-               "every seed's network.")
+               "every seed's network, per training recipe (bablate: batches of windows; "
+               "authors: one long window per step).")
 
 
 def dsc_comparison(ctx, rows_by: dict, family: str) -> None:
-    """Box plots of DSC numbers, trained vs untrained, one row per protocol."""
+    """Box plots of DSC numbers, trained vs untrained, one row per (training recipe, DSC
+    protocol); ``rows_by[recipe][protocol][network]`` lists one row of numbers per seed."""
     titles = {"n_unique_states": "unique hidden states", "vocab_size": "chunk vocabulary size",
               "vocab_size_count_gt5": "chunks seen > 5 times",
               "parse_length": "parse length in chunks", "decoding_accuracy": "decoding accuracy"}
     keys = list(titles)
-    protocols = list(rows_by)
-    fig, axes = plt.subplots(len(protocols), len(keys), figsize=(3 * len(keys),
-                                                                 3 * len(protocols)),
+    pairs = [(r, p) for r, by_p in rows_by.items() for p in by_p]
+    fig, axes = plt.subplots(len(pairs), len(keys), figsize=(3 * len(keys), 3 * len(pairs)),
                              squeeze=False)
     show_ref = family == REFERENCE_FAMILY
-    for row, protocol in zip(axes, protocols, strict=True):
-        rows = rows_by[protocol]
+    for row, (recipe, protocol) in zip(axes, pairs, strict=True):
+        rows = rows_by[recipe][protocol]
         for ax, k in zip(row, keys, strict=True):
             vals = [[r[k] for r in rows[n]] for n in ("trained", "untrained")]
             ax.boxplot(vals, tick_labels=["trained", "untrained"])
@@ -57,13 +62,15 @@ def dsc_comparison(ctx, rows_by: dict, family: str) -> None:
                     ax.errorbar([j + 1.25], [mean], yerr=[[mean - lo], [hi - mean]], fmt="*",
                                 color="C3", ms=8, label="paper" if j == 0 else None)
                 ax.legend(fontsize=7)
-            ax.set_title(f"{titles[k]} ({protocol})", fontsize=9)
+            ax.set_title(f"{titles[k]}\n({recipe} training, {protocol} DSC)", fontsize=9)
     fig.tight_layout()
     ctx.figure(fig, "dsc_trained_vs_untrained", "DSC on trained vs untrained networks over "
-               "seeds, one row per protocol (long: many windows, held-out sequence, cumulative "
-               "vocabulary; authors: one 2,000-step trajectory, lookup fitted on its first 100 "
-               "steps, vocabulary rebuilt from each parse): unique states, chunk vocabulary, "
-               "vocabulary with count > 5, parse length and decoding accuracy"
+               "seeds, one row per training recipe (bablate: batches of short windows; "
+               "authors: one long window per step) and DSC protocol (long: many windows, "
+               "held-out sequence, cumulative vocabulary; authors: one 2,000-step trajectory, "
+               "lookup fitted on its first 100 steps, vocabulary rebuilt from each parse): "
+               "unique states, chunk vocabulary, vocabulary with count > 5, parse length and "
+               "decoding accuracy"
                + (" (red: the paper's 10-seed mean and range, context family, authors' "
                   "protocol)." if show_ref else "."))
 

@@ -20,6 +20,12 @@ def initial_variables(model: rnn.RNNConfig, key: jax.Array) -> dict:
     return rnn.init(model, k_init)
 
 
+def checkpoint_name(recipe: str, seed: int) -> str:
+    """The checkpoint of seed ``seed``'s network trained by ``recipe`` (ours keeps the name it
+    had before the authors' recipe was offered)."""
+    return f"net_seed{seed}" if recipe == "bablate" else f"net_{recipe}_seed{seed}"
+
+
 def train_or_load(model: rnn.RNNConfig, train: rnn.TrainConfig, name: str,
                   tokens: np.ndarray, test: Windows, key: jax.Array, ctx) -> tuple[dict, dict]:
     """Trains the network ``name`` on ``tokens`` with ``key`` (or loads its checkpoint) →
