@@ -38,14 +38,25 @@ def ablated_density_indices(num_densities: int, ab: Ablation) -> set[int]:
 
 
 def ablate_instance(spec: toy.ToySpec, params: toy.Params, density: float, ab: Ablation,
-                    key: jax.Array) -> InstanceAblation:
-    """AMDs of every ablated feature task on one instance, and their metrics."""
+                    key: jax.Array, basis: bb.Basis | None = None) -> InstanceAblation:
+    """AMDs of every ablated feature task on one instance, and their metrics.
+
+    Args:
+      spec: the toy setting.
+      params: one trained instance.
+      density: 1 − S of the instance (its tasks' examples are drawn there).
+      ab: the feature tasks and how their AMDs are inferred.
+      key: draws every task's examples; the same key gives the same examples in any basis.
+      basis: ablate the codes of this basis of the hidden space (a rotation, say) instead of
+        the units; None = the neuron basis.
+    """
     features = list(range(0, spec.n_features, ab.feature_stride))
+    site = toy_testbed.hidden_site(spec, params, basis)  # one site: one compiled enumeration
     tasks, intact = [], []
     for i in features:
         task, p_intact = toy_testbed.feature_task(
             spec, params, density, i, jax.random.fold_in(key, i), epsilon=ab.epsilon,
-            num_positive=ab.num_positive, num_negative=ab.num_negative)
+            num_positive=ab.num_positive, num_negative=ab.num_negative, site=site)
         tasks.append(task)
         intact.append(p_intact)
     # Every task samples its own inputs, so exact inference enumerates each task on its own.
