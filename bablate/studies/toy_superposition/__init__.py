@@ -14,8 +14,9 @@ distribution conditioned on x_i ≠ 0, negatives conditioned on x_i = 0 (equal n
 balanced sensitivity/specificity estimate weighs both); the network is correct on an example when
 |x'_i − target_i| < ε.
 
-Steps: `train` → `geometry` → `ablation` (with its MCMC check) → `control` → `summary` →
-`plots` and `report`.
+Steps: `train` → `geometry` → `ablation` (with its MCMC check) → `rotation` (the basis
+control: the ablation metrics in random rotations of the hidden space) → `control` →
+`summary` → `plots` and `report`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bablate import progress
 from bablate.models import toy
 from bablate.runs import RunContext
 
-from . import ablation, control, geometry, plots, report, summary, train
+from . import ablation, control, geometry, plots, report, rotation, summary, train
 from .config import from_config, validate
 
 __all__ = ["run", "validate"]
@@ -41,6 +42,7 @@ GEOMETRY_STREAM = 10_000
 ABLATION_STREAM = 10_001
 MCMC_STREAM = 10_002
 CONTROL_STREAM = 20_000
+ROTATION_STREAM = 20_001
 
 
 def run(config: ml_collections.ConfigDict, ctx: RunContext) -> dict[str, Any]:
@@ -53,6 +55,7 @@ def run(config: ml_collections.ConfigDict, ctx: RunContext) -> dict[str, Any]:
     k_abl = jax.random.fold_in(root, ABLATION_STREAM)
     k_mcmc = jax.random.fold_in(root, MCMC_STREAM)
     k_control = jax.random.fold_in(root, CONTROL_STREAM)
+    k_rotation = jax.random.fold_in(root, ROTATION_STREAM)
 
     inst = train.layout(cfg)
     ablated = ablation.ablated_density_indices(inst.num_densities, ab)
@@ -85,6 +88,12 @@ def run(config: ml_collections.ConfigDict, ctx: RunContext) -> dict[str, Any]:
         results["mcmc_max_marginal_diff"] = check["max_marginal_diff"]
     ctx.log(f"MCMC check done ({time.perf_counter() - t0:.1f} s)")
 
+    if ablations and cfg.rotation_control.num_rotations > 0:
+        t0 = time.perf_counter()
+        results["rotation_control"] = rotation.rotation_control(cfg, params_all, inst,
+                                                                ablations, k_rotation)
+        ctx.log(f"rotation control done ({time.perf_counter() - t0:.1f} s)")
+
     if cfg.control.num_seeds > 0 and spec.kind != "relu_hidden":
         t0 = time.perf_counter()
         results["initialisation_control"] = control.initialisation_control(cfg, ctx, k_control)
@@ -93,7 +102,8 @@ def run(config: ml_collections.ConfigDict, ctx: RunContext) -> dict[str, Any]:
     results.update(summary.summary_numbers(records, cfg))
 
     t0 = time.perf_counter()
-    plots.make_figures(ctx, cfg, records, params_all, inst.density, inst.replicate)
+    plots.make_figures(ctx, cfg, records, params_all, inst.density, inst.replicate,
+                       results.get("rotation_control", {}).get(spec.kind))
     ctx.text(report.report_text(cfg, records, results))
     ctx.log(f"figures and report done ({time.perf_counter() - t0:.1f} s)")
     return results

@@ -28,6 +28,7 @@ class InstanceAblation:
     values: dict[str, Any]
     tasks: list[bb.Task]
     posts: list[bb.Posterior]
+    key: jax.Array  # drew the tasks' examples; the rotation control draws the same ones
 
 
 def ablated_density_indices(num_densities: int, ab: Ablation) -> set[int]:
@@ -82,7 +83,7 @@ def ablate_instance(spec: toy.ToySpec, params: toy.Params, density: float, ab: A
         "intact_p_correct": np.array(intact),
         "intact_fails": int(np.sum(np.array(intact) < 0.5)),
     }
-    return InstanceAblation(values, tasks, posts)
+    return InstanceAblation(values, tasks, posts, key)
 
 
 def record_values(abl: InstanceAblation) -> dict[str, Any]:

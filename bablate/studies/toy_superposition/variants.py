@@ -89,6 +89,9 @@ def get_config(arg=None):
     # Control at the sparsest density (tied models): this many more seeds from the paper's
     # init and as many from every feature already represented; 0 = off.
     c.control = ml_collections.ConfigDict({"num_seeds": 0})
+    # Basis control: replicate 0's ablation repeated in this many random rotations of the
+    # hidden space; 0 = off.
+    c.rotation_control = ml_collections.ConfigDict({"num_rotations": 8})
     c.train = ml_collections.ConfigDict({"steps": 10_000, "batch_size": 1024,
                                          "learning_rate": 1e-3, "weight_decay": 0.01,
                                          "chunk_steps": 250,
@@ -107,6 +110,7 @@ def get_config(arg=None):
         c.control.num_seeds = 4
     if variant == "quick":
         c.train.steps = 6000
+        c.rotation_control.num_rotations = 4
         c.ablation.num_positive = 128
         c.ablation.num_negative = 128
         c.ablation.mcmc_check.num_warmup = 300
@@ -131,6 +135,8 @@ def get_config(arg=None):
         c.ablation.num_positive = 64
         c.ablation.num_negative = 64
         c.ablation.num_densities = 4
+        # Each rotation is another 2^20-mask enumeration per density: off unless asked for.
+        c.rotation_control.num_rotations = 0
     elif variant == "notebook":
         # The public notebook's recipe at the sparse end, over 8 seeds; the init scale uses
         # the 8 instances trained together, as the notebook's would.
