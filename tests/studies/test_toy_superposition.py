@@ -120,6 +120,9 @@ def test_intervals_against_scipy_and_a_closed_form():
     want = stats.ttest_1samp(a, 0.0).confidence_interval(0.95)
     np.testing.assert_allclose([got.lo, got.hi], [want.low, want.high], rtol=1e-10)
     assert intervals.mean_interval([3.0]).text() == "3"
+    # Two seeds' feature counts: the t-interval (t = 12.7) is cut to the counts possible.
+    two = intervals.mean_interval([4, 5]).clip(0, 5)
+    assert (two.value, two.lo, two.hi) == (4.5, 0.0, 5.0)
     # Above all 8 rotated values at all 7 instances: 2 · (1/9)^7 if the values were exchangeable.
     assert intervals.extreme_rank_p(7, 0, 7, 8) == pytest.approx(2 / 9**7)
     assert intervals.extreme_rank_p(0, 0, 7, 8) == 1.0
@@ -198,6 +201,10 @@ def test_every_variant_runs(variant, tmp_path, monkeypatch):
                 assert set(rec[name]) == {"neuron", "rotated_mean", "rotated_sd", "rotated"}
                 assert len(rec[name]["rotated"]) == 2
             assert rec["loss"]["max_relative_change"] < 1e-5  # the tied model keeps its loss
+        # The headline numbers carry the rotated means beside the neuron basis's.
+        sparsest = rc["by_density"][f"{ablated[0]:g}"]
+        assert results["distributedness_rotated_sparsest"] == pytest.approx(
+            sparsest["distributedness"]["rotated_mean"])
     else:
         assert "rotation_control" not in results
     report = (tmp_path / "report.md").read_text()

@@ -14,9 +14,9 @@ distribution conditioned on x_i ≠ 0, negatives conditioned on x_i = 0 (equal n
 balanced sensitivity/specificity estimate weighs both); the network is correct on an example when
 |x'_i − target_i| < ε.
 
-Steps: `train` → `geometry` → `ablation` (with its MCMC check) → `rotation` (the basis
-control: the ablation metrics in random rotations of the hidden space) → `control` →
-`summary` → `plots` and `report`.
+Steps: `train` → `geometry` → `ablation` (with its MCMC check) → `control` → `rotation` (the
+basis control: the ablation metrics in random rotations of the hidden space) → `summary` →
+`plots` and `report`.
 """
 
 from __future__ import annotations
@@ -88,22 +88,22 @@ def run(config: ml_collections.ConfigDict, ctx: RunContext) -> dict[str, Any]:
         results["mcmc_max_marginal_diff"] = check["max_marginal_diff"]
     ctx.log(f"MCMC check done ({time.perf_counter() - t0:.1f} s)")
 
+    if cfg.control.num_seeds > 0 and spec.kind != "relu_hidden":
+        t0 = time.perf_counter()
+        results["initialisation_control"] = control.initialisation_control(cfg, ctx, k_control)
+        ctx.log(f"initialisation control done ({time.perf_counter() - t0:.1f} s)")
+
     if ablations and cfg.rotation_control.num_rotations > 0:
         t0 = time.perf_counter()
         results["rotation_control"] = rotation.rotation_control(cfg, params_all, inst,
                                                                 ablations, k_rotation)
         ctx.log(f"rotation control done ({time.perf_counter() - t0:.1f} s)")
 
-    if cfg.control.num_seeds > 0 and spec.kind != "relu_hidden":
-        t0 = time.perf_counter()
-        results["initialisation_control"] = control.initialisation_control(cfg, ctx, k_control)
-        ctx.log(f"initialisation control done ({time.perf_counter() - t0:.1f} s)")
-
-    results.update(summary.summary_numbers(records, cfg))
+    rc = results.get("rotation_control", {}).get(spec.kind)
+    results.update(summary.summary_numbers(records, cfg, rc))
 
     t0 = time.perf_counter()
-    plots.make_figures(ctx, cfg, records, params_all, inst.density, inst.replicate,
-                       results.get("rotation_control", {}).get(spec.kind))
+    plots.make_figures(ctx, cfg, records, params_all, inst.density, inst.replicate, rc)
     ctx.text(report.report_text(cfg, records, results))
     ctx.log(f"figures and report done ({time.perf_counter() - t0:.1f} s)")
     return results

@@ -27,6 +27,11 @@ class Interval:
             return f"{self.value:.{digits}g}"
         return f"{self.value:.{digits}g} [{self.lo:.{digits}g}, {self.hi:.{digits}g}]"
 
+    def clip(self, low: float, high: float) -> Interval:
+        """The interval cut to the values the quantity can take (a count of features, say)."""
+        return dataclasses.replace(self, lo=min(max(self.lo, low), high),
+                                   hi=max(min(self.hi, high), low))
+
     @property
     def sign(self) -> int:
         """+1 or −1 when the interval excludes 0 on that side, else 0."""

@@ -112,10 +112,12 @@ def features_claims(cfg: StudyConfig, records: Records, results: dict[str, Any],
     n, m = cfg.spec.n_features, cfg.spec.m_hidden
     # |x| needs two ReLU neurons per feature (ReLU(x) + ReLU(−x)), so a dense model keeps m/2.
     kept = m // 2 if cfg.spec.kind == "relu_hidden" else m
-    sparse = intervals.mean_interval(sparse_seed_counts(records, results))
+    counts = sparse_seed_counts(records, results)
+    sparse = intervals.mean_interval(counts).clip(0, n)
+    per_seed = "" if len(counts) == 1 else f"; per instance {', '.join(map(str, counts))}"
     if len(dens) > 1:
         dense_rs = [r for r in records if r["density"] == dens[0]]
-        dense = intervals.mean_interval([r["features_represented"] for r in dense_rs])
+        dense = intervals.mean_interval([r["features_represented"] for r in dense_rs]).clip(0, n)
         # Importance falls with i, so "the top k" are features 0..k−1.
         top = sum(bool(np.all(np.array(r["feature_norms"][:kept]) > toy_geometry.REPRESENTED_NORM))
                   for r in dense_rs)
@@ -133,11 +135,11 @@ def features_claims(cfg: StudyConfig, records: Records, results: dict[str, Any],
         claims.append((verdict, f"Sparsest 20→5 model represents ≥ 15 of 20 features (paper: "
                        f"nearly all 20): {sparse.text()} at 1−S = {dens[-1]:.3g} "
                        f"({_instances(sparse.n)}: the run's and the initialisation control's "
-                       f"xavier-start seeds){why}.\n"
+                       f"xavier-start seeds{per_seed}){why}.\n"
                        + "\n".join(sub + (["  - " + control_text(control)] if control else []))))
     else:
         claims.append((None, f"Features represented at 1−S = {dens[-1]:.3g}: {sparse.text()} of "
-                       f"{n} ({_instances(sparse.n)}).\n" + "\n".join(sub)))
+                       f"{n} ({_instances(sparse.n)}{per_seed}).\n" + "\n".join(sub)))
     if m == 2:
         # A pentagon: all five features represented, each with D_i = 2/5.
         cut = dens[max(len(dens) * 2 // 3 - 1, 0)]
@@ -215,7 +217,8 @@ def trend_claims(cfg: StudyConfig, records: Records,
 
 def rotation_text(cfg: StudyConfig, rc: dict[str, Any]) -> list[str]:
     """The basis-control section: the loss under rotation, the metrics in both bases, which
-    numbers depend on the basis and whether the neuron basis is special."""
+    numbers depend on the basis and whether the neuron basis is special (``rc``: results.json's
+    ``rotation_control[model]``)."""
     recs = sorted(rc["by_density"].values(), key=lambda r: -r["density"])
     k, privileged = rc["num_rotations"], cfg.spec.kind == "relu_hidden"
     change = max(r["loss"]["max_relative_change"] for r in recs)
@@ -231,8 +234,10 @@ def rotation_text(cfg: StudyConfig, rc: dict[str, Any]) -> list[str]:
                      "basis, so the ablation keeps the trained network and asks whether its "
                      "neuron basis is special for the ablation metrics too.")
     else:
-        lines.append(f"Rotating the weights (W → qᵀW) changes the held-out loss by at most "
-                     f"{change:.2g} (relative, over every density and rotation): unchanged to "
+        moved = ("leaves the held-out loss exactly as it was at every density" if change == 0
+                 else f"changes the held-out loss by at most {change:.2g} (relative, over every "
+                 "density and rotation)")
+        lines.append(f"Rotating the weights (W → qᵀW) {moved}: unchanged to "
                      "float precision, so this hidden basis is not privileged and a metric that "
                      "moves between bases describes the basis, not the network (for this model "
                      "ablating the rotated codes is ablating the rotated model's units).")
@@ -273,8 +278,9 @@ def rotation_text(cfg: StudyConfig, rc: dict[str, Any]) -> list[str]:
                    "reading of a hidden space whose loss does not single out any basis; the "
                    "trends in 'What reproduced' are judged on the rotated values."
                    + (f" The trained basis is still not a typical one for {', '.join(special)}"
-                      " (the optimiser, AdamW, works coordinate by coordinate; the loss does "
-                      "not): a property of the training run, not of the computation."
+                      ": the loss cannot single it out, so training did (AdamW's steps are "
+                      "per coordinate, not rotation-equivariant: a likely cause, not tested "
+                      "here); a property of the training run, not of the computation."
                       if special else ""))
     lines += ["", verdict]
     return lines
@@ -292,6 +298,9 @@ def report_text(cfg: StudyConfig, records: Records, results: dict[str, Any]) -> 
     dens = cols[keys[0]][0]
     for j, d in enumerate(dens):
         lines.append(md.row([f"{d:.3g}", *(_fmt(float(cols[k][1][j])) for k in keys)]))
+    if cfg.spec.kind != "relu_hidden":
+        lines += ["", "The ablation columns read the trained hidden basis, which the loss does "
+                  "not single out (see the basis control below)."]
     claims = features_claims(cfg, records, results, dens) + trend_claims(cfg, records, results)
     other = [text for verdict, text in claims if verdict is None]
     dpf = np.array([r["dims_per_feature"] for r in records])
@@ -314,8 +323,8 @@ def report_text(cfg: StudyConfig, records: Records, results: dict[str, Any]) -> 
     rc = _control_of(results, cfg)
     if rc:
         lines += ["", *rotation_text(cfg, rc)]
-    elif cfg.spec.kind in ("relu_out", "linear"):
-        lines += ["", "Note: the hidden basis of the tied models is not privileged (any rotation "
-                  "of W gives the same loss) and the rotation control is off here, so every "
-                  "per-unit number above is one basis's reading."]
+    elif cfg.spec.kind != "relu_hidden":
+        lines += ["", "The basis control is off here (rotation_control.num_rotations = 0): the "
+                  "tied models' hidden basis is not privileged (any rotation of W gives the same "
+                  "loss), so every per-unit number above is one basis's reading."]
     return "\n".join(lines)
