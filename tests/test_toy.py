@@ -121,3 +121,29 @@ def test_notebook_init_scale_and_mean_loss():
         toy.TrainConfig(init="kaiming")
     with pytest.raises(ValueError, match="train.loss"):
         toy.TrainConfig(loss="max")
+
+
+def test_rotating_the_hidden_space_keeps_tied_models_and_changes_relu_hidden():
+    # Tied models: W → qᵀW leaves WᵀW, so every output, unchanged; the hidden code becomes h q.
+    # relu_hidden: the ReLU between W1 and W2 does not commute with q, so the outputs change.
+    q = jax.random.orthogonal(jax.random.key(0), 3)
+    x = toy.sample_features(jax.random.key(1), 256, 6, jnp.float32(0.5))
+    for kind in ("relu_out", "linear"):
+        spec = toy.ToySpec(6, 3, kind, toy.importance_geometric(6, 0.8))
+        params = jax.tree.map(lambda a: a + 0.05, toy.init_params(spec, jax.random.key(2)))
+        rotated = toy.rotate_hidden(spec, params, q)
+        model = spec.model()
+        np.testing.assert_allclose(model.apply({"params": rotated}, x),
+                                   model.apply({"params": params}, x), atol=1e-6)
+        np.testing.assert_allclose(model.apply({"params": rotated}, x, method="encode"),
+                                   model.apply({"params": params}, x, method="encode") @ q,
+                                   atol=1e-6)
+    spec = toy.ToySpec(6, 3, "relu_hidden", toy.importance_geometric(6, 0.8))
+    params = toy.init_params(spec, jax.random.key(3))
+    signed = toy.sample_features(jax.random.key(4), 256, 6, jnp.float32(0.5), signed=True)
+    model = spec.model()
+    moved = np.abs(model.apply({"params": toy.rotate_hidden(spec, params, q)}, signed)
+                   - model.apply({"params": params}, signed)).max()
+    assert moved > 0.05
+    with pytest.raises(AssertionError):  # chex: q must be [m, m]
+        toy.rotate_hidden(spec, params, jnp.eye(4))

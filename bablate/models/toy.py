@@ -331,3 +331,19 @@ def instances_like(spec: ToySpec, num_instances: int) -> tuple[Params, jax.Shape
 def unstack(params_K: Params, k: int) -> Params:
     """Instance k's parameters from a stacked pytree."""
     return jax.tree.map(lambda a: a[k], params_K)
+
+
+def rotate_hidden(spec: ToySpec, params: Params, q: jax.Array) -> Params:
+    """The instance with its hidden space rotated: the new hidden code is h q.
+
+    ``q`` is an orthogonal ``[m, m]`` (columns = the new hidden units). For the tied models
+    W → qᵀW leaves WᵀW, so the function and every loss, unchanged: their hidden basis is not
+    privileged, and ablating the rotated model's units is ablating the codes of
+    ``bb.Basis.orthogonal(q)`` in the original. For ``relu_hidden`` W1 → qᵀW1 and W2 → W2 q
+    change the function, because the ReLU between them does not commute with q: its hidden
+    neurons are a privileged basis.
+    """
+    chex.assert_shape(q, (spec.m_hidden, spec.m_hidden))
+    if spec.kind == "relu_hidden":
+        return {"W1": q.T @ params["W1"], "W2": params["W2"] @ q, "b": params["b"]}
+    return {"W": q.T @ params["W"], "b": params["b"]}

@@ -16,7 +16,6 @@ network is correct on an example when |x'_i − target_i| < ε (target = x, or |
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import cast
 
 import jax
@@ -29,26 +28,25 @@ from bablate.models import toy
 Params = toy.Params  # one instance's parameters (a dict of arrays)
 
 
-def readout(spec: toy.ToySpec, params: Params, feature: int | jax.Array
-            ) -> Callable[[jax.Array], jax.Array]:
-    """hidden [N, m] -> output x'_i [N] of one feature (the suffix after the hidden site)."""
-    if spec.kind == "relu_hidden":
-        w, b = params["W2"][feature, :], params["b"][feature]
-    else:
-        w, b = params["W"][:, feature], params["b"][feature]
-    relu = spec.kind != "linear"
-    return lambda h: jax.nn.relu(h @ w + b) if relu else h @ w + b
-
-
-def hidden_site(spec: toy.ToySpec, params: Params, feature: int) -> bb.Site:
+def hidden_site(spec: toy.ToySpec, params: Params, basis: bb.Basis | None = None) -> bb.Site:
     """The m hidden units of one trained instance (the hidden dimensions, or the hidden ReLU
-    neurons of ``relu_hidden``), read out at feature ``feature``'s output."""
+    neurons of ``relu_hidden``), read out at every feature's output x' ``[N, n]``.
+
+    Every feature task of the instance can share this one site (a task's rule reads its own
+    feature's column), so their exact enumerations share one compiled program.
+
+    Args:
+      spec: the toy setting.
+      params: one trained instance.
+      basis: ablate the codes of this basis of the hidden space instead of its units (e.g.
+        ``bb.Basis.orthogonal(q)`` for a rotation); None = the neuron basis.
+    """
     model, variables = spec.model(), {"params": params}
-    out_i = readout(spec, params, feature)
     # flax's apply without mutable= returns the method's output alone (its type allows a pair).
     encode = lambda inputs: cast(jax.Array, model.apply(variables, inputs, method="encode"))
-    return bb.Site.from_functions("hidden", spec.m_hidden, prefix=encode,
-                                  suffix=lambda h, inputs: out_i(h))
+    decode = lambda h, inputs: cast(jax.Array, model.apply(variables, h, method="decode"))
+    return bb.Site.from_functions("hidden", spec.m_hidden, prefix=encode, suffix=decode,
+                                  basis=basis)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_positive", "num_negative"))
@@ -69,13 +67,16 @@ def task_inputs(spec: toy.ToySpec, params: Params, key: jax.Array, density: jax.
     x = jnp.concatenate([
         toy.sample_conditioned(k_pos, num_positive, n, density, feature, True, spec.signed),
         toy.sample_conditioned(k_neg, num_negative, n, density, feature, False, spec.signed)])
-    hidden = cast(jax.Array, spec.model().apply({"params": params}, x, method="encode"))
-    return x, hidden, spec.target(x)[:, feature], readout(spec, params, feature)(hidden)
+    model, variables = spec.model(), {"params": params}
+    hidden = cast(jax.Array, model.apply(variables, x, method="encode"))
+    # as the hidden site reads it out
+    out = cast(jax.Array, model.apply(variables, hidden, method="decode"))
+    return x, hidden, spec.target(x)[:, feature], out[:, feature]
 
 
 def feature_task(spec: toy.ToySpec, params: Params, density: float, feature: int,
-                 key: jax.Array, *, epsilon: float, num_positive: int,
-                 num_negative: int) -> tuple[bb.Task, float]:
+                 key: jax.Array, *, epsilon: float, num_positive: int, num_negative: int,
+                 site: bb.Site | None = None) -> tuple[bb.Task, float]:
     """The task "feature i reconstructed" on the hidden site of one instance.
 
     Args:
@@ -87,6 +88,8 @@ def feature_task(spec: toy.ToySpec, params: Params, density: float, feature: int
       epsilon: an output is correct when |x'_i − target_i| < epsilon.
       num_positive: examples with x_i ≠ 0 (first in the dataset).
       num_negative: examples with x_i = 0.
+      site: the instance's :func:`hidden_site` (default: a new one). Pass one site to every
+        feature of an instance: their tasks then share one compiled enumeration.
 
     Returns:
       The task and P(correct) of the intact network (Beta(1,1)-smoothed, balanced).
@@ -97,11 +100,17 @@ def feature_task(spec: toy.ToySpec, params: Params, density: float, feature: int
     x, hidden, target, intact_out = task_inputs(spec, params, key, jnp.float32(density),
                                                 jnp.int32(feature), num_positive, num_negative)
     positive = np.arange(x.shape[0]) < num_positive
-    site = hidden_site(spec, params, feature)
-    correct = lambda out, t: (jnp.abs(out - t) < epsilon).astype(jnp.float32)
-    rule = bb.rules.custom(correct, positive=positive, data=target, name=f"|x'-x|<{epsilon}")
+    site = hidden_site(spec, params) if site is None else site
+
+    # The feature is rule data, not captured, so every feature's rule is one program.
+    def correct(out, data):
+        return (jnp.abs(out[:, data["feature"]] - data["target"]) < epsilon).astype(jnp.float32)
+
+    data = {"target": target, "feature": jnp.int32(feature)}
+    rule = bb.rules.custom(correct, positive=positive, data=data, name=f"|x'-x|<{epsilon}")
     # The intact check is done here so that each task compiles only its enumeration.
-    intact = float(bb.rules.p_correct_from(correct(intact_out, target), jnp.asarray(positive)))
+    hit = (jnp.abs(intact_out - target) < epsilon).astype(jnp.float32)
+    intact = float(bb.rules.p_correct_from(hit, jnp.asarray(positive)))
     task = bb.Task.build(site, x, rule, name=f"feature {feature}", activation=hidden,
                          check_intact=False)
     return task, intact

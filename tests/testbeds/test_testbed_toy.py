@@ -85,11 +85,40 @@ def test_hidden_site_prefix_and_suffix_compose_to_the_model():
     spec = toy.ToySpec(6, 4, "relu_hidden", toy.importance_geometric(6, 0.8))
     params = _trained_like(spec, 4)
     x = toy.sample_features(jax.random.key(5), 16, 6, 0.5, signed=True)
-    site = toy_testbed.hidden_site(spec, params, 2)
+    site = toy_testbed.hidden_site(spec, params)
     assert site.num_units == 4
     out = site.suffix(site.prefix(x), x)
-    full = spec.model().apply({"params": params}, x)[:, 2]
+    full = spec.model().apply({"params": params}, x)
     np.testing.assert_allclose(np.asarray(out), np.asarray(full), rtol=1e-5, atol=1e-6)
+
+
+def test_feature_tasks_of_one_instance_share_one_compiled_enumeration(monkeypatch):
+    import chex
+
+    from bablate.inference import programs
+
+    spec = toy.ToySpec(6, 3, "relu_out", toy.importance_geometric(6, 0.8))
+    params = _trained_like(spec, 7)
+    site = toy_testbed.hidden_site(spec, params)
+    tasks = [toy_testbed.feature_task(spec, params, 0.3, i, jax.random.key(i), epsilon=0.25,
+                                      num_positive=32, num_negative=32, site=site)[0]
+             for i in range(3)]
+    monkeypatch.setattr(programs, "trace_guard", lambda f: chex.assert_max_traces(f, n=1))
+    programs.clear_cache()
+    posts = [bb.infer(t, method="exact") for t in tasks]
+    assert len(programs._PROGRAMS) == 1  # one scorer, traced once, for every feature
+    programs.clear_cache()
+    # The shared program scores each feature's own output: against its P(correct) by mask.
+    masks = np.array([[1, 1, 1], [1, 0, 1], [0, 1, 1], [0, 0, 0]], np.float32)
+    for i, (task, post) in enumerate(zip(tasks, posts, strict=True)):
+        x = task.data["inputs"]
+        for mask, p in zip(masks, task.p_correct(masks), strict=True):
+            h = np.asarray(x) @ np.asarray(params["W"]).T * mask
+            out = np.maximum(h @ np.asarray(params["W"])[:, i] + float(params["b"][i]), 0)
+            hit = np.abs(out - np.asarray(x)[:, i]) < 0.25
+            want = 0.5 * ((hit[:32].sum() + 1) / 34 + (hit[32:].sum() + 1) / 34)
+            np.testing.assert_allclose(p, want, rtol=1e-5)
+        assert post.marginals.shape == (3,)
 
 
 def test_heldout_loss_of_the_zero_model_is_the_closed_form():

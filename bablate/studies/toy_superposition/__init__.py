@@ -14,7 +14,8 @@ distribution conditioned on x_i ≠ 0, negatives conditioned on x_i = 0 (equal n
 balanced sensitivity/specificity estimate weighs both); the network is correct on an example when
 |x'_i − target_i| < ε.
 
-Steps: `train` → `geometry` → `ablation` (with its MCMC check) → `control` → `summary` →
+Steps: `train` → `geometry` → `ablation` (with its MCMC check) → `control` → `rotation` (the
+basis control: the ablation metrics in random rotations of the hidden space) → `summary` →
 `plots` and `report`.
 """
 
@@ -30,7 +31,7 @@ from bablate import progress
 from bablate.models import toy
 from bablate.runs import RunContext
 
-from . import ablation, control, geometry, plots, report, summary, train
+from . import ablation, control, geometry, plots, report, rotation, summary, train
 from .config import from_config, validate
 
 __all__ = ["run", "validate"]
@@ -41,6 +42,7 @@ GEOMETRY_STREAM = 10_000
 ABLATION_STREAM = 10_001
 MCMC_STREAM = 10_002
 CONTROL_STREAM = 20_000
+ROTATION_STREAM = 20_001
 
 
 def run(config: ml_collections.ConfigDict, ctx: RunContext) -> dict[str, Any]:
@@ -53,6 +55,7 @@ def run(config: ml_collections.ConfigDict, ctx: RunContext) -> dict[str, Any]:
     k_abl = jax.random.fold_in(root, ABLATION_STREAM)
     k_mcmc = jax.random.fold_in(root, MCMC_STREAM)
     k_control = jax.random.fold_in(root, CONTROL_STREAM)
+    k_rotation = jax.random.fold_in(root, ROTATION_STREAM)
 
     inst = train.layout(cfg)
     ablated = ablation.ablated_density_indices(inst.num_densities, ab)
@@ -90,10 +93,17 @@ def run(config: ml_collections.ConfigDict, ctx: RunContext) -> dict[str, Any]:
         results["initialisation_control"] = control.initialisation_control(cfg, ctx, k_control)
         ctx.log(f"initialisation control done ({time.perf_counter() - t0:.1f} s)")
 
-    results.update(summary.summary_numbers(records, cfg))
+    if ablations and cfg.rotation_control.num_rotations > 0:
+        t0 = time.perf_counter()
+        results["rotation_control"] = rotation.rotation_control(cfg, params_all, inst,
+                                                                ablations, k_rotation)
+        ctx.log(f"rotation control done ({time.perf_counter() - t0:.1f} s)")
+
+    rc = results.get("rotation_control", {}).get(spec.kind)
+    results.update(summary.summary_numbers(records, cfg, rc))
 
     t0 = time.perf_counter()
-    plots.make_figures(ctx, cfg, records, params_all, inst.density, inst.replicate)
+    plots.make_figures(ctx, cfg, records, params_all, inst.density, inst.replicate, rc)
     ctx.text(report.report_text(cfg, records, results))
     ctx.log(f"figures and report done ({time.perf_counter() - t0:.1f} s)")
     return results

@@ -28,6 +28,7 @@ class InstanceAblation:
     values: dict[str, Any]
     tasks: list[bb.Task]
     posts: list[bb.Posterior]
+    key: jax.Array  # drew the tasks' examples; the rotation control draws the same ones
 
 
 def ablated_density_indices(num_densities: int, ab: Ablation) -> set[int]:
@@ -38,14 +39,25 @@ def ablated_density_indices(num_densities: int, ab: Ablation) -> set[int]:
 
 
 def ablate_instance(spec: toy.ToySpec, params: toy.Params, density: float, ab: Ablation,
-                    key: jax.Array) -> InstanceAblation:
-    """AMDs of every ablated feature task on one instance, and their metrics."""
+                    key: jax.Array, basis: bb.Basis | None = None) -> InstanceAblation:
+    """AMDs of every ablated feature task on one instance, and their metrics.
+
+    Args:
+      spec: the toy setting.
+      params: one trained instance.
+      density: 1 − S of the instance (its tasks' examples are drawn there).
+      ab: the feature tasks and how their AMDs are inferred.
+      key: draws every task's examples; the same key gives the same examples in any basis.
+      basis: ablate the codes of this basis of the hidden space (a rotation, say) instead of
+        the units; None = the neuron basis.
+    """
     features = list(range(0, spec.n_features, ab.feature_stride))
+    site = toy_testbed.hidden_site(spec, params, basis)  # one site: one compiled enumeration
     tasks, intact = [], []
     for i in features:
         task, p_intact = toy_testbed.feature_task(
             spec, params, density, i, jax.random.fold_in(key, i), epsilon=ab.epsilon,
-            num_positive=ab.num_positive, num_negative=ab.num_negative)
+            num_positive=ab.num_positive, num_negative=ab.num_negative, site=site)
         tasks.append(task)
         intact.append(p_intact)
     # Every task samples its own inputs, so exact inference enumerates each task on its own.
@@ -71,7 +83,7 @@ def ablate_instance(spec: toy.ToySpec, params: toy.Params, density: float, ab: A
         "intact_p_correct": np.array(intact),
         "intact_fails": int(np.sum(np.array(intact) < 0.5)),
     }
-    return InstanceAblation(values, tasks, posts)
+    return InstanceAblation(values, tasks, posts, key)
 
 
 def record_values(abl: InstanceAblation) -> dict[str, Any]:

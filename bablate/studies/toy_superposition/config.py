@@ -29,6 +29,7 @@ CONFIG_RULES = {
     "density_grid.num": cc.integer(0), "density_grid.ratio": cc.number(1, low_open=True),
     "num_replicates": cc.integer(1, MAX_REPLICATES),
     "control.num_seeds": cc.optional(cc.integer(0)),
+    "rotation_control.num_rotations": cc.optional(cc.integer(0)),
     "train.steps": cc.integer(1), "train.batch_size": cc.integer(1),
     "train.learning_rate": cc.number(0, low_open=True), "train.weight_decay": cc.number(0),
     "train.chunk_steps": cc.integer(1),
@@ -67,6 +68,14 @@ class Control:
     """Initialisation control at the sparsest density: this many seeds per start (0 = off)."""
 
     num_seeds: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RotationControl:
+    """Basis control: the ablation repeated in this many random rotations of the hidden space
+    on replicate 0's ablated instances (0 = off)."""
+
+    num_rotations: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +134,7 @@ class StudyConfig:
     geometry: Geometry
     ablation: Ablation
     control: Control = Control()
+    rotation_control: RotationControl = RotationControl()
 
     def __post_init__(self):
         if not self.densities or not all(0 < d <= 1 for d in self.densities):

@@ -201,6 +201,36 @@ def fig_ablation_trends(records: Records) -> Figure:
     return fig
 
 
+def fig_rotation_control(rc: dict[str, Any]) -> Figure:
+    """Each control metric against density: the neuron basis beside the rotated bases (points:
+    each rotation; band: mean ± sd)."""
+    recs = sorted(rc["by_density"].values(), key=lambda r: -r["density"])
+    names = ("polysemanticity", "tasks_served", "distributedness", "total_correlation",
+             "task_information")
+    fig, axes = plt.subplots(1, len(names), figsize=(3.1 * len(names), 3.2))
+    dens = np.array([r["density"] for r in recs])
+    for ax, name in zip(axes, names, strict=True):
+        mean = np.array([r[name]["rotated_mean"] for r in recs])
+        sd = np.array([r[name]["rotated_sd"] for r in recs])
+        for r in recs:
+            ax.plot([r["density"]] * len(r[name]["rotated"]), r[name]["rotated"], ".",
+                    color="C1", alpha=0.4, ms=4)
+        ax.fill_between(dens, mean - sd, mean + sd, color="C1", alpha=0.25,
+                        label=f"{rc['num_rotations']} random rotations (mean ± sd)")
+        ax.plot(dens, mean, "-", color="C1")
+        ax.plot(dens, [r[name]["neuron"] for r in recs], "o-", color="C0", ms=4,
+                label="neuron basis")
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("feature density 1 − S (sparser →)")
+        ax.set_title(name.replace("_", " ") + (" (bits)" if name in ("total_correlation",
+                                                                   "task_information") else ""),
+                     fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def fig_unit_importance(cfg: StudyConfig, records: Records, params: toy.Params,
                         dens_k: np.ndarray, rep_k: np.ndarray) -> Figure:
     """WᵀW, Wᵀ and the unit-importance map (feature tasks × hidden units) at a few densities."""
@@ -270,9 +300,10 @@ def fig_code_geometry(cfg: StudyConfig, records: Records) -> Figure:
 
 
 def make_figures(ctx: RunContext, cfg: StudyConfig, records: Records, params: toy.Params,
-                 dens_k: np.ndarray, rep_k: np.ndarray) -> None:
+                 dens_k: np.ndarray, rep_k: np.ndarray,
+                 rotation_control: dict[str, Any] | None = None) -> None:
     """Writes every figure of the run (instance k has density ``dens_k[k]``, replicate
-    ``rep_k[k]``)."""
+    ``rep_k[k]``; ``rotation_control`` is results.json's entry for this model, if it ran)."""
     spec = cfg.spec
     ctx.figure(fig_norms(cfg, records), "features_represented",
                "Left: features with ‖W_i‖ > 0.5 against density"
@@ -300,6 +331,14 @@ def make_figures(ctx: RunContext, cfg: StudyConfig, records: Records, params: to
         ctx.figure(fig_unit_importance(cfg, records, params, dens_k, rep_k), "unit_importance",
                    "Per density: WᵀW, the feature embeddings W_i on the hidden units, and the "
                    "unit importance q(m_u = 1) of each feature task (0.5 = unused, 1 = needed).")
+    if rotation_control:
+        basis = ("its neurons are privileged (rotating the weights changes the loss)"
+                 if spec.kind == "relu_hidden" else
+                 "its basis is not privileged (rotating the weights keeps the loss)")
+        ctx.figure(fig_rotation_control(rotation_control), "rotation_control",
+                   "Basis control (replicate 0): each ablation metric in the neuron basis (blue) "
+                   "and in random rotations of the hidden space (orange points; band: mean ± "
+                   f"sd) of the same network on the same examples; {basis}.")
     ctx.figure(fig_code_geometry(cfg, records), "code_geometry",
                "Hidden-code geometry: power-law exponent α of the activation eigenspectrum "
                "against the smooth-code threshold, participation ratio, and random-projection "

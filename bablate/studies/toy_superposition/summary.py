@@ -1,5 +1,5 @@
-"""Step 5: the scalar headline numbers of results.json (replicate means at the densest and
-sparsest densities)."""
+"""Step 6: the scalar headline numbers of results.json (replicate means at the densest and
+sparsest densities, and the basis control's rotated means there)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import numpy as np
 from .config import StudyConfig
 
 
-def summary_numbers(records: list[dict[str, Any]], cfg: StudyConfig) -> dict[str, Any]:
-    """Scalar headline numbers (replicate means at the densest and sparsest settings)."""
+def summary_numbers(records: list[dict[str, Any]], cfg: StudyConfig,
+                    rotation_control: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Scalar headline numbers (replicate means at the densest and sparsest settings; with the
+    basis control, ``<metric>_rotated_<end>``: the mean over rotations, beside the neuron
+    basis's ``<metric>_<end>``)."""
     dense, sparse = max(cfg.densities), min(cfg.densities)
     out = {}
     for name, d in (("dense", dense), ("sparsest", sparse)):
@@ -26,4 +29,8 @@ def summary_numbers(records: list[dict[str, Any]], cfg: StudyConfig) -> dict[str
             vals = [r[key] for r in rs if r[key] is not None and np.isfinite(r[key])]
             if vals:
                 out[f"{key.removesuffix('_mean')}_{name}"] = float(np.nanmean(vals))
+        rec = (rotation_control or {}).get("by_density", {}).get(f"{d:g}")
+        for metric in ("polysemanticity", "distributedness"):
+            if rec:
+                out[f"{metric}_rotated_{name}"] = rec[metric]["rotated_mean"]
     return out
