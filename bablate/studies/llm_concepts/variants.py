@@ -106,55 +106,6 @@ import ml_collections
 
 VARIANTS = ("quick", "full")
 
-# Neutral prompts for the activation experiment, written for the project after the paper's
-# design (questions from several categories, 5 each, none naming a concept of the study):
-# abbreviations, descriptions, entities, people, places, quantities.
-NEUTRAL_CATEGORIES = {
-    "abbreviation": (
-        "What does the abbreviation NASA stand for?",
-        "What is the full form of the letters HTML?",
-        "What does it mean when a letter ends with PS?",
-        "What does the short form etc. mean in a sentence?",
-        "What do the letters DNA stand for in biology?",
-    ),
-    "description": (
-        "How does a rainbow form in the sky?",
-        "Why do leaves change in the autumn?",
-        "What is the best way to learn a new language?",
-        "How do bees find their way back to the hive?",
-        "Why is the ocean salty?",
-    ),
-    "entity": (
-        "What instrument has keys, pedals and hammers inside?",
-        "What is the name of the tallest tree species?",
-        "Which sport uses a bat and a ball on a pitch?",
-        "What is a good book to read on holiday?",
-        "Which planet has the most moons?",
-    ),
-    "human": (
-        "Who painted the ceiling of the Sistine Chapel?",
-        "Who wrote the play about a prince of Denmark?",
-        "Who was the first person to walk on the moon?",
-        "Who invented the telephone?",
-        "Who is known as the father of modern physics?",
-    ),
-    "location": (
-        "Where do penguins live in the wild?",
-        "Where is the largest desert on Earth?",
-        "Where would you go to see the northern lights?",
-        "Where do most people in the world live?",
-        "Where does the river Nile begin?",
-    ),
-    "numeric": (
-        "How long does it take to boil an egg?",
-        "How far is the moon from the Earth?",
-        "How tall is the highest mountain in the world?",
-        "When did the first airplane fly?",
-        "How much water should a person drink in a day?",
-    ),
-}
-NEUTRAL_PROMPTS = tuple(f"Q: {q}\nA:" for qs in NEUTRAL_CATEGORIES.values() for q in qs)
-
 
 def get_config(arg=None):
     variant = arg or "quick"
@@ -202,22 +153,28 @@ def get_config(arg=None):
     c.head_mcmc_sampler = "gradient"
     c.pa_layers = [0, 5, 10, 15, 20, 25]
     c.pa_tolerance = 0.5          # in units of the median per-neuron std of the layer
-    c.pa_min_neurons = 16         # raise the tolerance where fewer neurons qualify
+    # Prompt templates: the tolerance is raised where fewer neurons qualify. A prose template
+    # keeping at most this many neurons at a graft layer grafts almost nothing: not grafted.
+    c.pa_min_neurons = 16
     # PA as the authors build it, from the prose in bablate/data/pa_prose.json: K random
     # occurrences, tolerance swept and chosen by training accuracy.
     c.pa_prose_k = 5
-    # Interventions as the paper's occurrence experiment: overwrite the residual stream entering
-    # layers intervention_layer .. + intervention_num_layers − 1 (2..9: 8 early layers) on the
-    # template's neurons at the intervention_positions prompt tokens before the last one, in
-    # the prompt pass only; sample intervention_tokens new tokens (the paper: 200).
+    # Interventions as the authors' code runs them: overwrite the residual stream entering
+    # layers intervention_layer .. + intervention_num_layers − 1 (2..9: 8 early layers) with
+    # the prose template of the layer intervention_template_lag below (l − 1) on its neurons,
+    # at the intervention_positions prompt tokens before the last one, in the prompt pass only;
+    # sample intervention_tokens new tokens, cut at the model's end of turn. Formats: "authors"
+    # (the bare question) and "wrapped" ("Q: …\nA:"), the first the headline.
     c.intervention_layer = 2
     c.intervention_num_layers = 8
     c.intervention_positions = 3
-    c.intervention_samples = 1    # per neutral prompt (30 prompts → 30 samples per arm)
-    c.intervention_own_rows = 8   # inhibition: held-out concept prompts, repeated to 8 rows
+    c.intervention_template_lag = 1
+    c.intervention_formats = ["authors", "wrapped"]
+    c.intervention_questions = 30  # of bablate/data/neutral_questions.json, 5 per category
+    c.intervention_samples = 1     # per question: 30 rows per arm
+    c.intervention_own_rows = 30   # inhibition: prompts completed with the concept, repeated
     c.intervention_tokens = 48
     c.temperature = 0.8
-    c.neutral_prompts = list(NEUTRAL_PROMPTS)
     c.ucd_chunks = 16
     c.ucd_steps = 200
     if variant == "full":
@@ -239,8 +196,9 @@ def get_config(arg=None):
         c.svi_particles = 16
         c.svi_lr = 0.05
         c.pa_layers = list(range(30))
-        c.intervention_samples = 4
-        c.intervention_own_rows = 32
+        c.intervention_questions = 120  # every question, 20 per category: 120 rows per arm
+        c.intervention_own_rows = 120
+        c.intervention_tokens = 180     # the authors: max_length 200 with the question
         c.ucd_chunks = 32
         c.ucd_steps = 500
     return c
