@@ -234,7 +234,7 @@ def reproduction_text(results: dict, names: list[str]) -> str:
                f"generated, e.g. cheese 0 → 0.90 of 20 generations of Llama-3-8B), {fmt} "
                f"format: the rate rises beyond its interval for "
                f"{shown(act['up'], 'activation', 'baseline')}; not clearly for "
-               f"{_names(act['same'] + act['down'])}"
+               f"{shown(act['same'] + act['down'], 'activation', 'baseline')}"
                + (f"; no template worth grafting for {_names(list(det['not_grafted']))}"
                   if det["not_grafted"] else "") + ".")
     out.append(f"- **Grafting against typing the word** (activation − typed word): no "
@@ -245,13 +245,15 @@ def reproduction_text(results: dict, names: list[str]) -> str:
     out.append(f"- **Inhibition** (the paper: zeroing the template lowers the word's "
                f"occurrence): lowers it beyond its interval for "
                f"{shown(inh['down'], 'inhibition', 'inhibition_baseline')}; not clearly for "
-               f"{_names(inh['same'] + inh['up'])}.")
+               f"{shown(inh['same'] + inh['up'], 'inhibition', 'inhibition_baseline')} (where the "
+               "rate without it is near 0 there is nothing to lower).")
     fe = results.get("intervention_format_effect")
     if fe:
         a, b = fe["formats"]
-        eff = _by_sign({n: fe["by_concept"][n]["activation"] for n in grafted})
+        by = {n: fe["by_concept"][n]["activation"] for n in grafted}
+        eff = {k: [f"{n} {_diff(by[n])}" for n in v] for k, v in _by_sign(by).items()}
         out.append(f"- **Prompt format** (activation, {a} − {b}): higher in the {a} format "
-                   f"for {_names(eff['up'])}, lower for {_names(eff['down'])}, no clear "
+                   f"for {_names(eff['up'])}; lower for {_names(eff['down'])}; no clear "
                    f"difference for {_names(eff['same'])}.")
     return ("Each sentence follows the 95% intervals of the sections below (a bootstrap over "
             "held-out tokens for PA; Wilson and Newcombe intervals for the interventions); the "
