@@ -446,6 +446,7 @@ def test_quick_study_smoke(tmp_path):
     assert det["template_layers"] == list(range(1, 9)) and det["layers"] == list(range(2, 10))
     assert det["end_of_turn"] == "<|im_end|>" and not det["not_grafted"]
     assert det["reply_opening"] == "\n<|im_start|>assistant\n"
+    assert det["inhibition_prompts"]["cheese"] == c.intervention_own_rows == 2
     assert min(det["template_neurons"]["capitals"]) > c.pa_min_neurons
     # PA against token identity per layer, with a bootstrap interval of the difference.
     for name in c.concepts:

@@ -74,8 +74,11 @@ def interventions_text(c: Config, results: dict, names: list[str]) -> str:
         "control: the concept word typed at the same positions instead. Inhibition: the "
         "template's neurons zeroed in prompts the intact model completes with the concept "
         "(bare in the authors format, the few-shot Q/A prompt in the wrapped one), repeated to "
-        f"{det['own_rows']} rows. Rates with 95% Wilson intervals; differences with 95% "
-        "Newcombe intervals (conservative for arms that share questions and keys)."]
+        f"{det['own_rows']} rows (distinct prompts: "
+        + ", ".join(f"{n} {k}" for n, k in det["inhibition_prompts"].items())
+        + "; the intervals count rows, not prompts). Rates with 95% Wilson intervals; "
+        "differences with 95% Newcombe intervals (conservative for arms that share questions "
+        "and keys)."]
     for name, why in det["not_grafted"].items():
         parts.append(f"**{name} has no template worth grafting**: {why}; its activation and "
                      "inhibition arms were not run.")

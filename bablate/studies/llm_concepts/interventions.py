@@ -251,8 +251,10 @@ def interventions(ic: Interventions, params: dict, cfg: LlamaConfig, tok: Any,
         raise ValueError(f"every intervention prompt needs more than intervention_positions="
                          f"{ic.positions} tokens; lengthen the short prompts.")
     texts, kept = sample(ic, params, cfg, tok, arms, end)
-    return _summary(ic, data, texts, kept, words, control, grafts, why, tok,
-                    [c for c, _ in questions], end)
+    out = _summary(ic, data, texts, kept, words, control, grafts, why, tok,
+                   [c for c, _ in questions], end)
+    out["details"]["inhibition_prompts"] = {n: len(set(v)) for n, v in own.items()}
+    return out
 
 
 def _summary(ic: Interventions, data: list[ConceptData], texts: dict[str, list[str]],
