@@ -108,6 +108,28 @@ def test_auc_closed_form_with_ties():
     assert flipped.auc == pytest.approx(roc.auc)
 
 
+def test_bootstrap_auc_equals_the_auc_of_each_resample():
+    """Each bootstrap AUC is `tpr_fpr_auc` on the items resampled as documented (positives,
+    then negatives, with replacement), for a continuous score and a 0/1 score with ties."""
+    rng = np.random.default_rng(0)
+    labels = rng.random(40) < 0.3
+    scores = np.stack([rng.normal(size=40) - labels, labels.astype(float) * (rng.random(40) < 0.8)])
+    got = chunks.bootstrap_auc(scores, labels, np.random.default_rng(5), num=30,
+                               lower_is_positive=False)
+    draw = np.random.default_rng(5)
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    for b in range(30):
+        idx = np.concatenate([pos[draw.integers(0, pos.size, pos.size)],
+                              neg[draw.integers(0, neg.size, neg.size)]])
+        for k in range(2):
+            want = chunks.tpr_fpr_auc(scores[k, idx], labels[idx], lower_is_positive=False).auc
+            assert got[b, k] == pytest.approx(want, abs=1e-12)
+    assert np.ptp(got[:, 0]) > 0.05  # the resamples differ
+    # Lower-is-positive scores: the same AUCs as their negation read the other way.
+    low = chunks.bootstrap_auc(-scores, labels, np.random.default_rng(5), num=30)
+    np.testing.assert_allclose(low, got)
+
+
 def test_pa_errors():
     with pytest.raises(ValueError, match="raise the tolerance"):
         chunks.pa_template(np.asarray([[0.0, 0.0], [5.0, 5.0]]), tolerance=0.1)

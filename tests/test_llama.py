@@ -251,6 +251,38 @@ def test_sampling_stays_in_the_top_k_and_per_row_keys_ignore_the_batch(tiny):
         llama.generate(params, cfg, tokens, valid, keys[:2], **kw)
 
 
+def test_generation_is_cut_at_the_end_of_turn(tiny):
+    """A row ends at its first end token; where that token is followed by the tokens that open
+    the model's own reply, the reply is kept up to the next end token."""
+    _, _, _, cfg, params, _ = tiny
+    tokens = jnp.array([[0, 0, 11, 4, 19, 50], [3, 7, 12, 25, 2, 61], [9, 9, 1, 33, 40, 5]])
+    valid = jnp.array([[False, False, True, True, True, True], [True] * 6, [True] * 6])
+    new = np.asarray(llama.generate(params, cfg, tokens, valid,
+                                    jax.random.split(jax.random.key(2), 3), max_new=24,
+                                    temperature=2.0, top_k=6))
+    # The end token: the one row 0 samples most often (so it recurs after its first use).
+    values, counts = np.unique(new[0], return_counts=True)
+    end = int(values[np.argmax(counts)])
+    assert counts.max() >= 2
+    cut = llama.cut_at_end(new, end)
+    for row, kept in zip(new, cut, strict=True):
+        hits = np.flatnonzero(row == end)
+        assert kept == row[:hits[0] if hits.size else len(row)].tolist()
+    assert len(cut[0]) < new.shape[1]  # row 0 was cut
+    # The two tokens after row 0's first end token as the reply's opening: row 0 runs on to
+    # its next end token after them; rows whose end token opens nothing stop as before.
+    first = int(np.flatnonzero(new[0] == end)[0])
+    opener = new[0, first + 1:first + 3].tolist()
+    replied = llama.cut_at_end(new, end, opener)
+    later = [i for i in np.flatnonzero(new[0] == end) if i > first + 2]
+    assert replied[0] == new[0, :later[0] if later else new.shape[1]].tolist()
+    assert len(replied[0]) > len(cut[0])
+    for r in (1, 2):
+        hits = np.flatnonzero(new[r] == end)
+        if not hits.size or new[r, hits[0] + 1:hits[0] + 3].tolist() != opener:
+            assert replied[r] == cut[r]
+
+
 def test_starting_from_cached_residual_equals_full(tiny):
     _, _, _, cfg, params, _ = tiny
     x = jnp.array([[1, 2, 3, 4, 5, 6, 7]])

@@ -25,6 +25,7 @@ from bablate.chunks.pa import (
     ROC,
     SweepPA,
     Template,
+    bootstrap_auc,
     detection_rates,
     pa_detect,
     pa_scores,
@@ -34,7 +35,7 @@ from bablate.chunks.pa import (
 )
 
 __all__ = [
-    "AUTHORS_TOLERANCES", "SweepPA", "sweep_template",
+    "AUTHORS_TOLERANCES", "SweepPA", "bootstrap_auc", "sweep_template",
     "AUTHORS_FIT_STEPS", "PROTOCOLS", "greedy_parse", "rebuild_chunks", "run_dsc_authors",
     "ChunkDictionary", "DSCResult", "Discretizer", "Lookup", "ROC", "Template", "bpe_chunks",
     "detection_rates", "fit_discretizer", "fit_lookup", "kmeans_1d", "pa_detect", "pa_scores",

@@ -141,6 +141,55 @@ def tpr_fpr_auc(scores: np.ndarray, labels: np.ndarray, lower_is_positive: bool 
     return ROC(fpr=fpr, tpr=tpr, thresholds=thr, auc=float(auc))
 
 
+def bootstrap_auc(scores_KxN: np.ndarray, labels_N: np.ndarray, rng: np.random.Generator,
+                  num: int = 2000, lower_is_positive: bool = True) -> np.ndarray:
+    """AUCs of K scores of the same N items on ``num`` bootstrap resamples of the items.
+
+    Each resample draws the positives and the negatives with replacement, each set to its own
+    size (so every resample has both), and the same resample scores all K detectors: the
+    spread of a difference of their AUCs is then paired. Resample b draws positive indices
+    ``rng.integers(0, P, P)`` and then negative indices ``rng.integers(0, M, M)`` (positives
+    and negatives in their order among the items), b = 0, 1, ...; its AUC equals
+    `tpr_fpr_auc` on the resampled items (Mann–Whitney, ties count one half).
+
+    Args:
+      scores_KxN: K detector scores per item (lower = more positive, unless
+        ``lower_is_positive`` is False).
+      labels_N: bool, the item is a positive.
+      rng: draws the resamples.
+      num: number of resamples.
+
+    Returns:
+      [num, K] AUCs.
+    """
+    s = np.asarray(scores_KxN, np.float64)
+    y = np.asarray(labels_N, bool)
+    if s.ndim != 2 or y.shape != (s.shape[1],):
+        raise ValueError(f"scores must be [K, N] with one label per item; got {s.shape}, "
+                         f"{y.shape}.")
+    if y.all() or not y.any():
+        raise ValueError("labels need both positives and negatives for an AUC.")
+    s = -s if lower_is_positive else s  # higher = more positive from here on
+    pos, neg = s[:, y], s[:, ~y]
+    n_pos, n_neg = pos.shape[1], neg.shape[1]
+    counts_pos, counts_neg = np.empty((num, n_pos)), np.empty((num, n_neg))
+    for b in range(num):
+        counts_pos[b] = np.bincount(rng.integers(0, n_pos, n_pos), minlength=n_pos)
+        counts_neg[b] = np.bincount(rng.integers(0, n_neg, n_neg), minlength=n_neg)
+    out = np.empty((num, s.shape[0]))
+    for k in range(s.shape[0]):
+        order = np.argsort(neg[k], kind="mergesort")
+        sorted_neg = neg[k, order]
+        # cum[b, j]: resampled count of the j lowest-scoring negatives.
+        cum = np.concatenate([np.zeros((num, 1)), np.cumsum(counts_neg[:, order], axis=1)],
+                             axis=1)
+        below = np.searchsorted(sorted_neg, pos[k], side="left")
+        upto = np.searchsorted(sorted_neg, pos[k], side="right")
+        beaten = cum[:, below] + 0.5 * (cum[:, upto] - cum[:, below])  # [num, P]
+        out[:, k] = np.sum(counts_pos * beaten, axis=1) / (n_pos * n_neg)
+    return out
+
+
 # The authors' tolerance sweep (absolute units of the layer's activations), largest first.
 AUTHORS_TOLERANCES = (100.0, 30.0, 20.0, 10.0, 3.0) + tuple(0.8**i for i in range(35))
 

@@ -16,18 +16,23 @@ A layer can also be entered half-way: :func:`mlp_hidden` computes a layer's MLP 
 residual after its attention (collected as "mid"), and :func:`mlp_residual` adds the MLP output
 of a given (possibly rewritten) hidden back to it, which gives the residual entering the next
 layer. Together with a run from that layer on, this splits the model at one MLP activation.
+
+:func:`generate` samples a fixed number of tokens per row (a KV cache, interventions on the
+prompt pass); :func:`cut_at_end` then cuts each row at the model's end of turn.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any, cast
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,7 +380,8 @@ def generate(params, cfg: LlamaConfig, tokens_BxT, valid_BxT, key, *, max_new: i
         key: PRNG key for sampling (unused when greedy): one for the batch, or one per row
             ([B]), with which a row's continuation does not depend on the other rows, so
             rows can be batched in any grouping and give the same tokens.
-        max_new: number of tokens generated per row (no early stop; cut at EOS afterwards).
+        max_new: number of tokens generated per row (no early stop: :func:`cut_at_end` cuts
+            each row at the model's end of turn afterwards).
         temperature, top_k: sampling settings (top_k 0, or ≥ the vocabulary: all of it).
         interventions: masks applied while the prompt is read (e.g. a grafted residual state
             at one position); decoding steps run unmodified.
@@ -428,6 +434,41 @@ def generate(params, cfg: LlamaConfig, tokens_BxT, valid_BxT, key, *, max_new: i
 
     _, rest = jax.lax.scan(body, (first, cache), jnp.arange(max_new - 1))
     return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+def cut_at_end(tokens_BxN, end_id: int, reply_prefix: Sequence[int] = ()) -> list[list[int]]:
+    """Each row of generated tokens up to its end of turn (the end token left out).
+
+    A row ends at its first ``end_id``, except where that token ends the *prompt's* turn and
+    the model opens its own reply right after it (``end_id`` followed by ``reply_prefix``):
+    then the reply is kept and the row ends at the next ``end_id``. A chat model such as
+    SmolLM2-Instruct, given a bare question, mostly closes it as the user's turn and answers
+    in an assistant turn (``<|im_end|>\n<|im_start|>assistant\n ... <|im_end|>``); what it
+    writes after its own turn has ended (new user or system turns) is cut. A row without an end
+    keeps every token.
+
+    Args:
+        tokens_BxN: generated tokens (:func:`generate`'s output), [B, N].
+        end_id: the end-of-turn token.
+        reply_prefix: the tokens that open the model's reply after an ``end_id`` (empty: every
+            row ends at its first ``end_id``).
+
+    Returns:
+        One list of token ids per row.
+    """
+    rows, prefix = np.asarray(tokens_BxN).tolist(), list(reply_prefix)
+    out = []
+    for row in rows:
+        ends = [i for i, t in enumerate(row) if t == end_id]
+        if not ends:
+            out.append(row)
+            continue
+        first = ends[0]
+        opens_reply = bool(prefix) and row[first + 1:first + 1 + len(prefix)] == prefix
+        later = [i for i in ends[1:] if i > first + len(prefix)] if opens_reply else []
+        cut = first if not opens_reply else (later[0] if later else len(row))
+        out.append(row[:cut])
+    return out
 
 
 def init_params(cfg: LlamaConfig, key, scale: float = 0.05) -> dict:

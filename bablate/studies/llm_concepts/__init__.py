@@ -12,7 +12,9 @@ a target standard error, with its verdict), cross-checked by SVI (and MCMC) on t
 concepts, with task information ± its error against its bound, distributedness, total
 correlation, polysemanticity and the concept × concept JS overlap of the converged estimates;
 (4) PA templates per layer (state at the concept word, training split) scored on the held-out
-split; (5) activation / inhibition by grafting or zeroing a template while sampling; (6) UCD.
+split against the token-identity detector, and from natural prose as the authors build them;
+(5) activation / inhibition by grafting or zeroing a prose template while sampling, in the
+authors' bare-question format and the Q/A-wrapped one; (6) UCD.
 One module per step: ``ablation``, ``pa``, ``interventions``, ``discovery``; figures in
 ``plots``, report text in ``report``; the model, prompts and token positions come from
 ``bablate.testbeds.llama``.
@@ -31,7 +33,7 @@ import ml_collections
 
 from bablate.models import llama
 from bablate.models.llama import LlamaConfig
-from bablate.testbeds.llama import concept_data, load_concepts, load_smollm2
+from bablate.testbeds.llama import concept_data, load_concepts, load_smollm2, turn_end
 
 from . import ablation, discovery, interventions, pa, report
 from .config import Config, from_config, validate
@@ -84,17 +86,20 @@ def run(config: ml_collections.ConfigDict, ctx: Any) -> dict:
     abl, posts = ablation.ablation(c.ablation, params, cfg, tok, data, k_ablation, ctx)
     timings["ablation"] = time.perf_counter() - t0
 
-    # (3) PA templates, from the prompts (answer slot) and from prose.
+    # (3) PA templates, from the prompts (answer slot) and from prose (also at the layers
+    # whose templates the interventions graft).
     t0 = time.perf_counter()
-    pa_prompts, prompt_states = pa.prompt_templates(c.pa, c.interventions.layers, params, cfg,
-                                                    tok, data)
-    prose = pa.prose_templates(c.pa, c.seed, params, cfg, tok, data)
+    pa_prompts, prompt_states = pa.prompt_templates(c.pa, c.seed, params, cfg, tok, data)
+    prose, prose_templates = pa.prose_templates(c.pa, c.seed, params, cfg, tok, data,
+                                                c.interventions.template_layers)
     timings["pa"] = time.perf_counter() - t0
 
-    # (4) Activation / inhibition by grafting or zeroing the templates, and the token control.
+    # (4) Activation / inhibition by grafting or zeroing the prose templates, and the token
+    # control, in each prompt format.
     t0 = time.perf_counter()
     inter = interventions.interventions(c.interventions, params, cfg, tok, data,
-                                        prompt_states.templates, k_interventions)
+                                        prose_templates, k_interventions,
+                                        min_neurons=c.pa.min_neurons, end=turn_end(tok))
     timings["interventions"] = time.perf_counter() - t0
 
     # (5) Unsupervised chunk discovery at the PA layers.
@@ -109,6 +114,8 @@ def run(config: ml_collections.ConfigDict, ctx: Any) -> dict:
         **ablation.summary(c.ablation, abl, names, cfg.num_heads),
         **pa.summary(pa_prompts, prose, names),
         "intervention_rates": inter["rates"],
+        "intervention_differences": inter["differences"],
+        "intervention_format_effect": inter["format_effect"],
         "intervention_details": inter["details"],
         "ucd": ucd_out,
         "timings_seconds": timings,

@@ -13,12 +13,15 @@ import dataclasses
 import ml_collections
 
 from bablate import config_checks as cc
-from bablate.testbeds.llama import load_concepts
+from bablate.testbeds.llama import load_concepts, neutral_questions
 
 _NUM_LAYERS = 30  # SmolLM2-135M
 _LAYERS = cc.integer(0, _NUM_LAYERS - 1)
 # The library's MCMC samplers ("informed" scores every single flip per step: d model calls).
 MCMC_SAMPLERS = ("gradient", "informed", "stock")
+# Prompt formats of the interventions: "authors", the bare question (as the authors' code
+# feeds TREC questions); "wrapped", the question as "Q: <question>\nA:".
+FORMATS = ("authors", "wrapped")
 # Every field of variants.py's config, checked before any work (the concept
 # names are checked against bablate/data/concepts.json in `validate`).
 CONFIG_RULES = {
@@ -41,9 +44,11 @@ CONFIG_RULES = {
     "pa_layers": cc.sequence(_LAYERS), "pa_tolerance": cc.number(0, low_open=True),
     "pa_min_neurons": cc.integer(1), "pa_prose_k": cc.integer(1), "intervention_layer": _LAYERS,
     "intervention_num_layers": cc.integer(1), "intervention_positions": cc.integer(1),
-    "intervention_own_rows": cc.integer(1),
+    "intervention_template_lag": cc.integer(0),
+    "intervention_formats": cc.sequence(cc.one_of(*FORMATS), min_len=1),
+    "intervention_questions": cc.integer(1), "intervention_own_rows": cc.integer(1),
     "intervention_samples": cc.integer(1), "intervention_tokens": cc.integer(1),
-    "temperature": cc.number(0, low_open=True), "neutral_prompts": cc.sequence(cc.text()),
+    "temperature": cc.number(0, low_open=True),
     "ucd_chunks": cc.integer(1), "ucd_steps": cc.integer(1),
 }
 
@@ -74,11 +79,13 @@ KEYS = {
     "intervention_layer": "interventions.layer",
     "intervention_num_layers": "interventions.num_layers",
     "intervention_positions": "interventions.positions",
+    "intervention_template_lag": "interventions.template_lag",
+    "intervention_formats": "interventions.formats",
+    "intervention_questions": "interventions.questions",
     "intervention_own_rows": "interventions.own_rows",
     "intervention_samples": "interventions.samples",
     "intervention_tokens": "interventions.tokens",
     "temperature": "interventions.temperature",
-    "neutral_prompts": "interventions.neutral_prompts",
     "ucd_chunks": "ucd.chunks", "ucd_steps": "ucd.steps",
 }
 RUNNER_KEYS = ("study", "variant")
@@ -146,20 +153,28 @@ class Pa:
 
 @dataclasses.dataclass(frozen=True)
 class Interventions:
-    """The occurrence experiment: templates grafted / zeroed, and the typed-word control."""
+    """The occurrence experiment: prose templates grafted / zeroed, and the typed-word control,
+    in each prompt format."""
     layer: int
     num_layers: int
-    positions: int
-    samples: int
-    own_rows: int
-    tokens: int
+    positions: int     # prompt tokens overwritten: this many before the last one
+    template_lag: int  # the template of layer l − template_lag is grafted at layer l
+    formats: tuple[str, ...]  # of FORMATS; the first is the headline
+    questions: int     # neutral questions (bablate/data/neutral_questions.json, categories in turn)
+    samples: int       # per neutral question
+    own_rows: int      # inhibition: prompts the model completes with the concept, repeated
+    tokens: int        # new tokens sampled per row (cut at the model's end of turn)
     temperature: float
-    neutral_prompts: tuple[str, ...]
 
     @property
     def layers(self) -> tuple[int, ...]:
         """The layers whose entering residual stream the interventions overwrite."""
         return tuple(range(self.layer, self.layer + self.num_layers))
+
+    @property
+    def template_layers(self) -> tuple[int, ...]:
+        """The layers whose templates are grafted, one per layer of `layers`."""
+        return tuple(layer - self.template_lag for layer in self.layers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,4 +247,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     cc.require(last <= _NUM_LAYERS - 1,
                f"config.intervention_layer + config.intervention_num_layers - 1 = {last} is past "
                f"SmolLM2's last layer {_NUM_LAYERS - 1}; lower either of them")
+    cc.require(config.intervention_template_lag <= config.intervention_layer,
+               f"config.intervention_template_lag = {config.intervention_template_lag} would "
+               f"graft the template of layer {config.intervention_layer} - "
+               f"{config.intervention_template_lag} < 0; lower it to at most "
+               f"config.intervention_layer = {config.intervention_layer}")
+    formats = list(config.intervention_formats)
+    cc.require(len(set(formats)) == len(formats),
+               f"config.intervention_formats = {formats} names a format twice; name each once")
+    available = len(neutral_questions())
+    cc.require(config.intervention_questions <= available,
+               f"config.intervention_questions = {config.intervention_questions} exceeds the "
+               f"{available} questions of bablate/data/neutral_questions.json; lower it")
     cc.parses(from_config, config)

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .interventions import ARMS  # noqa: E402
+
 
 def _verdict(results: dict, kind: str, n: str) -> str:
     """A panel's verdict line: the certified estimate's method and whether it converged."""
@@ -109,39 +111,55 @@ def overlap(results: dict) -> Figure:
 
 
 def pa_auc(results: dict, names: list[str]) -> Figure:
-    """Held-out PA AUC per layer and concept."""
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    """Held-out PA AUC per layer and concept with its 95% bootstrap band (solid), and the
+    trivial token-identity detector's AUC on the same tokens (dashed, same colour)."""
+    fig, ax = plt.subplots(figsize=(6.6, 3.6))
+    layers = results["pa_layers"]
     for n in names:
-        ax.plot(results["pa_layers"], results["pa_auc_by_layer"][n], marker="o", label=n)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        v = results["pa_vs_token_identity"][n]
+        (line,) = ax.plot(layers, results["pa_auc_by_layer"][n], marker="o", label=f"{n}: PA")
+        ax.fill_between(layers, v["pa_lo"], v["pa_hi"], color=line.get_color(), alpha=0.2, lw=0)
+        ax.axhline(v["token_identity_auc"], color=line.get_color(), lw=1.2, ls="--",
+                   label=f"{n}: token identity")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("layer (residual stream entering it)")
-    ax.set_ylabel("held-out AUC")
+    ax.set_ylabel("held-out AUC (95% bootstrap band)")
     ax.set_ylim(0, 1.02)
-    ax.legend()
+    # right of the axes: the lines run near 1, a legend inside would cover them
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
 
-ARMS = ("baseline", "activation", "token_control", "inhibition_baseline", "inhibition")
-
-
 def rates(results: dict, names: list[str]) -> Figure:
-    """Intervention rates per arm and concept, with their intervals."""
-    fig, ax = plt.subplots(figsize=(2.2 * len(names) + 2, 3.4))
-    r = results["intervention_rates"]
+    """Intervention rates per arm and concept with their 95% Wilson intervals, one panel per
+    prompt format; an arm that did not run (no template worth grafting) is marked."""
+    formats = list(results["intervention_rates"])
+    fig, axes = plt.subplots(1, len(formats), figsize=((2.2 * len(names) + 1) * len(formats)
+                                                      + 1.6, 3.6),
+                             squeeze=False, sharey=True)
     width = 0.8 / len(ARMS)
-    for j, arm in enumerate(ARMS):
-        x = np.arange(len(names)) + (j - (len(ARMS) - 1) / 2) * width
-        rate = np.array([r[n][arm]["rate"] for n in names], float)
-        err = np.array([[r[n][arm]["rate"] - r[n][arm]["lo"], r[n][arm]["hi"] - r[n][arm]["rate"]]
-                        for n in names], float).T
-        ax.bar(x, rate, width, yerr=err, capsize=2, label=arm.replace("_", " "))
-    ax.set_xticks(np.arange(len(names)))
-    ax.set_xticklabels(names)
-    ax.set_ylim(0, 1.05)  # room for the upper interval of a rate of 1
-    ax.set_ylabel("fraction of samples naming the concept")
-    # right of the axes: bars reach 1, a legend inside would cover them
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for ax, fmt in zip(axes[0], formats, strict=True):
+        r = results["intervention_rates"][fmt]
+        for j, arm in enumerate(ARMS):
+            x = np.arange(len(names)) + (j - (len(ARMS) - 1) / 2) * width
+            cells = [r[n][arm] for n in names]
+            ran = np.array([c["n"] > 0 for c in cells])
+            rate = np.array([c["rate"] if c["n"] else 0.0 for c in cells], float)
+            err = np.array([[c["rate"] - c["lo"], c["hi"] - c["rate"]] if c["n"] else [0, 0]
+                            for c in cells], float).T
+            ax.bar(x[ran], rate[ran], width, yerr=err[:, ran], capsize=2, color=f"C{j}",
+                   label=arm.replace("_", " "))
+            for xi in x[~ran]:
+                ax.text(xi, 0.02, "not run", rotation=90, fontsize=6, ha="center",
+                        va="bottom")
+        ax.set_xticks(np.arange(len(names)))
+        ax.set_xticklabels(names)
+        ax.set_ylim(0, 1.05)  # room for the upper interval of a rate of 1
+        ax.set_title(f"{fmt} format", fontsize=9)
+    axes[0][0].set_ylabel("fraction of samples naming the concept")
+    # right of the last panel: bars reach 1, a legend inside would cover them
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 

@@ -10,9 +10,14 @@ Commands:
     python -m bablate --config=llm_concepts:quick
     python -m bablate --config=llm_concepts:full
 
-Runtimes. quick: measured 499 s (8.3 min) wall on 2 cores with nothing else running (this
-version, 2026-12-01; peak memory 4.1 GB): load 28 s, ablation 358 s, PA 19 s, interventions
-85 s, UCD 6 s. The ablation: head SVI 36 / 27 / 24 s (cheese / capitals / numbers; 40 steps ×
+Runtimes. quick: measured 614 s (10.2 min) wall on 2 cores shared with other work (load
+average 3.1–5.4; the run got 102% of one core, 632 CPU-seconds in all, so on 2 idle cores it
+takes at most about that; 2026-12-06, peak memory 5.2 GB): load 21 s, ablation 294 s, PA 24 s,
+interventions 266 s, UCD 7 s. The interventions take 2.6× the CPU time of the previous
+version's (283 against 110 CPU-seconds, the two run one after the other): two prompt formats of
+13 arms × 30 rows (780 rows of 48 tokens) against 7 arms × 30 rows and 48 inhibition rows; the
+previous version measured 499 s in all with interventions 85 s on 2 idle cores. The
+ablation: head SVI 36 / 27 / 24 s (cheese / capitals / numbers; 40 steps ×
 8 masks of 24–29 prompts through 30 layers, one token each), the importance-sampling
 reference on cheese 132 s (heads, 1536 masks) and 71 s (neurons), neuron SVI 11–17 s. Before
 this version quick took 805 s: top-k sampling sorted the whole vocabulary at every step (the
@@ -24,12 +29,16 @@ Masks are scored on the target read-out (``readout = "target"``: top-1's margin 
 log-probability instead of 49,152 logits per prompt), which gives the same numbers as the full
 logits (13,463 results compared: all equal but the MCMC adaptation's mean acceptance and step
 size, in the 6th digit) and costs 2.4× less per mask side by side (benchmarks/README.md).
-full: ≈ 2.7 h on 2 cores (AMD EPYC, AVX512-BF16), not ≤ 2 h. Measured stage by stage on
+full: ≈ 4.1 h on 2 cores (AMD EPYC, AVX512-BF16), not ≤ 2 h: ≈ 2.7 h before its interventions
+ran as the authors' code runs them. Measured stage by stage on
 2026-12-02 with a tenth of its masks (``--config.svi_steps=20 --config.reference_samples=320``,
 everything else as full: 1572 s) and scaled linearly in masks (compilation < 80 s in all):
 SVI 6,900 s (3,200 masks per concept and site: heads ≈ 5,060 s, neurons ≈ 1,840 s), the
-4096-draw reference on cheese and cake 2,290 s, PA at 30 layers 42 s,
-interventions 444 s, UCD 104 s, loading 24 s. Masks are scored with bf16 projections
+4096-draw reference on cheese and cake 2,290 s, PA at 30 layers 42 s, UCD 104 s, loading
+24 s; interventions ≈ 5,400 s, derived, not run: 2 formats × 25 arms × 120 rows = 6,000 rows
+of 180 tokens, at the 4.8 ms per row and token that the previous full's interventions took
+(444 s for 1,944 rows of 48 tokens), plus ≈ 5% for attention over the longer cache (with
+``intervention_formats = ["authors"]`` half that). Masks are scored with bf16 projections
 (``ablation_matmuls``; 1.6-1.67× less per mask than float32 here, 12 of 3008 top-1 decisions
 flip: benchmarks/llm_bf16.py): with float32 full is ≈ 4.3 h on this machine. Not on every CPU:
 on an Intel Xeon bf16 cost 1.4-1.6× *more* per mask; the site builders time it at start and
@@ -46,13 +55,14 @@ quick: 3 concepts (cheese, capitals, numbers), every correct training prompt (24
 all 270 heads (30 layers × 9) and the 1536 MLP neurons of layer 20 (SVI), each checked on
 cheese against importance sampling (1536 independent masks from the prior mixed with SVI's
 fit; its standard errors come from the run), masks at the last prompt position (the keys and
-values of earlier positions are cached), PA at 6 layers, interventions on 30 neutral
-questions (one sample each) and 8 inhibition rows, every arm sampled in one batch with a key
-per row.
+values of earlier positions are cached), PA at 6 layers, interventions in both prompt formats
+on 30 of the 120 neutral questions (5 per category, one sample each) and 30 inhibition rows per
+concept, 48 new tokens cut at the end of turn, every arm sampled in one batch with a key per row.
 full: 6 concepts, ≤ 24 prompts, all 270 heads and the 1536 neurons of layer 20 (SVI, 200 steps
 × 16 masks), masks at every position scored with bf16 projections, the importance-sampling
 reference (4096 masks) on the first two concepts' sites (no MCMC: it did not mix here), PA at
-every layer, interventions with 4 samples per neutral question and 32 inhibition rows.
+every layer, interventions in both formats on all 120 neutral questions and 120 inhibition rows
+per concept, 180 new tokens (the authors: 200 with the question).
 
 Measured ablation (quick, seed 0; this version). Task information (heads / neurons, bits)
 against its bound 2·log₂(n + 1) for n prompts, from SVI: cheese 2.32 / 3.04 of 9.29, capitals
@@ -80,80 +90,50 @@ needs no mixing; set ``head_mcmc_concepts = 1`` for the MCMC check as well.
 PA statistics (the tolerance unit) use training prompts only and leave out each prompt's first
 token, the attention sink (its residual norm is 9× the others' at layer 5, 166× at layer 15);
 held-out scoring leaves it out too. Beside every PA AUC the report gives the AUC of the trivial
-detector "this token is the concept word". PA is also built as the authors build it, from
-natural prose (bablate/data/pa_prose.json; cheese, capitals and numbers).
+detector "this token is the concept word" on the same tokens, and a 95% bootstrap interval of
+the difference (2000 resamples of the held-out tokens, positives and negatives apart, both
+detectors scored on each). PA is also built as the authors build it, from natural prose
+(bablate/data/pa_prose.json, every concept); those are the templates the interventions graft.
 
 Measured (quick, seed 0; unchanged by the ablation above): greedy check passes; intact top-1
-accuracy cheese 0.67, capitals 0.86, numbers 0.86; held-out PA AUC
-(prompts) 1.00 at every layer for cheese, 0.80–1.00 for capitals, 0.955–0.993 for numbers, and
-token identity scores 1.00 / 1.00 / 0.987, so PA beats it only for numbers (layers 15–25);
-templates now hold 3–6% of the 576 dimensions from layer 10 on (before the sink was excluded:
-555 of 576 at layer 15). Prose templates (authors' recipe): the sweep always picks tolerance 100
-(all 576 neurons); their sweep AUC 0.71–1.00 (cheese), 0.63–0.88 (capitals), 0.64–1.00
-(numbers); held-out TPR at the template's threshold for cheese 1.00 at layer 0, ≤ 0.09 after.
-Interventions (authors' protocol, 95% intervals; this version's draws): cheese baseline 0.00
-[0.00, 0.11] → activation 0.27 [0.14, 0.44], typing the word 0.37 [0.22, 0.54]; inhibition
-0.88 → 0.38 (n = 8); capitals 0.00 → 0.00 (typed 0.27), inhibition 0.88 → 0.62; numbers 0.10 →
-0.00 (typed 0.40), inhibition 1.00 → 1.00. With 30 samples an arm's rate is known to about
-±0.17 (95%): three independent sets of draws (the earlier batch-keyed sampler, the per-row keys with
-a draw over the whole vocabulary, and this version) gave cheese activation 6, 16 and 8 of 30,
-pooled 0.33 [0.24, 0.44], typed word 11, 16 and 11 of 30, pooled 0.42 [0.33, 0.53], and no
-baseline mention in 90. The paper's cheese effect (activation to ≥ 0.5) did not reproduce, and
-the template does no more than typing the word; full's 120 samples per arm narrow this.
+accuracy cheese 0.67, capitals 0.86, numbers 0.86; held-out PA AUC (prompts; 9–11 positives
+and ≈ 970 negatives per concept) 1.00 at every layer for cheese, 0.80–1.00 for capitals,
+0.955–0.993 for numbers, against token identity's 1.00 / 1.00 / 0.987. PA exceeds token
+identity beyond the interval only for numbers at layer 25 (+0.006 [+0.001, +0.012]; at 15
+and 20 the intervals hold 0, so "PA beats token identity at layers 15–25", said before without
+intervals, holds at 25 only), falls below it for capitals at layers 0, 5, 10 and 25 (at 5:
+−0.20 [−0.36, −0.08]) and ties with it for cheese. Templates hold 3–6% of the 576 dimensions
+from layer 10 on. Prose templates (authors' recipe): the sweep picks tolerance 100 (all 576
+neurons) at every PA layer but numbers' 25 (30: 566 neurons), and at the graft layers 1–8
+keeps 555–576 neurons; their sweep AUC 0.71–1.00 (cheese), 0.63–0.88 (capitals), 0.64–1.00
+(numbers); on the test paragraph our AUC never exceeds token identity's (1.00 for all three)
+and falls below it for cheese at layer 25 (−0.013 [−0.031, −0.002]) and capitals at layer 5
+(−0.096 [−0.189, −0.027]).
+
+Interventions (quick, seed 0; 30 rows per arm, 48 tokens; 95% Wilson intervals, differences with
+Newcombe's). In the authors' format (bare questions; the grafted tokens are the question's last
+words) the prose template of layer l − 1 raises every concept's rate: cheese 0.00 [0.00, 0.11] →
+0.80 [0.63, 0.90], capitals 0.00 → 0.40 [0.25, 0.58], numbers 0.07 → 0.57 [0.39, 0.73], the
+paper's effect (cheese 0 → 0.90 of 20 generations of Llama-3-8B). Typing the word at the same
+three positions does as much: 0.77 / 0.37 / 0.60, activation − typed +0.03 [−0.17, +0.24], +0.03
+[−0.20, +0.26], −0.03 [−0.27, +0.20]; the templates cover 555–576 of the 576 dimensions, so the
+graft ≈ typing the word. Wrapped (a "Q: " line and an "A:" line, grafted at '?', the newline and
+'A'): cheese 0.33, capitals 0.27, numbers 0.43 (typed 0.40 / 0.27 / 0.23); the format lowers
+cheese's activation by 0.47 [0.22, 0.64], the others' by 0.13 with intervals holding 0.
+Inhibition (template neurons zeroed, 30 rows): capitals 0.40 → 0.00 and numbers 0.93 → 0.43 in
+the authors' format, 0.93 → 0.53 and 0.93 → 0.43 wrapped; cheese 0.07 → 0.07 (its bare questions
+rarely name cheese within 48 tokens) and 0.67 → 0.73 wrapped: not lowered. Given a bare question
+SmolLM2-Instruct mostly closes it as the user's turn with its first new token and answers in an
+assistant turn: the cut keeps that turn to its end and drops what follows (new user or system
+turns); 14% (authors) and 12% (wrapped) of rows ended within 48 tokens. The previous quick
+(prompt templates of layer l at layer l, the wrapped format only, nothing cut, 8 inhibition
+rows) gave cheese 0.27 and capitals / numbers 0.00, whose templates sat at the 16-neuron floor
+and grafted almost nothing.
 """
 
 import ml_collections
 
 VARIANTS = ("quick", "full")
-
-# Neutral prompts for the activation experiment, written for the project after the paper's
-# design (questions from several categories, 5 each, none naming a concept of the study):
-# abbreviations, descriptions, entities, people, places, quantities.
-NEUTRAL_CATEGORIES = {
-    "abbreviation": (
-        "What does the abbreviation NASA stand for?",
-        "What is the full form of the letters HTML?",
-        "What does it mean when a letter ends with PS?",
-        "What does the short form etc. mean in a sentence?",
-        "What do the letters DNA stand for in biology?",
-    ),
-    "description": (
-        "How does a rainbow form in the sky?",
-        "Why do leaves change in the autumn?",
-        "What is the best way to learn a new language?",
-        "How do bees find their way back to the hive?",
-        "Why is the ocean salty?",
-    ),
-    "entity": (
-        "What instrument has keys, pedals and hammers inside?",
-        "What is the name of the tallest tree species?",
-        "Which sport uses a bat and a ball on a pitch?",
-        "What is a good book to read on holiday?",
-        "Which planet has the most moons?",
-    ),
-    "human": (
-        "Who painted the ceiling of the Sistine Chapel?",
-        "Who wrote the play about a prince of Denmark?",
-        "Who was the first person to walk on the moon?",
-        "Who invented the telephone?",
-        "Who is known as the father of modern physics?",
-    ),
-    "location": (
-        "Where do penguins live in the wild?",
-        "Where is the largest desert on Earth?",
-        "Where would you go to see the northern lights?",
-        "Where do most people in the world live?",
-        "Where does the river Nile begin?",
-    ),
-    "numeric": (
-        "How long does it take to boil an egg?",
-        "How far is the moon from the Earth?",
-        "How tall is the highest mountain in the world?",
-        "When did the first airplane fly?",
-        "How much water should a person drink in a day?",
-    ),
-}
-NEUTRAL_PROMPTS = tuple(f"Q: {q}\nA:" for qs in NEUTRAL_CATEGORIES.values() for q in qs)
 
 
 def get_config(arg=None):
@@ -202,22 +182,28 @@ def get_config(arg=None):
     c.head_mcmc_sampler = "gradient"
     c.pa_layers = [0, 5, 10, 15, 20, 25]
     c.pa_tolerance = 0.5          # in units of the median per-neuron std of the layer
-    c.pa_min_neurons = 16         # raise the tolerance where fewer neurons qualify
+    # Prompt templates: the tolerance is raised where fewer neurons qualify. A prose template
+    # keeping at most this many neurons at a graft layer grafts almost nothing: not grafted.
+    c.pa_min_neurons = 16
     # PA as the authors build it, from the prose in bablate/data/pa_prose.json: K random
     # occurrences, tolerance swept and chosen by training accuracy.
     c.pa_prose_k = 5
-    # Interventions as the paper's occurrence experiment: overwrite the residual stream entering
-    # layers intervention_layer .. + intervention_num_layers − 1 (2..9: 8 early layers) on the
-    # template's neurons at the intervention_positions prompt tokens before the last one, in
-    # the prompt pass only; sample intervention_tokens new tokens (the paper: 200).
+    # Interventions as the authors' code runs them: overwrite the residual stream entering
+    # layers intervention_layer .. + intervention_num_layers − 1 (2..9: 8 early layers) with
+    # the prose template of the layer intervention_template_lag below (l − 1) on its neurons,
+    # at the intervention_positions prompt tokens before the last one, in the prompt pass only;
+    # sample intervention_tokens new tokens, cut at the model's end of turn. Formats: "authors"
+    # (the bare question) and "wrapped" ("Q: …\nA:"), the first the headline.
     c.intervention_layer = 2
     c.intervention_num_layers = 8
     c.intervention_positions = 3
-    c.intervention_samples = 1    # per neutral prompt (30 prompts → 30 samples per arm)
-    c.intervention_own_rows = 8   # inhibition: held-out concept prompts, repeated to 8 rows
+    c.intervention_template_lag = 1
+    c.intervention_formats = ["authors", "wrapped"]
+    c.intervention_questions = 30  # of bablate/data/neutral_questions.json, 5 per category
+    c.intervention_samples = 1     # per question: 30 rows per arm
+    c.intervention_own_rows = 30   # inhibition: prompts completed with the concept, repeated
     c.intervention_tokens = 48
     c.temperature = 0.8
-    c.neutral_prompts = list(NEUTRAL_PROMPTS)
     c.ucd_chunks = 16
     c.ucd_steps = 200
     if variant == "full":
@@ -239,8 +225,9 @@ def get_config(arg=None):
         c.svi_particles = 16
         c.svi_lr = 0.05
         c.pa_layers = list(range(30))
-        c.intervention_samples = 4
-        c.intervention_own_rows = 32
+        c.intervention_questions = 120  # every question, 20 per category: 120 rows per arm
+        c.intervention_own_rows = 120
+        c.intervention_tokens = 180     # the authors: max_length 200 with the question
         c.ucd_chunks = 32
         c.ucd_steps = 500
     return c
