@@ -1,5 +1,5 @@
 """Runs a bablate study, or a sweep of them, into a run directory (the same as ``python -m
-bablate``; see bablate/cli.py).
+bablate``; see bablate/runner/cli.py).
 
     python launch.py                                   # the quick toy-superposition study
     python launch.py --config=rnn_chunks:quick --config.seed=3
@@ -10,7 +10,7 @@ Each run writes config.json, log.txt, figures/, report.md and results.json into 
 "Sweeps and run directories".
 """
 
-from bablate.cli import entry, main, setup_cpu_devices  # noqa: F401
+from bablate.runner.cli import entry, main, setup_cpu_devices  # noqa: F401
 
 if __name__ == "__main__":
     entry()

@@ -1,6 +1,6 @@
-"""``python -m bablate [--config=<study>[:variant] | path.py[:variant]] ...`` (bablate/cli.py)."""
+"""``python -m bablate [--config=<study>[:variant] | path.py[:variant]] ...`` (runner/cli.py)."""
 
-from bablate.cli import entry
+from bablate.runner.cli import entry
 
 if __name__ == "__main__":  # importing bablate.__main__ (e.g. to list modules) runs nothing
     entry()

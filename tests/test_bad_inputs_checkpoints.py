@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from bablate import dictionary as dl
-from bablate import runs, statefile
+from bablate import errors
 from bablate.models import rnn
+from bablate.runner import runs, statefile
 from bablate.studies.basis_comparison import bases
 from bablate.studies.basis_comparison import config as basis_config
 from bablate.studies.basis_comparison import llm as basis_llm
@@ -216,7 +217,7 @@ def test_study_resumes_from_its_checkpoint_and_refuses_damaged_ones(study, tmp_p
     assert _same(load(ctx), fresh)  # its own checkpoint passes the check
     for damage in damages:
         ctx.state_path(name).write_bytes(statefile.dumps(_damaged(saved, damage), stamp))
-        with pytest.raises(runs.RunError) as info:
+        with pytest.raises(errors.RunError) as info:
             load(ctx)
         msg = str(info.value)
         assert "\n" not in msg and msg.startswith(f"checkpoint {str(ctx.state_path(name))!r} "
@@ -260,7 +261,7 @@ def test_saved_dictionary_is_reused_and_a_damaged_one_is_one_line(tmp_path, monk
             np.savez(path, **damage)
         else:
             path.write_bytes(damage)
-        with pytest.raises(runs.RunError) as info:
+        with pytest.raises(errors.RunError) as info:
             bases.fit_dictionaries(acts, configs, jax.random.key(1), ctx, "toy", True)
         msg = str(info.value)
         assert "\n" not in msg, msg

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-from bablate import cli as bcli
 from bablate import io as bbio
-from bablate import runs, statefile, sweeps
+from bablate.runner import cli as bcli
+from bablate.runner import runs, statefile, sweeps
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = str(REPO / "tests" / "fake_study" / "config.py")
@@ -646,7 +646,7 @@ def test_config_build_by_keyword():
 
     import ml_collections
 
-    from bablate import config_checks as cc
+    from bablate.runner import config_checks as cc
 
     @dataclasses.dataclass(frozen=True)
     class Inner:

@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from bablate import runs
+from bablate import errors
 from bablate.models import gguf
+from bablate.runner import runs
 from tests.test_bad_inputs_cli import FAKE, assert_nothing_finished, assert_one_line
 
 GOOD = b"GGUF tiny model bytes " * 20
@@ -42,7 +43,7 @@ def test_planted_cache_entry_does_not_let_a_changed_file_load(tmp_path, monkeypa
     with pytest.raises(gguf.GGUFError) as info:
         gguf.verify_sha256(path, digest, gguf.REINSTALL_HINT)
     msg = str(info.value)
-    assert "\n" not in msg and isinstance(info.value, runs.RunError)
+    assert "\n" not in msg and isinstance(info.value, errors.RunError)
     assert msg == (f"{path.resolve()} is corrupt or modified (SHA-256 "
                    f"{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}..., expected "
                    f"{digest[:16]}...); reinstall it with: pip install --force-reinstall "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bablate import io as bbio
-from bablate import runs
+from bablate.runner import runs
 
 
 def test_atomic_write_json_round_trips_numpy_values(tmp_path):
@@ -39,7 +39,7 @@ def test_to_jsonable_names_the_bad_value():
 
 def test_the_inference_layer_does_not_import_the_run_directory_module():
     code = ("import sys, bablate.inference.posterior, bablate.inference; "
-            "print('bablate.runs' in sys.modules)")
+            "print('bablate.runner.runs' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"

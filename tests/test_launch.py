@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bablate import runs, sweeps
+from bablate.runner import runs, sweeps
 
 FAKE = str(Path(__file__).resolve().parent / "fake_study" / "config.py")
 
@@ -111,7 +111,7 @@ def test_cpu_devices_flag_sets_the_jax_device_count(flag, xla_count, expected):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if xla_count is not None:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={xla_count}"
-    code = (f"from bablate import cli; cli.setup_cpu_devices({flag}); import jax; "
+    code = (f"from bablate.runner import cli; cli.setup_cpu_devices({flag}); import jax; "
             "print(jax.device_count())")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                          env=env, capture_output=True, text=True, timeout=120, check=True)
@@ -139,7 +139,7 @@ def test_python_m_bablate_runs_a_study_by_name_or_path(tmp_path, fake_config):
 def test_only_the_config_value_is_resolved_to_the_studys_file():
     """A study name after --config (either spelling) becomes its config file; another argument
     that happens to read the same is left alone."""
-    from bablate import cli
+    from bablate.runner import cli
 
     path = cli.resolve_config("toy_superposition:quick")
     assert path.endswith("studies/toy_superposition/variants.py:quick")

@@ -55,7 +55,7 @@ def test_readme_checkpoint_example_reads_a_runs_checkpoint(capsys, tmp_path, mon
     """The third block reads the toy study's trained models from its run directory; here the
     checkpoint is written as that study writes it (ctx.save_state("params", ...)) with the
     shapes of the quick variant's 20 models of 5 features in 2 dimensions."""
-    from bablate import runs
+    from bablate.runner import runs
 
     block = _library_blocks()[2]
     assert "read_checkpoint" in block

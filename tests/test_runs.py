@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bablate import runs, sweeps
+from bablate import errors
+from bablate.runner import runs, sweeps
 
 # ----------------------------------------------------------------------------- atomic writes
 
@@ -96,7 +97,7 @@ def test_finished_run_is_skipped_different_config_refused_overwrite_redoes(
     other = fake_config("quick")
     other.seed = 5
     other.model.width = 4
-    with pytest.raises(runs.RunError, match=r"model\.width: 3 -> 4; seed: 0 -> 5.*--overwrite"):
+    with pytest.raises(errors.RunError, match=r"model\.width: 3 -> 4; seed: 0 -> 5.*--overwrite"):
         runs.run_one(other, workdir)
     assert (workdir / "results.json").read_text() == first  # refusal touched nothing
 
@@ -127,14 +128,14 @@ def test_crashed_run_resumes_from_its_checkpoint_and_matches_a_fresh_run(
 def test_workdir_that_is_a_file_is_refused(fake_config, tmp_path):
     (tmp_path / "file").write_text("x")
     for bad in (tmp_path / "file", tmp_path / "file" / "sub"):
-        with pytest.raises(runs.RunError, match="is a file"):
+        with pytest.raises(errors.RunError, match="is a file"):
             runs.run_one(fake_config("quick"), bad)
 
 
 def test_unknown_study_is_refused_without_creating_the_workdir(fake_config, workdir):
     config = fake_config("quick")
     config.study = "no_such_study"
-    with pytest.raises(runs.RunError, match="bablate.studies.no_such_study"):
+    with pytest.raises(errors.RunError, match="bablate.studies.no_such_study"):
         runs.run_one(config, workdir)
     assert not workdir.exists()
 
@@ -159,7 +160,7 @@ def test_a_runs_checkpoint_is_read_with_read_checkpoint(fake_config, workdir):
     """bb.read_checkpoint reads what the study saved, stamped with the hash in run.json; a
     damaged file is one line naming it."""
     import bablate as bb
-    from bablate import statefile
+    from bablate.runner import statefile
 
     runs.run_one(fake_config("quick"), workdir)
     path = workdir / "state" / "progress.msgpack"
@@ -219,7 +220,7 @@ def test_expand_applies_overrides_to_copies_and_rejects_bad_sweeps(fake_config):
                        ([{"seed": 1}, {"seed": 1}], "both map to directory"),
                        ([], "non-empty list"), ({"seed": 1}, "non-empty list"),
                        ([3], "not a dict")]:
-        with pytest.raises(runs.RunError, match=match):
+        with pytest.raises(errors.RunError, match=match):
             sweeps.expand(base, bad)
 
 

@@ -385,7 +385,7 @@ def _fake_job(folder: Path, outcome: tuple | None = None):
 def test_a_job_that_slurm_ended_early_names_the_state_and_the_fix(tmp_path, monkeypatch):
     """Without a cluster: `_outcome` turns what the job's result file and squeue say into
     the sweep's verdict: the member's exit, or the SLURM state that ended it with the fix."""
-    from bablate import slurm
+    from bablate.runner import slurm
 
     asked = []
 
@@ -449,7 +449,7 @@ def test_a_result_file_is_read_as_plain_data_only(tmp_path):
     read."""
     import pickle
 
-    from bablate import slurm
+    from bablate.runner import slurm
 
     planted = tmp_path / "ran"
     job = _fake_job(tmp_path / "job")
@@ -510,7 +510,7 @@ def test_run_sweep_books_what_a_launcher_reports(tmp_path, fake_config):
     """Without a cluster: run_sweep hands the pending members to the launcher and books each
     reported end as a local sweep would (done, failed with the member's last line, or failed
     with the launcher's reason); a second sweep hands it only the unfinished member."""
-    from bablate import runs, sweeps
+    from bablate.runner import runs, sweeps
 
     base = fake_config("quick")
     base.steps = 2

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bablate import runs, sweeps
+from bablate.runner import runs, sweeps
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from bablate import runs, sweeps
+from bablate import errors
+from bablate.runner import runs, sweeps
 
 
 def test_sweep_aggregates_numeric_results_over_seeds(fake_config, tmp_path):
@@ -82,12 +83,12 @@ def test_a_sweep_and_a_single_run_never_share_a_directory(fake_config, tmp_path)
     config = fake_config("quick")
     runs.run_one(config, tmp_path / "single")
     members = sweeps.expand(config, [{"seed": 0}, {"seed": 1}])
-    with pytest.raises(runs.RunError, match="holds a single run .config.json.; a sweep needs "
+    with pytest.raises(errors.RunError, match="holds a single run .config.json.; a sweep needs "
                        "its own directory"):
         sweeps.run_sweep(members, tmp_path / "single")
     assert not (tmp_path / "single" / "seed=0").exists()
     sweeps.run_sweep(members, tmp_path / "sweep")
-    with pytest.raises(runs.RunError, match="holds a sweep .sweep.json.; a single run needs"):
+    with pytest.raises(errors.RunError, match="holds a sweep .sweep.json.; a single run needs"):
         runs.run_one(config, tmp_path / "sweep")
     assert not (tmp_path / "sweep" / "config.json").exists()
 

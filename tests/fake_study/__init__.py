@@ -1,4 +1,4 @@
-"""A tiny study used to test the runner (launch.py, bablate.runs, bablate.sweeps).
+"""A tiny study used to test the runner (launch.py, bablate.runner.runs, bablate.runner.sweeps).
 
 It accumulates ``steps`` seeded random vectors, checkpointing after every step, so tests can
 check resume-from-state, determinism, figures, text and result conversion without training
@@ -18,8 +18,8 @@ import warnings
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bablate import config_checks as cc
 from bablate import progress, tasks
+from bablate.runner import config_checks as cc
 
 CONFIG_RULES = {"seed": cc.integer(0), "steps": cc.integer(1), "scale": cc.number(),
                 "sleep": cc.number(0), "model.width": cc.integer(1), "model.name": cc.text()}

@@ -5,7 +5,7 @@
 
 import ml_collections
 
-from bablate import config_checks
+from bablate.runner import config_checks
 
 VARIANTS = ("quick", "slow")
 

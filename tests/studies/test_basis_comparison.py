@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import bablate as bb
-from bablate import runs
+from bablate.runner import runs
 from bablate.studies.basis_comparison import bases, config, reading
 from bablate.studies.basis_comparison import llm as llm_step
 from bablate.studies.basis_comparison import toy as toy_step

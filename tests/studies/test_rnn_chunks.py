@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import bablate as bb
-from bablate import runs, sequences
+from bablate import errors, sequences
 from bablate.models import rnn
+from bablate.runner import runs
 from bablate.studies import rnn_chunks
 from bablate.studies.rnn_chunks import ablation, intervals, training
 from bablate.studies.rnn_chunks import config as study_config
@@ -112,7 +113,7 @@ def test_config_is_nested_and_mirrors_the_config_file():
     assert cfg.ablation.rules == ("smooth_top1",)
     assert cfg.ablation.mcmc.num_samples == 600 and cfg.grafting.enabled is False
     config.ablation.mcmc.num_smaples = 5
-    with pytest.raises(runs.ConfigError, match=r"config\.ablation\.mcmc\.num_smaples is not a "
+    with pytest.raises(errors.ConfigError, match=r"config\.ablation\.mcmc\.num_smaples is not a "
                                                r"field of MCMCConfig"):
         study_config.validate(config)
 
@@ -245,7 +246,7 @@ def test_authors_recipe_is_their_iterations_and_window():
 def test_a_window_longer_than_the_sequence_is_one_config_line():
     config = rnn_config.get_config("quick")
     config.train.authors_window = 10 ** 6
-    with pytest.raises(runs.ConfigError, match=r"train\.authors_window = 1000000 is not "
+    with pytest.raises(errors.ConfigError, match=r"train\.authors_window = 1000000 is not "
                                                r"shorter than the compositional sequence"):
         study_config.validate(config)
 

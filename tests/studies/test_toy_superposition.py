@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import bablate as bb
-from bablate import runs, toy_geometry
+from bablate import errors, toy_geometry
 from bablate.models import toy
+from bablate.runner import runs
 from bablate.studies import toy_superposition
 from bablate.studies.toy_superposition import ablation, geometry, intervals, rotation
 from bablate.studies.toy_superposition import config as study_config
@@ -257,7 +258,7 @@ def test_typed_config_mirrors_the_config_dict():
 def test_misspelled_config_key_is_one_config_error_line():
     c = _config_module().get_config("quick")
     c.ablation.mcmc_check.num_taks = 2
-    with pytest.raises(runs.ConfigError,
+    with pytest.raises(errors.ConfigError,
                        match=r"config\.ablation\.mcmc_check\.num_taks is not a field of McmcCheck"):
         toy_superposition.validate(c)
 
@@ -265,11 +266,11 @@ def test_misspelled_config_key_is_one_config_error_line():
 def test_config_values_that_cannot_work_are_refused():
     c = _config_module().get_config("quick")
     c.num_replicates = 10_000
-    with pytest.raises(runs.ConfigError, match="config.num_replicates = 10000 must be at most"):
+    with pytest.raises(errors.ConfigError, match="config.num_replicates = 10000 must be at most"):
         toy_superposition.validate(c)
     c = _config_module().get_config("quick")
     c.ablation.mcmc_check.num_tasks = 0
-    with pytest.raises(runs.ConfigError, match="mcmc_check.num_tasks = 0 leaves the MCMC check"):
+    with pytest.raises(errors.ConfigError, match="mcmc_check.num_tasks = 0 leaves the MCMC check"):
         toy_superposition.validate(c)
     c.ablation.mcmc_check.enabled = False  # no check, nothing to compare: fine
     toy_superposition.validate(c)

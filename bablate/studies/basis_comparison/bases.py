@@ -11,7 +11,7 @@ import numpy as np
 
 import bablate as bb
 from bablate import dictionary as dl
-from bablate.runs import RESTART_FIX, RunContext, RunError
+from bablate.runner.runs import RESTART_FIX, RunContext, RunError
 
 NEURON, ROTATION = "neuron", "rotation"
 

@@ -3,7 +3,7 @@
 ``variants.py`` builds the ConfigDict; :func:`validate` checks every value
 before any work and :func:`from_config` turns it into :class:`StudyConfig`, nested frozen
 dataclasses that mirror the ConfigDict key for key (built by keyword with
-:func:`bablate.config_checks.build`).
+:func:`bablate.runner.config_checks.build`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import dataclasses
 
 import ml_collections
 
-from bablate import config_checks as cc
 from bablate import dictionary as dl
 from bablate.models import toy as toy_model
+from bablate.runner import config_checks as cc
 
 
 def _dictionary_rules(prefix: str) -> dict:

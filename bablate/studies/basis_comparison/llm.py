@@ -12,8 +12,8 @@ import numpy as np
 import bablate as bb
 from bablate import dictionary as dl
 from bablate import llm as llm_lib
-from bablate import statefile
-from bablate.runs import RunContext
+from bablate.runner import statefile
+from bablate.runner.runs import RunContext
 
 from .bases import NEURON, ROTATION, CenterUnitBasis, fit_dictionaries, random_rotation, rebase
 from .config import LLMConfig, SVIConfig

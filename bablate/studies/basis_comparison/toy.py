@@ -10,7 +10,7 @@ import numpy as np
 import bablate as bb
 from bablate import dictionary as dl
 from bablate.models import toy as toy_model
-from bablate.runs import RunContext
+from bablate.runner.runs import RunContext
 
 from .bases import NEURON, ROTATION, fit_dictionaries, random_rotation
 from .config import InferenceConfig, ToyConfig

@@ -56,7 +56,7 @@ another seed: unit information r = 0.97 (neurons), 0.61 (rotation), 1.00 (SAE).
 
 import ml_collections
 
-from bablate import config_checks
+from bablate.runner import config_checks
 
 VARIANTS = ("quick", "toy", "rnn", "llm", "full")
 

@@ -12,7 +12,7 @@ import dataclasses
 
 import ml_collections
 
-from bablate import config_checks as cc
+from bablate.runner import config_checks as cc
 from bablate.testbeds.llama import load_concepts, neutral_questions
 
 _NUM_LAYERS = 30  # SmolLM2-135M

@@ -9,8 +9,8 @@ import math
 import ml_collections
 
 from bablate import chunks, sequences
-from bablate import config_checks as cc
 from bablate.models import rnn
+from bablate.runner import config_checks as cc
 from bablate.testbeds import rnn as rnn_testbed
 
 RECIPES = ("bablate", "authors")

@@ -80,7 +80,7 @@ for current values):
 
 import ml_collections
 
-from bablate import config_checks
+from bablate.runner import config_checks
 
 VARIANTS = ("quick", "reflection", "compositional", "context", "hierarchy", "tanh64")
 

@@ -2,7 +2,7 @@
 
 ``variants.py`` is the ConfigDict edge; `from_config` turns it into
 `StudyConfig`, nested frozen dataclasses that mirror the ConfigDict key by key (built by
-keyword with `bablate.config_checks.build`, so a renamed or misspelled key raises).
+keyword with `bablate.runner.config_checks.build`, so a renamed or misspelled key raises).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import dataclasses
 
 import ml_collections
 
-from bablate import config_checks as cc
 from bablate.models import toy
+from bablate.runner import config_checks as cc
 
 # Replicate r's instances take their keys from fold_in(root, r) (see train.instance_keys), so the
 # named key streams of run() sit at 10_000 and above; more replicates would reuse their keys.

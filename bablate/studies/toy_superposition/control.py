@@ -12,7 +12,7 @@ import numpy as np
 
 from bablate import toy_geometry
 from bablate.models import toy
-from bablate.runs import RunContext
+from bablate.runner.runs import RunContext
 from bablate.testbeds import toy as toy_testbed
 
 from .config import StudyConfig

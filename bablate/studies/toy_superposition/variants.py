@@ -88,7 +88,7 @@ checked against MCMC (max |marginal difference| in the results).
 
 import ml_collections
 
-from bablate import config_checks
+from bablate.runner import config_checks
 
 VARIANTS = ("quick", "n5_m2", "n20_m5", "n100_m20", "relu_hidden", "notebook")
 DENSITIES_20_5 = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)

@@ -8,7 +8,7 @@ A study lists its fields with a rule each::
     def validate(config):
         config_checks.check(config, RULES)
 
-and every bad value becomes one `bablate.runs.ConfigError` line naming the key, the value and
+and every bad value becomes one `errors.ConfigError` line naming the key, the value and
 what would work (e.g. ``config.ablation.method = 'exct' is not one of 'exact', 'mcmc'``), before
 the run directory is touched.
 """
@@ -22,7 +22,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from bablate.runs import ConfigError
+from bablate.errors import ConfigError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

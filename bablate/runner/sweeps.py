@@ -3,8 +3,8 @@
 Each dict maps dotted config keys to values (``{"seed": 1, "model.hidden": 24}``). A member runs
 in ``<workdir>/<name>`` where the name is made from its overrides (``seed=1,model.hidden=24``),
 so rerunning a sweep finds the same directories: finished members are skipped, unfinished ones
-are redone (see `bablate.runs`). Members run one after another in this process, ``jobs`` at
-a time in subprocesses, or as jobs of a cluster (`bablate.slurm`).
+are redone (see `bablate.runner.runs`). Members run one after another in this process, ``jobs`` at
+a time in subprocesses, or as jobs of a cluster (`bablate.runner.slurm`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from typing import Any, TypedDict
 
 import ml_collections
 
+from bablate import errors, progress
 from bablate import io as bbio
 from bablate import markdown as md
-from bablate import progress, runs
+from bablate.runner import runs
 
 SWEEP_FILE = runs.SWEEP_MARKER
 SWEEP_INDEX = "sweep.md"
@@ -97,22 +98,22 @@ def apply_overrides(config: ml_collections.ConfigDict,
     out = copy.deepcopy(config)
     for key, value in overrides.items():
         if not isinstance(key, str) or not key:
-            raise runs.RunError(f"sweep override key {key!r} must be a dotted config key string")
+            raise errors.RunError(f"sweep override key {key!r} must be a dotted config key string")
         node, parts = out, key.split(".")
         for i, part in enumerate(parts):
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 known = ", ".join(sorted(node.keys())) if isinstance(
                     node, ml_collections.ConfigDict) else "none (not a section)"
-                raise runs.RunError(f"sweep sets unknown config key {key!r} "
-                                    f"({'.'.join(parts[:i + 1])!r} not found; keys there: {known});"
-                                    " fix get_sweep in the config file")
+                raise errors.RunError(
+                    f"sweep sets unknown config key {key!r} ({'.'.join(parts[:i + 1])!r} not "
+                    f"found; keys there: {known}); fix get_sweep in the config file")
             if i < len(parts) - 1:
                 node = node[part]
         try:
             node[parts[-1]] = value
         except (TypeError, ValueError) as e:
-            raise runs.RunError(f"sweep sets {key}={value!r}, which the config does not accept "
-                                f"({e}); fix get_sweep in the config file") from e
+            raise errors.RunError(f"sweep sets {key}={value!r}, which the config does not accept "
+                                  f"({e}); fix get_sweep in the config file") from e
     return out
 
 
@@ -124,21 +125,23 @@ def expand(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]]
         the wrong type, or two members get the same directory name.
     """
     if isinstance(sweep, Mapping) or not isinstance(sweep, Sequence) or not sweep:
-        raise runs.RunError("get_sweep must return a non-empty list of dicts of config overrides, "
-                            f"got {type(sweep).__name__} {sweep!r:.80}")
+        raise errors.RunError(
+            "get_sweep must return a non-empty list of dicts of config overrides, "
+            f"got {type(sweep).__name__} {sweep!r:.80}")
     members: list[Member] = []
     seen: dict[str, int] = {}  # directory name -> the first item that maps to it
     for i, overrides in enumerate(sweep):
         if not isinstance(overrides, Mapping):
-            raise runs.RunError(f"get_sweep item {i} is a {type(overrides).__name__}, not a dict "
-                                "of config overrides")
+            raise errors.RunError(f"get_sweep item {i} is a {type(overrides).__name__}, not a dict "
+                                  "of config overrides")
         overrides = dict(overrides)
         for key, value in overrides.items():
             _check_value(i, key, value)
         name = member_name(overrides)
         if name in seen:
-            raise runs.RunError(f"sweep items {seen[name]} and {i} both map to directory {name!r}; "
-                                "make their overrides differ")
+            raise errors.RunError(
+                f"sweep items {seen[name]} and {i} both map to directory {name!r}; "
+                "make their overrides differ")
         seen[name] = i
         members.append(Member(name, overrides, apply_overrides(config, overrides)))
     return members
@@ -147,18 +150,19 @@ def expand(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]]
 def _check_value(i: int, key: Any, value: Any) -> None:
     """Refuses sweep values that cannot round-trip through a command line and config.json."""
     if value is None:
-        raise runs.RunError(f"get_sweep item {i} sets {key}=None; a sweep value must be a number, "
-                            "string, bool or list (to switch something off use its own off "
-                            "value, e.g. 0 or false)")
+        raise errors.RunError(
+            f"get_sweep item {i} sets {key}=None; a sweep value must be a number, "
+            "string, bool or list (to switch something off use its own off "
+            "value, e.g. 0 or false)")
     if isinstance(value, float) and not math.isfinite(value):
-        raise runs.RunError(f"get_sweep item {i} sets {key}={value!r}; sweep values must be "
-                            "finite numbers")
+        raise errors.RunError(f"get_sweep item {i} sets {key}={value!r}; sweep values must be "
+                              "finite numbers")
     if isinstance(value, (list, tuple)):
         for v in value:
             _check_value(i, key, v)
     elif not isinstance(value, (bool, int, float, str)):
-        raise runs.RunError(f"get_sweep item {i} sets {key} to a {type(value).__name__}; sweep "
-                            "values must be numbers, strings, bools or lists of them")
+        raise errors.RunError(f"get_sweep item {i} sets {key} to a {type(value).__name__}; sweep "
+                              "values must be numbers, strings, bools or lists of them")
 
 
 class _SweepLog:
@@ -200,7 +204,7 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
       command_for: builds a member's subprocess command line; required when ``jobs > 1`` or
         with a ``launcher``.
       launcher: runs the members elsewhere instead (``jobs`` is then unused), e.g. a
-        `bablate.slurm.SlurmLauncher`: called as ``launcher(pending, workdir, command_for, log)``,
+        `slurm.SlurmLauncher`: called as ``launcher(pending, workdir, command_for, log)``,
         it yields ``(member, exit code or None, message)`` as each member's command ends.
 
     Returns:
@@ -211,7 +215,7 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
         another process holds the sweep directory's lock.
     """
     if jobs < 1:
-        raise runs.RunError(f"jobs must be at least 1, got {jobs}")
+        raise errors.RunError(f"jobs must be at least 1, got {jobs}")
     if (jobs > 1 or launcher is not None) and command_for is None:
         raise ValueError("run_sweep needs command_for to run members in subprocesses or jobs")
     workdir = Path(workdir)
@@ -221,15 +225,15 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
         runs.check_workdir(workdir / m.name, files=(*runs.RUN_FILES, CONSOLE_FILE))
     single = [f for f in (runs.CONFIG_FILE, runs.RESULTS_FILE) if (workdir / f).exists()]
     if single:
-        raise runs.RunError(f"workdir {str(workdir)!r} holds a single run ({single[0]}); a "
-                            "sweep needs its own directory: pass another --workdir (launch.py's "
-                            "default for a sweep is runs/<study>/<variant>-sweep)")
+        raise errors.RunError(f"workdir {str(workdir)!r} holds a single run ({single[0]}); a "
+                              "sweep needs its own directory: pass another --workdir (launch.py's "
+                              "default for a sweep is runs/<study>/<variant>-sweep)")
     for m in members:  # every member's config is checked before any of them runs
         runs.load_study(m.config.study)
         try:
             runs.validate_config(m.config)
-        except runs.ConfigError as e:
-            raise runs.ConfigError(f"sweep member {m.name}: {e}") from e
+        except errors.ConfigError as e:
+            raise errors.ConfigError(f"sweep member {m.name}: {e}") from e
     with runs.run_lock(workdir):  # one sweep per directory at a time
         return _run_sweep_locked(members, workdir, jobs, overwrite, command_for, launcher)
 
@@ -270,7 +274,7 @@ def _run_sweep_locked(members, workdir: Path, jobs: int, overwrite: bool, comman
                 try:
                     out["ran" if runs.run_one(m.config, workdir / m.name, overwrite=overwrite)
                         == "ran" else "skipped"].append(m.name)
-                except runs.RunError as e:
+                except errors.RunError as e:
                     out["failed"][m.name] = str(e)
                 except Exception as e:  # the traceback is in the member's log.txt
                     out["failed"][m.name] = f"{type(e).__name__}: {e}"

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from bablate import progress
+from bablate import errors, progress
 
 LOG_DIR = "slurm"
 # Job states after which a job will not run again (squeue's long names). PREEMPTED is left out:
@@ -52,7 +52,7 @@ def missing_requirement() -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class SlurmLauncher:
-    """Runs sweep members as SLURM jobs; pass it to `bablate.sweeps.run_sweep` as ``launcher``.
+    """Runs sweep members as SLURM jobs; pass it to `sweeps.run_sweep` as ``launcher``.
 
     Attributes:
       partition: the partition to submit to (None: the cluster's default).
@@ -123,11 +123,10 @@ class SlurmLauncher:
                         submitted.append((m, executor.submit(subprocess.call, job_command(
                             command_for(m, mdir), mdir / "console.txt"))))
             except submitit.core.utils.UncompletedJobError as e:
-                from bablate import runs
 
                 lines = [ln.strip(" '\"") for ln in str(e).splitlines() if ln.strip(" '\"")]
                 why = lines[-1].removeprefix("sbatch: error: ") if lines else type(e).__name__
-                raise runs.RunError(
+                raise errors.RunError(
                     f"sbatch refused the sweep's jobs ({why}); check "
                     "the --slurm_* flags against the cluster (sinfo lists its partitions)") from e
             jobs = {m.name: (m, job) for m, job in submitted}
@@ -195,7 +194,7 @@ def _refresh(folder: Path) -> None:
 def _outcome(job, state: str | None) -> tuple[int | None, str]:
     """A finished job's member exit code and a message naming the job (and its log);
     ``state`` is squeue's last word on it, if any."""
-    from bablate import sweeps
+    from bablate.runner import sweeps
 
     where = f"SLURM job {job.job_id}"
     if state not in (None, "COMPLETED", "GONE") and not _has_result(job):

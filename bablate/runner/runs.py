@@ -63,8 +63,9 @@ import ml_collections
 
 from bablate import io as bbio
 from bablate import markdown as md
-from bablate import statefile
+from bablate.errors import RunError
 from bablate.io import to_jsonable
+from bablate.runner import statefile
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -73,7 +74,7 @@ REPORT_FILE = "report.md"
 LOG_FILE = "log.txt"
 LOCK_FILE = ".lock"
 FIGURES_DIR = "figures"
-SWEEP_MARKER = "sweep.json"  # bablate.sweeps.SWEEP_FILE: a sweep's directory, not a run's
+SWEEP_MARKER = "sweep.json"  # bablate.runner.sweeps.SWEEP_FILE: a sweep's directory, not a run's
 STATE_DIR = "state"
 STATE_SUFFIX = ".msgpack"
 # What a run directory holds: files, and directories (checked before a run touches it).
@@ -85,14 +86,6 @@ _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
                           errno.EIO, errno.EISDIR, errno.ENOTDIR})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class RunError(Exception):
-    """A problem with the user's input or run directory, reported as one line without traceback."""
-
-
-class ConfigError(RunError, ValueError):
-    """A study config value that cannot work (raised by a study's ``validate(config)``)."""
 
 
 class RunInterrupted(RunError):
@@ -266,7 +259,7 @@ class RunContext:
         """Atomically checkpoints a pytree (e.g. trained params) as ``state/<name>.msgpack``.
 
         The tree may hold arrays (numpy or jax; saved as numpy), numbers, strings, None and
-        dicts / lists / tuples of them. The file is data only (see `bablate.statefile`) and is
+        dicts / lists / tuples of them. The file is data only (see `statefile`) and is
         stamped with the run's config hash. PRNG key arrays cannot be stored directly: save
         ``jax.random.key_data(key)`` instead.
         """
@@ -296,7 +289,7 @@ class RunContext:
 
         Args:
           name: the name given to ``save_state``.
-          like: what the checkpoint must hold (see `bablate.statefile.mismatch`), e.g.
+          like: what the checkpoint must hold (see `bablate.runner.statefile.mismatch`), e.g.
             ``{"params": initial_params, "history": dict}``: the same keys, arrays of the same
             shapes and kinds, finite floats, and no all-zero array where ``like``'s is
             nonzero. None loads whatever the file holds.
@@ -374,7 +367,7 @@ def _short_path(filename: str) -> str:
     """A warning's file as a reader finds it: relative to the directory holding the bablate
     package (``bablate/studies/...``) or to the working directory, else as given."""
     path = Path(filename)
-    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+    for base in (Path(__file__).resolve().parents[2], Path.cwd()):
         with contextlib.suppress(ValueError, OSError):
             return str(path.resolve().relative_to(base))
     return filename

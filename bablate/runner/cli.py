@@ -38,8 +38,8 @@ import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_STUDIES = Path(__file__).resolve().parent / "studies"
-_CLONE_EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+_STUDIES = Path(__file__).resolve().parents[1] / "studies"
+_CLONE_EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def study_config_file(name: str) -> Path | None:
@@ -288,7 +288,8 @@ def main(argv: list[str]) -> None:
         if _CPU_DEVICES.value is not None:
             _die(f"--cpu_devices={_CPU_DEVICES.value} cannot apply: {e}")
         print(f"warning: keeping JAX's devices ({e})", file=sys.stderr)
-    from bablate import runs, sweeps  # after the flag checks, so bad input fails fast
+    from bablate import errors
+    from bablate.runner import runs, sweeps  # after the flag checks, so bad input fails fast
 
     try:
         config = _CONFIG.value
@@ -324,7 +325,7 @@ def main(argv: list[str]) -> None:
         out = sweeps.run_sweep(_sweep_members(config), workdir, jobs=_JOBS.value,
                                overwrite=_OVERWRITE.value, command_for=_member_command,
                                launcher=launcher)
-    except runs.RunError as e:
+    except errors.RunError as e:
         _die(_message(e))
     except KeyboardInterrupt:
         interrupted()
@@ -340,7 +341,7 @@ def main(argv: list[str]) -> None:
 
 def _slurm_launcher():
     """The SLURM launcher the --slurm_* flags describe; bad input ends the program (exit 2)."""
-    from bablate import slurm
+    from bablate.runner import slurm
 
     if not _SWEEP.value:
         _die("--launcher=slurm submits the members of a sweep; add --sweep (a single run is "
@@ -386,14 +387,14 @@ def _sweep_members(config) -> list:
         sweep = module.get_sweep(arg or None)
     except Exception as e:
         _die(f"get_sweep({arg or None!r}) in {path} failed: {type(e).__name__}: {e}")
-    from bablate import sweeps
+    from bablate.runner import sweeps
 
     return sweeps.expand(config, sweep)
 
 
 def _member_command(member, member_workdir: Path) -> list[str]:
     """launch.py again, with this run's overrides on top of the command line's."""
-    from bablate import sweeps
+    from bablate.runner import sweeps
 
     overrides = {**config_flags.get_override_values(flags.FLAGS["config"]), **member.overrides}
     cmd = [*_this_program(), f"--config={config_flags.get_config_filename(flags.FLAGS['config'])}"]
