@@ -187,6 +187,15 @@ def test_every_variant_runs(variant, tmp_path, monkeypatch):
     assert np.all((ui >= 0) & (ui <= 1))
     assert ("mcmc_max_marginal_diff" in results) == full
     if full:
+        # 20 draws of one chain fail MCMC's own check: its verdict and ESS go into the result
+        # and the report's line, not into a warning of the run (the check's real error against
+        # exact enumeration is the test).
+        check = results["mcmc_check"]
+        assert check["mcmc_converged"] == [False] and check["ess_min"][0] < 400
+        assert "MCMC for task" not in (tmp_path / "log.txt").read_text()
+        assert "1 of 1 runs fail its own convergence check" in (
+            tmp_path / "report.md").read_text()
+    if full:
         control = results["initialisation_control"]
         assert control["density"] == min(r["density"] for r in recs)
         for start in ("xavier", "all_represented"):

@@ -106,8 +106,9 @@ def check_text(results: dict, names: list[str], kind: str, method: str) -> str:
                    "disagree": f"{label} **disagrees** with the certified estimate",
                    "unresolved": f"{label} lies within the estimate's noise, but the estimate "
                                  "is **too coarse to show agreement**"}[cmp["verdict"]]
-        conv = "" if det[f"{method}_diagnostics"]["converged"] else (
-            f"; {label} did not pass its own convergence check")
+        own = det[f"{method}_diagnostics"]
+        conv = "" if own["converged"] else (
+            f"; {label} did not pass its own convergence check: {own['warnings'][0]}")
         out.append(
             f"**{n}** ({kind}, {det['num_prompts']} prompts; {label} "
             f"{det[f'{method}_seconds']:.0f} s{conv}; estimate: {estimate_cell(e)}): {verdict}"

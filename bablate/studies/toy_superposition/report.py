@@ -310,8 +310,13 @@ def report_text(cfg: StudyConfig, records: Records, results: dict[str, Any]) -> 
                  "prediction 1 − S falls far below it at the sparse end.")
     if "mcmc_check" in results:
         c = results["mcmc_check"]
+        failed = sum(not v for v in c["mcmc_converged"])
+        own = (f" MCMC's own diagnostics: ESS ≥ {min(c['ess_min']):.0f}, R-hat ≤ "
+               f"{max(c['r_hat_max']):.3f}; {failed} of {len(c['tasks'])} runs fail its own "
+               "convergence check" + (" (the exact error is the stronger test)" if failed
+                                      else "") + ".")
         other.append(f"Exact vs MCMC (1−S = {c['density']:.3g}, tasks {', '.join(c['tasks'])}):"
-                     f" max |marginal difference| = {c['max_marginal_diff']:.3f}.")
+                     f" max |marginal difference| = {c['max_marginal_diff']:.3f}.{own}")
     other.append(f"Task ε = {cfg.ablation.epsilon}: an output counts as correct when "
                  f"|x'_i − target_i| < ε (why this value: see the config docstring); means over "
                  "tasks use tasks with ≥ 0.1 bits of information (uninformative tasks are "
