@@ -123,11 +123,12 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
                 posts[f"{kind}_mcmc"].append(mc)
             out[kind][d.name] = res
             e = res["estimate"]
+            info = res["main"]
             ctx.log(f"{d.name}/{kind}: {num_prompts} prompts, {e['method']} "
                     f"{'converged' if e['converged'] else 'NOT converged'} (largest s.e. "
-                    f"{e.get('max_se')}, {e.get('forward_passes')} forward passes, "
-                    f"{e['seconds']:.0f} s), task information {res['main']['task_information']}"
-                    f" ± {res['main']['task_information_error']} bits")
+                    f"{_g(e.get('max_se'))}, {_g(e.get('forward_passes'))} forward passes, "
+                    f"{e['seconds']:.0f} s), task information {_g(info['task_information'])}"
+                    f" ± {_g(info['task_information_error'])} bits")
     for kind in KINDS:
         ok = [p for p in posts[kind] if p.diagnostics.get("converged")]
         out[f"{kind}_cross_concept_of"] = [p.task.split("/")[0] for p in ok]
@@ -184,6 +185,11 @@ def information_bound(num_prompts: int, beta: float = 1.0) -> float:
     2β·log₂(n + 1). Few prompts cap what any mask distribution can say about the units.
     """
     return float(2.0 * beta * np.log2(num_prompts + 1))
+
+
+def _g(value: float | None) -> str:
+    """A log line's number: 3 significant digits (passes as a whole number), or n/a."""
+    return "n/a" if value is None else f"{value:.3g}" if value < 1000 else f"{value:.0f}"
 
 
 @contextlib.contextmanager
