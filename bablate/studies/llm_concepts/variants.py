@@ -10,82 +10,61 @@ Commands:
     python -m bablate --config=llm_concepts:quick
     python -m bablate --config=llm_concepts:full
 
-Runtimes. quick: measured 614 s (10.2 min) wall on 2 cores shared with other work (load
-average 3.1–5.4; the run got 102% of one core, 632 CPU-seconds in all, so on 2 idle cores it
-takes at most about that; 2026-12-06, peak memory 5.2 GB): load 21 s, ablation 294 s, PA 24 s,
-interventions 266 s, UCD 7 s. The interventions take 2.6× the CPU time of the previous
-version's (283 against 110 CPU-seconds, the two run one after the other): two prompt formats of
-13 arms × 30 rows (780 rows of 48 tokens) against 7 arms × 30 rows and 48 inhibition rows; the
-previous version measured 499 s in all with interventions 85 s on 2 idle cores. The
-ablation: head SVI 36 / 27 / 24 s (cheese / capitals / numbers; 40 steps ×
-8 masks of 24–29 prompts through 30 layers, one token each), the importance-sampling
-reference on cheese 132 s (heads, 1536 masks) and 71 s (neurons), neuron SVI 11–17 s. Before
-this version quick took 805 s: top-k sampling sorted the whole vocabulary at every step (the
-interventions alone took 304 s), each arm was sampled in its own call, with the neutral
-questions padded to the concept prompts' length, and quick ran a neuron MCMC check that never
-mixed (36 s). With a 2048-mask reference (as before) this version took 640 s on a slower
-stretch of the same machine (the ablation 448 s), over the 10 min quick is meant to fit.
-Masks are scored on the target read-out (``readout = "target"``: top-1's margin and
-log-probability instead of 49,152 logits per prompt), which gives the same numbers as the full
-logits (13,463 results compared: all equal but the MCMC adaptation's mean acceptance and step
-size, in the 6th digit) and costs 2.4× less per mask side by side (benchmarks/README.md).
-full: ≈ 4.1 h on 2 cores (AMD EPYC, AVX512-BF16), not ≤ 2 h: ≈ 2.7 h before its interventions
-ran as the authors' code runs them. Measured stage by stage on
-2026-12-02 with a tenth of its masks (``--config.svi_steps=20 --config.reference_samples=320``,
-everything else as full: 1572 s) and scaled linearly in masks (compilation < 80 s in all):
-SVI 6,900 s (3,200 masks per concept and site: heads ≈ 5,060 s, neurons ≈ 1,840 s), the
-4096-draw reference on cheese and cake 2,290 s, PA at 30 layers 42 s, UCD 104 s, loading
-24 s; interventions ≈ 5,400 s, derived, not run: 2 formats × 25 arms × 120 rows = 6,000 rows
-of 180 tokens, at the 4.8 ms per row and token that the previous full's interventions took
-(444 s for 1,944 rows of 48 tokens), plus ≈ 5% for attention over the longer cache (with
-``intervention_formats = ["authors"]`` half that). Masks are scored with bf16 projections
-(``ablation_matmuls``; 1.6-1.67× less per mask than float32 here, 12 of 3008 top-1 decisions
-flip: benchmarks/llm_bf16.py): with float32 full is ≈ 4.3 h on this machine. Not on every CPU:
-on an Intel Xeon bf16 cost 1.4-1.6× *more* per mask; the site builders time it at start and
-warn when it is slower (then ``--config.ablation_matmuls=float32``). At every
-position the prompts' shared two-shot header runs once per mask (llm.build_site's
-share_prefix; 2.0-3.0× less per mask). Fewer masks would not do: on cheese's heads SVI needs
-≈ 3,200 masks to come within 0.06-0.08 of the AMD (benchmarks/README.md). A GPU variant.
-In that run the reference on cheese's heads kept 316 of its 320 draws (ESS): at every
-position nearly every mask of the prior (half the heads off) fails all 24 prompts (log E[odds]
-−3.22, the all-fail log-odds), so the heads' AMD stays close to the prior (distributedness
-0.49); a 4096-draw reference is then precise to ≈ 0.01.
+Runtimes. quick: 659–796 CPU-seconds (2026-12-06, two runs on 2 cores shared with other jobs:
+16.2 min wall at load 3–6, 24.9 min at load 8–10; peak memory 5.1 GB). The process keeps about
+one core busy, so on 2 idle cores it takes at most its CPU time, ≈ 11–13 min. Stages of the
+second run: load and checks 64 s, ablation 763 s (the six certified estimates 596 s, the SVI
+cross-checks on cheese 94 s), PA 68 s, interventions 572 s, UCD 17 s. Masks are scored on the
+target read-out (``readout = "target"``: top-1's margin and log-probability instead of 49,152
+logits per prompt; the same numbers as the full logits, 2.4× less per mask side by side,
+benchmarks/README.md).
+full: ≈ 4.7 h on 2 cores (AMD EPYC, AVX512-BF16), derived, not run: certified estimates to
+s.e. 0.02 of the heads ≈ 7,800 s (≈ 5,000 masks per concept at every position, 0.26 s each, 6
+concepts) and of the neurons ≈ 1,200 s (≈ 2,048 masks, 0.096 s each), the SVI cross-checks on
+the first two concepts ≈ 2,300 s, interventions ≈ 5,400 s (2 formats × 25 arms × 120 rows of
+180 tokens at the 4.8 ms per row and token the previous full's interventions took; with
+``intervention_formats = ["authors"]`` half that), PA, UCD and loading ≈ 170 s. The masks per
+estimate scale as 1/s.e.²: quick's 512–1,024 masks at s.e. 0.05 become ≈ 3,200–6,400 at 0.02.
+Masks are scored with bf16 projections (``ablation_matmuls``; 1.6–1.67× less per mask than
+float32 here, 12 of 3008 top-1 decisions flip: benchmarks/llm_bf16.py). Not on every CPU: on an
+Intel Xeon bf16 cost 1.4–1.6× *more* per mask; the site builders time it at start and warn when
+it is slower (then ``--config.ablation_matmuls=float32``). At every position the prompts'
+shared two-shot header runs once per mask (llm.build_site's share_prefix; 2.0–3.0× less per
+mask). A GPU variant.
 
 quick: 3 concepts (cheese, capitals, numbers), every correct training prompt (24 / 23 / 29),
-all 270 heads (30 layers × 9) and the 1536 MLP neurons of layer 20 (SVI), each checked on
-cheese against importance sampling (1536 independent masks from the prior mixed with SVI's
-fit; its standard errors come from the run), masks at the last prompt position (the keys and
-values of earlier positions are cached), PA at 6 layers, interventions in both prompt formats
-on 30 of the 120 neutral questions (5 per category, one sample each) and 30 inhibition rows per
-concept, 48 new tokens cut at the end of turn, every arm sampled in one batch with a key per row.
-full: 6 concepts, ≤ 24 prompts, all 270 heads and the 1536 neurons of layer 20 (SVI, 200 steps
-× 16 masks), masks at every position scored with bf16 projections, the importance-sampling
-reference (4096 masks) on the first two concepts' sites (no MCMC: it did not mix here), PA at
-every layer, interventions in both formats on all 120 neutral questions and 120 inhibition rows
-per concept, 180 new tokens (the authors: 200 with the question).
+all 270 heads (30 layers × 9) and the 1536 MLP neurons of layer 20, each estimated by adaptive
+importance sampling to a largest standard error of 0.05 (``bb.infer(task, "importance")``:
+independent masks from a proposal refitted over rounds and mixed with the prior, so every
+weight is bounded and the standard errors come from the run), with mean-field SVI (40 steps ×
+8 masks) on cheese as a cross-check judged in the estimate's standard errors; masks at the last
+prompt position (the keys and values of earlier positions are cached), PA at 6 layers,
+interventions in both prompt formats on 30 of the 120 neutral questions (5 per category, one
+sample each) and 30 inhibition rows per concept, 48 new tokens cut at the end of turn, every arm
+sampled in one batch with a key per row.
+full: 6 concepts, ≤ 24 prompts, all 270 heads and the 1536 neurons of layer 20 estimated to a
+largest standard error of 0.02, masks at every position scored with bf16 projections, SVI
+cross-checks (200 steps × 16 masks) on the first two concepts, PA at every layer,
+interventions in both formats on all 120 neutral questions and 120 inhibition rows per concept,
+180 new tokens (the authors: 200 with the question).
 
-Measured ablation (quick, seed 0; this version). Task information (heads / neurons, bits)
-against its bound 2·log₂(n + 1) for n prompts, from SVI: cheese 2.32 / 3.04 of 9.29, capitals
-0.81 / 6.37 of 9.17, numbers 3.20 / 5.09 of 9.81. Head importance (SVI) spans 0.39–0.65 (cheese),
-0.43–0.58 (capitals), 0.36–0.82 (numbers; L23H3 0.82, then L27H8, L22H3). Convergence: only
-numbers' head SVI passes its own check (the others' mean gradient is 5.8–6.4 standard errors
-from 0, limit 5), and the reference says how far off the unconverged ones are. On cheese it
-converges (heads: ESS 143 of 1536, standard errors ≤ 0.043; neurons: ESS 817, ≤ 0.018). On the
-neurons SVI DISAGREES with it: largest |difference| 0.11 (6.4 standard errors, tolerance
-0.10), 72% within 2 standard errors, correlation −0.01, 0 of its top 10 in SVI's top 10. On
-the heads the check is UNRESOLVED: the largest difference, 0.17 (4.3 standard errors), is
-within the tolerance 0.05 + 3 s.e. = 0.18, which is more than the 0.1 an agreement needs
-(73% of heads within 2 standard errors; 2 of 10 top heads shared). A 2048-mask reference
-(640 s in all) resolved it as a disagreement (0.20 against a tolerance of 0.16). The reference
-puts cheese's task information at 1.77 bits (heads) and 0.14 bits (neurons): SVI's 2.32 and
-3.04 are mostly its own noise counted as information. The reference's top heads: L1H3 0.69,
-L17H3, L16H0, L24H6, L20H5 (± 0.04). With 40 steps × 8 masks, quick's SVI marginals are
-therefore indicative only, which the report says. How many masks SVI needs
-(benchmarks/README.md, a 16,384-mask reference on cheese's heads, standard errors ≤ 0.013):
-3,200 masks (200 steps × 16) bring it within 0.06–0.08 (two keys), 320 leave 0.17. The
-gradient MCMC did not mix on these sites (cheese heads, previous version: R-hat 1.49, ESS 2.3
-of 300 draws; neurons: R-hat 1.35, ESS 3.5), so quick checks with importance sampling, which
-needs no mixing; set ``head_mcmc_concepts = 1`` for the MCMC check as well.
+Measured ablation (quick, seed 0). Every estimate converged: heads cheese 1,024 forward passes
+(s.e. ≤ 0.046, ESS 122), capitals 512 (0.044, ESS 134), numbers 768 (0.043, ESS 138); neurons
+512 each (s.e. ≤ 0.025 / 0.029 / 0.026, ESS 412 / 302 / 360). Task information (heads /
+neurons, bits, ± its standard error) against its bound 2·log₂(n + 1): cheese 1.71 ± 0.25 /
+0.17 ± 0.04 of 9.29, capitals 0.63 ± 0.29 / 0.48 ± 0.07 of 9.17, numbers 1.64 ± 0.24 / 0.33 ±
+0.06 of 9.81. Head importance spans 0.36–0.71 (cheese; L1H3 0.71 ± 0.03, L15H6, L20H5),
+0.40–0.63 (capitals; L28H6, L20H4, L20H5), 0.39–0.87 (numbers; L23H3 0.87, L0H1, L1H5). The
+unseen-mass bound (posterior mass in a region the prior reaches less than once in M draws) is
+0.016–0.025 on the neurons and vacuous (1.0) on the heads at quick's budget: with 24 prompts
+every weight lies within a factor 625 / 0.3 of every other, and a bound below 0.1 would take
+≈ 60,000 masks. SVI's cross-check on cheese DISAGREES with the estimate on the heads (largest
+difference 0.228, 6.9 standard errors; 79% of heads within 2 s.e.; 2 of the top 10 shared)
+and did not pass its own convergence check (gradient z 6.1), and on the neurons is unresolved
+(within the estimate's noise, which is too coarse to show agreement): SVI's marginals at this
+budget are not an estimate of the AMD. The gradient MCMC did not mix on these sites (cheese
+heads, an earlier version: R-hat 1.49, ESS 2.3 of 300 draws), so it is off by default
+(``head_mcmc_concepts``).
 
 PA statistics (the tolerance unit) use training prompts only and leave out each prompt's first
 token, the attention sink (its residual norm is 9× the others' at layer 5, 166× at layer 15);
