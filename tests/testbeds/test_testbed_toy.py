@@ -95,7 +95,7 @@ def test_hidden_site_prefix_and_suffix_compose_to_the_model():
 def test_feature_tasks_of_one_instance_share_one_compiled_enumeration(monkeypatch):
     import chex
 
-    from bablate.inference import programs
+    from bablate import programs
 
     spec = toy.ToySpec(6, 3, "relu_out", toy.importance_geometric(6, 0.8))
     params = _trained_like(spec, 7)
