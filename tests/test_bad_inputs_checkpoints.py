@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from bablate import dictionary as dl
-from bablate import errors
+from bablate import errors, statefile
 from bablate.models import rnn
-from bablate.runner import runs, statefile
+from bablate.runner import runs
 from bablate.studies.basis_comparison import bases
 from bablate.studies.basis_comparison import config as basis_config
 from bablate.studies.basis_comparison import llm as basis_llm

@@ -23,8 +23,9 @@ import pytest
 from absl import flags
 
 from bablate import io as bbio
+from bablate import statefile
 from bablate.runner import cli as bcli
-from bablate.runner import runs, statefile, sweeps
+from bablate.runner import runs, sweeps
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = str(REPO / "tests" / "fake_study" / "config.py")

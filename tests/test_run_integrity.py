@@ -15,9 +15,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from bablate import errors
+from bablate import errors, statefile
 from bablate.models import gguf
-from bablate.runner import runs, statefile
+from bablate.runner import runs
 
 REPO = Path(__file__).resolve().parents[1]
 

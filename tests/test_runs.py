@@ -160,7 +160,7 @@ def test_a_runs_checkpoint_is_read_with_read_checkpoint(fake_config, workdir):
     """bb.read_checkpoint reads what the study saved, stamped with the hash in run.json; a
     damaged file is one line naming it."""
     import bablate as bb
-    from bablate.runner import statefile
+    from bablate import statefile
 
     runs.run_one(fake_config("quick"), workdir)
     path = workdir / "state" / "progress.msgpack"

@@ -63,9 +63,9 @@ import ml_collections
 
 from bablate import io as bbio
 from bablate import markdown as md
+from bablate import statefile
 from bablate.errors import RunError
 from bablate.io import to_jsonable
-from bablate.runner import statefile
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -289,7 +289,7 @@ class RunContext:
 
         Args:
           name: the name given to ``save_state``.
-          like: what the checkpoint must hold (see `bablate.runner.statefile.mismatch`), e.g.
+          like: what the checkpoint must hold (see `bablate.statefile.mismatch`), e.g.
             ``{"params": initial_params, "history": dict}``: the same keys, arrays of the same
             shapes and kinds, finite floats, and no all-zero array where ``like``'s is
             nonzero. None loads whatever the file holds.

@@ -12,7 +12,7 @@ import numpy as np
 import bablate as bb
 from bablate import dictionary as dl
 from bablate import llm as llm_lib
-from bablate.runner import statefile
+from bablate import statefile
 from bablate.runner.runs import RunContext
 
 from .bases import NEURON, ROTATION, CenterUnitBasis, fit_dictionaries, random_rotation, rebase

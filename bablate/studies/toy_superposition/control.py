@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bablate import toy_geometry
 from bablate.models import toy
 from bablate.runner.runs import RunContext
 from bablate.testbeds import toy as toy_testbed
+from bablate.testbeds import toy_geometry
 
 from .config import StudyConfig
 from .geometry import REPRESENTED_THRESHOLDS
