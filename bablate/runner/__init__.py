@@ -2,4 +2,4 @@
 checks studies declare their fields with.
 
 It sits above the method (sites, tasks, inference, metrics), which never imports it; a study's
-``run(ctx)`` receives a :class:`bablate.runner.runs.RunContext`."""
+``run(ctx)`` receives a :class:`bablate.runner.context.RunContext`."""

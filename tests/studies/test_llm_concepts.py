@@ -273,7 +273,7 @@ def test_every_variant_validates_and_builds_the_nested_config():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bablate.runner.runs import ConfigError
+    from bablate.errors import ConfigError
     from bablate.studies.llm_concepts import config as study_config
     from bablate.studies.llm_concepts import validate
     from bablate.studies.llm_concepts.variants import VARIANTS, get_config
@@ -326,7 +326,7 @@ def test_quick_covers_every_head_and_the_mcmc_keys_are_checked():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bablate.runner.runs import ConfigError
+    from bablate.errors import ConfigError
     from bablate.studies.llm_concepts import validate
     from bablate.studies.llm_concepts.variants import get_config
 
@@ -398,7 +398,7 @@ def _tiny_study_config(variant: str):
 
 
 def _run_study(c, tmp_path):
-    from bablate.runner.runs import RunContext
+    from bablate.runner.context import RunContext
     from bablate.studies import llm_concepts
 
     ctx = RunContext(tmp_path)
@@ -608,7 +608,7 @@ def _tiny_ablation(tiny, tmp_path, head_mcmc, importance=None, svi_concepts=1):
     """The study's ablation step on the tiny LLaMA: one concept whose targets are the intact
     model's own next tokens, every head of its 4 layers and layer 2's neurons, certified by
     importance sampling (16 and 48 units: above exact_max_units = 0)."""
-    from bablate.runner.runs import RunContext
+    from bablate.runner.context import RunContext
     from bablate.studies.llm_concepts import ablation
     from bablate.studies.llm_concepts.config import Ablation, Importance, Mcmc, Svi
     from bablate.testbeds.llama import ConceptData

@@ -12,7 +12,7 @@ import numpy as np
 import bablate as bb
 from bablate import dictionary as dl
 from bablate import statefile
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
 from bablate.testbeds import llama as llama_testbed
 
 from .bases import NEURON, ROTATION, CenterUnitBasis, fit_dictionaries, random_rotation, rebase

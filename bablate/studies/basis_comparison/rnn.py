@@ -9,7 +9,7 @@ import numpy as np
 
 import bablate as bb
 from bablate.models import rnn as rnn_model
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
 from bablate.testbeds.rnn import (
     TEST_SEED_OFFSET,
     chunk_tasks,

@@ -10,7 +10,7 @@ import numpy as np
 import bablate as bb
 from bablate import dictionary as dl
 from bablate.models import toy as toy_model
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
 from bablate.testbeds import toy as toy_testbed
 
 from .bases import NEURON, ROTATION, fit_dictionaries, random_rotation

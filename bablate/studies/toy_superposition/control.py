@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bablate.models import toy
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
 from bablate.testbeds import toy as toy_testbed
 from bablate.testbeds import toy_geometry
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bablate.models import toy
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
 
 from .config import StudyConfig
 
