@@ -10,7 +10,7 @@ tokenizer, params, a `LlamaConfig`, arrays):
   prompts), ``bablate/data/pa_prose.json`` (a training and a test paragraph per concept) and
   ``bablate/data/neutral_questions.json`` (questions that name no concept, in six categories).
 * `turn_end`: where SmolLM2-Instruct's own turn ends in generated text
-  (``llama.cut_at_end``'s arguments).
+  (``llama_generate.cut_at_end``'s arguments).
 * `concept_data`: one concept's prompts and target tokens, and whether the intact model's
   top-1 next token is the target; `concept_task`: a concept's task on the attention heads or
   the MLP neurons of some layers; `mlp_concept_tasks`: concept tasks on one layer's MLP
@@ -98,7 +98,7 @@ def neutral_questions(count: int | None = None) -> list[tuple[str, str]]:
 
 @dataclasses.dataclass(frozen=True)
 class TurnEnd:
-    """Where the model's own turn ends in generated tokens (see ``llama.cut_at_end``)."""
+    """Where the model's own turn ends in generated tokens (see ``llama_generate.cut_at_end``)."""
     end_id: int                    # the end-of-turn token
     reply_prefix: tuple[int, ...]  # the tokens that open the model's reply after one
 

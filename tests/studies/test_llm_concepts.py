@@ -21,7 +21,7 @@ import pytest
 import bablate as bb
 from bablate import llm
 from bablate.chunks import ucd
-from bablate.models import llama
+from bablate.models import llama, llama_generate
 
 CFG = llama.LlamaConfig(vocab_size=32, num_layers=4, width=32, mlp_width=48, num_heads=4,
                         num_kv_heads=2, rope_base=10000.0)
@@ -43,7 +43,7 @@ def tiny():
 def _last_logits(params, prompts, iv=None):
     h, _ = run(params, CFG, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid),
                output="hidden", interventions=iv)
-    return llm.unembed(params, CFG, h[:, -1])
+    return llama.unembed(params, CFG, h[:, -1])
 
 
 @pytest.mark.parametrize("positions", ["all", "last"])
@@ -202,7 +202,7 @@ def test_graft_puts_the_template_of_the_layer_below_into_each_layer(tiny):
             tpl = templates[("tiny", layer - lag)]
             m[layer, :, t - 3:t - 1] = ~tpl.neuron_mask
             f[layer, :, t - 3:t - 1] = tpl.mean * tpl.neuron_mask
-        new = llama.generate(params, CFG, ids, jnp.ones(ids.shape, bool), row_key,
+        new = llama_generate.generate(params, CFG, ids, jnp.ones(ids.shape, bool), row_key,
                              max_new=ic.tokens, temperature=ic.temperature, top_k=50,
                              interventions=llama.Interventions(resid=jnp.asarray(m),
                                                                resid_fill=jnp.asarray(f)))
