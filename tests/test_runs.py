@@ -270,3 +270,18 @@ def test_study_gets_a_locked_copy_of_the_config(fake_config, workdir, monkeypatc
     assert seen["locked"] and config.seed == 0
     assert json.loads((workdir / "config.json").read_text())["seed"] == 0
     assert json.loads((workdir / "results.json").read_text()) == {"seed_seen": 99}
+
+
+def test_load_or_compute_computes_once_then_reads_the_checkpoint(tmp_path):
+    ctx = context.RunContext(workdir=tmp_path, config_hash="h" * 64)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"w": np.arange(3.0)}
+
+    tree, reused = ctx.load_or_compute("w", compute, like={"w": np.ones(3)})
+    assert not reused and calls == [1]
+    again, reused = ctx.load_or_compute("w", compute, like={"w": np.ones(3)})
+    assert reused and calls == [1]
+    np.testing.assert_array_equal(again["w"], tree["w"])

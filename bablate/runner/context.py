@@ -12,7 +12,7 @@ import json
 import re
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,22 @@ class RunContext:
         if problem is not None:
             raise RunError(_refusal(path, f"does not hold what this run saves ({problem})"))
         return tree
+
+    def load_or_compute(self, name: str, compute: Callable[[], Any], like: Any = None
+                        ) -> tuple[Any, bool]:
+        """The checkpoint ``name`` if the run saved one (see :meth:`load_state`), else
+        ``compute()``'s tree, saved as ``name`` (see :meth:`save_state`) and returned as computed.
+
+        Returns:
+          ``(tree, reused)``: ``reused`` is True when the tree came from the checkpoint (its
+          leaves are then numpy arrays).
+        """
+        saved = self.load_state(name, like=like)
+        if saved is not None:
+            return saved, True
+        tree = compute()
+        self.save_state(name, tree)
+        return tree, False
 
     def render_report(self, title: str, config: Mapping, results: Mapping, footer: str = "") -> str:
         """The report.md text: title, key numbers, the study's sections and figures, config."""

@@ -55,17 +55,17 @@ def train_models(tc: ToyConfig, ctx: RunContext, keys: ToyKeys) -> tuple[dict, b
       ``{"params": stacked params, "loss": final loss per density}`` (numpy) and ``reuse``.
     """
     params_like, loss_like = toy_model.instances_like(toy_spec(tc), len(tc.densities))
-    state = ctx.load_state("toy_params", like={"params": params_like, "loss": loss_like})
-    if state is not None:
-        return state, True
-    ctx.log(f"toy: training {len(tc.densities)} |x| models {tc.n_features}->{tc.m_hidden} for "
-            f"{tc.train.steps} steps")
-    dens = jnp.asarray(np.asarray(tc.densities, np.float32))
-    params, loss = toy_model.train_instances(toy_spec(tc), dens, keys.train, tc.train,
-                                             desc="train toy |x|")
-    state = {"params": jax.tree.map(np.asarray, params), "loss": np.asarray(loss)}
-    ctx.save_state("toy_params", state)
-    return state, False
+
+    def compute() -> dict:
+        ctx.log(f"toy: training {len(tc.densities)} |x| models {tc.n_features}->{tc.m_hidden} "
+                f"for {tc.train.steps} steps")
+        dens = jnp.asarray(np.asarray(tc.densities, np.float32))
+        params, loss = toy_model.train_instances(toy_spec(tc), dens, keys.train, tc.train,
+                                                 desc="train toy |x|")
+        return {"params": jax.tree.map(np.asarray, params), "loss": np.asarray(loss)}
+
+    return ctx.load_or_compute("toy_params", compute,
+                               like={"params": params_like, "loss": loss_like})
 
 
 def run(tc: ToyConfig, inference: InferenceConfig, top_k: tuple[int, ...], ctx: RunContext,
