@@ -130,13 +130,15 @@ def abs_task_set(spec: toy.ToySpec, params: Params, density: float, key: jax.Arr
     every task (the intact network is not checked).
     """
     n = spec.n_features
+    dens = cast(jax.Array, density)  # a Python float, traced as the sampler's density
     blocks = []
     for j in range(n):
         k_pos, k_neg = jax.random.split(jax.random.fold_in(key, j))
-        blocks.append(toy.sample_conditioned(k_pos, num_positive, n, density, j, True, True))
-        blocks.append(toy.sample_conditioned(k_neg, num_negative, n, density, j, False, True))
+        blocks.append(toy.sample_conditioned(k_pos, num_positive, n, dens, j, True, True))
+        blocks.append(toy.sample_conditioned(k_neg, num_negative, n, dens, j, False, True))
     x = jnp.concatenate(blocks)
     site = hidden_site(spec, params)
+    assert site.prefix is not None  # a cached site
     act = jax.jit(site.prefix)(x)
     rules = {f"|x{i}|": bb.rules.custom(
         lambda out, t, i=i: (jnp.abs(out[:, i] - t) < epsilon).astype(jnp.float32),
