@@ -33,8 +33,8 @@ from bablate.inference.posterior import load_posterior
 from bablate.nnx_sites import nnx_list_sites, nnx_run_with_cache, nnx_site
 from bablate.plot import report
 from bablate.rules import Rule
-from bablate.runner.statefile import read_checkpoint
 from bablate.sites import Basis, Site, mask_activation
+from bablate.statefile import read_checkpoint
 from bablate.tasks import Task
 from bablate.taskset import TaskSet
 

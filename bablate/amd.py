@@ -14,7 +14,6 @@ stock sampler's scoring evaluate (:func:`log_density` is it for :func:`model`'s 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ import numpyro
 import numpyro.distributions as dist
 from jax.typing import ArrayLike
 
-from bablate.tasks import Task
+from bablate.tasks import Task, bind
 from bablate.taskset import TaskSet
 
 MASK_SITE = "mask"
@@ -78,12 +77,6 @@ def amd_args(task: Task, p: np.ndarray, beta: float, data: Any = None) -> dict:
     return {"data": task.data if data is None else data, "positive": task.rule.positive,
             "log_prior": np.stack([np.log(p), np.log1p(-p)]).astype(np.float32),
             "beta": np.float32(beta)}
-
-
-def bind(task: Task, args: dict) -> Task:
-    """``task``'s evaluators with the rule's ``positive`` taken from ``args`` (traced)."""
-    rule = dataclasses.replace(task.rule, positive=args["positive"])
-    return Task(name=task.name, site=task.site, rule=rule, data={})
 
 
 def model(args: dict, *, task: Task, smooth: bool = False) -> None:

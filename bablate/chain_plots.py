@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from numpyro.diagnostics import effective_sample_size
 from scipy import stats
 
-from bablate.inference.posterior import Posterior
+from bablate.inference.posterior import Posterior, import_arviz
 
 BAND_LEVEL = 0.95
 
@@ -156,8 +156,6 @@ def rank_caption(task: str) -> str:
 
 def trace(post: Posterior, units: Sequence[int] | None = None, k: int = 4) -> Figure:
     """arviz's trace plot of the draws of ``units`` (default: the ``k`` with the lowest ESS)."""
-    from bablate.inference.arviz_data import import_arviz
-
     _check_chains(post, "trace")
     az = import_arviz()
     idata = post.to_arviz()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from bablate import sharding
+from bablate import programs, sharding
 from bablate.callsite import warn_caller
 from bablate.rules import Rule, check_same_length, num_examples, p_correct_from
 from bablate.sites import Site, ablation_value, check_activation, check_mask_values, mask_activation
@@ -71,8 +71,6 @@ def masked_outputs(site: Site, data: dict, masks: Array, vectorized: bool = Fals
 def outputs_evaluator(site: Site) -> Callable[[dict, Array], Any]:
     """The compiled ``(data, masks [M, d]) -> outputs`` of ``site`` (:func:`masked_outputs`),
     one program per site object (cached; data and masks are arguments)."""
-    from bablate.inference import programs  # the inference package imports this module
-
     def evaluate(data: dict, masks: Array) -> Any:
         return masked_outputs(site, data, masks)
 
@@ -131,9 +129,7 @@ class Task:
                    key: Array | None = None, check_intact: bool = True) -> list[Task]:
         """Tasks on one site and one dataset that differ only in their rule: the tasks of
         :meth:`TaskSet.build` (which keeps the knowledge that they share their data)."""
-        from bablate.taskset import TaskSet  # the task set module builds on this one
-
-        return list(TaskSet.build(site, inputs, rules, key=key, check_intact=check_intact))
+        return list(build_shared(site, inputs, rules, key=key, check_intact=check_intact))
 
     def check_rule(self) -> None:
         """Checks the rule against the shapes of the network's outputs (without running it):
@@ -280,12 +276,10 @@ def evaluator(task: Task, smooth: bool = False) -> Callable[[dict, Array], tuple
     with ``args = evaluator_args(task)``.
 
     It is compiled for what it depends on beyond arrays (the site object and the rule's code,
-    :func:`bablate.inference.programs.program_key`) and takes the task's data and positives as
+    :func:`bablate.programs.program_key`) and takes the task's data and positives as
     arguments, so every task on one site with data of one shape shares one compilation, and
     ``p_correct`` and ``log_odds`` share it too.
     """
-    from bablate.inference import programs  # the inference package imports this module
-
     key = ("evaluate", *programs.program_key(task), bool(smooth))
     return programs.cached_program(key, lambda: _build_evaluator(task, smooth))
 
@@ -296,14 +290,17 @@ def evaluator_args(task: Task) -> dict:
             "positive": sharding.replicate(task.rule.positive)}
 
 
-def _build_evaluator(task: Task, smooth: bool):
-    from bablate import amd
-    from bablate.inference import programs
+def bind(task: Task, args: dict) -> Task:
+    """``task``'s evaluators with the rule's ``positive`` taken from ``args`` (traced)."""
+    rule = dataclasses.replace(task.rule, positive=args["positive"])
+    return Task(name=task.name, site=task.site, rule=rule, data={})
 
+
+def _build_evaluator(task: Task, smooth: bool):
     bare = dataclasses.replace(task, data={})  # the cache must not keep one task's arrays
 
     def evaluate(args, masks):
-        p = amd.bind(bare, args).p_correct_fn(args["data"], masks, smooth)
+        p = bind(bare, args).p_correct_fn(args["data"], masks, smooth)
         return p, logit(p)
 
     return jax.jit(programs.trace_guard(evaluate))
@@ -349,6 +346,58 @@ def _chunked(task: Task, kind: str, masks, smooth: bool, chunk_size: int) -> np.
 
 
 # ---- many rules on one site and one dataset ------------------------------------------------
+
+def build_shared(site: Site, inputs: Any, rules: dict[str, Rule], *,
+                 activation: Array | None = None, key: Array | None = None,
+                 check_intact: bool = True) -> tuple[Task, ...]:
+    """The tasks of :meth:`bablate.TaskSet.build` (see there): the site's prefix runs once and
+    every task holds the same inputs, cached activation and ablation value."""
+    if not isinstance(rules, Mapping):
+        raise TypeError(f"TaskSet.build: rules must be a dict of task name -> Rule, got "
+                        f"{type(rules).__name__}.")
+    if not rules:
+        raise ValueError("TaskSet.build needs at least one rule; got an empty dict.")
+    for name, rule in rules.items():
+        check_rule_type(rule, f"TaskSet.build, task {name!r}")
+    shared = shared_data(site, inputs, next(iter(rules)), activation, key)
+    tasks = tuple(Task(name=name, site=site, rule=rule, data={**shared, "rule": rule.data})
+                  for name, rule in rules.items())
+    for task in tasks:
+        task.check_rule()
+    if check_intact:
+        outputs = shared_outputs(site, shared, np.ones((1, site.num_units), np.float32))
+        p = np.asarray(rules_p_correct(tuple(t.rule for t in tasks), outputs,
+                                       [t.rule.data for t in tasks],
+                                       [t.rule.positive for t in tasks], False))
+        full = np.asarray(logit(jnp.asarray(p)))[:, 0]
+        for task, value in zip(tasks, full, strict=True):
+            warn_if_intact_fails(task.name, float(value))
+    return tasks
+
+
+def shared_outputs(site: Site, data: dict, masks: np.ndarray, chunk_size: int = 1024) -> Any:
+    """The site's outputs under host masks ``[M, d]`` (leading axis M), rule-independent, in
+    chunks: one compiled program per site (:func:`outputs_evaluator`)."""
+    fn = outputs_evaluator(site)
+    # The rule-free arrays only: tasks with other rules share the program.
+    shared = {k: data[k] for k in ("inputs", "act", "value")}
+    pieces = []
+    for start in range(0, max(len(masks), 1), chunk_size):
+        block = masks[start:start + chunk_size]
+        pieces.append(jax.tree.map(np.asarray, fn(shared, jnp.asarray(block))))
+    return jax.tree.map(lambda *p: np.concatenate(p), *pieces)
+
+
+def rules_p_correct(rules: tuple[Rule, ...], outputs: Any, rule_data: list, positives: list,
+                    smooth: bool) -> Array:
+    """``[T, M]`` P(correct) of each rule from the outputs of M masks (leading axis M)."""
+    rows = []
+    for rule, data, positive in zip(rules, rule_data, positives, strict=True):
+        correct = correct_fn(rule, smooth)
+        c = jax.vmap(lambda out, correct=correct, data=data: correct(out, data))(outputs)
+        rows.append(p_correct_from(c.astype(jnp.float32), positive))
+    return jnp.stack(rows)
+
 
 def correct_fn(rule: Rule, smooth: bool) -> Callable[[Any, Any], Array]:
     correct = rule.soft if smooth else rule.hard

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -13,33 +13,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from bablate.rules import Rule, p_correct_from
+from bablate.rules import Rule
 from bablate.sites import Site
 from bablate.tasks import (
     Task,
+    build_shared,
     check_masks,
-    check_rule_type,
-    correct_fn,
     examples_text,
     logit,
     masked_outputs,
-    outputs_evaluator,
-    shared_data,
-    warn_if_intact_fails,
+    rules_p_correct,
+    shared_outputs,
 )
 
 Array = jax.Array
-
-
-def _rules_p_correct(rules: tuple[Rule, ...], outputs: Any, rule_data: list, positives: list,
-                     smooth: bool) -> Array:
-    """``[T, M]`` P(correct) of each rule from the outputs of M masks (leading axis M)."""
-    rows = []
-    for rule, data, positive in zip(rules, rule_data, positives, strict=True):
-        correct = correct_fn(rule, smooth)
-        c = jax.vmap(lambda out, correct=correct, data=data: correct(out, data))(outputs)
-        rows.append(p_correct_from(c.astype(jnp.float32), positive))
-    return jnp.stack(rows)
 
 
 def _same_arrays(a: Any, b: Any) -> bool:
@@ -104,24 +91,8 @@ class TaskSet:
           key: PRNG key for resample ablation (default ``jax.random.key(0)``); drawn once.
           check_intact: warn for each task the intact network already fails.
         """
-        if not isinstance(rules, Mapping):
-            raise TypeError(f"TaskSet.build: rules must be a dict of task name -> Rule, got "
-                            f"{type(rules).__name__}.")
-        if not rules:
-            raise ValueError("TaskSet.build needs at least one rule; got an empty dict.")
-        for name, rule in rules.items():
-            check_rule_type(rule, f"TaskSet.build, task {name!r}")
-        shared = shared_data(site, inputs, next(iter(rules)), activation, key)
-        tasks = tuple(Task(name=name, site=site, rule=rule, data={**shared, "rule": rule.data})
-                      for name, rule in rules.items())
-        for task in tasks:
-            task.check_rule()
-        out = cls.of(tasks)
-        if check_intact:
-            full = out.log_odds(np.ones((1, site.num_units), np.float32))[:, 0]
-            for task, value in zip(tasks, full, strict=True):
-                warn_if_intact_fails(task.name, float(value))
-        return out
+        return cls.of(build_shared(site, inputs, rules, activation=activation, key=key,
+                                   check_intact=check_intact))
 
     @classmethod
     def of(cls, tasks: list[Task] | tuple[Task, ...]) -> TaskSet:
@@ -194,7 +165,7 @@ class TaskSet:
         """P(correct | task, mask) of every task for masks ``[M, d]`` -> ``[T, M]``; the
         network runs once per mask (``data`` as :attr:`data`)."""
         outputs = masked_outputs(self.site, data, masks, vectorized=vectorized)
-        return _rules_p_correct(self.rules, outputs, data["rules"], data["positives"], smooth)
+        return rules_p_correct(self.rules, outputs, data["rules"], data["positives"], smooth)
 
     def log_odds_fn(self, data: dict, masks: Array, smooth: bool = False) -> Array:
         """β-free log-odds of correctness of every task, ``[T, M]``."""
@@ -206,14 +177,7 @@ class TaskSet:
         """The site's outputs under masks ``[M, d]`` (leading axis M), rule-independent: one
         compiled program per site (:func:`outputs_evaluator`)."""
         masks = check_masks(masks, self.num_units, f"TaskSet {self.names}")
-        fn = outputs_evaluator(self.site)
-        # The rule-free arrays only: task sets with other rules share the program.
-        shared = {k: self.data[k] for k in ("inputs", "act", "value")}
-        pieces = []
-        for start in range(0, max(len(masks), 1), chunk_size):
-            block = masks[start:start + chunk_size]
-            pieces.append(jax.tree.map(np.asarray, fn(shared, jnp.asarray(block))))
-        return jax.tree.map(lambda *p: np.concatenate(p), *pieces)
+        return shared_outputs(self.site, self.data, masks, chunk_size)
 
     def p_correct(self, masks: ArrayLike, smooth: bool = False, chunk_size: int = 1024
                   ) -> np.ndarray:
@@ -232,11 +196,11 @@ class TaskSet:
             rows = []
             for j, task in enumerate(self.tasks):
                 own = jax.tree.map(lambda o, j=j: o[j * per:(j + 1) * per], flat)
-                rows.append(_rules_p_correct((task.rule,), own, [task.rule.data],
+                rows.append(rules_p_correct((task.rule,), own, [task.rule.data],
                                              [task.rule.positive], smooth)[0])
             return np.asarray(jnp.stack(rows)) if rows else np.zeros((0, per), np.float32)
         outputs = self.outputs(masks, chunk_size)
-        return np.asarray(_rules_p_correct(self.rules, outputs, self.data["rules"],
+        return np.asarray(rules_p_correct(self.rules, outputs, self.data["rules"],
                                            self.data["positives"], smooth))
 
     def log_odds(self, masks: ArrayLike, smooth: bool = False, chunk_size: int = 1024

@@ -28,7 +28,16 @@ import warnings
 
 import jax
 import numpy as np
-from common import base_parser, emit, log, parse_args, random_masks, time_fn
+from common import (
+    LLM_QUICK,
+    base_parser,
+    emit,
+    llm_concept_task,
+    log,
+    parse_args,
+    random_masks,
+    time_fn,
+)
 
 import bablate as bb
 from bablate import amd
@@ -153,16 +162,14 @@ def llm_heads(target_se: float, max_masks: int, seed: int, quick: bool) -> None:
     errors for about 95% of heads."""
     import dataclasses
 
-    from bablate.studies.llm_concepts import ablation, config
-    from bablate.studies.llm_concepts.variants import get_config
     from bablate.testbeds.llama import concept_data, load_concepts, load_smollm2
 
     cfg, params, tok = load_smollm2()
     d = concept_data("cheese", load_concepts()["cheese"], tok, params, cfg)
-    ac = config.from_config(get_config("quick")).ablation
+    ac = LLM_QUICK
     if quick:
         ac = dataclasses.replace(ac, head_layers=(28, 29), max_prompts=4)
-    task, n = ablation.concept_task(ac, params, cfg, tok, d, "heads")
+    task, n = llm_concept_task(ac, params, cfg, tok, d, "heads")
     emit(gradient_cost(task, "llm_heads", repeat=3))
     key = jax.random.key(seed)
     t0 = time.process_time()

@@ -9,6 +9,7 @@ can be collected with ``python benchmarks/x.py > x.jsonl``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import numpy as np
 
 import bablate as bb
 from bablate import sharding
+from bablate.testbeds import llama as llama_testbed
 
 # ---------------------------------------------------------------------------------------------
 # Output and timing
@@ -397,3 +399,36 @@ def make_task(model: dict, name: str | None = None) -> bb.Task:
 def random_masks(num_masks: int, num_units: int, seed: int = 0, keep: float = 0.5) -> np.ndarray:
     rng = np.random.default_rng(seed + 1)
     return (rng.random((num_masks, num_units)) < keep).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The LLM study's concept tasks
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LLMAblation:
+    """The llm_concepts study's ablation settings (its quick variant by default), with which
+    the LLM benchmarks build its concept tasks; benchmarks import no study, and
+    tests/test_benchmarks.py checks these against the study's variants."""
+    head_layers: tuple[int, ...] = tuple(range(30))
+    neuron_layer: int = 20
+    max_prompts: int = 32
+    positions: str = "last"
+    readout: str = "target"
+    matmuls: str = "float32"
+    length_buckets: int = 1
+
+
+LLM_QUICK = LLMAblation()
+LLM_FULL = LLMAblation(max_prompts=24, positions="all", readout="logits", matmuls="bfloat16")
+
+
+def llm_concept_task(ac: LLMAblation, params: dict, cfg, tok, d, kind: str,
+                     share_prefix: bool = True) -> tuple[bb.Task, int]:
+    """The study's task of concept ``d`` on site ``kind`` ("heads": ``ac.head_layers``;
+    "neurons": ``ac.neuron_layer``): :func:`bablate.testbeds.llama.concept_task`."""
+    layers = ac.head_layers if kind == "heads" else (ac.neuron_layer,)
+    return llama_testbed.concept_task(params, cfg, tok, d, kind, tuple(layers),
+                                      max_prompts=ac.max_prompts, positions=ac.positions,
+                                      readout=ac.readout, matmuls=ac.matmuls,
+                                      length_buckets=ac.length_buckets, share_prefix=share_prefix)

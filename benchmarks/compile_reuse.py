@@ -34,7 +34,7 @@ from common import base_parser, build, emit, log, parse_args, random_masks
 from jax import monitoring
 
 import bablate as bb
-from bablate.inference import programs
+from bablate import programs
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _COMPILES: list[float] = []

@@ -28,13 +28,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from common import base_parser, emit, log, parse_args, time_fn
+from common import LLM_FULL, base_parser, emit, llm_concept_task, log, parse_args, time_fn
 
 import bablate as bb
 from bablate import llm
 from bablate.models import llama
-from bablate.studies.llm_concepts import ablation, config
-from bablate.studies.llm_concepts.variants import get_config
 
 DTYPES = ("float32", "bfloat16")
 
@@ -52,7 +50,7 @@ def main():
     from bablate.testbeds.llama import concept_data, load_concepts, load_smollm2
 
     cfg, params, tok = load_smollm2()
-    ac = config.from_config(get_config("full")).ablation
+    ac = LLM_FULL
     if args.quick:
         ac = dataclasses.replace(ac, head_layers=(28, 29), neuron_layer=29, max_prompts=4)
         args.masks, args.concepts, args.exact_layer = 4, ["cheese"], 29
@@ -64,7 +62,7 @@ def main():
 
 def _tasks(ac, d, kind, loaded) -> dict:
     cfg, params, tok = loaded
-    return {dt: ablation.concept_task(dataclasses.replace(ac, matmuls=dt), params, cfg, tok, d,
+    return {dt: llm_concept_task(dataclasses.replace(ac, matmuls=dt), params, cfg, tok, d,
                                       kind)[0] for dt in DTYPES}
 
 

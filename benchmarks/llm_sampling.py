@@ -7,12 +7,12 @@ Two cases, each timed side by side in one run:
   read as ``top_k(x, k)[0][:, -1:]`` (``slice``: on CPU, XLA folds that slice into the
   top-k's own and sorts the whole vocabulary instead) or as the ``min`` of the top k (the same
   value), then a draw over the whole vocabulary; against a draw among the k largest only
-  (``among_k``, the same distribution, what ``llama.generate`` does). ``ratio`` gives both
-  over ``among_k``, by wall and by CPU time.
-* ``generate``: ``llama.generate`` with top-k sampling and one key per row, at several batch
-  widths, on a random model of SmolLM2-135M's shape; ``ratio.row_cost_vs_widest`` is the
-  cost of a row at each width over its cost at the widest (why the study samples every arm
-  in one batch).
+  (``among_k``, the same distribution, what ``llama_generate.generate`` does). ``ratio``
+  gives both over ``among_k``, by wall and by CPU time.
+* ``generate``: ``llama_generate.generate`` with top-k sampling and one key per row, at
+  several batch widths, on a random model of SmolLM2-135M's shape;
+  ``ratio.row_cost_vs_widest`` is the cost of a row at each width over its cost at the widest
+  (why the study samples every arm in one batch).
 
     python benchmarks/llm_sampling.py            # SmolLM2's shape, 48 tokens, batches 8..160
     python benchmarks/llm_sampling.py --quick    # a tiny model, seconds
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import base_parser, emit, log, parse_args, time_fn
 
-from bablate.models import llama
+from bablate.models import llama, llama_generate
 
 SMOLLM2 = llama.LlamaConfig(vocab_size=49152, num_layers=30, width=576, mlp_width=1536,
                             num_heads=9, num_kv_heads=3, rope_base=100000.0, norm_eps=1e-5)
@@ -37,7 +37,7 @@ def top_k_sampling(args, vocab: int, widths: list[int], k: int = 50) -> None:
     """One top-k sampling step (one key per row) three ways: the vocabulary masked below the
     k-th largest logit read by slicing (``slice``) or by ``min`` (``min``), then a draw over
     the whole vocabulary; or a draw among the k largest only (``among_k``, what
-    ``llama.generate`` does). All three sample the same distribution."""
+    ``llama_generate.generate`` does). All three sample the same distribution."""
     def masked(kth_of):
         def step(x, key):
             kth = kth_of(jax.lax.top_k(x, k)[0])
@@ -78,7 +78,7 @@ def generate(args, cfg: llama.LlamaConfig, widths: list[int], prompt: int, token
     keys = jax.random.split(jax.random.key(args.seed), widest)
     timed = {}
     for b in widths:
-        run = lambda b=b: llama.generate(params, cfg, ids[:b], valid[:b], keys[:b],
+        run = lambda b=b: llama_generate.generate(params, cfg, ids[:b], valid[:b], keys[:b],
                                          max_new=tokens, temperature=0.8, top_k=50)
         timed[b] = time_fn(run, repeat=args.repeat, warmup=1)
         log(f"generate b={b}: {timed[b]['median_s']:.2f} s "

@@ -26,15 +26,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from common import base_parser, emit, log, parse_args, time_fn
+from common import LLM_FULL, base_parser, emit, llm_concept_task, log, parse_args, time_fn
 
 from bablate import llm
-from bablate.studies.llm_concepts import ablation, config
-from bablate.studies.llm_concepts.variants import get_config
 
 
 def tasks(ac, d, kind: str, loaded, buckets: int = 1) -> dict:
-    """Concept ``d``'s task on site ``kind`` built by the study's ``concept_task``: with the
+    """Concept ``d``'s task on site ``kind`` built as the study builds it: with the
     shared header (``shared``), with every prompt run whole (``whole``) and, for ``buckets``
     > 1, with the shared header and the prompts in ≤ ``buckets`` length groups
     (``bucketed``)."""
@@ -42,7 +40,7 @@ def tasks(ac, d, kind: str, loaded, buckets: int = 1) -> dict:
     arms = {"shared": (True, 1), "whole": (False, 1)}
     if buckets > 1:
         arms["bucketed"] = (True, buckets)
-    return {name: ablation.concept_task(dataclasses.replace(ac, length_buckets=k), params, cfg,
+    return {name: llm_concept_task(dataclasses.replace(ac, length_buckets=k), params, cfg,
                                         tok, d, kind, share_prefix=share)[0]
             for name, (share, k) in arms.items()}
 
@@ -70,7 +68,7 @@ def main():
     from bablate.testbeds.llama import concept_data, load_concepts, load_smollm2
 
     loaded = cfg, params, tok = load_smollm2()
-    ac = dataclasses.replace(config.from_config(get_config("full")).ablation, head_layers=layers,
+    ac = dataclasses.replace(LLM_FULL, head_layers=layers,
                              neuron_layer=args.neuron_layer, max_prompts=args.max_prompts,
                              readout=args.readout, matmuls=args.matmuls)
     for concept in args.concepts:

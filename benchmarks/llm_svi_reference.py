@@ -28,25 +28,22 @@ import warnings
 
 import jax
 import numpy as np
-from common import base_parser, emit, log, parse_args
+from common import LLM_QUICK, base_parser, emit, llm_concept_task, log, parse_args
 
 import bablate as bb
 from bablate.inference import ConvergenceWarning
-from bablate.studies.llm_concepts import ablation
 
 
 def concept_task(concept: str, layers: tuple[int, ...], positions: str, max_prompts: int):
-    """The study's head task for ``concept`` (``ablation.concept_task`` with quick's settings
-    but these layers, positions and prompt count)."""
-    from bablate.studies.llm_concepts import config
-    from bablate.studies.llm_concepts.variants import get_config
+    """The study's head task for ``concept`` (``testbeds.llama.concept_task`` with quick's
+    settings but these layers, positions and prompt count)."""
     from bablate.testbeds.llama import concept_data, load_concepts, load_smollm2
 
     cfg, params, tok = load_smollm2()
     d = concept_data(concept, load_concepts()[concept], tok, params, cfg)
-    ac = dataclasses.replace(config.from_config(get_config("quick")).ablation,
+    ac = dataclasses.replace(LLM_QUICK,
                              head_layers=layers, positions=positions, max_prompts=max_prompts)
-    return ablation.concept_task(ac, params, cfg, tok, d, "heads")
+    return llm_concept_task(ac, params, cfg, tok, d, "heads")
 
 
 def reference(task: bb.Task, target_se: float, max_masks: int, seed: int) -> dict:
@@ -91,7 +88,8 @@ def main():
             warnings.simplefilter("ignore", ConvergenceWarning)  # reported below
             post = bb.infer(task, "svi", key=key, num_steps=steps, num_particles=particles,
                             learning_rate=lr, num_draws=100,
-                            steps_per_call=ablation.steps_per_call(steps))
+                            # the study's chunk length (llm_concepts/ablation.steps_per_call)
+                            steps_per_call=min(50, max(1, steps // 4)))
         seconds = time.perf_counter() - t0
         diff = np.abs(post.marginals - q_ref)
         emit({"bench": "llm_svi_reference", "case": f"{args.concept}_{args.positions}_{spec}",

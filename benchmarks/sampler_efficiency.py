@@ -40,7 +40,7 @@ from common import base_parser, emit, log, parse_args
 from numpyro.infer import DiscreteGibbs
 
 import bablate as bb
-from bablate.inference import programs
+from bablate import programs
 from bablate.inference.mcmc import Run, chain_diagnostics, legacy_key, sample_flip_kernel
 
 

@@ -13,7 +13,7 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
 import bablate as bb
 from bablate.inference import chain_diagnostics
-from bablate.inference.arviz_data import import_arviz
+from bablate.inference.posterior import import_arviz
 
 pytest.importorskip("arviz", reason="arviz is not installed (pip install 'bablate[arviz]')")
 az = import_arviz()  # arviz, with its import-time FutureWarning silenced

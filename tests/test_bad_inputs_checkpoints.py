@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from bablate import dictionary as dl
-from bablate import errors
+from bablate import errors, statefile
 from bablate.models import rnn
-from bablate.runner import runs, statefile
+from bablate.runner import context
 from bablate.studies.basis_comparison import bases
 from bablate.studies.basis_comparison import config as basis_config
 from bablate.studies.basis_comparison import llm as basis_llm
@@ -205,7 +205,7 @@ def _same(a, b) -> bool:
 def test_study_resumes_from_its_checkpoint_and_refuses_damaged_ones(study, tmp_path,
                                                                     monkeypatch):
     load, name, trainer, damages = LOADERS[study]
-    ctx = runs.RunContext(workdir=tmp_path, config_hash="c" * 64)
+    ctx = context.RunContext(workdir=tmp_path, config_hash="c" * 64)
     fresh = load(ctx)
     saved, stamp = statefile.loads(ctx.state_path(name).read_bytes())
     assert stamp == ctx.config_hash
@@ -226,7 +226,7 @@ def test_study_resumes_from_its_checkpoint_and_refuses_damaged_ones(study, tmp_p
 
 
 def test_llm_dictionary_setup_is_reused_only_when_it_is_the_same(tmp_path):
-    ctx = runs.RunContext(workdir=tmp_path, config_hash="c" * 64)
+    ctx = context.RunContext(workdir=tmp_path, config_hash="c" * 64)
     setup = {"layer": 3, "fit_concepts": ["cheese"], "dictionaries": [{"method": "sae_topk"}]}
     assert not basis_llm.same_setup(ctx, setup)  # nothing saved
     ctx.save_state("llm_setup", setup)
@@ -239,7 +239,7 @@ def test_llm_dictionary_setup_is_reused_only_when_it_is_the_same(tmp_path):
 def test_saved_dictionary_is_reused_and_a_damaged_one_is_one_line(tmp_path, monkeypatch):
     """basis_comparison keeps each fitted dictionary in the run's dictionaries/ and reuses it
     when the network was reloaded; a damaged file there is refused like a checkpoint."""
-    ctx = runs.RunContext(workdir=tmp_path)
+    ctx = context.RunContext(workdir=tmp_path)
     acts = np.abs(np.asarray(jax.random.normal(jax.random.key(0), (64, 6))))
     configs = (dl.DictionaryConfig("sae_topk", 4, steps=100, top_k=2),)
     fitted, _ = bases.fit_dictionaries(acts, configs, jax.random.key(1), ctx, "toy", False)

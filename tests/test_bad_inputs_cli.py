@@ -23,8 +23,9 @@ import pytest
 from absl import flags
 
 from bablate import io as bbio
+from bablate import statefile
 from bablate.runner import cli as bcli
-from bablate.runner import runs, statefile, sweeps
+from bablate.runner import rundir, runs, sweeps
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = str(REPO / "tests" / "fake_study" / "config.py")
@@ -344,13 +345,13 @@ def test_results_that_do_not_check_out_are_redone(damage, cli, workdir, tmp_path
         (workdir / "run.json").write_text(json.dumps({**stamp, "config_sha256": "0" * 64}))
     else:
         (workdir / "results.json").write_bytes(good.replace(b'"steps": 4', b'"steps": 5'))
-    config = runs.config_to_dict(flags_free_fake_config())
-    assert runs.run_status(config, workdir)[0] == "unfinished"  # nothing looks finished
+    config = rundir.config_to_dict(flags_free_fake_config())
+    assert rundir.run_status(config, workdir)[0] == "unfinished"  # nothing looks finished
     code, err = _fake_run(cli, workdir)
     assert code == 0, err
     assert "note: redoing:" in (workdir / "log.txt").read_text()
     assert (workdir / "results.json").read_bytes() == good  # redone, same numbers
-    assert runs.run_status(config, workdir)[0] == "finished"
+    assert rundir.run_status(config, workdir)[0] == "finished"
 
 
 def flags_free_fake_config():
@@ -455,7 +456,7 @@ def test_planted_or_corrupt_checkpoint_is_refused_in_one_line(payload, cli, monk
 
 
 def test_second_launch_on_a_locked_workdir_is_refused(cli, workdir):
-    with runs.run_lock(workdir):
+    with rundir.run_lock(workdir):
         code, err = _fake_run(cli, workdir)
     assert code == 2
     assert_one_line(err, f"is in use by another launch (pid {os.getpid()}); wait for it")
@@ -465,7 +466,7 @@ def test_second_launch_on_a_locked_workdir_is_refused(cli, workdir):
 
 
 def test_second_sweep_on_a_locked_sweep_dir_is_refused(cli, tmp_path):
-    with runs.run_lock(tmp_path / "sweep"):
+    with rundir.run_lock(tmp_path / "sweep"):
         code, err = cli(f"--config={FAKE}", "--sweep", f"--workdir={tmp_path / 'sweep'}")
     assert code == 2
     assert_one_line(err, "is in use by another launch (pid")

@@ -335,3 +335,21 @@ def test_run_gpu_script_runs_every_step_tiny(tmp_path):
         assert s["rc"] == 0, (s, (tmp_path / f"{s['step']}.log").read_text()[-2000:])
         lines = (tmp_path / f"{s['step']}.jsonl").read_text().splitlines()
         assert lines and all(COMMON_KEYS <= json.loads(x).keys() for x in lines)
+
+
+def test_the_llm_benchmarks_build_the_studys_tasks():
+    """benchmarks/common.py copies the llm_concepts study's ablation settings (benchmarks import
+    no study): they must still be the study's quick and full variants'."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+    from bablate.studies.llm_concepts import config
+    from bablate.studies.llm_concepts.variants import get_config
+
+    for variant, mine in (("quick", common.LLM_QUICK), ("full", common.LLM_FULL)):
+        ac = config.from_config(get_config(variant)).ablation
+        for field in ("head_layers", "neuron_layer", "max_prompts", "positions", "readout",
+                      "matmuls", "length_buckets"):
+            assert getattr(mine, field) == getattr(ac, field), (variant, field)

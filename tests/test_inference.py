@@ -9,7 +9,7 @@ import pytest
 from core_models import head_rule, trained_mlp
 
 import bablate as bb
-from bablate.inference import programs
+from bablate import programs
 
 
 @pytest.fixture(scope="module")

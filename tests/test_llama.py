@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from bablate.models import gguf as gguf_io
-from bablate.models import llama
+from bablate.models import llama, llama_generate
 
 gguf = pytest.importorskip("gguf")
 
@@ -216,7 +216,7 @@ def test_kv_cache_decoding_equals_full_forward(tiny):
     _, _, _, cfg, params, _ = tiny
     tokens = jnp.array([[0, 0, 11, 4, 19, 50], [3, 7, 12, 25, 2, 61]])  # row 0 left-padded
     valid = jnp.array([[False, False, True, True, True, True], [True] * 6])
-    new = llama.generate(params, cfg, tokens, valid, jax.random.key(0), max_new=5)
+    new = llama_generate.generate(params, cfg, tokens, valid, jax.random.key(0), max_new=5)
     # One full forward (no cache) over prompt + generated tokens: each generated token must be
     # the arg-max at the position before it.
     seq = jnp.concatenate([tokens, new], axis=1)
@@ -234,7 +234,7 @@ def test_sampling_stays_in_the_top_k_and_per_row_keys_ignore_the_batch(tiny):
     valid = jnp.array([[False, False, True, True, True, True], [True] * 6, [True] * 6])
     keys = jax.random.split(jax.random.key(7), 3)
     kw = dict(max_new=8, temperature=1.5, top_k=3)
-    new = np.asarray(llama.generate(params, cfg, tokens, valid, keys, **kw))
+    new = np.asarray(llama_generate.generate(params, cfg, tokens, valid, keys, **kw))
     # Every sampled token is among the 3 largest logits of a plain forward at its position.
     seq = jnp.concatenate([tokens, new], axis=1)
     ok = jnp.concatenate([valid, jnp.ones(new.shape, bool)], axis=1)
@@ -243,12 +243,13 @@ def test_sampling_stays_in_the_top_k_and_per_row_keys_ignore_the_batch(tiny):
     assert rank.max() < 3 and rank.max() > 0  # and not always the arg-max
     # With a key per row, a row's tokens do not depend on the rows beside it.
     for r in range(3):
-        alone = llama.generate(params, cfg, tokens[r:r + 1], valid[r:r + 1], keys[r:r + 1], **kw)
+        alone = llama_generate.generate(params, cfg, tokens[r:r + 1], valid[r:r + 1],
+                                        keys[r:r + 1], **kw)
         np.testing.assert_array_equal(alone[0], new[r])
-    flipped = llama.generate(params, cfg, tokens[::-1], valid[::-1], keys[::-1], **kw)
+    flipped = llama_generate.generate(params, cfg, tokens[::-1], valid[::-1], keys[::-1], **kw)
     np.testing.assert_array_equal(np.asarray(flipped)[::-1], new)
     with pytest.raises(ValueError, match="one PRNG key or one per row"):
-        llama.generate(params, cfg, tokens, valid, keys[:2], **kw)
+        llama_generate.generate(params, cfg, tokens, valid, keys[:2], **kw)
 
 
 def test_generation_is_cut_at_the_end_of_turn(tiny):
@@ -257,14 +258,14 @@ def test_generation_is_cut_at_the_end_of_turn(tiny):
     _, _, _, cfg, params, _ = tiny
     tokens = jnp.array([[0, 0, 11, 4, 19, 50], [3, 7, 12, 25, 2, 61], [9, 9, 1, 33, 40, 5]])
     valid = jnp.array([[False, False, True, True, True, True], [True] * 6, [True] * 6])
-    new = np.asarray(llama.generate(params, cfg, tokens, valid,
+    new = np.asarray(llama_generate.generate(params, cfg, tokens, valid,
                                     jax.random.split(jax.random.key(2), 3), max_new=24,
                                     temperature=2.0, top_k=6))
     # The end token: the one row 0 samples most often (so it recurs after its first use).
     values, counts = np.unique(new[0], return_counts=True)
     end = int(values[np.argmax(counts)])
     assert counts.max() >= 2
-    cut = llama.cut_at_end(new, end)
+    cut = llama_generate.cut_at_end(new, end)
     for row, kept in zip(new, cut, strict=True):
         hits = np.flatnonzero(row == end)
         assert kept == row[:hits[0] if hits.size else len(row)].tolist()
@@ -273,7 +274,7 @@ def test_generation_is_cut_at_the_end_of_turn(tiny):
     # its next end token after them; rows whose end token opens nothing stop as before.
     first = int(np.flatnonzero(new[0] == end)[0])
     opener = new[0, first + 1:first + 3].tolist()
-    replied = llama.cut_at_end(new, end, opener)
+    replied = llama_generate.cut_at_end(new, end, opener)
     later = [i for i in np.flatnonzero(new[0] == end) if i > first + 2]
     assert replied[0] == new[0, :later[0] if later else new.shape[1]].tolist()
     assert len(replied[0]) > len(cut[0])
@@ -317,7 +318,7 @@ def test_smollm2_greedy_reference_and_tokenizer():
     assert tok.decode(tok.encode(text).ids) == text
     assert tok.encode("2024").ids == [tok.token_to_id(c) for c in "2024"]  # digits split
     ids = tok.encode("Once upon a time, there was a little").ids
-    out = llama.generate(params, cfg, jnp.asarray([ids]), jnp.ones((1, len(ids)), bool),
+    out = llama_generate.generate(params, cfg, jnp.asarray([ids]), jnp.ones((1, len(ids)), bool),
                          jax.random.key(0), max_new=12)
     text = tok.decode([int(i) for i in out[0]])
     assert text.startswith(" girl named Emma who loved to play in the sun."), text

@@ -25,7 +25,7 @@ def test_header_and_separator_have_the_same_number_of_cells():
 def test_run_report_escapes_a_pipe_once(tmp_path):
     """A result and a config value holding '|' stay one cell each in report.md (escaped once:
     '\\\\|' would be an escaped backslash followed by a column separator)."""
-    from bablate.runner.runs import RunContext
+    from bablate.runner.context import RunContext
 
     text = RunContext(tmp_path).render_report("t", {"task": "a|b"}, {"acc_|x|": "c|d"})
     rows = [line for line in text.splitlines() if "acc_" in line or "`task`" in line]

@@ -55,12 +55,12 @@ def test_readme_checkpoint_example_reads_a_runs_checkpoint(capsys, tmp_path, mon
     """The third block reads the toy study's trained models from its run directory; here the
     checkpoint is written as that study writes it (ctx.save_state("params", ...)) with the
     shapes of the quick variant's 20 models of 5 features in 2 dimensions."""
-    from bablate.runner import runs
+    from bablate.runner import context
 
     block = _library_blocks()[2]
     assert "read_checkpoint" in block
     monkeypatch.chdir(tmp_path)
-    ctx = runs.RunContext(workdir=tmp_path / "runs" / "toy_superposition" / "quick",
+    ctx = context.RunContext(workdir=tmp_path / "runs" / "toy_superposition" / "quick",
                           config_hash="f" * 64)
     ctx.save_state("params", {"params": {"W": np.zeros((20, 2, 5), np.float32),
                                          "b": np.zeros((20, 5), np.float32)},

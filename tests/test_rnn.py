@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bablate import sequences
 from bablate.models import rnn
+from bablate.testbeds import sequences
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from bablate import errors
+from bablate import errors, statefile
+from bablate import io as bbio
 from bablate.models import gguf
-from bablate.runner import runs, statefile
+from bablate.runner import rundir, runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,11 +95,11 @@ def test_no_pickle_loading_in_the_library_or_launcher():
 def test_config_hash_matches_config_equality():
     a = {"seed": 1, "scale": 2.0, "densities": [1.0, 0.1], "model": {"w": 3}}
     b = {"model": {"w": 3}, "densities": [1, 0.1], "scale": 2, "seed": 1}
-    assert runs.config_diff(a, b) == [] and runs.config_hash(a) == runs.config_hash(b)
-    assert runs.config_hash(a) != runs.config_hash({**a, "seed": 2})
+    assert rundir.config_diff(a, b) == [] and rundir.config_hash(a) == rundir.config_hash(b)
+    assert rundir.config_hash(a) != rundir.config_hash({**a, "seed": 2})
     # An independent recomputation of the hash of a simple config.
     text = json.dumps({"a": 1, "b": [2, 0.5]}, sort_keys=True, separators=(",", ":"))
-    assert runs.config_hash({"b": [2.0, 0.5], "a": 1.0}) == hashlib.sha256(
+    assert rundir.config_hash({"b": [2.0, 0.5], "a": 1.0}) == hashlib.sha256(
         text.encode()).hexdigest()
 
 
@@ -109,7 +110,7 @@ def test_config_hash_matches_config_equality():
 def test_atomic_files_respect_the_umask(umask, mode, tmp_path):
     old = os.umask(umask)
     try:
-        runs.atomic_write_text(tmp_path / "a.txt", "x")
+        bbio.atomic_write_text(tmp_path / "a.txt", "x")
         with open(tmp_path / "plain.txt", "w") as f:  # what open() gives, for comparison
             f.write("x")
     finally:
@@ -129,7 +130,7 @@ def test_atomic_write_fsyncs_the_directory_after_the_rename(tmp_path, monkeypatc
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    runs.atomic_write_json(tmp_path / "r.json", {"a": 1})
+    bbio.atomic_write_json(tmp_path / "r.json", {"a": 1})
     # The file's bytes before the rename, then its directory after it.
     assert synced == [("file", False), ("dir", True)]
 
@@ -171,13 +172,13 @@ def test_new_run_clears_stale_checkpoints_but_not_the_users_files(fake_config, t
 
 
 def test_lock_is_exclusive_and_names_the_holder(tmp_path):
-    with runs.run_lock(tmp_path / "run"):
+    with rundir.run_lock(tmp_path / "run"):
         assert (tmp_path / "run" / ".lock").read_text().strip() == str(os.getpid())
         with pytest.raises(errors.RunError,
                            match=rf"in use by another launch \(pid {os.getpid()}\)"):
-            with runs.run_lock(tmp_path / "run"):
+            with rundir.run_lock(tmp_path / "run"):
                 pass
-    with runs.run_lock(tmp_path / "run"):  # released
+    with rundir.run_lock(tmp_path / "run"):  # released
         pass
 
 

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 from bablate import errors
-from bablate.runner import runs, sweeps
+from bablate import io as bbio
+from bablate.runner import context, rundir, runs, sweeps
 
 # ----------------------------------------------------------------------------- atomic writes
 
 
 def test_atomic_write_failure_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "results.json"
-    runs.atomic_write_json(path, {"a": 1})
+    bbio.atomic_write_json(path, {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
 
     def broken_fsync(fd):  # the disk fails after part of the new bytes were written
@@ -24,7 +25,7 @@ def test_atomic_write_failure_keeps_old_file_and_leaves_no_temp(tmp_path, monkey
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
-        runs.atomic_write_json(path, {"a": 2, "big": list(range(10_000))})
+        bbio.atomic_write_json(path, {"a": 2, "big": list(range(10_000))})
     assert json.loads(path.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
@@ -32,7 +33,7 @@ def test_atomic_write_failure_keeps_old_file_and_leaves_no_temp(tmp_path, monkey
 def test_atomic_write_json_unserialisable_value_writes_nothing(tmp_path):
     path = tmp_path / "results.json"
     with pytest.raises(TypeError, match=r"value\['bad'\]"):
-        runs.atomic_write_json(path, {"ok": 1, "bad": object()})
+        bbio.atomic_write_json(path, {"ok": 1, "bad": object()})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -40,7 +41,7 @@ def test_atomic_write_json_unserialisable_value_writes_nothing(tmp_path):
 
 
 def test_to_jsonable_converts_arrays_scalars_and_non_finite():
-    out = runs.to_jsonable({
+    out = bbio.to_jsonable({
         "np": np.arange(4).reshape(2, 2), "jax": jnp.array([0.5, 1.5]), "f32": np.float32(0.25),
         "i64": np.int64(7), "bool": np.bool_(True), "tuple": (1, 2.0), "nan": float("nan"),
         "arr_nan": np.array([1.0, np.nan, np.inf]), 3: "int key"})
@@ -48,16 +49,16 @@ def test_to_jsonable_converts_arrays_scalars_and_non_finite():
                    "tuple": [1, 2.0], "nan": None, "arr_nan": [1.0, None, None], "3": "int key"}
     assert json.loads(json.dumps(out, allow_nan=False)) == out
     with pytest.raises(TypeError, match=r"results\['nested'\]\[1\]"):
-        runs.to_jsonable({"nested": [1, {2, 3}]}, "results")
+        bbio.to_jsonable({"nested": [1, {2, 3}]}, "results")
 
 
 def test_config_diff_names_changed_added_and_removed_keys():
     old = {"seed": 0, "model": {"width": 3, "depth": 1}, "gone": 1}
     new = {"seed": 1, "model": {"width": 3, "depth": 2}, "extra": True}
-    assert runs.config_diff(old, new) == [
+    assert rundir.config_diff(old, new) == [
         "extra (only in the new config)", "gone (only in the old config)",
         "model.depth: 1 -> 2", "seed: 0 -> 1"]
-    assert runs.config_diff(old, old) == []
+    assert rundir.config_diff(old, old) == []
 
 
 # ----------------------------------------------------------------------------- one run
@@ -114,7 +115,8 @@ def test_crashed_run_resumes_from_its_checkpoint_and_matches_a_fresh_run(
     with pytest.raises(RuntimeError, match="planned failure at step 2"):
         runs.run_one(fake_config("quick"), crashed)
     assert (crashed / "config.json").exists() and not (crashed / "results.json").exists()
-    assert runs.run_status(runs.config_to_dict(fake_config("quick")), crashed)[0] == "unfinished"
+    config = rundir.config_to_dict(fake_config("quick"))
+    assert rundir.run_status(config, crashed)[0] == "unfinished"
     assert "planned failure" in (crashed / "log.txt").read_text()
 
     monkeypatch.delenv("FAKE_STUDY_FAIL_AT_STEP")
@@ -141,7 +143,7 @@ def test_unknown_study_is_refused_without_creating_the_workdir(fake_config, work
 
 
 def test_state_round_trip_and_bad_inputs(tmp_path):
-    ctx = runs.RunContext(workdir=tmp_path)
+    ctx = context.RunContext(workdir=tmp_path)
     assert ctx.load_state("params") is None
     tree = {"w": jnp.arange(6.0).reshape(2, 3), "layers": [np.ones(2), (1, "a")], "step": 3}
     ctx.save_state("params", tree)
@@ -160,7 +162,7 @@ def test_a_runs_checkpoint_is_read_with_read_checkpoint(fake_config, workdir):
     """bb.read_checkpoint reads what the study saved, stamped with the hash in run.json; a
     damaged file is one line naming it."""
     import bablate as bb
-    from bablate.runner import statefile
+    from bablate import statefile
 
     runs.run_one(fake_config("quick"), workdir)
     path = workdir / "state" / "progress.msgpack"
@@ -182,7 +184,7 @@ def test_a_runs_checkpoint_is_read_with_read_checkpoint(fake_config, workdir):
 def test_state_keeps_the_order_of_dict_keys(tmp_path):
     """A resumed run reads its checkpoint in the order a fresh run built it, so the results it
     writes are the same bytes (jax.tree.map would have sorted the keys)."""
-    ctx = runs.RunContext(workdir=tmp_path)
+    ctx = context.RunContext(workdir=tmp_path)
     tree = {"xavier": {"norms": jnp.ones(2), "count": 3}, "all_represented": {"z": 1, "a": 2}}
     ctx.save_state("control", tree)
     back = ctx.load_state("control")
@@ -268,3 +270,18 @@ def test_study_gets_a_locked_copy_of_the_config(fake_config, workdir, monkeypatc
     assert seen["locked"] and config.seed == 0
     assert json.loads((workdir / "config.json").read_text())["seed"] == 0
     assert json.loads((workdir / "results.json").read_text()) == {"seed_seen": 99}
+
+
+def test_load_or_compute_computes_once_then_reads_the_checkpoint(tmp_path):
+    ctx = context.RunContext(workdir=tmp_path, config_hash="h" * 64)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"w": np.arange(3.0)}
+
+    tree, reused = ctx.load_or_compute("w", compute, like={"w": np.ones(3)})
+    assert not reused and calls == [1]
+    again, reused = ctx.load_or_compute("w", compute, like={"w": np.ones(3)})
+    assert reused and calls == [1]
+    np.testing.assert_array_equal(again["w"], tree["w"])

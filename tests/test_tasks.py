@@ -280,7 +280,7 @@ def test_an_empty_task_set_is_refused():
 def test_task_sets_on_one_site_share_one_compiled_outputs_program(head_task_set, monkeypatch):
     import chex
 
-    from bablate.inference import programs
+    from bablate import programs
 
     task_set, *_ = head_task_set
     site, x = task_set.site, task_set.data["inputs"]

@@ -1,13 +1,13 @@
-"""Toy models of superposition (bablate.models.toy, bablate.toy_geometry): training, sampling and
-weight geometry against closed forms. The study's tests are in tests/studies/."""
+"""Toy models of superposition (bablate.models.toy, bablate.testbeds.toy_geometry): training,
+sampling and weight geometry against closed forms. The study's tests are in tests/studies/."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bablate import toy_geometry
 from bablate.models import toy
+from bablate.testbeds import toy_geometry
 
 
 @pytest.mark.parametrize("kind", ["linear", "relu_out"])
@@ -66,24 +66,6 @@ def test_sampler_density_and_range():
     np.testing.assert_allclose(np.asarray(signed)[:, 2].mean(), 0.0, atol=0.05)
     off = toy.sample_conditioned(jax.random.key(3), 100, 4, 0.9, 1, False)
     assert np.all(np.asarray(off)[:, 1] == 0)
-
-
-def test_weight_geometry_closed_forms():
-    angles = 2 * np.pi * np.arange(5) / 5
-    pentagon = np.stack([np.cos(angles), np.sin(angles)])
-    geo = toy_geometry.weight_geometry(pentagon)
-    np.testing.assert_allclose(geo.feature_dimensionality, 0.4, atol=1e-9)
-    np.testing.assert_allclose(geo.dims_per_feature, 0.4)
-    assert geo.features_represented == 5
-    # An antipodal pair shares one dimension (D = 1/2); an unused feature has D = 0.
-    pair = np.array([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]])
-    geo = toy_geometry.weight_geometry(pair)
-    np.testing.assert_allclose(geo.feature_dimensionality, [0.5, 0.5, 0.0])
-    np.testing.assert_allclose(geo.superposition[:2], 1.0)
-    assert geo.features_represented == 2
-    eye = toy_geometry.weight_geometry(np.eye(3))
-    np.testing.assert_allclose(eye.feature_dimensionality, 1.0)
-    np.testing.assert_allclose(eye.superposition, 0.0)
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from bablate import amd, progress, sharding
+from bablate import amd, programs, progress, sharding
 from bablate.amd import check_beta, nonfinite_error, prior_probs
-from bablate.inference import programs
 from bablate.inference.posterior import Posterior
 from bablate.tasks import Task
 from bablate.taskset import TaskSet, sharing_problem

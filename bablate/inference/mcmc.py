@@ -24,10 +24,9 @@ from jax.typing import ArrayLike
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.infer import MCMC, DiscreteGibbs
 
-from bablate import amd, progress, sharding
+from bablate import amd, programs, progress, sharding
 from bablate.amd import MASK_SITE, check_beta, make_model, nonfinite_error, prior_probs
 from bablate.callsite import warn_caller
-from bablate.inference import programs
 from bablate.inference.kernels import GRADIENT_PASSES, FlipKernel
 from bablate.inference.posterior import ConvergenceWarning, Posterior
 from bablate.tasks import Task, check_key

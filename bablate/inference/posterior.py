@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -18,6 +19,9 @@ from bablate import io as bbio
 _ARRAYS = ("marginals", "prior", "log_probs", "samples", "log_density")
 _STAT = "sample_stat__"  # key prefix of the sample stats in a saved .npz
 FILE_FORMAT, FILE_VERSION = "bablate.Posterior", 1  # the "meta" of a saved posterior
+# Our per-draw stat names -> arviz's conventional sample-stat names (as numpyro's converter
+# writes them), so arviz's plots and summaries find them.
+_ARVIZ_STATS = {"accept_prob": "acceptance_rate", "step_size": "step_size"}
 _META = {"task": (str,), "method": (str,), "beta": (int, float),
          "entropy_bits": (int, float, type(None)), "mean_field": (bool,), "diagnostics": (dict,),
          "site": (str,), "num_chains": (int, type(None))}
@@ -193,8 +197,6 @@ class Posterior:
         (``acceptance_rate``, ``step_size``); constant data holds the ``prior``. Then
         ``az.summary``, ``az.plot_trace`` and ``az.plot_rank`` work as for any numpyro model.
         """
-        from bablate.inference.arviz_data import to_inference_data
-
         return to_inference_data(self)
 
     def __repr__(self) -> str:
@@ -224,6 +226,41 @@ class Posterior:
 def load_posterior(path: str | os.PathLike) -> Posterior:
     """The posterior :meth:`Posterior.save` wrote to ``path`` (see there for the format)."""
     return Posterior.load(path)
+
+
+def import_arviz() -> Any:
+    """arviz, or a one-line error saying how to install it."""
+    try:
+        with warnings.catch_warnings():
+            # arviz 0.2x announces its coming refactor with a FutureWarning on import.
+            warnings.simplefilter("ignore", FutureWarning)
+            import arviz  # imported on use only: the arviz extra is optional
+    except ImportError as e:
+        raise ImportError("to_arviz and bablate.plot's trace plots need arviz; install "
+                          "it with pip install 'bablate[arviz]'.") from e
+    return arviz
+
+
+def to_inference_data(post: Posterior) -> Any:
+    """See :meth:`Posterior.to_arviz`."""
+    post._draws("to_arviz()")  # an exact table has no draws: say so in to_arviz's name
+    az = import_arviz()
+    chains = post.chains()
+    c, s, d = chains.shape
+    sample_stats = {}
+    if post.log_density is not None:
+        sample_stats["lp"] = post.chain_log_density()
+    for name, values in post.sample_stats.items():
+        sample_stats[_ARVIZ_STATS.get(name, name)] = np.asarray(values).reshape(c, s)
+    coords = {"unit": np.arange(d)}
+    attrs = {"task": post.task, "method": post.method, "site": post.site, "beta": post.beta,
+             "inference_library": "bablate"}
+    # int64, not uint8: arviz treats signed integers as discrete (histograms, not densities).
+    return az.from_dict(posterior={"mask": chains.astype(np.int64)},
+                        sample_stats=sample_stats or None,
+                        constant_data={"prior": np.asarray(post.prior)}, coords=coords,
+                        dims={"mask": ["unit"], "prior": ["unit"]}, attrs=dict(attrs),
+                        posterior_attrs=dict(attrs))
 
 
 def _plain(value: Any) -> Any:

@@ -26,13 +26,12 @@ import numpyro.distributions as dist
 import optax
 from jax.typing import ArrayLike
 
-from bablate import amd, progress, sharding
+from bablate import amd, programs, progress, sharding
 from bablate.amd import check_beta, nonfinite_error, prior_probs
 from bablate.callsite import warn_caller
-from bablate.inference import programs
 from bablate.inference.kernels import GRADIENT_PASSES
 from bablate.inference.posterior import ConvergenceWarning, Posterior
-from bablate.tasks import Task, check_key
+from bablate.tasks import Task, bind, check_key
 
 ESTIMATORS = ("score", "concrete")
 
@@ -200,7 +199,7 @@ def _build(task: Task, estimator: str, num_particles: int, temperature: float,
         return cross + entropy
 
     def loss(phi, key, args):
-        log_odds = functools.partial(amd.bind(task, args).log_odds_fn, args["data"])
+        log_odds = functools.partial(bind(task, args).log_odds_fn, args["data"])
         guide = dist.Bernoulli(logits=jnp.broadcast_to(phi, (num_particles, d)))
         if estimator == "concrete":
             masks = dist.RelaxedBernoulliLogits(temperature, logits=jnp.broadcast_to(

@@ -321,8 +321,8 @@ def train_instances(spec: ToySpec, densities_K: jax.Array, keys_K: jax.Array,
 
 def instances_like(spec: ToySpec, num_instances: int) -> tuple[Params, jax.ShapeDtypeStruct]:
     """What `train_instances` returns for ``num_instances`` instances, to check a saved copy
-    against (``like`` of `bablate.runner.runs.RunContext.load_state`): parameters stacked as a fresh
-    start makes them (nonzero weights) and the shape of the ``[K]`` losses."""
+    against (``like`` of `bablate.runner.context.RunContext.load_state`): parameters stacked as
+    a fresh start makes them (nonzero weights) and the shape of the ``[K]`` losses."""
     keys = jax.random.split(jax.random.key(0), num_instances)
     return (jax.vmap(lambda k: init_params(spec, k))(keys),
             jax.ShapeDtypeStruct((num_instances,), jnp.float32))

@@ -288,7 +288,7 @@ def main(argv: list[str]) -> None:
         if _CPU_DEVICES.value is not None:
             _die(f"--cpu_devices={_CPU_DEVICES.value} cannot apply: {e}")
         print(f"warning: keeping JAX's devices ({e})", file=sys.stderr)
-    from bablate import errors
+    from bablate import errors  # after the flag checks, as the line below
     from bablate.runner import runs, sweeps  # after the flag checks, so bad input fails fast
 
     try:
@@ -341,7 +341,7 @@ def main(argv: list[str]) -> None:
 
 def _slurm_launcher():
     """The SLURM launcher the --slurm_* flags describe; bad input ends the program (exit 2)."""
-    from bablate.runner import slurm
+    from bablate.runner import slurm  # only when --slurm_* flags are given
 
     if not _SWEEP.value:
         _die("--launcher=slurm submits the members of a sweep; add --sweep (a single run is "
@@ -367,7 +367,7 @@ def _slurm_launcher():
 def setup_cpu_devices(n: int | None) -> int | None:
     """Splits the CPU into ``n`` JAX devices (None: one per core, unless XLA_FLAGS forces a
     count); must run before JAX starts. Returns the count set, or None when left as it was."""
-    from bablate import sharding
+    from bablate import sharding  # on use: the flags are parsed before anything loads JAX
 
     if n is None:
         if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
@@ -387,14 +387,14 @@ def _sweep_members(config) -> list:
         sweep = module.get_sweep(arg or None)
     except Exception as e:
         _die(f"get_sweep({arg or None!r}) in {path} failed: {type(e).__name__}: {e}")
-    from bablate.runner import sweeps
+    from bablate.runner import sweeps  # on use, after the flag checks (as runs above)
 
     return sweeps.expand(config, sweep)
 
 
 def _member_command(member, member_workdir: Path) -> list[str]:
     """launch.py again, with this run's overrides on top of the command line's."""
-    from bablate.runner import sweeps
+    from bablate.runner import sweeps  # on use, after the flag checks (as runs above)
 
     overrides = {**config_flags.get_override_values(flags.FLAGS["config"]), **member.overrides}
     cmd = [*_this_program(), f"--config={config_flags.get_config_filename(flags.FLAGS['config'])}"]

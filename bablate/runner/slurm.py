@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from bablate import errors, progress
+from bablate.runner import sweeps
 
 LOG_DIR = "slurm"
 # Job states after which a job will not run again (squeue's long names). PREEMPTED is left out:
@@ -194,8 +195,6 @@ def _refresh(folder: Path) -> None:
 def _outcome(job, state: str | None) -> tuple[int | None, str]:
     """A finished job's member exit code and a message naming the job (and its log);
     ``state`` is squeue's last word on it, if any."""
-    from bablate.runner import sweeps
-
     where = f"SLURM job {job.job_id}"
     if state not in (None, "COMPLETED", "GONE") and not _has_result(job):
         # Killed by SLURM (cancelled, out of time or memory): no result will come.

@@ -3,9 +3,9 @@
 Plain arguments only (a family name, seeds, window lengths, a model config and its variables),
 so any study can build on it:
 
-* :func:`make_sequence` / :func:`to_windows`: a sequence family of `bablate.sequences` and its
-  windows with per-step chunk ids and positions (held-out data uses seed +
-  :data:`TEST_SEED_OFFSET`);
+* :func:`make_sequence` / :func:`to_windows`: a sequence family of
+  `bablate.testbeds.sequences` and its windows with per-step chunk ids and positions (held-out
+  data uses seed + :data:`TEST_SEED_OFFSET`);
 * :func:`hidden_site`: the in-place site of the hidden units, masked at every time step of
   every window; its outputs are the log-probabilities of every window and step;
 * :func:`chunk_tasks`: THE chunk-task family: one task per chunk (word), "predict the next
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import bablate as bb
-from bablate import sequences
 from bablate.models import rnn
+from bablate.testbeds import sequences
 
 TEST_SEED_OFFSET = 1_000_003  # held-out sequences use seed + this offset
 

@@ -7,6 +7,8 @@ so any study of toy models can build the same tasks:
                                   epsilon=0.25, num_positive=128, num_negative=128)
     post = bb.infer(task, method="exact")
 
+:func:`abs_task_set` makes every feature's task of the |x| model on one shared probe set.
+
 Task definition: positives are draws of the data distribution conditioned on x_i ≠ 0, negatives
 conditioned on x_i = 0 (a balanced sensitivity/specificity estimate weighs both equally); the
 network is correct on an example when |x'_i − target_i| < ε (target = x, or |x| for the
@@ -114,6 +116,35 @@ def feature_task(spec: toy.ToySpec, params: Params, density: float, feature: int
     task = bb.Task.build(site, x, rule, name=f"feature {feature}", activation=hidden,
                          check_intact=False)
     return task, intact
+
+
+def abs_task_set(spec: toy.ToySpec, params: Params, density: float, key: jax.Array, *,
+                 epsilon: float, num_positive: int, num_negative: int) -> bb.TaskSet:
+    """One task per feature of the |x| model (``relu_hidden``), '|x_i| computed', all on one
+    shared probe set and the instance's :func:`hidden_site`.
+
+    The probe set concatenates, for every feature j, ``num_positive`` signed draws of the data
+    conditioned on x_j ≠ 0 and ``num_negative`` conditioned on x_j = 0. For task i the positives
+    are the probes with x_i ≠ 0 and the negatives those with x_i = 0 (balanced estimate); a probe
+    is correct when |y_i − |x_i|| < ``epsilon``. Sharing the probes lets one enumeration score
+    every task (the intact network is not checked).
+    """
+    n = spec.n_features
+    dens = cast(jax.Array, density)  # a Python float, traced as the sampler's density
+    blocks = []
+    for j in range(n):
+        k_pos, k_neg = jax.random.split(jax.random.fold_in(key, j))
+        blocks.append(toy.sample_conditioned(k_pos, num_positive, n, dens, j, True, True))
+        blocks.append(toy.sample_conditioned(k_neg, num_negative, n, dens, j, False, True))
+    x = jnp.concatenate(blocks)
+    site = hidden_site(spec, params)
+    assert site.prefix is not None  # a cached site
+    act = jax.jit(site.prefix)(x)
+    rules = {f"|x{i}|": bb.rules.custom(
+        lambda out, t, i=i: (jnp.abs(out[:, i] - t) < epsilon).astype(jnp.float32),
+        positive=np.asarray(x[:, i] != 0), data=jnp.abs(x[:, i]), name=f"|y-|x||<{epsilon}")
+        for i in range(n)}
+    return bb.TaskSet.build(site, x, rules, activation=act, check_intact=False)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_blocks", "block"))

@@ -14,7 +14,6 @@ import pytest
 import bablate as bb
 from bablate.runner import runs
 from bablate.studies.basis_comparison import bases, config, reading
-from bablate.studies.basis_comparison import llm as llm_step
 from bablate.studies.basis_comparison import toy as toy_step
 from bablate.studies.basis_comparison.variants import get_config
 
@@ -127,6 +126,7 @@ def test_llm_path_on_a_tiny_llama_with_svi():
     from bablate import dictionary as dl
     from bablate import llm
     from bablate.models import llama
+    from bablate.testbeds import llama as llama_testbed
 
     # One layer: the suffix is the MLP output and the unembedding (cheap to compile); the path
     # through later layers is checked against a numpy forward in tests/test_llama.py.
@@ -143,7 +143,7 @@ def test_llm_path_on_a_tiny_llama_with_svi():
         site, inputs = llm.build_mlp_site(params, cfg, 0, prompts,
                                           targets=np.asarray(jnp.argmax(logits, -1)))
         tasks.append(bb.Task.build(site, inputs, llm.target_rule(), name=f"set{t}"))
-    sae, _ = dl.fit(llm_step.unique_rows(np.concatenate(acts)),
+    sae, _ = dl.fit(llama_testbed.unique_rows(np.concatenate(acts)),
                     dl.DictionaryConfig("sae_topk", 24, steps=60, top_k=3, chunk=60),
                     jax.random.key(1))
     basis = bases.CenterUnitBasis.wrap(sae)

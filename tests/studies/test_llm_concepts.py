@@ -22,7 +22,7 @@ import pytest
 import bablate as bb
 from bablate import llm
 from bablate.chunks import ucd
-from bablate.models import llama
+from bablate.models import llama, llama_generate
 
 CFG = llama.LlamaConfig(vocab_size=32, num_layers=4, width=32, mlp_width=48, num_heads=4,
                         num_kv_heads=2, rope_base=10000.0)
@@ -44,7 +44,7 @@ def tiny():
 def _last_logits(params, prompts, iv=None):
     h, _ = run(params, CFG, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid),
                output="hidden", interventions=iv)
-    return llm.unembed(params, CFG, h[:, -1])
+    return llama.unembed(params, CFG, h[:, -1])
 
 
 @pytest.mark.parametrize("positions", ["all", "last"])
@@ -203,7 +203,7 @@ def test_graft_puts_the_template_of_the_layer_below_into_each_layer(tiny):
             tpl = templates[("tiny", layer - lag)]
             m[layer, :, t - 3:t - 1] = ~tpl.neuron_mask
             f[layer, :, t - 3:t - 1] = tpl.mean * tpl.neuron_mask
-        new = llama.generate(params, CFG, ids, jnp.ones(ids.shape, bool), row_key,
+        new = llama_generate.generate(params, CFG, ids, jnp.ones(ids.shape, bool), row_key,
                              max_new=ic.tokens, temperature=ic.temperature, top_k=50,
                              interventions=llama.Interventions(resid=jnp.asarray(m),
                                                                resid_fill=jnp.asarray(f)))
@@ -274,7 +274,7 @@ def test_every_variant_validates_and_builds_the_nested_config():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bablate.runner.runs import ConfigError
+    from bablate.errors import ConfigError
     from bablate.studies.llm_concepts import config as study_config
     from bablate.studies.llm_concepts import validate
     from bablate.studies.llm_concepts.variants import VARIANTS, get_config
@@ -327,7 +327,7 @@ def test_quick_covers_every_head_and_the_mcmc_keys_are_checked():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bablate.runner.runs import ConfigError
+    from bablate.errors import ConfigError
     from bablate.studies.llm_concepts import validate
     from bablate.studies.llm_concepts.variants import get_config
 
@@ -399,7 +399,7 @@ def _tiny_study_config(variant: str):
 
 
 def _run_study(c, tmp_path):
-    from bablate.runner.runs import RunContext
+    from bablate.runner.context import RunContext
     from bablate.studies import llm_concepts
 
     ctx = RunContext(tmp_path)
@@ -609,7 +609,7 @@ def _tiny_ablation(tiny, tmp_path, head_mcmc, importance=None, svi_concepts=1):
     """The study's ablation step on the tiny LLaMA: one concept whose targets are the intact
     model's own next tokens, every head of its 4 layers and layer 2's neurons, certified by
     importance sampling (16 and 48 units: above exact_max_units = 0)."""
-    from bablate.runner.runs import RunContext
+    from bablate.runner.context import RunContext
     from bablate.studies.llm_concepts import ablation
     from bablate.studies.llm_concepts.config import Ablation, Importance, Mcmc, Svi
     from bablate.testbeds.llama import ConceptData

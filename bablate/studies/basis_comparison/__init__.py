@@ -42,7 +42,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
 
 from . import llm, plots, report, rnn, summary, toy
 from .config import from_config, validate

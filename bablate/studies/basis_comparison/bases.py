@@ -11,7 +11,8 @@ import numpy as np
 
 import bablate as bb
 from bablate import dictionary as dl
-from bablate.runner.runs import RESTART_FIX, RunContext, RunError
+from bablate.errors import RunError
+from bablate.runner.context import RESTART_FIX, RunContext
 
 NEURON, ROTATION = "neuron", "rotation"
 

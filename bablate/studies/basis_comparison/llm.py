@@ -11,61 +11,14 @@ import numpy as np
 
 import bablate as bb
 from bablate import dictionary as dl
-from bablate import llm as llm_lib
-from bablate.runner import statefile
-from bablate.runner.runs import RunContext
+from bablate import statefile
+from bablate.runner.context import RunContext
+from bablate.testbeds import llama as llama_testbed
 
 from .bases import NEURON, ROTATION, CenterUnitBasis, fit_dictionaries, random_rotation, rebase
 from .config import LLMConfig, SVIConfig
 from .keys import NetworkKeys, rerun_key
 from .reading import compare_bases, svi
-
-
-def unique_rows(x_NxD: np.ndarray, decimals: int = 3) -> np.ndarray:
-    """Rows of ``x`` without (near-)duplicates, in first-seen order.
-
-    Concept prompts share a few-shot prefix, so most positions repeat the same activation; a
-    dictionary fitted on the raw rows would mostly learn the prefix.
-    """
-    _, idx = np.unique(np.round(x_NxD, decimals), axis=0, return_index=True)
-    return x_NxD[np.sort(idx)]
-
-
-def llm_tasks(lc: LLMConfig, params, mcfg, tok, specs: dict, ctx: RunContext
-              ) -> tuple[list[bb.Task], np.ndarray, dict]:
-    """Concept tasks on the layer's MLP site, and the activations to fit dictionaries on.
-
-    Per concept (``bablate/data/concepts.json``): one forward pass over all its prompts gives
-    the layer's MLP activations at every position and the intact next token; the task keeps the
-    first ``max_prompts`` prompts the intact model completes correctly (top-1 target). Fit
-    activations: every position of every prompt of ``fit_concepts``, duplicates removed.
-    """
-    tasks, fit, info = [], [], {}
-    for name in dict.fromkeys(lc.concepts + lc.fit_concepts):
-        spec = specs[name]
-        texts = [spec["prefix"] + p["text"] for p in spec["prompts"]]
-        ids = np.array([llm_lib.word_token(tok, p["target"]) for p in spec["prompts"]])
-        prompts = llm_lib.encode(tok, texts)
-        act, logits = llm_lib.mlp_activations(params, mcfg, prompts, lc.layer, with_logits=True)
-        if name in lc.fit_concepts:
-            fit.append(np.asarray(act)[prompts.valid])
-        if name not in lc.concepts:
-            continue
-        logits = np.asarray(logits)
-        correct = logits[np.arange(len(ids)), ids] >= logits.max(-1)
-        keep = np.nonzero(correct)[0][:lc.max_prompts]
-        info[name] = {"prompts": len(texts), "intact_accuracy": float(correct.mean()),
-                      "task_prompts": int(len(keep))}
-        ctx.log(f"llm: {name}: intact top-1 {correct.mean():.2f} on {len(texts)} prompts, "
-                f"{len(keep)} kept")
-        if len(keep) < 2:
-            raise ValueError(f"concept {name!r}: the model completes only {len(keep)} of its "
-                             "prompts correctly; choose another concept.")
-        sub = llm_lib.encode(tok, [texts[j] for j in keep])
-        site, inputs = llm_lib.build_mlp_site(params, mcfg, lc.layer, sub, positions=lc.positions,
-                                              targets=ids[keep])
-        tasks.append(bb.Task.build(site, inputs, llm_lib.target_rule(), name=name))
-    return tasks, unique_rows(np.concatenate(fit)), info
 
 
 def svi_stability(tasks: list[bb.Task], bases: dict, lc: LLMConfig, key: jax.Array,
@@ -135,25 +88,22 @@ def same_setup(ctx: RunContext, setup: dict) -> bool:
 def run(lc: LLMConfig, ctx: RunContext, keys: NetworkKeys) -> dict:
     """One SmolLM2 MLP layer: concept tasks read in neurons, a rotation and SAE codes (SVI)."""
     network = f"SmolLM2-135M MLP layer {lc.layer}"
-    from bablate.testbeds.llama import smollm2_unavailable
-
-    reason = smollm2_unavailable()
+    reason = llama_testbed.smollm2_unavailable()
     if reason is not None:
         ctx.log(f"llm: skipped: {reason}")
         return {"network": network, "skipped": reason}
-    from bablate.models.gguf import load_smollm2
-    from bablate.testbeds.llama import load_concepts
-
     timings = {}
     t0 = time.perf_counter()
-    mcfg, params, tok = load_smollm2()
+    mcfg, params, tok = llama_testbed.load_smollm2()
     if not 0 <= lc.layer < mcfg.num_layers:
         raise ValueError(f"llm.layer {lc.layer} outside [0, {mcfg.num_layers}).")
-    specs = load_concepts()
+    specs = llama_testbed.load_concepts()
     unknown = [n for n in lc.concepts + lc.fit_concepts if n not in specs]
     if unknown:
         raise ValueError(f"unknown concepts {unknown}; available: {sorted(specs)}.")
-    tasks, acts, prompts = llm_tasks(lc, params, mcfg, tok, specs, ctx)
+    tasks, acts, prompts = llama_testbed.mlp_concept_tasks(
+        params, mcfg, tok, specs, lc.concepts, lc.fit_concepts, lc.layer,
+        max_prompts=lc.max_prompts, positions=lc.positions, log=ctx.log)
     timings["load_and_tasks"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     # The dictionary depends only on the (fixed) model and the fit prompts: reuse a saved one

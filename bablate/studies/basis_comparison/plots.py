@@ -11,7 +11,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from bablate import dictionary as dl  # noqa: E402
 from bablate import plot as bplot  # noqa: E402
-from bablate.runner.runs import RunContext  # noqa: E402
+from bablate.runner.context import RunContext  # noqa: E402
 
 from .bases import NEURON, ROTATION  # noqa: E402
 from .reading import INFORMATIVE_BITS  # noqa: E402

@@ -9,7 +9,7 @@ import numpy as np
 
 import bablate as bb
 from bablate.models import rnn as rnn_model
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
 from bablate.testbeds.rnn import (
     TEST_SEED_OFFSET,
     chunk_tasks,
@@ -27,15 +27,16 @@ from .reading import compare_bases
 def train_network(rc: RNNConfig, model: rnn_model.RNNConfig, tokens, ctx: RunContext,
                   key: jax.Array) -> tuple[dict, bool]:
     """The trained RNN's variables, and whether they were reloaded from the run's state."""
-    saved = ctx.load_state("rnn_params", like={"variables": rnn_model.init(model, key)})
-    if saved is not None:
-        return jax.tree.map(jnp.asarray, saved["variables"]), True
-    ctx.log(f"rnn: training a {rc.cell} RNN (hidden {rc.hidden}) on {rc.family} for "
-            f"{rc.train_steps} steps")
-    tcfg = rnn_model.TrainConfig(steps=rc.train_steps, eval_every=0)
-    variables, _ = rnn_model.train(model, tcfg, tokens, key, desc="train rnn")
-    ctx.save_state("rnn_params", {"variables": variables})
-    return jax.tree.map(jnp.asarray, variables), False
+    def compute() -> dict:
+        ctx.log(f"rnn: training a {rc.cell} RNN (hidden {rc.hidden}) on {rc.family} for "
+                f"{rc.train_steps} steps")
+        tcfg = rnn_model.TrainConfig(steps=rc.train_steps, eval_every=0)
+        variables, _ = rnn_model.train(model, tcfg, tokens, key, desc="train rnn")
+        return {"variables": variables}
+
+    state, reused = ctx.load_or_compute("rnn_params", compute,
+                                        like={"variables": rnn_model.init(model, key)})
+    return jax.tree.map(jnp.asarray, state["variables"]), reused
 
 
 def run(rc: RNNConfig, seed: int, inference: InferenceConfig, top_k: tuple[int, ...],

@@ -10,7 +10,8 @@ import numpy as np
 import bablate as bb
 from bablate import dictionary as dl
 from bablate.models import toy as toy_model
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
+from bablate.testbeds import toy as toy_testbed
 
 from .bases import NEURON, ROTATION, fit_dictionaries, random_rotation
 from .config import InferenceConfig, ToyConfig
@@ -41,34 +42,10 @@ def true_directions(params, min_norm_fraction: float = 0.1) -> tuple[np.ndarray,
 
 def toy_tasks(spec: toy_model.ToySpec, params, density: float, tc: ToyConfig,
               key: jax.Array) -> bb.TaskSet:
-    """One task per feature, '|x_i| computed', all on one shared probe set and one site.
-
-    The probe set concatenates, for every feature j, ``num_positive`` draws of the data
-    conditioned on x_j ≠ 0 and ``num_negative`` conditioned on x_j = 0. For task i the positives
-    are the probes with x_i ≠ 0 and the negatives those with x_i = 0 (balanced estimate); a probe
-    is correct when |y_i − |x_i|| < ε. Sharing the probes lets one enumeration score every task.
-    """
-    model, variables = spec.model(), {"params": params}
-    n = spec.n_features
-    blocks = []
-    for j in range(n):
-        k_pos, k_neg = jax.random.split(jax.random.fold_in(key, j))
-        blocks.append(toy_model.sample_conditioned(k_pos, tc.num_positive, n, density, j, True,
-                                                   True))
-        blocks.append(toy_model.sample_conditioned(k_neg, tc.num_negative, n, density, j, False,
-                                                   True))
-    x = jnp.concatenate(blocks)
-    site = bb.Site.from_functions(
-        "hidden", spec.m_hidden,
-        prefix=lambda inputs: model.apply(variables, inputs, method="encode"),
-        suffix=lambda h, inputs: model.apply(variables, h, method="decode"))
-    act = jax.jit(site.prefix)(x)
-    eps = tc.epsilon
-    rules = {f"|x{i}|": bb.rules.custom(
-        lambda out, t, i=i: (jnp.abs(out[:, i] - t) < eps).astype(jnp.float32),
-        positive=np.asarray(x[:, i] != 0), data=jnp.abs(x[:, i]), name=f"|y-|x||<{eps}")
-        for i in range(n)}
-    return bb.TaskSet.build(site, x, rules, activation=act, check_intact=False)
+    """One task per feature, '|x_i| computed', all on one shared probe set and one site
+    (:func:`bablate.testbeds.toy.abs_task_set` with the config's probe counts and ε)."""
+    return toy_testbed.abs_task_set(spec, params, density, key, epsilon=tc.epsilon,
+                                    num_positive=tc.num_positive, num_negative=tc.num_negative)
 
 
 def train_models(tc: ToyConfig, ctx: RunContext, keys: ToyKeys) -> tuple[dict, bool]:
@@ -78,17 +55,17 @@ def train_models(tc: ToyConfig, ctx: RunContext, keys: ToyKeys) -> tuple[dict, b
       ``{"params": stacked params, "loss": final loss per density}`` (numpy) and ``reuse``.
     """
     params_like, loss_like = toy_model.instances_like(toy_spec(tc), len(tc.densities))
-    state = ctx.load_state("toy_params", like={"params": params_like, "loss": loss_like})
-    if state is not None:
-        return state, True
-    ctx.log(f"toy: training {len(tc.densities)} |x| models {tc.n_features}->{tc.m_hidden} for "
-            f"{tc.train.steps} steps")
-    dens = jnp.asarray(np.asarray(tc.densities, np.float32))
-    params, loss = toy_model.train_instances(toy_spec(tc), dens, keys.train, tc.train,
-                                             desc="train toy |x|")
-    state = {"params": jax.tree.map(np.asarray, params), "loss": np.asarray(loss)}
-    ctx.save_state("toy_params", state)
-    return state, False
+
+    def compute() -> dict:
+        ctx.log(f"toy: training {len(tc.densities)} |x| models {tc.n_features}->{tc.m_hidden} "
+                f"for {tc.train.steps} steps")
+        dens = jnp.asarray(np.asarray(tc.densities, np.float32))
+        params, loss = toy_model.train_instances(toy_spec(tc), dens, keys.train, tc.train,
+                                                 desc="train toy |x|")
+        return {"params": jax.tree.map(np.asarray, params), "loss": np.asarray(loss)}
+
+    return ctx.load_or_compute("toy_params", compute,
+                               like={"params": params_like, "loss": loss_like})
 
 
 def run(tc: ToyConfig, inference: InferenceConfig, top_k: tuple[int, ...], ctx: RunContext,

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bablate.models import llama
+from bablate.models import llama_generate
 from bablate.models.llama import LlamaConfig
 from bablate.testbeds.llama import concept_data, load_concepts, load_smollm2, turn_end
 
@@ -50,7 +50,7 @@ def greedy_check(params: dict, cfg: LlamaConfig, tok: Any) -> dict:
     """The model's greedy continuation of a fixed prompt against the reference's."""
     ids = tok.encode(GREEDY_PROMPT).ids
     # Greedy decoding (temperature 0) draws nothing from the key: any key gives the same text.
-    out = llama.generate(params, cfg, jnp.asarray([ids]), jnp.ones((1, len(ids)), bool),
+    out = llama_generate.generate(params, cfg, jnp.asarray([ids]), jnp.ones((1, len(ids)), bool),
                          jax.random.key(0), max_new=12)
     text = tok.decode([int(i) for i in out[0]])
     return {"prompt": GREEDY_PROMPT, "continuation": text, "expected": GREEDY_EXPECTED,

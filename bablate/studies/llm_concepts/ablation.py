@@ -19,12 +19,12 @@ import warnings
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import bablate as bb
 from bablate import llm
 from bablate.models.llama import LlamaConfig
+from bablate.testbeds import llama as llama_testbed
 from bablate.testbeds.llama import ConceptData
 
 from .config import Ablation
@@ -147,28 +147,15 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
 
 
 def concept_task(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, d: ConceptData,
-                 kind: str, share_prefix: bool = True) -> tuple[bb.Task, int]:
+                 kind: str) -> tuple[bb.Task, int]:
     """The task of concept ``d`` on site ``kind`` ("heads": ``ac.head_layers``; "neurons":
-    ``ac.neuron_layer``): its training prompts the intact model completes correctly (at most
-    ``ac.max_prompts``), scored by top-1 on the target token. Returns (task, prompts used).
-    ``share_prefix`` goes to ``llm.build_site`` (benchmarks/llm_shared_prefix.py turns it off)."""
-    keep = np.where(d.correct & ~d.test)[0][:ac.max_prompts]
-    prompts = llm.encode(tok, [d.texts[j] for j in keep])
-    # The target read-out is top1's correctness without the 49,152 logits per prompt: on
-    # SmolLM2 masks at the last position cost 2.4x less, at every position 1.2x more
-    # (benchmarks/README.md, "Target read-out on the LLM head site").
-    targets = d.target_ids[keep] if ac.readout == "target" else None
-    rule = llm.target_rule() if targets is not None else bb.rules.top1(jnp.asarray(
-        d.target_ids[keep]))
+    ``ac.neuron_layer``) with the config's prompts, positions, read-out and matmuls
+    (:func:`bablate.testbeds.llama.concept_task`). Returns (task, prompts used)."""
     layers = ac.head_layers if kind == "heads" else (ac.neuron_layer,)
-    spec = llm.SiteSpec(kind, tuple(layers), positions=ac.positions)
-    # bf16 projections flip the correctness of ≈ 0.4% of (mask, prompt) pairs and score masks
-    # 1.6× faster on an AMD EPYC but 1.4-1.6× slower on an Intel Xeon (benchmarks/llm_bf16.py;
-    # the site builder warns where slower); the prompts were chosen by the float32 model.
-    cfg = cfg.replace(matmul_dtype=ac.matmuls)
-    site, inputs = llm.build_site(params, cfg, spec, prompts, targets=targets,
-                                  share_prefix=share_prefix, length_buckets=ac.length_buckets)
-    return bb.Task.build(site, inputs, rule, name=f"{d.name}/{kind}"), int(len(keep))
+    return llama_testbed.concept_task(params, cfg, tok, d, kind, tuple(layers),
+                                      max_prompts=ac.max_prompts, positions=ac.positions,
+                                      readout=ac.readout, matmuls=ac.matmuls,
+                                      length_buckets=ac.length_buckets)
 
 
 def steps_per_call(num_steps: int) -> int:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bablate import llm, progress
-from bablate.models import llama
+from bablate.models import llama, llama_generate
 from bablate.models.llama import LlamaConfig
 from bablate.testbeds.llama import ConceptData, TurnEnd, neutral_questions
 
@@ -130,7 +130,7 @@ def sample(ic: Interventions, params: dict, cfg: LlamaConfig, tok: Any, arms: di
     for group in groups:
         rows.update(_sample_padded(ic, params, cfg, tok, {g: arms[g] for g in group},
                                    lengths[group[0]]))
-    cut = {name: (llama.cut_at_end(rows[name], end.end_id, end.reply_prefix) if end else
+    cut = {name: (llama_generate.cut_at_end(rows[name], end.end_id, end.reply_prefix) if end else
                   rows[name].tolist()) for name in arms}
     texts = {name: [tok.decode([int(i) for i in r]) for r in cut[name]] for name in arms}
     return texts, {name: [len(r) for r in cut[name]] for name in arms}
@@ -173,7 +173,7 @@ def _sample_padded(ic: Interventions, params: dict, cfg: LlamaConfig, tok: Any,
         r = rows[lo:lo + size]
         iv = llama.Interventions(resid=jnp.asarray(masks[:, arm_of_row[r]]),
                                  resid_fill=jnp.asarray(fills[:, arm_of_row[r]]))
-        out.append(np.asarray(llama.generate(
+        out.append(np.asarray(llama_generate.generate(
             params, cfg, jnp.asarray(tokens[r]), jnp.asarray(valid[r]), keys[r],
             max_new=ic.tokens, temperature=ic.temperature, top_k=50, interventions=iv)))
     new = np.concatenate(out)[:n]

@@ -9,10 +9,11 @@ import jax
 import numpy as np
 
 import bablate as bb
-from bablate import chunks, sequences
+from bablate import chunks
 from bablate.studies.rnn_chunks import intervals
 from bablate.studies.rnn_chunks.config import StudyConfig
 from bablate.testbeds import rnn as rnn_testbed
+from bablate.testbeds import sequences
 from bablate.testbeds.rnn import Windows
 
 # The ablation's windows come from a third sequence, neither the fitting nor the held-out one.

@@ -8,10 +8,11 @@ import math
 
 import ml_collections
 
-from bablate import chunks, sequences
+from bablate import chunks
 from bablate.models import rnn
 from bablate.runner import config_checks as cc
 from bablate.testbeds import rnn as rnn_testbed
+from bablate.testbeds import sequences
 
 RECIPES = ("bablate", "authors")
 

@@ -9,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bablate import chunks, sequences
+from bablate import chunks
 from bablate.models import rnn
 from bablate.studies.rnn_chunks import intervals, training
 from bablate.studies.rnn_chunks.config import StudyConfig
 from bablate.testbeds import rnn as rnn_testbed
+from bablate.testbeds import sequences
 from bablate.testbeds.rnn import Windows
 
 # The per-seed numbers of each DSC run; their means are the headline keys.

@@ -9,12 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bablate import chunks, sequences
+from bablate import chunks
 from bablate.models import rnn
 from bablate.studies.rnn_chunks import intervals
 from bablate.studies.rnn_chunks.config import StudyConfig
 from bablate.studies.rnn_chunks.training import EVAL_WINDOWS
 from bablate.testbeds import rnn as rnn_testbed
+from bablate.testbeds import sequences
 
 
 def state_for_symbol(res: chunks.DSCResult, h_fit: np.ndarray, symbol: int) -> np.ndarray | None:

@@ -31,11 +31,12 @@ def train_or_load(model: rnn.RNNConfig, train: rnn.TrainConfig, name: str,
     """Trains the network ``name`` on ``tokens`` with ``key`` (or loads its checkpoint) →
     (variables, history); the learning curve is read on the first held-out windows."""
     # The learning curve's lists vary in length; the variables must be the network's.
-    saved = ctx.load_state(name, like={"variables": initial_variables(model, key),
-                                       "history": dict})
-    if saved is not None:
-        return jax.tree.map(jnp.asarray, saved["variables"]), saved["history"]
-    variables, hist = rnn.train(model, train, tokens, key,
-                                eval_windows=test.tokens[:EVAL_WINDOWS], desc=f"train {name}")
-    ctx.save_state(name, {"variables": variables, "history": hist})
-    return variables, hist
+    def compute() -> dict:
+        variables, hist = rnn.train(model, train, tokens, key,
+                                    eval_windows=test.tokens[:EVAL_WINDOWS], desc=f"train {name}")
+        return {"variables": variables, "history": hist}
+
+    state, reused = ctx.load_or_compute(name, compute, like={
+        "variables": initial_variables(model, key), "history": dict})
+    variables = jax.tree.map(jnp.asarray, state["variables"]) if reused else state["variables"]
+    return variables, state["history"]

@@ -29,7 +29,7 @@ import ml_collections
 
 from bablate import progress
 from bablate.models import toy
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
 
 from . import ablation, control, geometry, plots, report, rotation, summary, train
 from .config import from_config, validate

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bablate import toy_geometry
 from bablate.models import toy
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
 from bablate.testbeds import toy as toy_testbed
+from bablate.testbeds import toy_geometry
 
 from .config import StudyConfig
 from .geometry import REPRESENTED_THRESHOLDS
@@ -42,8 +42,8 @@ def initialisation_control(cfg: StudyConfig, ctx: RunContext, key: jax.Array) ->
     """
     density = min(cfg.densities)
     spec, n = cfg.spec, cfg.control.num_seeds
-    state = ctx.load_state("control", like=_like(n, spec.n_features))
-    if state is None:
+
+    def compute() -> dict:
         keys = jax.random.split(key, 2 * n)
         # One vmapped run: the first n instances start as the paper's, the next n with every
         # feature represented.
@@ -60,13 +60,14 @@ def initialisation_control(cfg: StudyConfig, ctx: RunContext, key: jax.Array) ->
         losses = np.array([float(toy_testbed.heldout_loss(spec, toy.unstack(params, i), loss_key,
                                                           jnp.float32(density)))
                            for i in range(2 * n)])
-        state = {name: {"features_represented": counts[j * n:(j + 1) * n],
-                        **{f"features_represented_at_{t}": c[j * n:(j + 1) * n]
-                           for t, c in counts_at.items()},
-                        "feature_norms": norms[j * n:(j + 1) * n],
-                        "heldout_loss": losses[j * n:(j + 1) * n]}
-                 for j, name in enumerate(STARTS)}
-        ctx.save_state("control", state)
+        return {name: {"features_represented": counts[j * n:(j + 1) * n],
+                       **{f"features_represented_at_{t}": c[j * n:(j + 1) * n]
+                          for t, c in counts_at.items()},
+                       "feature_norms": norms[j * n:(j + 1) * n],
+                       "heldout_loss": losses[j * n:(j + 1) * n]}
+                for j, name in enumerate(STARTS)}
+
+    state, _ = ctx.load_or_compute("control", compute, like=_like(n, spec.n_features))
     lists = {name: {k: np.asarray(v).tolist() for k, v in rec.items()}
              for name, rec in state.items()}
     return {"density": density, "seeds": n, **lists}

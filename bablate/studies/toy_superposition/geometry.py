@@ -8,8 +8,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from bablate import toy_geometry
 from bablate.models import toy
+from bablate.testbeds import toy_geometry
 
 from .config import StudyConfig
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from bablate import plot as bplot  # noqa: E402
 from bablate.models import toy  # noqa: E402
-from bablate.runner.runs import RunContext  # noqa: E402
+from bablate.runner.context import RunContext  # noqa: E402
 
 from .config import StudyConfig  # noqa: E402
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from bablate import markdown as md
-from bablate import toy_geometry
+from bablate.testbeds import toy_geometry
 
 from . import intervals
 from .config import StudyConfig

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bablate.models import toy
-from bablate.runner.runs import RunContext
+from bablate.runner.context import RunContext
 
 from .config import StudyConfig
 
@@ -49,14 +49,16 @@ def train(cfg: StudyConfig, ctx: RunContext, inst: Instances,
       ``params_K`` (each leaf ``[K, ...]``) and the last-chunk training loss ``[K]``.
     """
     params_like, loss_like = toy.instances_like(cfg.spec, inst.density.size)
-    state = ctx.load_state("params", like={"params": params_like, "loss": loss_like})
-    if state is None:
+
+    def compute() -> dict:
         spec = cfg.spec
         ctx.log(f"training {inst.density.size} instances of {cfg.setting} ({spec.kind}) for "
                 f"{cfg.train.steps} steps")
         params, loss = toy.train_instances(spec, jnp.asarray(inst.density),
                                            instance_keys(key, inst), cfg.train,
                                            desc=f"train {cfg.setting}")
-        state = {"params": jax.tree.map(np.asarray, params), "loss": np.asarray(loss)}
-        ctx.save_state("params", state)
+        return {"params": jax.tree.map(np.asarray, params), "loss": np.asarray(loss)}
+
+    state, _ = ctx.load_or_compute("params", compute,
+                                   like={"params": params_like, "loss": loss_like})
     return state["params"], state["loss"]

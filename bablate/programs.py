@@ -12,9 +12,10 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from bablate.tasks import Task
+from bablate.rules import Rule
+from bablate.sites import Site
 
 _CACHE_SIZE = 32
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
@@ -37,7 +38,17 @@ def _function_key(fn):
     return key
 
 
-def program_key(task: Task) -> tuple:
+class Keyed(Protocol):
+    """What :func:`program_key` reads of a task (a :class:`bablate.Task`)."""
+
+    @property
+    def site(self) -> Site: ...
+
+    @property
+    def rule(self) -> Rule: ...
+
+
+def program_key(task: Keyed) -> tuple:
     """What a compiled program of ``task`` depends on beyond its arrays: the site object and
     the rule's code (see :func:`_function_key`); ``rule.positive`` is an argument."""
     rule = task.rule

@@ -169,7 +169,7 @@ def hierarchy(seed: int, n_h: int, n_draws: int = 100_000) -> ChunkedSequence:
     return _assemble(draws.tolist(), words, "ABCDE")
 
 
-def generate(family: str, seed: int, **kwargs) -> ChunkedSequence:
+def generate(family: str, seed: int, **kwargs: int) -> ChunkedSequence:
     """Dispatch by family name: one of FAMILIES; kwargs go to the family's generator."""
     fns: dict[str, Callable[..., ChunkedSequence]] = {
         "reflection": reflection, "compositional": compositional, "transfer": transfer,

@@ -106,7 +106,7 @@ def circle_trajectory(n: int, features: tuple[int, int], num_points: int,
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_samples", "num_points",
                                              "num_projections"))
-def _code_arrays(spec: toy.ToySpec, params, key: jax.Array, density: jax.Array,
+def _code_arrays(spec: toy.ToySpec, params: toy.Params, key: jax.Array, density: jax.Array,
                  num_samples: int, num_points: int, num_projections: int) -> dict:
     """Everything :func:`code_geometry` measures, in one compiled program per setting."""
     model, variables = spec.model(), {"params": params}
@@ -128,7 +128,7 @@ def _code_arrays(spec: toy.ToySpec, params, key: jax.Array, density: jax.Array,
     return out
 
 
-def code_geometry(spec: toy.ToySpec, params, key: jax.Array, density: float,
+def code_geometry(spec: toy.ToySpec, params: toy.Params, key: jax.Array, density: float,
                   num_samples: int = 8192, num_points: int = 101,
                   num_projections: int = 32) -> CodeGeometry:
     """Spectrum, α (fit over ranks 1..m), participation ratio and energies of the hidden code.

@@ -1,31 +1,10 @@
-"""Bablate sites inside a LLaMA: attention heads, MLP neurons, the residual stream.
-
-Every site caches the residual stream entering its first ablated layer, so a mask only pays for
-the layers from there on (all 30 for heads spread over the whole model, a few for a late MLP
-layer). The cache travels in the site's ``inputs`` pytree (a jit argument, never a baked-in
-constant), together with the params of the layers that run.
-
-Masks reach the model as multiplicative :class:`~bablate.models.llama.Interventions`; an ablated
-unit takes the value ``fill`` (0 for zero ablation, the mean over prompts and positions for mean
-ablation), at every prompt position or only at the last one (``SiteSpec.positions``; the last-
-position form reuses cached keys/values of the earlier positions, so a mask costs one token;
-at every position, the tokens all prompts start with, such as a few-shot header, run once per
-mask and the prompts' own tokens attend to them: :func:`shared_prefix`). The core sees a
-mask-aware site (:meth:`bablate.Site.mask_aware`): the mask goes straight to the model, which
-applies it in every ablated layer. Outputs are the next-token logits at the last prompt
-position, ``[N, vocab]``, ready for ``bablate.rules.top1`` / ``smooth_top1``.
-
-:func:`build_mlp_site` is the cached alternative for one layer's MLP neurons
-(:meth:`bablate.Site.from_functions`): its prefix returns the MLP hidden activation itself and
-its suffix runs the rest of the model from a given activation, so any linear basis
-(``bablate.Basis``, a learned dictionary) can re-express that activation and masks act on codes.
-"""
+"""The mask-aware LLaMA sites (:func:`build_site`: attention heads, MLP neurons, the residual
+stream), their bf16 check, the target read-out and :func:`evaluate_masks`."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
@@ -35,101 +14,17 @@ from jax.typing import ArrayLike
 
 from bablate import rules
 from bablate.callsite import warn_caller
+from bablate.llm._prompts import Prompts, residual_cache, shared_prefix
 from bablate.models import llama
 from bablate.models.llama import Interventions, LlamaConfig
 from bablate.rules import Rule
-from bablate.sites import Ablation, Basis, Site, ablation_value
+from bablate.sites import Site, ablation_value
 from bablate.tasks import outputs_evaluator
 
 KINDS = ("heads", "neurons", "resid")
+
+
 ABLATIONS = ("zero", "mean")
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompts:
-    """Left-padded token ids of a prompt set."""
-
-    tokens: np.ndarray  # [N, T] int32
-    valid: np.ndarray   # [N, T] bool
-
-    @property
-    def num(self) -> int:
-        return int(self.tokens.shape[0])
-
-
-def encode(tokenizer, texts: Sequence[str], pad_id: int = 2, length: int = 0) -> Prompts:
-    """Tokenizes and left-pads prompts (left padding keeps every last token at column −1).
-
-    ``length`` pads to at least that many columns (one shape for several calls: one compile).
-    """
-    if not texts:
-        raise ValueError("encode() needs at least one prompt.")
-    ids = [tokenizer.encode(t).ids for t in texts]
-    if any(len(i) == 0 for i in ids):
-        raise ValueError("An empty prompt cannot be encoded; every prompt needs ≥ 1 token.")
-    t = max(length, max(len(i) for i in ids))
-    tokens = np.full((len(ids), t), pad_id, np.int32)
-    valid = np.zeros((len(ids), t), bool)
-    for n, row in enumerate(ids):
-        tokens[n, t - len(row):] = row
-        valid[n, t - len(row):] = True
-    return Prompts(tokens, valid)
-
-
-def word_token(tokenizer, word: str) -> int:
-    """Id of ``" " + word`` when that is one token (the next-token target of a concept)."""
-    ids = tokenizer.encode(" " + word).ids
-    if len(ids) != 1:
-        raise ValueError(f"' {word}' is {len(ids)} tokens {ids}; concept words must be a single "
-                         "token with a leading space.")
-    return int(ids[0])
-
-
-unembed = llama.unembed
-
-
-def next_token_logits(params, cfg: LlamaConfig, prompts: Prompts,
-                      interventions: Interventions | None = None) -> jax.Array:
-    """Logits of the token after each prompt, ``[N, vocab]`` (jitted per config)."""
-    return _next_logits(params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid),
-                        interventions)
-
-
-def _next_logits_impl(params, cfg, tokens, valid, interventions):
-    h, _ = llama.run(params, cfg, tokens, valid, output="hidden", interventions=interventions)
-    return unembed(params, cfg, h[:, -1])
-
-
-_next_logits = jax.jit(_next_logits_impl, static_argnums=(1,))
-
-
-def residual_cache(params, cfg: LlamaConfig, prompts: Prompts, layer: int) -> jax.Array:
-    """The residual stream entering ``layer`` (``[N, T, D]``; layer 0 = the embeddings)."""
-    return _residual(params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid),
-                     layer)
-
-
-def _residual_impl(params, cfg, tokens, valid, layer):
-    h, _ = llama.run(params, cfg, tokens, valid, stop=layer, output="hidden")
-    return h
-
-
-_residual = jax.jit(_residual_impl, static_argnums=(1, 4))
-
-
-def collect_states(params, cfg: LlamaConfig, prompts: Prompts, what: str = "resid"):
-    """Per-layer values over the prompts: ``[L, N, T, units]`` for "resid" / "neurons"."""
-    if what not in ("resid", "neurons"):
-        raise ValueError(f"collect_states: what must be 'resid' or 'neurons', got {what!r}.")
-    return _collect(params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid), what)
-
-
-def _collect_impl(params, cfg, tokens, valid, what):
-    _, collected = llama.run(params, cfg, tokens, valid, output="hidden", collect=(what,))
-    return collected[what]
-
-
-_collect = jax.jit(_collect_impl, static_argnums=(1, 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,35 +120,6 @@ def _fills(params, cfg, spec: SiteSpec, prompts: Prompts):
         return (vals * w).sum((1, 2)) / w.sum((1, 2))
     mean = (vals * valid).sum((1, 2)) / valid.sum((1, 2))
     return mean.reshape(n, -1)
-
-
-def shared_prefix(prompts: Prompts) -> tuple[Prompts, int]:
-    """The prompts laid out as one shared prefix and each prompt's own tokens.
-
-    Returns ``(laid_out, P)``: ``P`` is the number of leading real tokens every prompt shares
-    (at most the shortest prompt's length − 1, so that every prompt keeps a token of its own),
-    and ``laid_out`` has those ``P`` tokens in its first columns and each prompt's remaining
-    tokens left-padded after them. Padding in the middle changes nothing: positions count real
-    tokens and padded keys are masked, so every prompt is the same sequence as before.
-    ``P = 0`` returns ``prompts`` unchanged.
-    """
-    rows = [t[v] for t, v in zip(prompts.tokens, prompts.valid, strict=True)]
-    shortest = min(len(r) for r in rows)
-    if len(rows) < 2 or shortest < 2:
-        return prompts, 0
-    stacked = np.stack([r[:shortest - 1] for r in rows])
-    differs = np.any(stacked != stacked[:1], axis=0)
-    p = int(np.argmax(differs)) if differs.any() else shortest - 1
-    if p == 0:
-        return prompts, 0
-    s = max(len(r) for r in rows) - p
-    tokens = np.zeros((len(rows), p + s), np.int32)
-    valid = np.zeros((len(rows), p + s), bool)
-    tokens[:, :p], valid[:, :p] = rows[0][:p], True
-    for n, r in enumerate(rows):
-        tokens[n, p + s - (len(r) - p):] = r[p:]
-        valid[n, p + s - (len(r) - p):] = True
-    return Prompts(tokens, valid), p
 
 
 class SlowBf16Warning(UserWarning):
@@ -356,7 +222,7 @@ def build_site(params, cfg: LlamaConfig, spec: SiteSpec, prompts: Prompts, *,
                               inputs["cache"], t - 1, iv, embed_input=False, output="hidden")
         else:
             h = _run_all_positions(inputs, suffix_cfg, iv, groups)
-        logits = unembed(inputs["params"], cfg, h[:, -1])
+        logits = llama.unembed(inputs["params"], cfg, h[:, -1])
         return logits if targets is None else target_readout(logits, inputs["targets"])
 
     # A site evaluated with bf16 matmuls says so wherever its identity is reported.
@@ -452,114 +318,6 @@ def _kv_cache(params, cfg, h_NxTxD, valid_NxT):
                           valid_NxT, llama.init_cache(cfg, n, t), 0, embed_input=False,
                           output="hidden")
     return cache
-
-
-def mlp_activations(params, cfg: LlamaConfig, prompts: Prompts, layer: int,
-                    with_logits: bool = False):
-    """The MLP hidden ``silu(gate)·up`` of one layer over the prompts, ``[N, T, mlp_width]``.
-
-    With ``with_logits`` also the intact next-token logits ``[N, vocab]`` from the same forward
-    pass (one pass serves both a dictionary fit and the choice of prompts the model gets right).
-    """
-    _check_spec(SiteSpec("neurons", (layer,)), cfg)
-    return _mlp_pass(params, cfg, jnp.asarray(prompts.tokens), jnp.asarray(prompts.valid), layer,
-                     with_logits)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 4, 5))
-def _mlp_pass(params, cfg, tokens, valid, layer, with_logits):
-    mid, nxt = _mid_and_next_impl(params, cfg, tokens, valid, layer)
-    act = llama.mlp_hidden(llama.layer_params(params, layer), cfg, mid)
-    if not with_logits:
-        return act
-    h, _ = llama.run(params, cfg, nxt, valid, start=layer + 1, output="hidden",
-                     embed_input=False)
-    return act, unembed(params, cfg, h[:, -1])
-
-
-def _mid_and_next_impl(params, cfg, tokens, valid, layer):
-    """(residual after layer ``layer``'s attention, residual entering layer ``layer + 1``)."""
-    h, _ = llama.run(params, cfg, tokens, valid, stop=layer, output="hidden")
-    out, collected = llama.run(params, cfg, h, valid, start=layer, stop=layer + 1,
-                               output="hidden", collect=("mid",), embed_input=False)
-    return collected["mid"][0], out
-
-
-_mid_and_next = jax.jit(_mid_and_next_impl, static_argnums=(1, 4))
-
-
-def build_mlp_site(params, cfg: LlamaConfig, layer: int, prompts: Prompts, *,
-                   positions: str = "last", ablation: Ablation = "zero",
-                   basis: Basis | None = None, targets=None) -> tuple[Site, dict]:
-    """A cached site on one layer's MLP hidden activation (works with any basis).
-
-    The residual after layer ``layer``'s attention is computed once here (and, for
-    ``positions="last"``, the keys/values of every later layer at every position). The site's
-    prefix maps it to the MLP hidden ``[N, T', mlp_width]`` (T' = 1 for "last", the prompt length
-    for "all"); the suffix adds ``down(hidden)`` back and runs layers ``layer + 1 …`` to the
-    next-token logits ``[N, vocab]``. Unlike :func:`build_site` the core applies the mask, so
-    ``basis`` (or ``dataclasses.replace(site, basis=...)``) re-expresses the activation in codes.
-
-    Args:
-        params: full-model params.
-        cfg: full-model config.
-        layer: the MLP layer.
-        prompts: the dataset.
-        positions: "last" (mask the last prompt position only; earlier positions keep their
-            intact activations and cached keys/values) or "all" (every position).
-        ablation: "zero", "mean" or "resample" (see :class:`bablate.Site`).
-        basis: optional linear basis of the activation (default: the neurons).
-        targets: optional target token per prompt ``[N]``. The site then reads out only what a
-            next-token rule needs, ``[N, 2]`` = (target logit − max logit, log-probability of
-            the target), for :func:`target_rule`: the same correctness as
-            ``bablate.rules.top1`` on the full logits, but a mask's output is ~10⁴ times
-            smaller, so the core evaluates many masks per batch and the model's weights are
-            read once per batch instead of once per mask (on SmolLM2, 16 prompts, 2 CPU
-            cores: 0.055 s instead of 0.11 s per mask).
-
-    Returns:
-        (site, inputs) for ``bablate.Task.build(site, inputs, rule)``.
-    """
-    spec = SiteSpec("neurons", (layer,), positions=positions)
-    _check_spec(spec, cfg)
-    _warn_if_bf16_is_slow(cfg)
-    valid = jnp.asarray(prompts.valid)
-    mid, nxt = _mid_and_next(params, cfg, jnp.asarray(prompts.tokens), valid, layer)
-    rest = cfg.num_layers - layer - 1
-    rest_cfg = cfg.replace(num_layers=rest)
-    inputs = {"mid": mid, "valid": valid, "mlp": llama.layer_params(params, layer),
-              "params": llama.layer_range(params, layer + 1, cfg.num_layers)}
-    if positions == "last":
-        inputs["mid"] = mid[:, -1:]
-        if rest:
-            inputs["cache"] = _kv_cache(inputs["params"], rest_cfg, nxt, valid)
-    if targets is not None:
-        inputs["targets"] = _check_targets(targets, prompts)
-
-    def prefix(inputs):
-        return llama.mlp_hidden(inputs["mlp"], cfg, inputs["mid"])
-
-    def suffix(act, inputs):
-        h = llama.mlp_residual(inputs["mlp"], cfg, inputs["mid"], act)
-        if rest and positions == "last":
-            valid = inputs["valid"]
-            pos = llama.positions_from_valid(valid)[:, -1:]
-            h, _ = llama.step(inputs["params"], rest_cfg, h, pos, valid, inputs["cache"],
-                              valid.shape[1] - 1, embed_input=False, output="hidden")
-        elif rest:
-            h, _ = llama.run(inputs["params"], rest_cfg, h, inputs["valid"], output="hidden",
-                             embed_input=False)
-        logits = unembed(inputs["params"], cfg, h[:, -1])
-        if targets is None:
-            return logits
-        return target_readout(logits, inputs["targets"])
-
-    site = Site.from_functions(f"mlp{spec.name.removeprefix('neurons')}", cfg.mlp_width,
-                               prefix, suffix, ablation=ablation, basis=None)
-    if basis is not None:
-        site = dataclasses.replace(site, basis=basis, num_units=basis.num_units,
-                                   name=f"{site.name}/{basis.name}")
-    return site, inputs
 
 
 def _check_targets(targets, prompts: Prompts) -> jax.Array:

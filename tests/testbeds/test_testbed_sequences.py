@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bablate import sequences
+from bablate.testbeds import sequences
 
 
 @pytest.mark.parametrize("family", ["reflection", "compositional", "transfer", "context"])
