@@ -8,17 +8,14 @@ import inspect
 import jax
 import numpy as np
 import pytest
-from core_models import head_rule, trained_mlp
 
 import bablate as bb
 from bablate.inference.options import OPTIONS
 
 
-@pytest.fixture(scope="module")
-def task_set():
-    model, variables, x, ys = trained_mlp(hidden=8)
-    site = bb.flax_site(model, variables, "Dense_0", x)
-    return bb.TaskSet.build(site, x, {h: head_rule(ys, h) for h in ("sum", "diff")})
+@pytest.fixture
+def task_set(head_task_set):
+    return head_task_set
 
 
 @pytest.mark.parametrize("method", sorted(OPTIONS))
