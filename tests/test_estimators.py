@@ -30,6 +30,7 @@ class _BiasFree(nn.Module):
         return nn.Dense(3, use_bias=False)(nn.relu(nn.Dense(8, name="hidden")(x)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prior,beta", [(0.3, 2.0), (0.5, 1.0), (0.7, 1.5)])
 def test_mcmc_total_correlation_and_task_information_match_exact(prior, beta):
     task = _mlp_task(12)
@@ -73,6 +74,7 @@ def test_mean_field_optimum_is_exact_for_an_independent_amd():
     assert elbo == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hidden,head,prior", [(8, "sum", 0.5), (8, "diff", 0.7),
                                                (12, "diff", 0.5), (16, "sum", 0.5)])
 def test_svi_reaches_the_mean_field_optimum(hidden, head, prior):

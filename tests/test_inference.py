@@ -20,6 +20,7 @@ def task_and_exact():
     return task, bb.infer(task, "exact")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler,flips", [("informed", "multi"), ("gradient", "multi"),
                                            ("informed", "single")])
 def test_mcmc_marginals_match_exact(task_and_exact, sampler, flips):
@@ -42,6 +43,7 @@ def test_mcmc_is_reproducible_from_its_key(task_and_exact):
     np.testing.assert_array_equal(run(), run())
 
 
+@pytest.mark.slow
 def test_svi_marginals_match_exact_within_mean_field_tolerance(task_and_exact):
     task, exact = task_and_exact
     post = bb.infer(task, "svi", key=jax.random.key(0), num_steps=1500, num_particles=32)

@@ -49,6 +49,7 @@ def test_bad_input_gives_one_line_error(args, message, launch, tmp_path):
     assert not (workdir / "results.json").exists() and not (workdir / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_run_override_default_workdir_skip_refuse_overwrite(launch, tmp_path, fake_config):
     proc = launch(f"--config={FAKE}", "--config.seed=3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -75,6 +76,7 @@ def test_run_override_default_workdir_skip_refuse_overwrite(launch, tmp_path, fa
     assert _results(run) != _results(tmp_path / "here")
 
 
+@pytest.mark.slow
 def test_sweep_in_parallel_jobs_then_resume(launch, tmp_path, fake_config):
     proc = launch(f"--config={FAKE}", "--config.steps=2", "--sweep", "--jobs=2",
                   f"--workdir={tmp_path}")

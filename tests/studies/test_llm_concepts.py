@@ -46,6 +46,7 @@ def _last_logits(params, prompts, iv=None):
     return llm.unembed(params, CFG, h[:, -1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positions", ["all", "last"])
 def test_head_site_matches_direct_forward(tiny, positions):
     params, prompts = tiny
@@ -84,6 +85,7 @@ def test_neuron_and_resid_sites_with_mean_ablation(tiny):
         llm.SiteSpec("neurons", (1, 2))
 
 
+@pytest.mark.slow
 def test_svi_on_16_heads_matches_exact(tiny):
     params, prompts = tiny
     targets = jnp.argmax(_last_logits(params, prompts), -1)
@@ -119,6 +121,7 @@ def _interventions_config(**kw):
     return Interventions(**{**ic, **kw})
 
 
+@pytest.mark.slow
 def test_intervention_arms_sample_the_same_batched_as_alone(tiny):
     from bablate.studies.llm_concepts import interventions as iv
     from bablate.testbeds.llama import TurnEnd
@@ -178,6 +181,7 @@ def _templates(neurons: int = 24):
             for l in range(CFG.num_layers)}
 
 
+@pytest.mark.slow
 def test_graft_puts_the_template_of_the_layer_below_into_each_layer(tiny):
     """The activation arm's continuation equals a direct generation whose residual stream
     entering layer l is overwritten, on the template's neurons at the positions before the
@@ -218,6 +222,7 @@ def test_graft_puts_the_template_of_the_layer_below_into_each_layer(tiny):
     assert out["differences"]["authors"]["tiny"]["inhibition - inhibition_baseline"] is None
 
 
+@pytest.mark.slow
 def test_a_template_at_the_floor_is_not_grafted(tiny):
     """A template keeping at most min_neurons neurons at a graft layer is said to be not worth
     grafting: its activation and inhibition arms do not run (n = 0, no rate), the typed word
