@@ -178,6 +178,7 @@ def test_gate_reads_proc_stat_and_judges_peaks_and_idleness(monkeypatch):
     assert 0.1 <= time.monotonic() - t0 < 2 and 0 <= idle <= 1
 
 
+@pytest.mark.slow
 def test_table_quotes_quiet_cases_only(tmp_path, masked_eval_records):
     records = [json.loads(json.dumps(r)) for r in masked_eval_records]  # a copy to mark
     toy, rnn = sorted(records, key=lambda r: r["case"] != "toy_large")

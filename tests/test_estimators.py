@@ -46,6 +46,7 @@ def test_mcmc_total_correlation_and_task_information_match_exact(prior, beta):
     assert abs(m.entropy - exact.entropy) < 0.15
 
 
+@pytest.mark.slow
 def test_repeated_masks_no_longer_fool_the_entropy_estimate():
     # The README MLP with a bias-free read-out, prior 0.3, β = 2: chains that revisit masks
     # (rejections) made the plug-in entropy far too low (TC 6.4 bits against 0.1 exact).

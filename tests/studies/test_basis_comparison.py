@@ -76,6 +76,7 @@ def test_quick_smoke_writes_report_dictionaries_and_rnn_comparison(quick_run):
     assert "toy_d0.03_nmf_polysemanticity" in res
 
 
+@pytest.mark.slow
 def test_shared_enumeration_matches_per_task_exact():
     from bablate.models import toy
 

@@ -67,6 +67,7 @@ def test_head_site_matches_direct_forward(tiny, positions):
     assert np.abs(out[1] - out[0]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_neuron_and_resid_sites_with_mean_ablation(tiny):
     params, prompts = tiny
     for kind, width in (("neurons", CFG.mlp_width), ("resid", CFG.width)):
@@ -645,6 +646,7 @@ def _tiny_exact(tiny):
                     chunk_size=4096)
 
 
+@pytest.mark.slow
 def test_ablation_flags_an_unconverged_mcmc_in_the_report(tiny, tmp_path):
     """Eight MCMC draws cannot reach the ESS the library asks for: the results say
     ``converged: false`` and report.md says so in words beside the certified estimate; the head
@@ -700,6 +702,7 @@ def test_ablation_mcmc_check_agrees_with_the_estimate_and_exact_on_tiny_heads(ti
     assert ("MCMC **agrees** with the certified estimate" in text) == cmp["agree"]
 
 
+@pytest.mark.slow
 def test_certified_estimate_matches_exact_and_the_report_judges_svi_by_it(tiny, tmp_path):
     """The certified estimate of the 16 tiny heads (adaptive importance sampling) agrees with
     exact enumeration within its own standard errors; SVI is compared with it beyond its noise,
