@@ -87,6 +87,7 @@ def test_svi_reaches_the_mean_field_optimum(hidden, head, prior):
     assert post.diagnostics["marginal_drift"] <= 0.02 and not post.warnings
 
 
+@pytest.mark.slow
 def test_svi_that_stops_early_warns():
     task = _mlp_task(8, "diff")
     with pytest.warns(ConvergenceWarning, match="not converged; raise num_steps"):
@@ -153,6 +154,7 @@ def test_healthy_chains_on_small_networks_raise_no_warning():
                       <= 4.5 * np.asarray(d["marginal_se"]) + 1e-3)
 
 
+@pytest.mark.slow
 def test_a_flat_likelihood_warns_and_a_nan_one_is_an_error():
     d = 8
     x = np.ones((16, d), np.float32)
