@@ -105,9 +105,9 @@ def test_sweep_in_parallel_jobs_then_resume(launch, tmp_path, fake_config):
 
 @pytest.mark.parametrize("flag,xla_count,expected", [
     (None, None, "cores"),   # default: one CPU device per core
-    (None, 3, 3),            # a count forced in XLA_FLAGS is kept
+    pytest.param(None, 3, 3, marks=pytest.mark.slow),  # a count forced in XLA_FLAGS is kept
     (2, 3, 2),               # an explicit --cpu_devices wins
-    (1, None, 1),
+    pytest.param(1, None, 1, marks=pytest.mark.slow),
 ])
 def test_cpu_devices_flag_sets_the_jax_device_count(flag, xla_count, expected):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
