@@ -137,6 +137,7 @@ def test_mcmc_bad_settings_are_refused(task_and_exact, options, message):
         bb.infer(task, "mcmc", key=jax.random.key(0), **options)
 
 
+@pytest.mark.slow
 def test_flip_kernel_still_runs_in_numpyros_mcmc_driver(task_and_exact):
     from numpyro.infer import MCMC
 
