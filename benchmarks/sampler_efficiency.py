@@ -41,7 +41,8 @@ from numpyro.infer import DiscreteGibbs
 
 import bablate as bb
 from bablate import programs
-from bablate.inference.mcmc import Run, chain_diagnostics, legacy_key, sample_flip_kernel
+from bablate.inference.mcmc import chain_diagnostics
+from bablate.inference.mcmc_loop import Run, legacy_key, sample_flip_kernel
 
 
 def trained_mlp_tasks(hidden: int, examples: int, seed: int, steps: int = 300,

@@ -201,6 +201,7 @@ def _same(a, b) -> bool:
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("study", list(LOADERS))
 def test_study_resumes_from_its_checkpoint_and_refuses_damaged_ones(study, tmp_path,
                                                                     monkeypatch):
@@ -236,6 +237,7 @@ def test_llm_dictionary_setup_is_reused_only_when_it_is_the_same(tmp_path):
         assert not basis_llm.same_setup(ctx, setup)  # refitted, never a traceback
 
 
+@pytest.mark.slow
 def test_saved_dictionary_is_reused_and_a_damaged_one_is_one_line(tmp_path, monkeypatch):
     """basis_comparison keeps each fitted dictionary in the run's dictionaries/ and reuses it
     when the network was reloaded; a damaged file there is refused like a checkpoint."""

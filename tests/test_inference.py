@@ -20,6 +20,7 @@ def task_and_exact():
     return task, bb.infer(task, "exact")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler,flips", [("informed", "multi"), ("gradient", "multi"),
                                            ("informed", "single")])
 def test_mcmc_marginals_match_exact(task_and_exact, sampler, flips):
@@ -42,6 +43,7 @@ def test_mcmc_is_reproducible_from_its_key(task_and_exact):
     np.testing.assert_array_equal(run(), run())
 
 
+@pytest.mark.slow
 def test_svi_marginals_match_exact_within_mean_field_tolerance(task_and_exact):
     task, exact = task_and_exact
     post = bb.infer(task, "svi", key=jax.random.key(0), num_steps=1500, num_particles=32)
@@ -135,6 +137,7 @@ def test_mcmc_bad_settings_are_refused(task_and_exact, options, message):
         bb.infer(task, "mcmc", key=jax.random.key(0), **options)
 
 
+@pytest.mark.slow
 def test_flip_kernel_still_runs_in_numpyros_mcmc_driver(task_and_exact):
     from numpyro.infer import MCMC
 
@@ -197,15 +200,9 @@ def test_a_second_task_on_one_site_compiles_nothing_for_exact_log_odds_and_p_cor
 # ---- method choice and keys ---------------------------------------------------------------
 
 
-def _head_task_set(hidden=8):
-    model, variables, x, ys = trained_mlp(hidden=hidden)
-    site = bb.flax_site(model, variables, "Dense_0", x)
-    return bb.TaskSet.build(site, x, {h: head_rule(ys, h) for h in ("sum", "diff")})
-
-
 @pytest.mark.parametrize("method", ["mcmc", "svi"])
-def test_a_stochastic_method_without_a_key_names_the_fix(method):
-    task_set = _head_task_set()
+def test_a_stochastic_method_without_a_key_names_the_fix(method, head_task_set):
+    task_set = head_task_set
     for call in (lambda: bb.infer(task_set[0], method),
                  lambda: bb.infer_many(task_set, method),
                  lambda: bb.infer_many(task_set, "auto", max_exact=4, large=method)):
@@ -215,8 +212,8 @@ def test_a_stochastic_method_without_a_key_names_the_fix(method):
         assert "\n" not in str(err.value)
 
 
-def test_auto_enumerates_small_sites_without_a_key_and_records_the_method():
-    task_set = _head_task_set()
+def test_auto_enumerates_small_sites_without_a_key_and_records_the_method(head_task_set):
+    task_set = head_task_set
     posts = bb.infer_many(task_set, "auto")  # d = 8 <= 16: exact, deterministic
     for task, post in zip(task_set, posts, strict=True):
         assert post.method == "exact"
@@ -228,8 +225,8 @@ def test_auto_enumerates_small_sites_without_a_key_and_records_the_method():
         bb.infer_many(task_set, "auto", num_sample=10)
 
 
-def test_auto_samples_large_sites_with_the_per_task_keys():
-    task_set = _head_task_set()
+def test_auto_samples_large_sites_with_the_per_task_keys(head_task_set):
+    task_set = head_task_set
     key = jax.random.key(7)
     opts = dict(num_steps=40, steps_per_call=10, num_draws=20)
     with pytest.warns(bb.inference.ConvergenceWarning):

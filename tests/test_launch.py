@@ -31,7 +31,11 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=lambda v: str(v)[:40])
+# Two cases in the fast tier; each case is a process (tests/test_bad_inputs_cli.py runs
+# the command line in-process).
+@pytest.mark.parametrize("args,message", [
+    *BAD_INPUTS[:2], *(pytest.param(*case, marks=pytest.mark.slow) for case in BAD_INPUTS[2:])],
+    ids=lambda v: str(v)[:40])
 def test_bad_input_gives_one_line_error(args, message, launch, tmp_path):
     file = tmp_path / "a_file"
     file.write_text("not a directory")
@@ -49,6 +53,7 @@ def test_bad_input_gives_one_line_error(args, message, launch, tmp_path):
     assert not (workdir / "results.json").exists() and not (workdir / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_run_override_default_workdir_skip_refuse_overwrite(launch, tmp_path, fake_config):
     proc = launch(f"--config={FAKE}", "--config.seed=3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -75,6 +80,7 @@ def test_run_override_default_workdir_skip_refuse_overwrite(launch, tmp_path, fa
     assert _results(run) != _results(tmp_path / "here")
 
 
+@pytest.mark.slow
 def test_sweep_in_parallel_jobs_then_resume(launch, tmp_path, fake_config):
     proc = launch(f"--config={FAKE}", "--config.steps=2", "--sweep", "--jobs=2",
                   f"--workdir={tmp_path}")
@@ -103,9 +109,9 @@ def test_sweep_in_parallel_jobs_then_resume(launch, tmp_path, fake_config):
 
 @pytest.mark.parametrize("flag,xla_count,expected", [
     (None, None, "cores"),   # default: one CPU device per core
-    (None, 3, 3),            # a count forced in XLA_FLAGS is kept
+    pytest.param(None, 3, 3, marks=pytest.mark.slow),  # a count forced in XLA_FLAGS is kept
     (2, 3, 2),               # an explicit --cpu_devices wins
-    (1, None, 1),
+    pytest.param(1, None, 1, marks=pytest.mark.slow),
 ])
 def test_cpu_devices_flag_sets_the_jax_device_count(flag, xla_count, expected):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -119,6 +125,7 @@ def test_cpu_devices_flag_sets_the_jax_device_count(flag, xla_count, expected):
     assert int(out.stdout.split()[-1]) == (cores if expected == "cores" else expected)
 
 
+@pytest.mark.slow
 def test_python_m_bablate_runs_a_study_by_name_or_path(tmp_path, fake_config):
     """``python -m bablate`` is launch.py: a config path works, and a bare study name resolves
     to the study's own config file (a wrong name lists the studies)."""
@@ -153,6 +160,7 @@ def test_only_the_config_value_is_resolved_to_the_studys_file():
     assert cli.resolved_argv(["prog"])[0] == ["prog"]  # the flag's default is already a path
 
 
+@pytest.mark.slow
 def test_a_runs_warnings_reach_log_and_report_with_the_callers_line(tmp_path):
     """``python -m bablate``: a warning raised by the library inside a study, and one the study
     raises itself, are both in log.txt and report.md's Warnings section, each with the study's
@@ -180,6 +188,7 @@ def test_a_runs_warnings_reach_log_and_report_with_the_callers_line(tmp_path):
     assert "bablate/tasks.py" not in log
 
 
+@pytest.mark.slow
 def test_help_lists_bablates_own_flags_one_line_each_with_examples(tmp_path):
     """``--help`` shows bablate's flags (not only absl's usage line) and exits as absl's does
     (status 1)."""

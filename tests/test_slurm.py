@@ -269,6 +269,7 @@ def _held_sweep(env: dict, workdir: Path, pause: Path, end_job) -> tuple[subproc
     return proc, err, jobs[0]
 
 
+@pytest.mark.slow
 def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, tmp_path):
     """Run 1: both members are submitted; seed=1 is held after its first step and its job is
     killed, so the sweep reports it failed (naming its job and log). Run 2 resubmits only
@@ -334,6 +335,7 @@ def test_sweep_members_run_as_slurm_jobs_fail_visibly_and_resume(slurm_cluster, 
           f"{t2 - t1:.1f} s, run 3 (nothing to submit) {t3 - t2:.1f} s", file=sys.stderr)
 
 
+@pytest.mark.slow
 def test_a_cancelled_member_is_reported_cancelled(slurm_cluster, tmp_path):
     """scancel on a running member: SLURM sends SIGTERM, which submitit's process survives
     while the member dies of it, so a result (exit -15) may come before squeue says
@@ -349,6 +351,7 @@ def test_a_cancelled_member_is_reported_cancelled(slurm_cluster, tmp_path):
     assert f"{NAMES[0]}: done" in log
 
 
+@pytest.mark.slow
 def test_a_member_out_of_time_names_the_time_limit(slurm_cluster, tmp_path):
     """A held member under a 1-minute limit: submitit's process is signalled 90 s before the
     limit (so at once here), gives up on the job as timed-out and writes that as its result;

@@ -141,6 +141,7 @@ def test_a_result_key_holding_a_pipe_keeps_its_row_three_cells():
     assert len(re.split(r"(?<!\\)\|", row)[1:-1]) == 3, row
 
 
+@pytest.mark.slow
 def test_parallel_members_write_progress_lines_with_an_eta(launch, tmp_path):
     """A member of a --jobs sweep (or a SLURM job) writes to its console.txt: progress goes
     there as plain lines with an ETA, not bars and not nothing."""

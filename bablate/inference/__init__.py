@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Sequence
 
 import jax
 from jax.typing import ArrayLike
@@ -18,6 +18,15 @@ from bablate.inference.exact import (
 from bablate.inference.importance import importance
 from bablate.inference.kernels import FlipKernel, FlipState
 from bablate.inference.mcmc import chain_diagnostics, mcmc
+from bablate.inference.options import (
+    OPTIONS,
+    ExactOptions,
+    ImportanceOptions,
+    McmcOptions,
+    Options,
+    SviOptions,
+    resolve,
+)
 from bablate.inference.posterior import ConvergenceWarning, Posterior
 from bablate.inference.svi import svi
 from bablate.tasks import Task, check_key
@@ -55,28 +64,24 @@ def _require_key(key: jax.Array | None, method: str, what: str) -> jax.Array:
     return key
 
 
-_ACCEPTS = {m: set(inspect.signature(fn).parameters) - {"task", "key", "prior", "beta"}
-            for m, fn in (("exact", exact), ("mcmc", mcmc), ("svi", svi),
-                          ("importance", importance))}
-
-
-def _options_for(method: str, requested: str, options: dict) -> dict:
-    """The options ``method`` takes. Under "auto" the options of the methods it did not choose
-    are left out (one call can carry MCMC settings for the large sites and exact settings for
-    the small ones); an option no method takes is refused."""
-    if requested != "auto":
-        return options
-    unknown = sorted(set(options) - set().union(*_ACCEPTS.values()))
-    if unknown:
-        raise ValueError(f"unknown inference option(s) {unknown}; the options of exact, mcmc, "
-                         "svi and importance are their keyword arguments (see bablate.exact / "
-                         "mcmc / svi / importance).")
-    return {k: v for k, v in options.items() if k in _ACCEPTS[method]}
+def _run(task: Task, chosen: str, requested: str, key: jax.Array | None, prior: ArrayLike,
+         beta: float, opts: Options, max_exact: int) -> Posterior:
+    kwargs = opts.kwargs()
+    if chosen == "exact":
+        if requested == "auto":
+            kwargs.setdefault("max_units", max(max_exact, 20))
+        return exact(task, prior=prior, beta=beta, **kwargs)
+    key = _require_key(key, chosen, f"infer for task {task.name!r}")
+    if chosen == "mcmc":
+        return mcmc(task, key, prior=prior, beta=beta, **kwargs)
+    if chosen == "importance":
+        return importance(task, key, prior=prior, beta=beta, **kwargs)
+    return svi(task, key, prior=prior, beta=beta, **kwargs)
 
 
 def infer(task: Task, method: str = "exact", key: jax.Array | None = None, prior: ArrayLike = 0.5,
           beta: float = 1.0, *, max_exact: int = MAX_EXACT, large: str = LARGE,
-          **options) -> Posterior:
+          options: Options | Sequence[Options] | None = None, **keywords) -> Posterior:
     """Infers the AMD P(mask | task, correct) ∝ prior(mask) · odds(correct | task, mask)^β.
 
     Args:
@@ -95,32 +100,26 @@ def infer(task: Task, method: str = "exact", key: jax.Array | None = None, prior
       max_exact: the largest site "auto" enumerates.
       large: the method "auto" uses above ``max_exact`` units (a stochastic method;
         "importance" by default).
-      **options: passed to :func:`exact`, :func:`importance`, :func:`mcmc` or :func:`svi`
-        (under "auto", to the chosen one).
+      options: the method's options (:class:`ExactOptions`, :class:`ImportanceOptions`,
+        :class:`McmcOptions`, :class:`SviOptions`), or under "auto" one per method.
+      **keywords: single options in keyword form (``num_samples=500``); they replace the
+        fields of ``options`` (under "auto", of each method that has them).
 
     Returns:
       A :class:`Posterior`.
 
     Raises:
-      ValueError: an unknown method, or a stochastic method without a key.
+      ValueError: an unknown method or option, or a stochastic method without a key.
     """
     chosen = choose_method(task.num_units, method, max_exact, large)
-    options = _options_for(chosen, method, options)
-    if chosen == "exact":
-        if method == "auto":
-            options.setdefault("max_units", max(max_exact, 20))
-        return exact(task, prior=prior, beta=beta, **options)
-    key = _require_key(key, chosen, f"infer for task {task.name!r}")
-    if chosen == "mcmc":
-        return mcmc(task, key, prior=prior, beta=beta, **options)
-    if chosen == "importance":
-        return importance(task, key, prior=prior, beta=beta, **options)
-    return svi(task, key, prior=prior, beta=beta, **options)
+    opts = resolve(chosen, method, options, keywords)
+    return _run(task, chosen, method, key, prior, beta, opts, max_exact)
 
 
 def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array | None = None,
                prior: ArrayLike = 0.5, beta: float = 1.0, *, max_exact: int = MAX_EXACT,
-               large: str = LARGE, **options) -> list[Posterior]:
+               large: str = LARGE, options: Options | Sequence[Options] | None = None,
+               **keywords) -> list[Posterior]:
     """:func:`infer` for many tasks, choosing the method per task in one place.
 
     "auto" enumerates tasks of at most ``max_exact`` units exactly and runs ``large``
@@ -128,13 +127,15 @@ def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array
     that share a site and a dataset (a
     :class:`~bablate.taskset.TaskSet`) runs the network once per mask for all of them
     (:func:`exact_many`). Task ``i`` of a stochastic method gets the key
-    ``jax.random.fold_in(key, i)``.
+    ``jax.random.fold_in(key, i)``. ``options`` and ``**keywords`` as in :func:`infer`.
 
     Raises:
-      ValueError: a stochastic method (or "auto" choosing one) without a key.
+      ValueError: an unknown option, or a stochastic method (or "auto" choosing one) without
+        a key.
     """
     items = list(tasks)
     chosen = [choose_method(t.num_units, method, max_exact, large) for t in items]
+    opts = {c: resolve(c, method, options, keywords) for c in set(chosen)}  # fails fast
     keys: dict[int, jax.Array] = {}  # task i's key, for the tasks of a stochastic method
     stochastic_ids = [i for i, c in enumerate(chosen) if c in STOCHASTIC]
     if stochastic_ids:  # checked before any work, so a missing key fails fast
@@ -144,21 +145,22 @@ def infer_many(tasks: TaskSet | list[Task], method: str = "auto", key: jax.Array
     out: dict[int, Posterior] = {}
     exact_ids = [i for i, c in enumerate(chosen) if c == "exact"]
     if exact_ids:
-        exact_options = _options_for("exact", method, dict(options))
+        exact_kwargs = opts["exact"].kwargs()
         if method == "auto":
-            exact_options.setdefault("max_units", max(max_exact, 20))
+            exact_kwargs.setdefault("max_units", max(max_exact, 20))
         group = (tasks if isinstance(tasks, TaskSet) and len(exact_ids) == len(items)
                  else [items[i] for i in exact_ids])
         for i, post in zip(exact_ids, exact_many(group, prior=prior, beta=beta,
-                                                 **exact_options), strict=True):
+                                                 **exact_kwargs), strict=True):
             out[i] = post
     for i, task_key in keys.items():
-        out[i] = infer(items[i], chosen[i], task_key, prior, beta,
-                       **_options_for(chosen[i], method, options))
+        out[i] = _run(items[i], chosen[i], method, task_key, prior, beta, opts[chosen[i]],
+                      max_exact)
     return [out[i] for i in range(len(items))]
 
 
-__all__ = ["LARGE", "MAX_EXACT", "METHODS", "STOCHASTIC", "ConvergenceWarning", "FlipKernel",
-           "FlipState", "Posterior", "chain_diagnostics", "choose_method", "exact",
+__all__ = ["LARGE", "MAX_EXACT", "METHODS", "OPTIONS", "STOCHASTIC", "ConvergenceWarning",
+           "ExactOptions", "FlipKernel", "FlipState", "ImportanceOptions", "McmcOptions",
+           "Options", "Posterior", "SviOptions", "chain_diagnostics", "choose_method", "exact",
            "exact_many", "importance", "index_to_masks", "infer", "infer_many", "mcmc",
            "mean_field_optimum", "svi", "table_marginals"]

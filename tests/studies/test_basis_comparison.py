@@ -41,6 +41,7 @@ def quick_run(tmp_path_factory):
     return workdir, json.loads((workdir / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_toy_dictionary_recovers_true_features_and_is_less_polysemantic(quick_run):
     _, res = quick_run
     inst = res["toy"]["instances"][0]
@@ -58,6 +59,7 @@ def test_toy_dictionary_recovers_true_features_and_is_less_polysemantic(quick_ru
     assert bases["nmf"]["num_units"] == 16 and bases["neuron"]["num_units"] == 5
 
 
+@pytest.mark.slow
 def test_quick_smoke_writes_report_dictionaries_and_rnn_comparison(quick_run):
     workdir, res = quick_run
     report = (workdir / "report.md").read_text()
@@ -73,6 +75,7 @@ def test_quick_smoke_writes_report_dictionaries_and_rnn_comparison(quick_run):
     assert "toy_d0.03_nmf_polysemanticity" in res
 
 
+@pytest.mark.slow
 def test_shared_enumeration_matches_per_task_exact():
     from bablate.models import toy
 
@@ -116,6 +119,7 @@ def test_config_errors_are_clear():
         config.from_config(c)
 
 
+@pytest.mark.slow
 def test_llm_path_on_a_tiny_llama_with_svi():
     """Two prompt sets on one MLP layer of a random LLaMA, read in neurons and in a top-k SAE
     (with its center as a unit) with the study's SVI: both bases reproduce the intact model,

@@ -47,6 +47,7 @@ def _last_logits(params, prompts, iv=None):
     return llama.unembed(params, CFG, h[:, -1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positions", ["all", "last"])
 def test_head_site_matches_direct_forward(tiny, positions):
     params, prompts = tiny
@@ -67,6 +68,7 @@ def test_head_site_matches_direct_forward(tiny, positions):
     assert np.abs(out[1] - out[0]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_neuron_and_resid_sites_with_mean_ablation(tiny):
     params, prompts = tiny
     for kind, width in (("neurons", CFG.mlp_width), ("resid", CFG.width)):
@@ -85,6 +87,7 @@ def test_neuron_and_resid_sites_with_mean_ablation(tiny):
         llm.SiteSpec("neurons", (1, 2))
 
 
+@pytest.mark.slow
 def test_svi_on_16_heads_matches_exact(tiny):
     params, prompts = tiny
     targets = jnp.argmax(_last_logits(params, prompts), -1)
@@ -120,6 +123,7 @@ def _interventions_config(**kw):
     return Interventions(**{**ic, **kw})
 
 
+@pytest.mark.slow
 def test_intervention_arms_sample_the_same_batched_as_alone(tiny):
     from bablate.studies.llm_concepts import interventions as iv
     from bablate.testbeds.llama import TurnEnd
@@ -179,6 +183,7 @@ def _templates(neurons: int = 24):
             for l in range(CFG.num_layers)}
 
 
+@pytest.mark.slow
 def test_graft_puts_the_template_of_the_layer_below_into_each_layer(tiny):
     """The activation arm's continuation equals a direct generation whose residual stream
     entering layer l is overwritten, on the template's neurons at the positions before the
@@ -219,6 +224,7 @@ def test_graft_puts_the_template_of_the_layer_below_into_each_layer(tiny):
     assert out["differences"]["authors"]["tiny"]["inhibition - inhibition_baseline"] is None
 
 
+@pytest.mark.slow
 def test_a_template_at_the_floor_is_not_grafted(tiny):
     """A template keeping at most min_neurons neurons at a graft layer is said to be not worth
     grafting: its activation and inhibition arms do not run (n = 0, no rate), the typed word
@@ -641,6 +647,7 @@ def _tiny_exact(tiny):
                     chunk_size=4096)
 
 
+@pytest.mark.slow
 def test_ablation_flags_an_unconverged_mcmc_in_the_report(tiny, tmp_path):
     """Eight MCMC draws cannot reach the ESS the library asks for: the results say
     ``converged: false`` and report.md says so in words beside the certified estimate; the head
@@ -701,6 +708,7 @@ def test_ablation_mcmc_check_agrees_with_the_estimate_and_exact_on_tiny_heads(ti
     assert ("MCMC **agrees** with the certified estimate" in text) == cmp["agree"]
 
 
+@pytest.mark.slow
 def test_certified_estimate_matches_exact_and_the_report_judges_svi_by_it(tiny, tmp_path):
     """The certified estimate of the 16 tiny heads (adaptive importance sampling) agrees with
     exact enumeration within its own standard errors; SVI is compared with it beyond its noise,

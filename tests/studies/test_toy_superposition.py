@@ -63,6 +63,7 @@ def _exact_ablation(epsilon: float = 0.1, num: int = 200) -> study_config.Ablati
                                           num_chains=0, num_tasks=0))
 
 
+@pytest.mark.slow
 def test_rotation_control_of_a_model_whose_rotations_keep_the_loss():
     # Features 0-2 each own one hidden dimension of a tied ReLU-output model, features 3-5 are
     # not represented. Any rotation q of the hidden space (W → qᵀW) keeps WᵀW and so the loss;

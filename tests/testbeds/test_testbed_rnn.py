@@ -13,16 +13,6 @@ from bablate.testbeds import sequences
 
 
 @pytest.fixture(scope="module")
-def reflection_net():
-    seq = sequences.reflection(0, n_repeats=300)
-    test = sequences.reflection(1, n_repeats=100)
-    cfg = rnn.RNNConfig(num_symbols=seq.num_symbols, hidden=12)
-    tc = rnn.TrainConfig(steps=300, batch=8, chunk=100, eval_every=0)
-    variables, _ = rnn.train(cfg, tc, seq.tokens, jax.random.key(0))
-    return cfg, variables, rnn.windows(test.tokens, 200)
-
-
-@pytest.fixture(scope="module")
 def compositional_net():
     """A briefly trained linear RNN on the compositional family and held-out windows."""
     seq = sequences.compositional(0, n_draws=300)

@@ -27,10 +27,10 @@ def infer(cfg: StudyConfig, tasks: bb.TaskSet, method: str,
     """The AMD of every task: one enumeration for all (exact), or MCMC per task with key
     ``fold_in(key, i)`` for task i."""
     m = cfg.ablation.mcmc
-    options = {} if method == "exact" else dict(
+    options = None if method == "exact" else bb.McmcOptions(
         sampler=m.sampler, num_samples=m.num_samples, num_warmup=m.num_warmup,
         num_chains=m.num_chains)
-    return bb.infer_many(tasks, method=method, key=key, **options)
+    return bb.infer_many(tasks, method=method, key=key, options=options)
 
 
 def ablation(cfg: StudyConfig, variables: dict, seq: sequences.ChunkedSequence,
