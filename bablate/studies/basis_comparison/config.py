@@ -9,12 +9,17 @@ dataclasses that mirror the ConfigDict key for key (built by keyword with
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal, cast
 
 import ml_collections
 
 from bablate import dictionary as dl
 from bablate.models import toy as toy_model
 from bablate.runner import config_checks as cc
+
+# The methods of :class:`bablate.dictionary.DictionaryConfig` (``dl.METHODS``), which checks the
+# name it is given.
+DictionaryMethod = Literal["nmf", "sae_l1", "sae_topk"]
 
 
 def _dictionary_rules(prefix: str) -> dict:
@@ -85,7 +90,7 @@ class DictionarySpec:
             raise ValueError("dictionary.methods is empty; give e.g. 'nmf' or 'sae_topk,sae_l1'.")
         codes = self.num_codes or default_codes
         return tuple(
-            dl.DictionaryConfig(method=m, num_codes=codes, steps=self.steps,
+            dl.DictionaryConfig(method=cast(DictionaryMethod, m), num_codes=codes, steps=self.steps,
                                 l1=self.nmf_l1 if m == "nmf" else self.sae_l1, top_k=self.top_k,
                                 learning_rate=self.learning_rate, batch_size=self.batch_size)
             for m in methods)

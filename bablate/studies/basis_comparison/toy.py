@@ -3,6 +3,8 @@ neurons, a rotation and dictionaries whose recovery of the true feature directio
 
 from __future__ import annotations
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,11 +60,15 @@ def toy_tasks(spec: toy_model.ToySpec, params, density: float, tc: ToyConfig,
         blocks.append(toy_model.sample_conditioned(k_neg, tc.num_negative, n, density, j, False,
                                                    True))
     x = jnp.concatenate(blocks)
+    def encode(inputs: jax.Array) -> jax.Array:
+        # Flax types apply() as possibly returning (output, state); without mutable, it is
+        # the output.
+        return cast(jax.Array, model.apply(variables, inputs, method="encode"))
+
     site = bb.Site.from_functions(
-        "hidden", spec.m_hidden,
-        prefix=lambda inputs: model.apply(variables, inputs, method="encode"),
+        "hidden", spec.m_hidden, prefix=encode,
         suffix=lambda h, inputs: model.apply(variables, h, method="decode"))
-    act = jax.jit(site.prefix)(x)
+    act = jax.jit(encode)(x)
     eps = tc.epsilon
     rules = {f"|x{i}|": bb.rules.custom(
         lambda out, t, i=i: (jnp.abs(out[:, i] - t) < eps).astype(jnp.float32),

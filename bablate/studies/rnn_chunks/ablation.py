@@ -5,6 +5,8 @@ whose AMD carries information fills the headline keys."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -26,7 +28,7 @@ def infer(cfg: StudyConfig, tasks: bb.TaskSet, method: str,
     """The AMD of every task: one enumeration for all (exact), or MCMC per task with key
     ``fold_in(key, i)`` for task i."""
     m = cfg.ablation.mcmc
-    options = {} if method == "exact" else dict(
+    options: dict[str, Any] = {} if method == "exact" else dict(
         sampler=m.sampler, num_samples=m.num_samples, num_warmup=m.num_warmup,
         num_chains=m.num_chains)
     return bb.infer_many(tasks, method=method, key=key, **options)
@@ -41,12 +43,12 @@ def ablation(cfg: StudyConfig, variables: dict, seq: sequences.ChunkedSequence,
                                          cfg.n_draws)
     w = rnn_testbed.to_windows(test_seq, a.window, a.windows * a.window)
     site = rnn_testbed.hidden_site(cfg.model, variables)
-    tasks = rnn_testbed.chunk_tasks(site, w, seq.words, word_ids=word_ids,
-                                    min_examples=a.min_examples, rule=rule,
-                                    max_tasks=a.max_tasks)
-    if not tasks:
+    task_list = rnn_testbed.chunk_tasks(site, w, seq.words, word_ids=word_ids,
+                                        min_examples=a.min_examples, rule=rule,
+                                        max_tasks=a.max_tasks)
+    if not task_list:
         return {}
-    tasks = bb.TaskSet.of(tasks)  # one site, one dataset: the builder shares them
+    tasks = bb.TaskSet.of(task_list)  # one site, one dataset: the builder shares them
     # Above EXACT_MAX_UNITS "auto" means this study's MCMC (its settings are ablation.mcmc),
     # not the library's default large-site method.
     method = bb.inference.choose_method(cfg.model.hidden, a.method, max_exact=EXACT_MAX_UNITS,
@@ -74,6 +76,8 @@ def ablation(cfg: StudyConfig, variables: dict, seq: sequences.ChunkedSequence,
            "diagnostics": [{k: v for k, v in p.diagnostics.items()
                             if isinstance(v, int | float)} for p in posts]}
     if len(posts) > 1:
+        # TaskSetMetrics has these for two tasks or more.
+        assert m.effective_tasks is not None and m.unit_task_mi is not None
         out["polysemanticity"] = m.effective_tasks.tolist()
         out["polysemanticity_mean"] = m.polysemanticity_mean
         out["mutual_information"] = m.unit_task_mi.tolist()
