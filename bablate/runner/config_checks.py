@@ -36,6 +36,7 @@ T = typing.TypeVar("T", bound="DataclassInstance")
 Rule = Callable[[Any], str | None]  # the problem with a value, or None when it is fine
 _MISSING = object()
 CHECK = "bablate.check"  # the metadata key of a field's check
+SECTION = "bablate.section"  # the metadata key of a computed field's ConfigDict section
 
 
 def _is_int(v: Any) -> bool:
@@ -147,7 +148,16 @@ def field(default: Any, check: Rule | None = None) -> Any:
     return dataclasses.field(default=default, metadata=meta)
 
 
+def section(settings: Any) -> Any:
+    """A field whose typed value the study computes (its ``from_config`` gives it to `build`,
+    e.g. a model config whose alphabet size comes from the data) but whose ConfigDict section,
+    defaults and checks are those of the dataclass instance ``settings``."""
+    return dataclasses.field(default=None, metadata={SECTION: settings})
+
+
 def _default(f: dataclasses.Field) -> Any:
+    if SECTION in f.metadata:
+        return f.metadata[SECTION]
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -181,7 +191,7 @@ def rules(cls: type, prefix: str = "") -> dict[str, Rule]:
     hints = typing.get_type_hints(cls)
     out: dict[str, Rule] = {}
     for f in dataclasses.fields(cls):
-        kind = hints[f.name]
+        kind = type(f.metadata[SECTION]) if SECTION in f.metadata else hints[f.name]
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             out.update(rules(kind, f"{prefix}{f.name}."))
         elif f.metadata.get(CHECK) is not None:
