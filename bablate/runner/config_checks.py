@@ -140,9 +140,12 @@ def optional(rule: Rule) -> Rule:
 def field(default: Any, check: Rule | None = None) -> Any:
     """A dataclass field declared once: its default (the ConfigDict's value, see `config_dict`)
     and its check (None: none; see `rules`). A list, dict or dataclass default is copied for each
-    instance. A list default stays a list in the ConfigDict (overridden as ``--config.k=1,2``),
-    a tuple a tuple."""
+    instance; a dataclass type stands for its fields' defaults (as the ConfigDict declares them,
+    before any ``__post_init__`` fills in a value). A list default stays a list in the
+    ConfigDict (overridden as ``--config.k=1,2``), a tuple a tuple."""
     meta = {CHECK: check}
+    if isinstance(default, type) and dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=default, metadata={**meta, SECTION: default})
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -166,7 +169,9 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _as_config(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if isinstance(value, type) and dataclasses.is_dataclass(value):
+        return config_dict(value)
+    if dataclasses.is_dataclass(value):
         return ml_collections.ConfigDict(
             {f.name: _as_config(getattr(value, f.name)) for f in dataclasses.fields(value)})
     return copy.deepcopy(value)
@@ -191,7 +196,8 @@ def rules(cls: type, prefix: str = "") -> dict[str, Rule]:
     hints = typing.get_type_hints(cls)
     out: dict[str, Rule] = {}
     for f in dataclasses.fields(cls):
-        kind = type(f.metadata[SECTION]) if SECTION in f.metadata else hints[f.name]
+        kind = f.metadata.get(SECTION, hints[f.name])
+        kind = kind if isinstance(kind, type) else type(kind)
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             out.update(rules(kind, f"{prefix}{f.name}."))
         elif f.metadata.get(CHECK) is not None:
