@@ -37,6 +37,7 @@ Rule = Callable[[Any], str | None]  # the problem with a value, or None when it 
 _MISSING = object()
 CHECK = "bablate.check"  # the metadata key of a field's check
 SECTION = "bablate.section"  # the metadata key of a computed field's ConfigDict section
+KEY = "bablate.key"  # the metadata key of a field's key in a flat ConfigDict (see `field`)
 
 
 def _is_int(v: Any) -> bool:
@@ -137,13 +138,16 @@ def optional(rule: Rule) -> Rule:
     return _Optional(rule)
 
 
-def field(default: Any, check: Rule | None = None) -> Any:
+def field(default: Any, check: Rule | None = None, *, key: str | None = None) -> Any:
     """A dataclass field declared once: its default (the ConfigDict's value, see `config_dict`)
     and its check (None: none; see `rules`). A list, dict or dataclass default is copied for each
     instance; a dataclass type stands for its fields' defaults (as the ConfigDict declares them,
     before any ``__post_init__`` fills in a value). A list default stays a list in the
-    ConfigDict (overridden as ``--config.k=1,2``), a tuple a tuple."""
-    meta = {CHECK: check}
+    ConfigDict (overridden as ``--config.k=1,2``), a tuple a tuple.
+
+    ``key`` is for a study whose ConfigDict is flat (llm_concepts): a value's key there, or a
+    dataclass section's prefix of its values' keys (default: the field's name, no prefix)."""
+    meta = {CHECK: check, KEY: key}
     if isinstance(default, type) and dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=default, metadata={**meta, SECTION: default})
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):

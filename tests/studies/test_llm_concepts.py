@@ -273,7 +273,7 @@ def test_every_variant_validates_and_builds_the_nested_config():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bablate.runner.runs import ConfigError
+    from bablate.errors import ConfigError
     from bablate.studies.llm_concepts import config as study_config
     from bablate.studies.llm_concepts import validate
     from bablate.studies.llm_concepts.variants import VARIANTS, get_config
@@ -326,7 +326,7 @@ def test_quick_covers_every_head_and_the_mcmc_keys_are_checked():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bablate.runner.runs import ConfigError
+    from bablate.errors import ConfigError
     from bablate.studies.llm_concepts import validate
     from bablate.studies.llm_concepts.variants import get_config
 
