@@ -13,20 +13,18 @@ given) splits the CPU into that many JAX devices (`bablate.sharding.setup_cpu_de
 """
 
 import errno
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # runs write PNGs; never open windows
 
-import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from bablate.runner import config_file, slurm, sweep_spec  # noqa: E402
 from bablate.runner.config_file import resolve_config, resolved_argv  # noqa: E402, F401
+
+_die, _parse_flags = config_file.die, config_file.parse_flags
 
 _CONFIG = config_file.define_flag(
     "A study, or a config file <path>.py[:variant] (default: toy_superposition:quick); "
@@ -71,58 +69,6 @@ def usage() -> str:
             "directories\".\n")
 
 
-def _die(msg: str) -> NoReturn:
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _message(e: BaseException, last: bool = False) -> str:
-    """An exception's text as one line (KeyError's str() would add quotes and escapes): its
-    lines joined, or only the ``last`` one (absl puts the cause there)."""
-    text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(e).__name__
-    line = lines[-1] if last else " ".join(lines)
-    if len(line) > 1 and line[0] == line[-1] and line[0] in "\"'":  # a quoted repr
-        line = line[1:-1]
-    return line
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors instead of tracebacks and usage text."""
-    argv, spec, resolved = resolved_argv(argv)
-    path, _, arg = resolved.partition(":")
-    studies = ", ".join(config_file.study_names())
-    if os.path.isdir(path):
-        _die(f"config file {path!r} is a directory; pass a config file in it "
-             f"(--config={path.rstrip('/')}/<name>.py[:variant]) or a study name (studies: "
-             f"{studies})")
-    if not os.path.isfile(path):
-        _die(f"config file {path!r} does not exist and names no study; pass "
-             f"--config=<study>[:variant] (studies: {studies}) or "
-             "--config=<path of a config file>.py[:variant]")
-    # ml_collections logs a warning when get_config returns None; main reports it as one line.
-    absl_log = logging.getLogger("absl")
-    level = absl_log.level
-    absl_log.setLevel(logging.ERROR)
-    try:
-        return flags.FLAGS(argv)
-    except BrokenPipeError:  # --help piped into a reader that stopped (| head): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
-    except (AttributeError, KeyError) as e:  # ml_collections: an override names no field
-        if "get_config" in str(e):
-            _die(f"{path} defines no get_config(arg); a config file needs get_config(arg=None) "
-                 "returning an ml_collections.ConfigDict (see experiments/ for examples)")
-        _die(config_file.bad_override(path, arg, argv) or f"{_message(e, last=True)} (while "
-             f"reading --config={spec} and its overrides)")
-    except Exception as e:  # flags.Error, or get_config raising (e.g. an unknown variant)
-        _die(f"{_message(e, last=True)} (while reading --config={spec} and its overrides)")
-    finally:
-        absl_log.setLevel(level)
-
-
 def main(argv: list[str]) -> None:
     from bablate import errors
 
@@ -148,21 +94,8 @@ def main(argv: list[str]) -> None:
         print(f"warning: keeping JAX's devices ({e})", file=sys.stderr)
     from bablate.runner import runs, sweeps  # after the flag checks, so bad input fails fast
 
-    try:
-        config = _CONFIG.value
-    except OSError as e:
-        _die(f"could not load the config: {str(e).splitlines()[-1]}")
-    except flags.Error:  # get_config returned None
-        config = None
-    if not isinstance(config, ml_collections.ConfigDict):
-        path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
-        _die(f"get_config in {path} returned {type(config).__name__}; it must return an "
-             "ml_collections.ConfigDict")
-    if "study" not in config:
-        _die("the config has no 'study' field; every config needs 'study', 'variant' and 'seed'")
+    config = config_file.read(_CONFIG)
     study, variant = config.study, config.get("variant", None) or "default"
-    if not isinstance(study, str) or not study:
-        _die(f"config.study must be a study module name, got {study!r}")
     # A sweep gets a directory of its own, so it never mixes with a single run of the variant.
     sweep = sweep_spec.SWEEP.value
     default = Path("runs") / study.rsplit(".", 1)[-1] / (f"{variant}-sweep" if sweep
@@ -184,7 +117,7 @@ def main(argv: list[str]) -> None:
                                overwrite=_OVERWRITE.value, command_for=sweep_spec.member_command,
                                launcher=launcher)
     except errors.RunError as e:
-        _die(_message(e))
+        _die(config_file.one_line(e))
     except KeyboardInterrupt:
         interrupted()
     except OSError as e:

@@ -1,4 +1,5 @@
-"""The ``--config`` flag: a study's name or a config file, loaded once, with its overrides.
+"""The ``--config`` flag: a study's name or a config file, loaded once, with its overrides,
+and the command line's flag parsing with one-line errors (`parse_flags`, `read`).
 
 ``--config`` takes a config file (``path.py[:variant]``) or a study's name
 (``<study>[:variant]``: the study's own config file, shipped with the package, so this works
@@ -19,7 +20,9 @@ import sys
 import traceback
 import types
 from pathlib import Path
+from typing import NoReturn
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as ml_flags  # its parser and flag classes
@@ -175,3 +178,76 @@ def bad_override(path: str, arg: str | None, argv: list[str]) -> str | None:
                         f"{path}")
             node = node[part]
     return None
+
+
+def die(msg: str) -> NoReturn:
+    """Ends the program with the one-line error ``msg`` (exit 2)."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(e: BaseException, last: bool = False) -> str:
+    """An exception's text as one line (KeyError's str() would add quotes and escapes): its
+    lines joined, or only the ``last`` one (absl puts the cause there)."""
+    text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    line = lines[-1] if last else " ".join(lines)
+    if len(line) > 1 and line[0] == line[-1] and line[0] in "\"'":  # a quoted repr
+        line = line[1:-1]
+    return line
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors instead of tracebacks and usage text."""
+    argv, spec, resolved = resolved_argv(argv)
+    path, _, arg = resolved.partition(":")
+    studies = ", ".join(study_names())
+    if os.path.isdir(path):
+        die(f"config file {path!r} is a directory; pass a config file in it "
+             f"(--config={path.rstrip('/')}/<name>.py[:variant]) or a study name (studies: "
+             f"{studies})")
+    if not os.path.isfile(path):
+        die(f"config file {path!r} does not exist and names no study; pass "
+             f"--config=<study>[:variant] (studies: {studies}) or "
+             "--config=<path of a config file>.py[:variant]")
+    # ml_collections logs a warning when get_config returns None; main reports it as one line.
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
+    try:
+        return flags.FLAGS(argv)
+    except BrokenPipeError:  # --help piped into a reader that stopped (| head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except (AttributeError, KeyError) as e:  # ml_collections: an override names no field
+        if "get_config" in str(e):
+            die(f"{path} defines no get_config(arg); a config file needs get_config(arg=None) "
+                 "returning an ml_collections.ConfigDict (see experiments/ for examples)")
+        die(bad_override(path, arg, argv) or f"{one_line(e, last=True)} (while "
+             f"reading --config={spec} and its overrides)")
+    except Exception as e:  # flags.Error, or get_config raising (e.g. an unknown variant)
+        die(f"{one_line(e, last=True)} (while reading --config={spec} and its overrides)")
+    finally:
+        absl_log.setLevel(level)
+
+
+def read(holder: flags.FlagHolder) -> ml_collections.ConfigDict:
+    """The parsed ``--config``; a file that could not be loaded, a get_config returning no
+    ConfigDict, or a config without a study ends the program with one line."""
+    try:
+        config = holder.value
+    except OSError as e:
+        die(f"could not load the config: {str(e).splitlines()[-1]}")
+    except flags.Error:  # get_config returned None
+        config = None
+    if not isinstance(config, ml_collections.ConfigDict):
+        path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+        die(f"get_config in {path} returned {type(config).__name__}; it must return an "
+            "ml_collections.ConfigDict")
+    if "study" not in config:
+        die("the config has no 'study' field; every config needs 'study', 'variant' and 'seed'")
+    if not isinstance(config.study, str) or not config.study:
+        die(f"config.study must be a study module name, got {config.study!r}")
+    return config
