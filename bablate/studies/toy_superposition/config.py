@@ -53,7 +53,7 @@ class RotationControl:
     """Basis control: the ablation repeated in this many random rotations of the hidden space
     on replicate 0's ablated instances (0 = off)."""
 
-    num_rotations: int = cc.field(8, cc.optional(cc.integer(0)))
+    num_rotations: int = cc.field(0, cc.optional(cc.integer(0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ class StudyConfig:
     num_replicates: int = cc.field(1, cc.integer(1, MAX_REPLICATES))
     control: Control = cc.field(Control())
     rotation_control: RotationControl = cc.field(RotationControl())
-    train: Train = cc.field(Train())
+    train: toy.TrainConfig = cc.section(Train())  # built as a toy.TrainConfig by from_config
     geometry: Geometry = cc.field(Geometry())
     ablation: Ablation = cc.field(Ablation())
 
@@ -163,7 +163,8 @@ def _densities(c: ml_collections.ConfigDict) -> tuple[float, ...]:
 
 def from_config(c: ml_collections.ConfigDict) -> StudyConfig:
     """The typed config of one run (raises ValueError / TypeError naming the bad field)."""
-    return cc.build(StudyConfig, c, skip=("study",), densities=_densities(c))
+    train = cc.build(toy.TrainConfig, c.train, where="config.train")
+    return cc.build(StudyConfig, c, skip=("study",), densities=_densities(c), train=train)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

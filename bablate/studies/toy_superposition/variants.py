@@ -99,6 +99,7 @@ def get_config(arg=None):
     declared with its check), then the variant's values by name."""
     variant = config_checks.variant(arg, VARIANTS)
     c = config_checks.config_dict(StudyConfig, study="toy_superposition", variant=variant)
+    c.rotation_control.num_rotations = 8  # the basis control (off when a config leaves it out)
     if variant in ("quick", "n20_m5"):
         c.control.num_seeds = 4
     if variant == "quick":
