@@ -95,7 +95,7 @@ class DSCConfig:
     top: int = cc.field(5, cc.integer(1))
     min_count: int = cc.field(10, cc.integer(1))
     max_tokens: int = cc.field(30_000, cc.integer(1))
-    protocol: str = cc.field("both")  # checked by __post_init__
+    protocol: str = cc.field("long")  # checked by __post_init__; variants.py sets "both"
     authors_length: int = cc.field(2000)
     authors_fit_steps: int = cc.field(chunks.AUTHORS_FIT_STEPS)
 

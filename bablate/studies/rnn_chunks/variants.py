@@ -89,6 +89,7 @@ def get_config(arg=None):
     declared with its check), then the variant's values by name."""
     variant = config_checks.variant(arg, VARIANTS)
     c = config_checks.config_dict(StudyConfig, study="rnn_chunks", variant=variant)
+    c.dsc.protocol = "both"  # long fills the headline keys; results["dsc"] holds each
     if variant not in ("quick", "tanh64"):
         c.family = variant
     if variant == "quick":
