@@ -55,6 +55,17 @@ def use_cpu_devices(n: int | None = None) -> int:
     return n
 
 
+def setup_cpu_devices(n: int | None) -> int | None:
+    """The command line's ``--cpu_devices``: splits the CPU into ``n`` JAX devices (None: one
+    per core, unless XLA_FLAGS forces a count); must run before JAX starts. Returns the count
+    set, or None when left as it was."""
+    if n is None:
+        if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+            return None
+        n = cpu_cores()
+    return use_cpu_devices(n)
+
+
 @functools.cache
 def mesh() -> Mesh:
     """A 1-D mesh over all devices, axis ``"masks"``."""

@@ -25,7 +25,7 @@ from absl import flags
 from bablate import io as bbio
 from bablate import statefile
 from bablate.runner import cli as bcli
-from bablate.runner import rundir, runs, sweeps
+from bablate.runner import config_file, rundir, runs, sweeps
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = str(REPO / "tests" / "fake_study" / "config.py")
@@ -291,7 +291,7 @@ def test_list_and_tuple_fields_are_overridable(cli, tmp_path):
         finally:
             sys.argv = old
             _reset_flags()
-    parser = bcli._ListParser()
+    parser = config_file._ListParser()
     assert parser.parse("0.5") == [0.5] and parser.parse("a,b") == ["a", "b"]
     assert parser.parse("") == [] and parser.parse("['x', 2]") == ["x", 2]
     # A sweep member's list value travels to --jobs subprocesses as text and back unchanged.

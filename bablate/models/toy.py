@@ -144,7 +144,7 @@ def densities_loglinear(ratio: float, num: int) -> tuple[float, ...]:
     return tuple(float(v) for v in ratio ** -np.linspace(0.0, 1.0, num))
 
 
-def sample_features(key: jax.Array, batch: int, n: int, density: jax.Array,
+def sample_features(key: jax.Array, batch: int, n: int, density: float | jax.Array,
                     signed: bool = False) -> jax.Array:
     """x_i ~ U[0, 1] (U[−1, 1] when signed) with probability ``density``, else exactly 0."""
     k_on, k_val = jax.random.split(key)
@@ -153,7 +153,7 @@ def sample_features(key: jax.Array, batch: int, n: int, density: jax.Array,
     return jnp.where(active, vals, 0.0)
 
 
-def sample_conditioned(key: jax.Array, batch: int, n: int, density: jax.Array,
+def sample_conditioned(key: jax.Array, batch: int, n: int, density: float | jax.Array,
                        feature: int | jax.Array, active: bool, signed: bool = False) -> jax.Array:
     """The data distribution conditioned on feature ``feature`` being active (≠ 0) or 0."""
     k_x, k_f = jax.random.split(key)

@@ -1,26 +1,31 @@
-"""Checks of study config values, run before any work (a study's ``validate(config)``).
+"""Study configs declared once: typed dataclass fields that carry their default and their check.
 
-A study lists its fields with a rule each::
+A study's config is one tree of frozen dataclasses whose fields say everything about a key::
 
-    RULES = {"train.steps": integer(1), "ablation.method": one_of("exact", "mcmc"),
-             "ablation.epsilon": number(0, None, low_open=True), ...}
+    @dataclasses.dataclass(frozen=True)
+    class Train:
+        steps: int = field(10_000, integer(1))
+        method: str = field("exact", one_of("exact", "mcmc"))
 
-    def validate(config):
-        config_checks.check(config, RULES)
-
-and every bad value becomes one `errors.ConfigError` line naming the key, the value and
-what would work (e.g. ``config.ablation.method = 'exct' is not one of 'exact', 'mcmc'``), before
-the run directory is touched.
+From that tree `config_dict` makes the ConfigDict the command line edits (the defaults, key by
+key; a variant then overrides values by name), `rules` the dotted key → check table that
+`check` runs before any work (every bad value becomes one `errors.ConfigError` line naming the
+key, the value and what would work, e.g. ``config.ablation.method = 'exct' is not one of
+'exact', 'mcmc'``, before the run directory is touched), and `build` the typed config ``run``
+reads.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+
+import ml_collections
 
 from bablate.errors import ConfigError
 
@@ -30,6 +35,9 @@ if TYPE_CHECKING:
 T = typing.TypeVar("T", bound="DataclassInstance")
 Rule = Callable[[Any], str | None]  # the problem with a value, or None when it is fine
 _MISSING = object()
+CHECK = "bablate.check"  # the metadata key of a field's check
+SECTION = "bablate.section"  # the metadata key of a computed field's ConfigDict section
+KEY = "bablate.key"  # the metadata key of a field's key in a flat ConfigDict (see `field`)
 
 
 def _is_int(v: Any) -> bool:
@@ -128,6 +136,77 @@ class _Optional:
 def optional(rule: Rule) -> Rule:
     """``rule``, but a field the config does not have is fine."""
     return _Optional(rule)
+
+
+def field(default: Any, check: Rule | None = None, *, key: str | None = None) -> Any:
+    """A dataclass field declared once: its default (the ConfigDict's value, see `config_dict`)
+    and its check (None: none; see `rules`). A list, dict or dataclass default is copied for each
+    instance; a dataclass type stands for its fields' defaults (as the ConfigDict declares them,
+    before any ``__post_init__`` fills in a value). A list default stays a list in the
+    ConfigDict (overridden as ``--config.k=1,2``), a tuple a tuple.
+
+    ``key`` is for a study whose ConfigDict is flat (llm_concepts): a value's key there, or a
+    dataclass section's prefix of its values' keys (default: the field's name, no prefix)."""
+    meta = {CHECK: check, KEY: key}
+    if isinstance(default, type) and dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=default, metadata={**meta, SECTION: default})
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def section(settings: Any) -> Any:
+    """A field whose typed value the study computes (its ``from_config`` gives it to `build`,
+    e.g. a model config whose alphabet size comes from the data) but whose ConfigDict section,
+    defaults and checks are those of the dataclass instance ``settings``."""
+    return dataclasses.field(default=None, metadata={SECTION: settings})
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if SECTION in f.metadata:
+        return f.metadata[SECTION]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"field {f.name!r} has no default; declare it with config_checks.field")
+
+
+def _as_config(value: Any) -> Any:
+    if isinstance(value, type) and dataclasses.is_dataclass(value):
+        return config_dict(value)
+    if dataclasses.is_dataclass(value):
+        return ml_collections.ConfigDict(
+            {f.name: _as_config(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    return copy.deepcopy(value)
+
+
+def config_dict(cls: type, **first: Any) -> ml_collections.ConfigDict:
+    """The ConfigDict of ``cls``'s defaults, in field order (a dataclass field becomes a nested
+    ConfigDict); ``first`` are keys put before the fields, or values given to fields of those
+    names (e.g. ``study``, ``variant``)."""
+    c = ml_collections.ConfigDict()
+    for key, value in first.items():
+        c[key] = value
+    for f in dataclasses.fields(cls):
+        if f.name not in first:
+            c[f.name] = _as_config(_default(f))
+    return c
+
+
+def rules(cls: type, prefix: str = "") -> dict[str, Rule]:
+    """The checks of ``cls``'s fields by dotted key, nested dataclasses included, in field
+    order."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Rule] = {}
+    for f in dataclasses.fields(cls):
+        kind = f.metadata.get(SECTION, hints[f.name])
+        kind = kind if isinstance(kind, type) else type(kind)
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            out.update(rules(kind, f"{prefix}{f.name}."))
+        elif f.metadata.get(CHECK) is not None:
+            out[prefix + f.name] = f.metadata[CHECK]
+    return out
 
 
 def get(config: Mapping, key: str) -> Any:

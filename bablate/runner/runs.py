@@ -28,16 +28,11 @@ from bablate import io as bbio
 from bablate.errors import RunError
 from bablate.io import to_jsonable
 from bablate.runner.context import RunContext
-
-# LOCK_FILE, RUN_FILES, flatten and is_finished are here only because sweeps.py still reads them
-# as runs.<name>; they are rundir's (import them from there).
 from bablate.runner.rundir import (
     CONFIG_FILE,
-    LOCK_FILE,  # noqa: F401
     REPORT_FILE,
     RESULTS_FILE,
     RUN_FILE,
-    RUN_FILES,  # noqa: F401
     SWEEP_MARKER,
     check_workdir,
     clear_run,
@@ -45,8 +40,6 @@ from bablate.runner.rundir import (
     config_hash,
     config_to_dict,
     disk_message,
-    flatten,  # noqa: F401
-    is_finished,  # noqa: F401
     mismatch_message,
     remove_stale_temps,
     run_lock,

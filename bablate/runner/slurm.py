@@ -27,10 +27,25 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from absl import flags
+
 from bablate import errors, progress
 from bablate.runner import sweeps
 
 LOG_DIR = "slurm"
+
+PARTITION = flags.DEFINE_string("slurm_partition", None, "SLURM partition of the members' jobs "
+                                "(default: the cluster's).")
+TIME = flags.DEFINE_integer("slurm_time", 60, "Time limit of each member's SLURM job, in minutes.")
+GPUS = flags.DEFINE_integer("slurm_gpus_per_node", 0, "GPUs for each member's SLURM job (0: "
+                            "none).")
+CPUS = flags.DEFINE_integer("slurm_cpus_per_task", None, "CPU cores for each member's SLURM job "
+                            "(default: the cluster's).")
+MEM = flags.DEFINE_float("slurm_mem_gb", None, "Memory of each member's SLURM job in GB "
+                         "(default: the cluster's).")
+PARALLEL = flags.DEFINE_integer("slurm_array_parallelism", None, "How many members' SLURM jobs "
+                                "run at once (default: all).")
+FLAGS = (PARTITION, TIME, GPUS, CPUS, MEM, PARALLEL)
 # Job states after which a job will not run again (squeue's long names). PREEMPTED is left out:
 # a preempted job may be requeued.
 _ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -49,6 +64,41 @@ def missing_requirement() -> str | None:
             return (f"--launcher=slurm needs SLURM's {command} on PATH; run the sweep on a "
                     "machine that submits to the cluster (a login node) or use --launcher=local")
     return None
+
+
+def launcher_from_flags() -> SlurmLauncher | None:
+    """The launcher ``--launcher=slurm`` and the ``--slurm_*`` flags describe (None with
+    ``--launcher=local``).
+
+    Raises:
+      ConfigError: a flag that does not apply or is out of range, or SLURM cannot be used here.
+    """
+    f = flags.FLAGS
+    if f.launcher != "slurm":
+        given = [f"--{flag.name}" for flag in FLAGS if f[flag.name].present]
+        if given:
+            raise errors.ConfigError(f"{given[0]} only applies with --launcher=slurm; add it or "
+                                     f"drop {given[0]}")
+        return None
+    if not f.sweep:
+        raise errors.ConfigError(
+            "--launcher=slurm submits the members of a sweep; add --sweep (a single run is "
+            "submitted with your own sbatch script running python -m bablate)")
+    if f.jobs > 1:
+        raise errors.ConfigError("--jobs applies to --launcher=local; with --launcher=slurm use "
+                                 "--slurm_array_parallelism to bound how many members run at once")
+    for flag, least in ((TIME, 1), (GPUS, 0), (CPUS, 1), (PARALLEL, 1)):
+        if flag.value is not None and flag.value < least:
+            raise errors.ConfigError(f"--{flag.name} must be at least {least} (got {flag.value})")
+    if MEM.value is not None and not MEM.value > 0:
+        raise errors.ConfigError(f"--slurm_mem_gb must be a positive number of GB (got "
+                                 f"{MEM.value})")
+    missing = missing_requirement()
+    if missing:
+        raise errors.ConfigError(missing)
+    return SlurmLauncher(partition=PARTITION.value, time_min=TIME.value,
+                         gpus_per_node=GPUS.value, cpus_per_task=CPUS.value, mem_gb=MEM.value,
+                         array_parallelism=PARALLEL.value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,52 +1,46 @@
 """Sweeps: the runs a config file declares with ``get_sweep(arg) -> list[dict]``.
 
-Each dict maps dotted config keys to values (``{"seed": 1, "model.hidden": 24}``). A member runs
-in ``<workdir>/<name>`` where the name is made from its overrides (``seed=1,model.hidden=24``),
-so rerunning a sweep finds the same directories: finished members are skipped, unfinished ones
-are redone (see `bablate.runner.runs`). Members run one after another in this process, ``jobs`` at
+Each dict maps dotted config keys to values (``{"seed": 1, "model.hidden": 24}``; its members,
+their names and overrides: `bablate.runner.sweep_spec`). A member runs in ``<workdir>/<name>``
+where the name is made from its overrides (``seed=1,model.hidden=24``), so rerunning a sweep
+finds the same directories: finished members are skipped, unfinished ones are redone (see
+`bablate.runner.runs`). Members run one after another in this process, ``jobs`` at
 a time in subprocesses, or as jobs of a cluster (`bablate.runner.slurm`).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import ml_collections
 
 from bablate import errors, progress
 from bablate import io as bbio
 from bablate import markdown as md
-from bablate.runner import runs
+from bablate.runner import rundir, runs
+from bablate.runner.sweep_spec import (  # noqa: F401 -- the sweep API, re-exported
+    Member,
+    apply_overrides,
+    expand,
+    format_value,
+    member_name,
+)
 
-SWEEP_FILE = runs.SWEEP_MARKER
+SWEEP_FILE = rundir.SWEEP_MARKER
 SWEEP_INDEX = "sweep.md"
 SWEEP_RESULTS = "sweep_results.json"
 SWEEP_LOG = "sweep_log.txt"
 CONSOLE_FILE = "console.txt"
-_MAX_NAME = 120
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Member:
-    """One run of a sweep: its directory name, its overrides and the resolved config."""
-
-    name: str
-    overrides: dict[str, Any]
-    config: ml_collections.ConfigDict
 
 
 class SweepOutcome(TypedDict):
@@ -56,113 +50,6 @@ class SweepOutcome(TypedDict):
     ran: list[str]
     skipped: list[str]
     failed: dict[str, str]
-
-
-def format_value(value: Any) -> str:
-    """A value as it appears in a member name and on the command line."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return repr(tuple(value))
-    return str(value)
-
-
-def member_name(overrides: Mapping[str, Any]) -> str:
-    """The sub-directory name of a sweep member, e.g. ``seed=1,density=0.1``.
-
-    Keys keep the order the config file gave them. Characters that are awkward in file names
-    become ``_``; names longer than 120 characters are cut and made unique with a short hash.
-    """
-    if not overrides:
-        return "base"
-    def value(v):  # commas separate keys, so sequences are joined with '-'
-        if isinstance(v, (list, tuple)):
-            return "-".join(value(x) for x in v)
-        return format_value(v).replace(",", "_")
-
-    name = ",".join(f"{k}={value(v)}" for k, v in overrides.items())
-    name = re.sub(r"[^A-Za-z0-9._,=+-]", "_", name)
-    if name.startswith("."):
-        name = "_" + name[1:]
-    if len(name) > _MAX_NAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-        name = f"{name[:_MAX_NAME - 9]}_{digest}"
-    return name
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with dotted keys set; unknown keys and wrong types raise RunError."""
-    out = copy.deepcopy(config)
-    for key, value in overrides.items():
-        if not isinstance(key, str) or not key:
-            raise errors.RunError(f"sweep override key {key!r} must be a dotted config key string")
-        node, parts = out, key.split(".")
-        for i, part in enumerate(parts):
-            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                known = ", ".join(sorted(node.keys())) if isinstance(
-                    node, ml_collections.ConfigDict) else "none (not a section)"
-                raise errors.RunError(
-                    f"sweep sets unknown config key {key!r} ({'.'.join(parts[:i + 1])!r} not "
-                    f"found; keys there: {known}); fix get_sweep in the config file")
-            if i < len(parts) - 1:
-                node = node[part]
-        try:
-            node[parts[-1]] = value
-        except (TypeError, ValueError) as e:
-            raise errors.RunError(f"sweep sets {key}={value!r}, which the config does not accept "
-                                  f"({e}); fix get_sweep in the config file") from e
-    return out
-
-
-def expand(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]]) -> list[Member]:
-    """Checks a ``get_sweep`` result and turns it into members with resolved configs.
-
-    Raises:
-      RunError: the sweep is empty or not a list of dicts, sets an unknown key or a value of
-        the wrong type, or two members get the same directory name.
-    """
-    if isinstance(sweep, Mapping) or not isinstance(sweep, Sequence) or not sweep:
-        raise errors.RunError(
-            "get_sweep must return a non-empty list of dicts of config overrides, "
-            f"got {type(sweep).__name__} {sweep!r:.80}")
-    members: list[Member] = []
-    seen: dict[str, int] = {}  # directory name -> the first item that maps to it
-    for i, overrides in enumerate(sweep):
-        if not isinstance(overrides, Mapping):
-            raise errors.RunError(f"get_sweep item {i} is a {type(overrides).__name__}, not a dict "
-                                  "of config overrides")
-        overrides = dict(overrides)
-        for key, value in overrides.items():
-            _check_value(i, key, value)
-        name = member_name(overrides)
-        if name in seen:
-            raise errors.RunError(
-                f"sweep items {seen[name]} and {i} both map to directory {name!r}; "
-                "make their overrides differ")
-        seen[name] = i
-        members.append(Member(name, overrides, apply_overrides(config, overrides)))
-    return members
-
-
-def _check_value(i: int, key: Any, value: Any) -> None:
-    """Refuses sweep values that cannot round-trip through a command line and config.json."""
-    if value is None:
-        raise errors.RunError(
-            f"get_sweep item {i} sets {key}=None; a sweep value must be a number, "
-            "string, bool or list (to switch something off use its own off "
-            "value, e.g. 0 or false)")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise errors.RunError(f"get_sweep item {i} sets {key}={value!r}; sweep values must be "
-                              "finite numbers")
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            _check_value(i, key, v)
-    elif not isinstance(value, (bool, int, float, str)):
-        raise errors.RunError(f"get_sweep item {i} sets {key} to a {type(value).__name__}; sweep "
-                              "values must be numbers, strings, bools or lists of them")
 
 
 class _SweepLog:
@@ -219,11 +106,11 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
     if (jobs > 1 or launcher is not None) and command_for is None:
         raise ValueError("run_sweep needs command_for to run members in subprocesses or jobs")
     workdir = Path(workdir)
-    runs.check_workdir(workdir, files=(SWEEP_FILE, SWEEP_INDEX, SWEEP_RESULTS, SWEEP_LOG,
-                                       runs.LOCK_FILE), dirs=tuple(m.name for m in members))
+    rundir.check_workdir(workdir, files=(SWEEP_FILE, SWEEP_INDEX, SWEEP_RESULTS, SWEEP_LOG,
+                                       rundir.LOCK_FILE), dirs=tuple(m.name for m in members))
     for m in members:
-        runs.check_workdir(workdir / m.name, files=(*runs.RUN_FILES, CONSOLE_FILE))
-    single = [f for f in (runs.CONFIG_FILE, runs.RESULTS_FILE) if (workdir / f).exists()]
+        rundir.check_workdir(workdir / m.name, files=(*rundir.RUN_FILES, CONSOLE_FILE))
+    single = [f for f in (rundir.CONFIG_FILE, rundir.RESULTS_FILE) if (workdir / f).exists()]
     if single:
         raise errors.RunError(f"workdir {str(workdir)!r} holds a single run ({single[0]}); a "
                               "sweep needs its own directory: pass another --workdir (launch.py's "
@@ -234,7 +121,7 @@ def run_sweep(members: Sequence[Member], workdir: str | os.PathLike, *, jobs: in
             runs.validate_config(m.config)
         except errors.ConfigError as e:
             raise errors.ConfigError(f"sweep member {m.name}: {e}") from e
-    with runs.run_lock(workdir):  # one sweep per directory at a time
+    with rundir.run_lock(workdir):  # one sweep per directory at a time
         return _run_sweep_locked(members, workdir, jobs, overwrite, command_for, launcher)
 
 
@@ -247,13 +134,13 @@ def _run_sweep_locked(members, workdir: Path, jobs: int, overwrite: bool, comman
 
     pending = []
     for m in members:
-        status, diffs = runs.run_status(runs.config_to_dict(m.config), workdir / m.name)
+        status, diffs = rundir.run_status(rundir.config_to_dict(m.config), workdir / m.name)
         if overwrite:
             pending.append(m)
         elif status == "finished":
             out["skipped"].append(m.name)
         elif status == "different":
-            out["failed"][m.name] = runs.mismatch_message(workdir / m.name, diffs)
+            out["failed"][m.name] = rundir.mismatch_message(workdir / m.name, diffs)
         else:
             pending.append(m)
     log(f"sweep of {len(members)} runs in {workdir}: {len(out['skipped'])} already finished, "
@@ -361,7 +248,7 @@ def _record_exit(m: Member, code: int | None, where: str, workdir: Path, out: Sw
     ``where`` then says why); ``where`` also names where it ran (e.g. a SLURM job)."""
     at = f" ({where})" if where and code is not None else ""
     if code == 0:
-        ran = runs.is_finished(runs.config_to_dict(m.config), workdir / m.name)
+        ran = rundir.is_finished(rundir.config_to_dict(m.config), workdir / m.name)
         out["ran"].append(m.name) if ran else out["skipped"].append(m.name)
         log(f"{m.name}: done{at}")
     elif code is None:
@@ -407,7 +294,7 @@ def _without_config_echo(numbers: dict[str, float], config: ml_collections.Confi
                          ) -> dict[str, float]:
     """``numbers`` without the copy of the config a study may return under ``"config"``
     (``config.seed`` averaged over seeds is no result)."""
-    echo = {f"config.{k}" for k in runs.flatten(runs.config_to_dict(config))}
+    echo = {f"config.{k}" for k in rundir.flatten(rundir.config_to_dict(config))}
     return {k: v for k, v in numbers.items() if k not in echo}
 
 
@@ -428,9 +315,9 @@ def aggregate(members: Sequence[Member], workdir: str | os.PathLike) -> list[dic
     groups: dict[str, dict] = {}
     for m in members:
         mdir = workdir / m.name
-        if not runs.is_finished(runs.config_to_dict(m.config), mdir):
+        if not rundir.is_finished(rundir.config_to_dict(m.config), mdir):
             continue
-        results = json.loads((mdir / runs.RESULTS_FILE).read_text())
+        results = json.loads((mdir / rundir.RESULTS_FILE).read_text())
         numbers = numeric_results(results) if isinstance(results, Mapping) else {}
         fixed = {k: v for k, v in m.overrides.items() if not _is_seed_key(k)}
         key = json.dumps(bbio.to_jsonable(fixed), sort_keys=True)
@@ -496,7 +383,7 @@ def _same_in_every_run(r: dict) -> bool:
 
 def _config_line(members: Sequence[Member]) -> list[str]:
     """sweep.md's line of the config values every member shares, naming the swept keys."""
-    flat = [runs.flatten(runs.config_to_dict(m.config)) for m in members]
+    flat = [rundir.flatten(rundir.config_to_dict(m.config)) for m in members]
     keys = list(dict.fromkeys(k for f in flat for k in f))
     shared = {k: flat[0][k] for k in keys
               if all(k in f and f[k] == flat[0][k] for f in flat)}
@@ -514,8 +401,8 @@ def _write_index(members: Sequence[Member], workdir: Path, out: SweepOutcome) ->
     for m in members:
         if m.name in out["failed"]:
             status = "failed"
-        elif runs.is_finished(runs.config_to_dict(m.config), workdir / m.name):
-            status = f"[done]({m.name}/{runs.REPORT_FILE})"
+        elif rundir.is_finished(rundir.config_to_dict(m.config), workdir / m.name):
+            status = f"[done]({m.name}/{rundir.REPORT_FILE})"
         else:
             status = "not finished"
         lines.append(md.row([f"`{m.name}`", status,

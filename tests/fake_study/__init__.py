@@ -11,6 +11,7 @@ check of `bablate.tasks`) and one of its own, as a real study's sampler or data 
 ``validate(config)`` refuses bad values before any work, like a real study's.
 """
 
+import dataclasses
 import os
 import time
 import warnings
@@ -21,13 +22,28 @@ import numpy as np
 from bablate import progress, tasks
 from bablate.runner import config_checks as cc
 
-CONFIG_RULES = {"seed": cc.integer(0), "steps": cc.integer(1), "scale": cc.number(),
-                "sleep": cc.number(0), "model.width": cc.integer(1), "model.name": cc.text()}
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    width: int = cc.field(3, cc.integer(1))
+    name: str = cc.field("tiny", cc.text())
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeConfig:
+    """Every field of the fake study's config, declared once (config.py makes the ConfigDict)."""
+
+    variant: str = cc.field("quick")
+    seed: int = cc.field(0, cc.integer(0))
+    steps: int = cc.field(4, cc.integer(1))
+    scale: float = cc.field(1.0, cc.number())
+    sleep: float = cc.field(0.0, cc.number(0))  # seconds per step (kill tests)
+    model: Model = cc.field(Model())
 
 
 def validate(config):
     """Checks the config before any work, as every study does."""
-    cc.check(config, CONFIG_RULES)
+    cc.check(config, cc.rules(FakeConfig))
 
 
 def _paused(seed: int, step: int) -> bool:

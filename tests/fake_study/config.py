@@ -3,23 +3,17 @@
     python launch.py --config=tests/fake_study/config.py:quick --workdir=/tmp/fake
 """
 
-import ml_collections
-
 from bablate.runner import config_checks
+from tests.fake_study import FakeConfig
 
 VARIANTS = ("quick", "slow")
 
 
 def get_config(arg=None):
     variant = config_checks.variant(arg, VARIANTS)
-    config = ml_collections.ConfigDict()
-    config.study = "tests.fake_study"
-    config.variant = variant
-    config.seed = 0
-    config.steps = 4
-    config.scale = 1.0
-    config.sleep = 0.5 if variant == "slow" else 0.0
-    config.model = ml_collections.ConfigDict({"width": 3, "name": "tiny"})
+    config = config_checks.config_dict(FakeConfig, study="tests.fake_study", variant=variant)
+    if variant == "slow":
+        config.sleep = 0.5
     return config
 
 

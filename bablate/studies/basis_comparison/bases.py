@@ -49,6 +49,7 @@ class CenterUnitBasis(bb.Basis):
                    center=None, name=d.name, dictionary=d)
 
     def encode(self, act: jax.Array) -> jax.Array:
+        assert self.dictionary is not None  # set by wrap
         codes = self.dictionary.encode(act)
         return jnp.concatenate([codes, jnp.ones(codes.shape[:-1] + (1,), codes.dtype)], axis=-1)
 
@@ -64,7 +65,8 @@ def fit_dictionaries(acts_NxD: np.ndarray, configs: tuple[dl.DictionaryConfig, .
     Returns:
       The bases and their fit reports (plain dicts), both by method name.
     """
-    bases, reports = {}, {}
+    bases: dict[str, dl.DictionaryBasis] = {}
+    reports: dict[str, dict] = {}
     folder = ctx.workdir / "dictionaries"
     for j, cfg in enumerate(configs):
         path = folder / f"{network}_{cfg.method}_{cfg.num_codes}.npz"
@@ -73,7 +75,7 @@ def fit_dictionaries(acts_NxD: np.ndarray, configs: tuple[dl.DictionaryConfig, .
         except ValueError as e:  # damaged since it was saved: one line, as a checkpoint's
             raise RunError(f"{str(e).rstrip('.')}; {RESTART_FIX}") from e
         if loaded is not None and loaded[1] is not None:
-            basis, report = loaded
+            basis, report = loaded[0], loaded[1]
         else:
             ctx.log(f"{network}: fitting {cfg.method} with {cfg.num_codes} codes on "
                     f"{acts_NxD.shape[0]} activations of width {acts_NxD.shape[1]}")

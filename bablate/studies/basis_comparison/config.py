@@ -1,14 +1,16 @@
-"""The basis-comparison study's config: its rules and its typed form.
+"""The basis-comparison study's config, declared once: :class:`StudyConfig`, nested frozen
+dataclasses whose fields carry their defaults and checks
+(:func:`bablate.runner.config_checks.field`).
 
-``variants.py`` builds the ConfigDict; :func:`validate` checks every value
-before any work and :func:`from_config` turns it into :class:`StudyConfig`, nested frozen
-dataclasses that mirror the ConfigDict key for key (built by keyword with
-:func:`bablate.runner.config_checks.build`).
+``variants.py`` makes the ConfigDict from it and overrides values by name; :func:`validate`
+checks every value before any work and :func:`from_config` builds the typed config key for key
+(:func:`bablate.runner.config_checks.build`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal, cast
 
 import ml_collections
 
@@ -16,47 +18,14 @@ from bablate import dictionary as dl
 from bablate.models import toy as toy_model
 from bablate.runner import config_checks as cc
 
-
-def _dictionary_rules(prefix: str) -> dict:
-    return {f"{prefix}.methods": cc.text(), f"{prefix}.num_codes": cc.integer(0),
-            f"{prefix}.steps": cc.integer(1), f"{prefix}.top_k": cc.integer(1),
-            f"{prefix}.sae_l1": cc.number(0), f"{prefix}.nmf_l1": cc.number(0),
-            f"{prefix}.learning_rate": cc.number(0, low_open=True),
-            f"{prefix}.batch_size": cc.optional(cc.integer(1))}
-
-
-# Every field of variants.py's config, checked before any work.
-CONFIG_RULES = {
-    "seed": cc.integer(0), "top_k": cc.sequence(cc.integer(1), min_len=1),
-    "inference.max_exact": cc.integer(0), "inference.mcmc.num_samples": cc.integer(1),
-    "inference.mcmc.num_warmup": cc.integer(0), "inference.mcmc.num_chains": cc.integer(1),
-    "toy.enabled": cc.boolean(), "toy.n_features": cc.integer(1), "toy.m_hidden": cc.integer(1),
-    "toy.importance": cc.number(0, low_open=True),
-    "toy.densities": cc.sequence(cc.number(0, 1, low_open=True), min_len=1),
-    "toy.train_steps": cc.integer(1), "toy.batch_size": cc.integer(1),
-    "toy.fit_samples": cc.integer(1), "toy.num_positive": cc.integer(1),
-    "toy.num_negative": cc.integer(1), "toy.epsilon": cc.number(0, low_open=True),
-    **_dictionary_rules("toy.dictionary"),
-    "rnn.enabled": cc.boolean(),
-    "rnn.family": cc.one_of("reflection", "compositional", "transfer", "context", "hierarchy"),
-    "rnn.hidden": cc.integer(1), "rnn.cell": cc.one_of("linear", "tanh", "gru"),
-    "rnn.train_steps": cc.integer(1), "rnn.windows": cc.integer(1), "rnn.window": cc.integer(2),
-    "rnn.max_tasks": cc.integer(1), "rnn.min_examples": cc.integer(1),
-    "rnn.fit_tokens": cc.integer(1), **_dictionary_rules("rnn.dictionary"),
-    "llm.enabled": cc.boolean(), "llm.layer": cc.integer(0, 29),
-    "llm.concepts": cc.sequence(cc.text()), "llm.fit_concepts": cc.sequence(cc.text()),
-    "llm.max_prompts": cc.integer(1), "llm.positions": cc.one_of("last", "all"),
-    "llm.top_k": cc.sequence(cc.integer(1)), "llm.stability_seeds": cc.integer(0),
-    "llm.center_unit": cc.boolean(), "llm.svi.estimator": cc.one_of("score", "concrete"),
-    "llm.svi.num_steps": cc.integer(1), "llm.svi.num_particles": cc.integer(2),
-    "llm.svi.learning_rate": cc.number(0, low_open=True),
-    "llm.svi.temperature": cc.number(0, low_open=True), **_dictionary_rules("llm.dictionary"),
-}
+# The methods of :class:`bablate.dictionary.DictionaryConfig` (``dl.METHODS``), which checks the
+# name it is given.
+DictionaryMethod = Literal["nmf", "sae_l1", "sae_topk"]
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before any work (called by the runner); raises ConfigError."""
-    cc.check(config, CONFIG_RULES)
+    cc.check(config, cc.rules(StudyConfig))
     cc.require(config.toy.enabled or config.rnn.enabled or config.llm.enabled,
                "no network enabled; set --config.toy.enabled, rnn.enabled or llm.enabled to true")
     cc.parses(from_config, config)
@@ -69,14 +38,15 @@ class DictionarySpec:
     ``num_codes = 0`` takes the network's default (see :meth:`configs`).
     """
 
-    methods: str
-    num_codes: int
-    steps: int
-    top_k: int = 1
-    sae_l1: float = 0.3
-    nmf_l1: float = 0.3
-    learning_rate: float = 3e-3
-    batch_size: int = 1024
+    methods: str = cc.field("nmf,sae_topk", cc.text())  # comma-separated: nmf, sae_l1, sae_topk
+    # 0 = 2 × n_features (toy) / hidden (rnn) / 512 (llm)
+    num_codes: int = cc.field(0, cc.integer(0))
+    steps: int = cc.field(1000, cc.integer(1))
+    top_k: int = cc.field(1, cc.integer(1))
+    sae_l1: float = cc.field(0.3, cc.number(0))
+    nmf_l1: float = cc.field(0.3, cc.number(0))
+    learning_rate: float = cc.field(3e-3, cc.number(0, low_open=True))
+    batch_size: int = cc.field(1024, cc.optional(cc.integer(1)))
 
     def configs(self, default_codes: int) -> tuple[dl.DictionaryConfig, ...]:
         """One :class:`bablate.dictionary.DictionaryConfig` per method, in the given order."""
@@ -85,7 +55,7 @@ class DictionarySpec:
             raise ValueError("dictionary.methods is empty; give e.g. 'nmf' or 'sae_topk,sae_l1'.")
         codes = self.num_codes or default_codes
         return tuple(
-            dl.DictionaryConfig(method=m, num_codes=codes, steps=self.steps,
+            dl.DictionaryConfig(method=cast(DictionaryMethod, m), num_codes=codes, steps=self.steps,
                                 l1=self.nmf_l1 if m == "nmf" else self.sae_l1, top_k=self.top_k,
                                 learning_rate=self.learning_rate, batch_size=self.batch_size)
             for m in methods)
@@ -95,46 +65,47 @@ class DictionarySpec:
 class MCMCConfig:
     """``inference.mcmc``: the sampler beyond ``max_exact`` units."""
 
-    num_samples: int
-    num_warmup: int
-    num_chains: int
+    num_samples: int = cc.field(1000, cc.integer(1))
+    num_warmup: int = cc.field(300, cc.integer(0))
+    num_chains: int = cc.field(2, cc.integer(1))
 
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
     """``inference``: exact enumeration up to ``max_exact`` units, MCMC beyond."""
 
-    max_exact: int
-    mcmc: MCMCConfig
+    max_exact: int = cc.field(20, cc.integer(0))
+    mcmc: MCMCConfig = cc.field(MCMCConfig())
 
 
 @dataclasses.dataclass(frozen=True)
 class SVIConfig:
     """``llm.svi``: mean-field SVI of every task (sites too large to enumerate)."""
 
-    estimator: str = "concrete"
-    num_steps: int = 100
-    num_particles: int = 16
-    learning_rate: float = 0.1
-    temperature: float = 0.5
+    estimator: str = cc.field("concrete", cc.one_of("score", "concrete"))
+    num_steps: int = cc.field(80, cc.integer(1))
+    num_particles: int = cc.field(16, cc.integer(2))
+    learning_rate: float = cc.field(0.15, cc.number(0, low_open=True))
+    temperature: float = cc.field(0.5, cc.number(0, low_open=True))
 
 
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
     """``toy``: the |x| model in superposition, its feature tasks and dictionaries."""
 
-    enabled: bool
-    n_features: int
-    m_hidden: int
-    importance: float
-    densities: tuple[float, ...]
-    train_steps: int
-    batch_size: int
-    fit_samples: int
-    num_positive: int
-    num_negative: int
-    epsilon: float
-    dictionary: DictionarySpec
+    enabled: bool = cc.field(True, cc.boolean())
+    n_features: int = cc.field(8, cc.integer(1))
+    m_hidden: int = cc.field(5, cc.integer(1))
+    importance: float = cc.field(0.9, cc.number(0, low_open=True))
+    densities: tuple[float, ...] = cc.field(
+        [0.03], cc.sequence(cc.number(0, 1, low_open=True), min_len=1))
+    train_steps: int = cc.field(6000, cc.integer(1))
+    batch_size: int = cc.field(1024, cc.integer(1))
+    fit_samples: int = cc.field(16384, cc.integer(1))
+    num_positive: int = cc.field(64, cc.integer(1))
+    num_negative: int = cc.field(64, cc.integer(1))
+    epsilon: float = cc.field(0.1, cc.number(0, low_open=True))
+    dictionary: DictionarySpec = cc.field(DictionarySpec())
 
     def __post_init__(self):
         self.dictionaries  # noqa: B018 -- refuses a bad dictionary method or size now
@@ -153,17 +124,18 @@ class ToyConfig:
 class RNNConfig:
     """``rnn``: the chunk study's RNN, its chunk-continuation tasks and dictionaries."""
 
-    enabled: bool
-    family: str
-    hidden: int
-    cell: str
-    train_steps: int
-    windows: int
-    window: int
-    max_tasks: int
-    min_examples: int
-    fit_tokens: int
-    dictionary: DictionarySpec
+    enabled: bool = cc.field(True, cc.boolean())
+    family: str = cc.field("compositional", cc.one_of(
+        "reflection", "compositional", "transfer", "context", "hierarchy"))
+    hidden: int = cc.field(12, cc.integer(1))
+    cell: str = cc.field("tanh", cc.one_of("linear", "tanh", "gru"))
+    train_steps: int = cc.field(800, cc.integer(1))
+    windows: int = cc.field(6, cc.integer(1))
+    window: int = cc.field(100, cc.integer(2))
+    max_tasks: int = cc.field(8, cc.integer(1))
+    min_examples: int = cc.field(20, cc.integer(1))
+    fit_tokens: int = cc.field(20_000, cc.integer(1))
+    dictionary: DictionarySpec = cc.field(DictionarySpec("sae_topk", 16, 1500, top_k=4))
 
     def __post_init__(self):
         self.dictionaries  # noqa: B018 -- refuses a bad dictionary method or size now
@@ -181,23 +153,30 @@ class LLMConfig:
     ``fit_concepts = ()`` means the task concepts (set so in ``__post_init__``).
     """
 
-    enabled: bool
-    layer: int
-    concepts: tuple[str, ...]
-    fit_concepts: tuple[str, ...]
-    max_prompts: int
-    positions: str
-    top_k: tuple[int, ...]
-    stability_seeds: int
-    svi: SVIConfig
-    dictionary: DictionarySpec
-    center_unit: bool = True
+    enabled: bool = cc.field(False, cc.boolean())
+    # The last MLP: zeroing it at the answer position breaks every concept.
+    layer: int = cc.field(29, cc.integer(0, 29))
+    # Tasks (bablate/data/concepts.json).
+    concepts: tuple[str, ...] = cc.field(("cheese", "capitals", "numbers"),
+                                         cc.sequence(cc.text()))
+    # Prompts the dictionary is fitted on; () = the task concepts.
+    fit_concepts: tuple[str, ...] = cc.field((), cc.sequence(cc.text()))
+    max_prompts: int = cc.field(12, cc.integer(1))  # correctly completed prompts per concept
+    # Mask the MLP hidden at the last prompt position ("all": every).
+    positions: str = cc.field("last", cc.one_of("last", "all"))
+    top_k: tuple[int, ...] = cc.field((1, 2, 4, 16, 64), cc.sequence(cc.integer(1)))
+    stability_seeds: int = cc.field(1, cc.integer(0))  # extra SVI seeds for the first concept
+    # The SAE's center c (a ≈ c + codes·D) is one more ablatable unit.
+    center_unit: bool = cc.field(True, cc.boolean())
+    svi: SVIConfig = cc.field(SVIConfig())
+    dictionary: DictionarySpec = cc.field(
+        DictionarySpec("sae_topk", 512, 300, top_k=16, batch_size=256))
 
     def __post_init__(self):
         if not self.fit_concepts:
             object.__setattr__(self, "fit_concepts", self.concepts)
         if not self.enabled:
-            return  # a disabled layer's settings are checked by CONFIG_RULES only
+            return  # a disabled layer's settings are checked by the field checks only
         if len(self.concepts) < 2:
             raise ValueError(f"llm.concepts needs at least two concepts (polysemanticity is "
                              f"across tasks); got {list(self.concepts)}.")
@@ -213,13 +192,14 @@ class LLMConfig:
 class StudyConfig:
     """The whole study: seed, the top-k list, inference, and the three networks."""
 
-    seed: int
-    variant: str
-    top_k: tuple[int, ...]
-    inference: InferenceConfig
-    toy: ToyConfig
-    rnn: RNNConfig
-    llm: LLMConfig
+    variant: str = cc.field("quick")
+    seed: int = cc.field(0, cc.integer(0))
+    top_k: tuple[int, ...] = cc.field([1, 2, 4], cc.sequence(cc.integer(1), min_len=1))
+    # Exact enumeration up to inference.max_exact units (codes), MCMC beyond.
+    inference: InferenceConfig = cc.field(InferenceConfig())
+    toy: ToyConfig = cc.field(ToyConfig())
+    rnn: RNNConfig = cc.field(RNNConfig())
+    llm: LLMConfig = cc.field(LLMConfig)  # its declared defaults: fit_concepts ()
 
 
 def from_config(config: ml_collections.ConfigDict) -> StudyConfig:

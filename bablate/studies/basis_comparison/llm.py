@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable
 
 import jax
 import numpy as np
@@ -41,7 +42,7 @@ def svi_stability(tasks: list[bb.Task], bases: dict, lc: LLMConfig, key: jax.Arr
     return out
 
 
-def center_unit_report(tasks: list[bb.Task], metrics: dict) -> dict:
+def center_unit_report(tasks: Iterable[bb.Task], metrics: dict) -> dict:
     """For a :class:`CenterUnitBasis`: the center unit's share of each task's information, the
     effective number of codes without the center, and P(correct) with every code ablated but
     the center kept (the plain dictionary's baseline)."""
@@ -111,12 +112,13 @@ def run(lc: LLMConfig, ctx: RunContext, keys: NetworkKeys) -> dict:
     setup = {"layer": lc.layer, "fit_concepts": list(lc.fit_concepts),
              "dictionaries": [dataclasses.asdict(d) for d in lc.dictionaries]}
     reuse = same_setup(ctx, setup)
-    bases, reports = fit_dictionaries(acts, lc.dictionaries, keys.dictionary, ctx,
-                                      f"llm_L{lc.layer}", reuse)
+    fitted, reports = fit_dictionaries(acts, lc.dictionaries, keys.dictionary, ctx,
+                                       f"llm_L{lc.layer}", reuse)
     ctx.save_state("llm_setup", setup)
-    task_coverage(bases, tasks, mcfg.mlp_width, reports)
-    if lc.center_unit:
-        bases = {name: CenterUnitBasis.wrap(b) for name, b in bases.items()}
+    task_coverage(fitted, tasks, mcfg.mlp_width, reports)
+    bases: dict[str, bb.Basis] = (
+        {name: CenterUnitBasis.wrap(b) for name, b in fitted.items()} if lc.center_unit
+        else dict(fitted))
     timings["dictionaries"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     all_bases = {NEURON: None, ROTATION: random_rotation(keys.rotation, mcfg.mlp_width), **bases}

@@ -104,9 +104,11 @@ def read_tasks(tasks: Tasks, how: InferenceConfig | SVIConfig, key: jax.Array,
     out["p_correct_ablated_mean"] = float(kept[:, 1].mean())
     kept = np.concatenate([kept[:, :1], kept[:, 2:]], axis=1)
     for r, k in enumerate(ks):
-        out[f"top{k}_share"] = m.mean([top_k_share(info, k) for info in m.unit_information])
+        out[f"top{k}_share"] = m.mean(np.array([top_k_share(info, k)
+                                                for info in m.unit_information]))
         out[f"top{k}_p_correct"] = m.mean(kept[:, 1 + r])
     if len(posts) > 1:
+        assert m.effective_tasks is not None  # TaskSetMetrics has them for two tasks or more
         out.update({
             "effective_tasks": m.effective_tasks.tolist(),
             "polysemanticity_mean": m.polysemanticity_mean,

@@ -23,7 +23,7 @@ def paired(row: dict, ref: dict, min_bits: float = INFORMATIVE_BITS) -> dict:
     a, b = row["per_task"], ref["per_task"]
     common = ((np.asarray(a["task_information"]) >= min_bits)
               & (np.asarray(b["task_information"]) >= min_bits))
-    out = {"num_tasks": int(common.sum())}
+    out: dict[str, float] = {"num_tasks": int(common.sum())}
     for name, m in (("x", a), ("ref", b)):
         info = np.asarray(m["unit_information"], np.float64)[common]
         srt = np.sort(info, axis=1)[:, ::-1]
@@ -137,9 +137,9 @@ def report_text(cfg: StudyConfig, results: dict, rows: list[dict]) -> str:
     if llm and "bases" in llm:
         parts.append(llm_text(llm))
     for key in ("rnn", "llm"):
-        rec = results.get(key)
-        if rec and "skipped" in rec:
-            parts.append(f"**{key}**: skipped — {rec['skipped']}")
+        network = results.get(key)
+        if network and "skipped" in network:
+            parts.append(f"**{key}**: skipped — {network['skipped']}")
     return "\n\n".join(parts)
 
 

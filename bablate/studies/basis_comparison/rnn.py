@@ -64,6 +64,6 @@ def run(rc: RNNConfig, seed: int, inference: InferenceConfig, top_k: tuple[int, 
     all_bases = {NEURON: None, ROTATION: random_rotation(keys.rotation, rc.hidden), **bases}
     metrics = compare_bases(bb.TaskSet.of(tasks), all_bases, inference, keys.inference, top_k,
                             "rnn")
-    accuracy = rnn_model.accuracy(model, variables, w.tokens)
+    accuracy = rnn_model.accuracy(model, variables, jnp.asarray(w.tokens))
     return {"network": f"{rc.cell} RNN, hidden {rc.hidden} ({rc.family})",
             "accuracy": accuracy, "dictionaries": reports, "bases": metrics}

@@ -54,56 +54,17 @@ polysemantic, but the locality is the mean direction, not sparse features. SVI r
 another seed: unit information r = 0.97 (neurons), 0.61 (rotation), 1.00 (SAE).
 """
 
-import ml_collections
-
 from bablate.runner import config_checks
+from bablate.studies.basis_comparison.config import StudyConfig
 
 VARIANTS = ("quick", "toy", "rnn", "llm", "full")
 
 
-def _dictionary(methods: str, num_codes: int, steps: int, top_k: int = 1, sae_l1: float = 0.3,
-                nmf_l1: float = 0.3, batch_size: int = 1024) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "methods": methods,  # comma-separated: nmf, sae_l1, sae_topk
-        "num_codes": num_codes,  # 0 = 2 × n_features (toy) / hidden (rnn) / 512 (llm)
-        "steps": steps, "top_k": top_k, "sae_l1": sae_l1, "nmf_l1": nmf_l1,
-        "learning_rate": 3e-3, "batch_size": batch_size})
-
-
 def get_config(arg=None):
+    """The ConfigDict of one variant: `StudyConfig`'s defaults (config.py, where every field is
+    declared with its check), then the variant's values by name."""
     variant = config_checks.variant(arg, VARIANTS)
-    c = ml_collections.ConfigDict()
-    c.study = "basis_comparison"
-    c.variant = variant
-    c.seed = 0
-    c.top_k = [1, 2, 4]
-    c.inference = ml_collections.ConfigDict({
-        "max_exact": 20,  # exact enumeration up to this many units (codes), MCMC beyond
-        "mcmc": ml_collections.ConfigDict({"num_samples": 1000, "num_warmup": 300,
-                                           "num_chains": 2})})
-    c.toy = ml_collections.ConfigDict({
-        "enabled": True, "n_features": 8, "m_hidden": 5, "importance": 0.9,
-        "densities": [0.03], "train_steps": 6000, "batch_size": 1024,
-        "fit_samples": 16384, "num_positive": 64, "num_negative": 64, "epsilon": 0.1,
-        "dictionary": _dictionary("nmf,sae_topk", 0, 1000)})
-    c.rnn = ml_collections.ConfigDict({
-        "enabled": True, "family": "compositional", "hidden": 12, "cell": "tanh",
-        "train_steps": 800, "windows": 6, "window": 100, "max_tasks": 8, "min_examples": 20,
-        "fit_tokens": 20_000, "dictionary": _dictionary("sae_topk", 16, 1500, top_k=4)})
-    c.llm = ml_collections.ConfigDict({
-        "enabled": False,
-        "layer": 29,  # the last MLP: zeroing it at the answer position breaks every concept
-        "concepts": ("cheese", "capitals", "numbers"),  # tasks (bablate/data/concepts.json)
-        "fit_concepts": (),  # prompts the dictionary is fitted on; () = the task concepts
-        "max_prompts": 12,  # correctly completed prompts per concept
-        "positions": "last",  # mask the MLP hidden at the last prompt position ("all": every)
-        "top_k": (1, 2, 4, 16, 64),
-        "stability_seeds": 1,  # extra SVI seeds for the first concept, every basis
-        "center_unit": True,  # the SAE's center c (a ≈ c + codes·D) is one more ablatable unit
-        "svi": ml_collections.ConfigDict({"estimator": "concrete", "num_steps": 80,
-                                          "num_particles": 16, "learning_rate": 0.15,
-                                          "temperature": 0.5}),
-        "dictionary": _dictionary("sae_topk", 512, 300, top_k=16, batch_size=256)})
+    c = config_checks.config_dict(StudyConfig, study="basis_comparison", variant=variant)
     if variant == "quick":
         c.toy.train_steps = 4000
     elif variant == "toy":

@@ -60,7 +60,7 @@ def certified(ac: Ablation, task: bb.Task, key: jax.Array) -> bb.Posterior:
 def estimate_summary(post: bb.Posterior, seconds: float) -> dict:
     """The certified estimate's method, verdict and numbers, as plain values."""
     d = post.diagnostics
-    out = {"method": post.method, "seconds": seconds,
+    out: dict[str, Any] = {"method": post.method, "seconds": seconds,
            **{k: num(d[k]) for k in ESTIMATE_KEYS if k in d and k != "seconds"}}
     out["converged"] = bool(d["converged"])
     out["marginal_se"] = [float(x) for x in d.get("marginal_se", np.zeros(post.num_units))]
@@ -78,8 +78,9 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
       (``heads``, ``neurons``: the certified estimates; ``heads_mcmc``, ``neurons_mcmc``: the
       MCMC checks).
     """
-    out = {"heads": {}, "neurons": {}}
-    posts = {"heads": [], "neurons": [], "heads_mcmc": [], "neurons_mcmc": []}
+    out: dict[str, Any] = {"heads": {}, "neurons": {}}
+    posts: dict[str, list[bb.Posterior]] = {
+        "heads": [], "neurons": [], "heads_mcmc": [], "neurons_mcmc": []}
     speedup = llm.bf16_speedup_here(cfg.replace(matmul_dtype=ac.matmuls))
     if speedup is not None:  # llm's site builders also warn when it is below 1
         ctx.log(f"masks scored with bf16 projections: on this CPU they run {speedup:.2f}x as "
@@ -88,7 +89,7 @@ def ablation(ac: Ablation, params: dict, cfg: LlamaConfig, tok: Any, data: list[
         k_concept = jax.random.fold_in(key, i)
         for kind in KINDS:
             task, num_prompts = concept_task(ac, params, cfg, tok, d, kind)
-            res = {"num_prompts": num_prompts,
+            res: dict[str, Any] = {"num_prompts": num_prompts,
                    "task_information_bound": information_bound(num_prompts)}
             t0 = time.perf_counter()
             est = certified(ac, task, jax.random.fold_in(jax.random.fold_in(
@@ -256,7 +257,7 @@ def summary(ac: Ablation, abl: dict, names: list[str], heads_per_layer: int) -> 
     cross-checks, and each method's metrics."""
     grid = lambda v: np.asarray(v).reshape(len(ac.head_layers), heads_per_layer).tolist()
     est = {k: {n: abl[k][n]["estimate"] for n in names} for k in KINDS}
-    results = {
+    results: dict[str, Any] = {
         "head_layers": list(ac.head_layers),
         "neuron_layer": ac.neuron_layer,
         "estimates": {k: {n: {kk: vv for kk, vv in est[k][n].items() if kk != "marginal_se"}

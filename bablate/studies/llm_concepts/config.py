@@ -1,14 +1,20 @@
-"""The study's config: the checks run before any work, and the typed config the steps read.
+"""The study's config, declared once: `Config`, nested frozen dataclasses whose fields carry
+their defaults, checks and flat keys (`bablate.runner.config_checks.field`).
 
-``variants.py`` keeps its flat keys (``svi_steps``, ``pa_layers``, ...); the
-typed config groups them by step (``ablation.svi.steps``, ``pa.layers``, ...). `KEYS` names,
-for every key of the ConfigDict, its field in the typed config, so the grouping is written in
-one place and a key that names no field is refused.
+The ConfigDict keeps flat keys (``svi_steps``, ``pa_layers``, ...); the typed config groups them
+by step (``ablation.svi.steps``, ``pa.layers``, ...): a section's ``key`` is its values' prefix,
+a value's ``key`` its whole key. From the tree come `KEYS` (flat key → dotted field),
+`CONFIG_RULES` (flat key → check), `config_dict` (the defaults, which variants.py overrides by
+name) and `nest`, which refuses a key that names no field.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import typing
+from collections.abc import Iterator
 
 import ml_collections
 
@@ -22,72 +28,6 @@ MCMC_SAMPLERS = ("gradient", "informed", "stock")
 # Prompt formats of the interventions: "authors", the bare question (as the authors' code
 # feeds TREC questions); "wrapped", the question as "Q: <question>\nA:".
 FORMATS = ("authors", "wrapped")
-# Every field of variants.py's config, checked before any work (the concept
-# names are checked against bablate/data/concepts.json in `validate`).
-CONFIG_RULES = {
-    "seed": cc.integer(0), "concepts": cc.sequence(cc.text(), min_len=1),
-    "max_prompts": cc.integer(1), "head_layers": cc.sequence(_LAYERS), "neuron_layer": _LAYERS,
-    "positions": cc.one_of("last", "all"), "readout": cc.one_of("target", "logits"),
-    "exact_max_units": cc.integer(0), "ablation_matmuls": cc.one_of("float32", "bfloat16"),
-    "length_buckets": cc.integer(1),
-    "importance_target_se": cc.number(0, 0.5, low_open=True, high_open=True),
-    "importance_max_masks": cc.integer(2), "importance_min_masks": cc.integer(0),
-    "importance_round_masks": cc.integer(2),
-    "svi_concepts": cc.integer(0), "svi_steps": cc.integer(1), "svi_particles": cc.integer(2),
-    "svi_lr": cc.number(0, low_open=True),
-    "mcmc_concepts": cc.integer(0), "mcmc_samples": cc.integer(1),
-    "mcmc_warmup": cc.integer(0), "mcmc_chains": cc.integer(1),
-    "mcmc_sampler": cc.one_of(*MCMC_SAMPLERS),
-    "head_mcmc_concepts": cc.integer(0), "head_mcmc_samples": cc.integer(4),
-    "head_mcmc_warmup": cc.integer(0), "head_mcmc_chains": cc.integer(2),
-    "head_mcmc_sampler": cc.one_of(*MCMC_SAMPLERS),
-    "pa_layers": cc.sequence(_LAYERS), "pa_tolerance": cc.number(0, low_open=True),
-    "pa_min_neurons": cc.integer(1), "pa_prose_k": cc.integer(1), "intervention_layer": _LAYERS,
-    "intervention_num_layers": cc.integer(1), "intervention_positions": cc.integer(1),
-    "intervention_template_lag": cc.integer(0),
-    "intervention_formats": cc.sequence(cc.one_of(*FORMATS), min_len=1),
-    "intervention_questions": cc.integer(1), "intervention_own_rows": cc.integer(1),
-    "intervention_samples": cc.integer(1), "intervention_tokens": cc.integer(1),
-    "temperature": cc.number(0, low_open=True),
-    "ucd_chunks": cc.integer(1), "ucd_steps": cc.integer(1),
-}
-
-# ConfigDict key -> dotted field of `Config` (``study`` and ``variant`` are the runner's).
-KEYS = {
-    "seed": "seed", "concepts": "concepts",
-    "max_prompts": "ablation.max_prompts", "head_layers": "ablation.head_layers",
-    "neuron_layer": "ablation.neuron_layer", "positions": "ablation.positions",
-    "readout": "ablation.readout",
-    "exact_max_units": "ablation.exact_max_units", "ablation_matmuls": "ablation.matmuls",
-    "length_buckets": "ablation.length_buckets",
-    "importance_target_se": "ablation.importance.target_se",
-    "importance_max_masks": "ablation.importance.max_masks",
-    "importance_min_masks": "ablation.importance.min_masks",
-    "importance_round_masks": "ablation.importance.round_masks",
-    "svi_concepts": "ablation.svi.concepts", "svi_steps": "ablation.svi.steps",
-    "svi_particles": "ablation.svi.particles", "svi_lr": "ablation.svi.lr",
-    "mcmc_concepts": "ablation.mcmc.concepts", "mcmc_samples": "ablation.mcmc.samples",
-    "mcmc_warmup": "ablation.mcmc.warmup", "mcmc_chains": "ablation.mcmc.chains",
-    "mcmc_sampler": "ablation.mcmc.sampler",
-    "head_mcmc_concepts": "ablation.head_mcmc.concepts",
-    "head_mcmc_samples": "ablation.head_mcmc.samples",
-    "head_mcmc_warmup": "ablation.head_mcmc.warmup",
-    "head_mcmc_chains": "ablation.head_mcmc.chains",
-    "head_mcmc_sampler": "ablation.head_mcmc.sampler",
-    "pa_layers": "pa.layers", "pa_tolerance": "pa.tolerance",
-    "pa_min_neurons": "pa.min_neurons", "pa_prose_k": "pa.prose_k",
-    "intervention_layer": "interventions.layer",
-    "intervention_num_layers": "interventions.num_layers",
-    "intervention_positions": "interventions.positions",
-    "intervention_template_lag": "interventions.template_lag",
-    "intervention_formats": "interventions.formats",
-    "intervention_questions": "interventions.questions",
-    "intervention_own_rows": "interventions.own_rows",
-    "intervention_samples": "interventions.samples",
-    "intervention_tokens": "interventions.tokens",
-    "temperature": "interventions.temperature",
-    "ucd_chunks": "ucd.chunks", "ucd_steps": "ucd.steps",
-}
 RUNNER_KEYS = ("study", "variant")
 
 
@@ -96,75 +36,101 @@ class Importance:
     """The certified estimate of every site too large to enumerate: adaptive importance
     sampling (bablate.inference.importance) until every marginal's standard error is at most
     ``target_se``, within ``max_masks`` masks (then the site is reported not converged)."""
-    target_se: float
-    max_masks: int
-    min_masks: int    # masks evaluated before a site may stop (see bb.importance)
-    round_masks: int  # masks per round of the adaptive proposal
+    target_se: float = cc.field(0.05, cc.number(0, 0.5, low_open=True, high_open=True))
+    max_masks: int = cc.field(4096, cc.integer(2))
+    # masks evaluated before a site may stop (see bb.importance)
+    min_masks: int = cc.field(512, cc.integer(0))
+    round_masks: int = cc.field(256, cc.integer(2))  # masks per round of the adaptive proposal
 
 
 @dataclasses.dataclass(frozen=True)
 class Svi:
     """Mean-field SVI on both sites for the first ``concepts`` concepts: a cross-check,
     compared with the certified estimate in units of its standard errors."""
-    concepts: int
-    steps: int
-    particles: int
-    lr: float
+    concepts: int = cc.field(1, cc.integer(0))
+    steps: int = cc.field(40, cc.integer(1))
+    particles: int = cc.field(8, cc.integer(2))
+    lr: float = cc.field(0.1, cc.number(0, low_open=True))
 
 
 @dataclasses.dataclass(frozen=True)
 class Mcmc:
     """MCMC on one site for the first ``concepts`` concepts (a cross-check of the certified
     estimate there)."""
-    concepts: int
-    samples: int
-    warmup: int
-    chains: int
-    sampler: str   # "gradient", "informed" or "stock" (see bablate.infer's mcmc)
+    concepts: int = cc.field(0, cc.integer(0))
+    samples: int = cc.field(40, cc.integer(1))
+    warmup: int = cc.field(20, cc.integer(0))
+    chains: int = cc.field(2, cc.integer(1))
+    # "gradient", "informed" or "stock" (see bablate.infer's mcmc)
+    sampler: str = cc.field("gradient", cc.one_of(*MCMC_SAMPLERS))
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadMcmc(Mcmc):
+    """MCMC on the head site (its own defaults, and at least 4 draws over 2 chains)."""
+    samples: int = cc.field(150, cc.integer(4))
+    warmup: int = cc.field(50, cc.integer(0))
+    chains: int = cc.field(2, cc.integer(2))
 
 
 @dataclasses.dataclass(frozen=True)
 class Ablation:
     """AMDs over attention heads (``head_layers``) and one layer's MLP neurons."""
-    max_prompts: int
-    head_layers: tuple[int, ...]
-    neuron_layer: int
-    positions: str         # "last" or "all": the prompt positions masks act at
-    readout: str           # "target": the site returns top-1's margin and log-probability
-                           # only (llm.target_rule); "logits": the full next-token logits
-    exact_max_units: int   # exact enumeration when a site has at most this many units
-    matmuls: str           # "float32", or "bfloat16": masks are scored with bf16 projections
-                           # (float32 accumulation; llama.LlamaConfig.matmul_dtype)
-    length_buckets: int    # with positions "all": prompts run in ≤ this many length groups
-    importance: Importance  # the certified estimate of each site above exact_max_units
-    svi: Svi         # cross-check on both sites
-    mcmc: Mcmc       # cross-check on the neuron site
-    head_mcmc: Mcmc  # cross-check on the head site
+    # every correct training prompt (23–29 per concept)
+    max_prompts: int = cc.field(32, cc.integer(1))
+    head_layers: tuple[int, ...] = cc.field(list(range(_NUM_LAYERS)), cc.sequence(_LAYERS))
+    neuron_layer: int = cc.field(20, _LAYERS)
+    # "last" or "all": the prompt positions masks act at
+    positions: str = cc.field("last", cc.one_of("last", "all"))
+    # "target": the site returns top-1's margin and log-probability only (llm.target_rule);
+    # "logits": the full next-token logits
+    readout: str = cc.field("target", cc.one_of("target", "logits"))
+    # exact enumeration when a site has at most this many units
+    exact_max_units: int = cc.field(12, cc.integer(0))
+    # "float32", or "bfloat16": masks are scored with bf16 projections (float32 accumulation;
+    # llama.LlamaConfig.matmul_dtype)
+    matmuls: str = cc.field("float32", cc.one_of("float32", "bfloat16"), key="ablation_matmuls")
+    # with positions "all": prompts run in ≤ this many length groups
+    length_buckets: int = cc.field(1, cc.integer(1))
+    # the certified estimate of each site above exact_max_units
+    importance: Importance = cc.field(Importance(), key="importance_")
+    svi: Svi = cc.field(Svi(), key="svi_")  # cross-check on both sites
+    mcmc: Mcmc = cc.field(Mcmc(), key="mcmc_")  # cross-check on the neuron site
+    head_mcmc: HeadMcmc = cc.field(HeadMcmc(), key="head_mcmc_")  # cross-check on the head site
 
 
 @dataclasses.dataclass(frozen=True)
 class Pa:
     """Population-averaging templates: from prompts, and from prose as the authors build them."""
-    layers: tuple[int, ...]
-    tolerance: float       # in units of the median per-neuron std of the layer
-    min_neurons: int       # the tolerance is raised where fewer neurons qualify
-    prose_k: int           # occurrences per prose template
+    layers: tuple[int, ...] = cc.field([0, 5, 10, 15, 20, 25], cc.sequence(_LAYERS))
+    # in units of the median per-neuron std of the layer
+    tolerance: float = cc.field(0.5, cc.number(0, low_open=True))
+    # the tolerance is raised where fewer neurons qualify
+    min_neurons: int = cc.field(16, cc.integer(1))
+    prose_k: int = cc.field(5, cc.integer(1))  # occurrences per prose template
 
 
 @dataclasses.dataclass(frozen=True)
 class Interventions:
     """The occurrence experiment: prose templates grafted / zeroed, and the typed-word control,
     in each prompt format."""
-    layer: int
-    num_layers: int
-    positions: int     # prompt tokens overwritten: this many before the last one
-    template_lag: int  # the template of layer l − template_lag is grafted at layer l
-    formats: tuple[str, ...]  # of FORMATS; the first is the headline
-    questions: int     # neutral questions (bablate/data/neutral_questions.json, categories in turn)
-    samples: int       # per neutral question
-    own_rows: int      # inhibition: prompts the model completes with the concept, repeated
-    tokens: int        # new tokens sampled per row (cut at the model's end of turn)
-    temperature: float
+    layer: int = cc.field(2, _LAYERS)
+    num_layers: int = cc.field(8, cc.integer(1))
+    # prompt tokens overwritten: this many before the last one
+    positions: int = cc.field(3, cc.integer(1))
+    # the template of layer l − template_lag is grafted at layer l
+    template_lag: int = cc.field(1, cc.integer(0))
+    # of FORMATS; the first is the headline
+    formats: tuple[str, ...] = cc.field(["authors", "wrapped"],
+                                        cc.sequence(cc.one_of(*FORMATS), min_len=1))
+    # neutral questions (bablate/data/neutral_questions.json, categories in turn)
+    questions: int = cc.field(30, cc.integer(1))
+    samples: int = cc.field(1, cc.integer(1))  # per neutral question
+    # inhibition: prompts the model completes with the concept, repeated
+    own_rows: int = cc.field(30, cc.integer(1))
+    # new tokens sampled per row (cut at the model's end of turn)
+    tokens: int = cc.field(48, cc.integer(1))
+    temperature: float = cc.field(0.8, cc.number(0, low_open=True), key="temperature")
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -180,19 +146,49 @@ class Interventions:
 @dataclasses.dataclass(frozen=True)
 class Ucd:
     """Unsupervised chunk discovery per PA layer."""
-    chunks: int
-    steps: int
+    chunks: int = cc.field(16, cc.integer(1))
+    steps: int = cc.field(200, cc.integer(1))
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The typed config of one run."""
-    seed: int
-    concepts: tuple[str, ...]
-    ablation: Ablation
-    pa: Pa
-    interventions: Interventions
-    ucd: Ucd
+    seed: int = cc.field(0, cc.integer(0))
+    # concept names, checked against bablate/data/concepts.json in `validate`
+    concepts: tuple[str, ...] = cc.field(["cheese", "capitals", "numbers"],
+                                         cc.sequence(cc.text(), min_len=1))
+    ablation: Ablation = cc.field(Ablation())
+    pa: Pa = cc.field(Pa(), key="pa_")
+    interventions: Interventions = cc.field(Interventions(), key="intervention_")
+    ucd: Ucd = cc.field(Ucd(), key="ucd_")
+
+
+def _leaves(cls: type, path: str = "", prefix: str = ""
+            ) -> Iterator[tuple[str, str, dataclasses.Field]]:
+    """(dotted field, flat ConfigDict key, field) of every value of ``cls``, in field order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, key = hints[f.name], f.metadata.get(cc.KEY)
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            yield from _leaves(kind, f"{path}{f.name}.", key or "")
+        else:
+            yield f"{path}{f.name}", key or prefix + f.name, f
+
+
+# ConfigDict key -> dotted field of `Config`, and -> its check (``study`` and ``variant`` are
+# the runner's).
+KEYS = {key: dotted for dotted, key, _ in _leaves(Config)}
+CONFIG_RULES = {key: f.metadata[cc.CHECK] for _, key, f in _leaves(Config)}
+
+
+def config_dict(variant: str) -> ml_collections.ConfigDict:
+    """The flat ConfigDict of `Config`'s defaults, one key per value, after ``study`` and
+    ``variant``."""
+    c = ml_collections.ConfigDict({"study": "llm_concepts", "variant": variant})
+    defaults = Config()
+    for key, dotted in KEYS.items():
+        c[key] = copy.deepcopy(functools.reduce(getattr, dotted.split("."), defaults))
+    return c
 
 
 def nest(config: ml_collections.ConfigDict) -> dict:

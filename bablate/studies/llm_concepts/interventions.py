@@ -121,7 +121,7 @@ def sample(ic: Interventions, params: dict, cfg: LlamaConfig, tok: Any, arms: di
     lengths = {name: max(len(tok.encode(x).ids) for x in arm.texts)
                for name, arm in arms.items()}
     groups: list[list[str]] = []
-    for name in sorted(arms, key=lengths.get, reverse=True):
+    for name in sorted(arms, key=lengths.__getitem__, reverse=True):
         if groups and lengths[name] >= (1 - MAX_PADDING) * lengths[groups[-1][0]]:
             groups[-1].append(name)
         else:
@@ -142,27 +142,32 @@ def _sample_padded(ic: Interventions, params: dict, cfg: LlamaConfig, tok: Any,
     padded to ``length`` tokens."""
     t = length
     cols = slice(t - 1 - ic.positions, t - 1)
-    tokens, valid, keys, arm_of_row, masks, fills = [], [], [], [], [], []
+    token_rows: list[np.ndarray] = []
+    valid_rows: list[np.ndarray] = []
+    key_rows: list[jax.Array] = []
+    arm_rows: list[np.ndarray] = []
+    mask_arms: list[np.ndarray] = []
+    fill_arms: list[np.ndarray] = []
     for a, arm in enumerate(arms.values()):
         prompts = llm.encode(tok, [x for x in arm.texts for _ in range(arm.samples)],
                              length=length)
         tok_a = np.array(prompts.tokens)
         if arm.substitute is not None:
             tok_a[:, cols] = arm.substitute
-        tokens.append(tok_a)
-        valid.append(np.asarray(prompts.valid))
-        keys.append(jax.vmap(jax.random.fold_in, (None, 0))(arm.key, jnp.arange(len(tok_a))))
-        arm_of_row.append(np.full(len(tok_a), a))
+        token_rows.append(tok_a)
+        valid_rows.append(np.asarray(prompts.valid))
+        key_rows.append(jax.vmap(jax.random.fold_in, (None, 0))(arm.key, jnp.arange(len(tok_a))))
+        arm_rows.append(np.full(len(tok_a), a))
         m = np.ones((cfg.num_layers, t, cfg.width), np.float32)
         f = np.zeros((cfg.num_layers, t, cfg.width), np.float32)
         for layer, (mask_d, values_d) in (arm.graft or {}).items():
             m[layer, cols] = 1.0 - mask_d
             f[layer, cols] = values_d * mask_d
-        masks.append(m)
-        fills.append(f)
-    tokens, valid = np.concatenate(tokens), np.concatenate(valid)
-    keys, arm_of_row = jnp.concatenate(keys), np.concatenate(arm_of_row)
-    masks, fills = np.stack(masks, axis=1), np.stack(fills, axis=1)  # [L, arms, T, D]
+        mask_arms.append(m)
+        fill_arms.append(f)
+    tokens, valid = np.concatenate(token_rows), np.concatenate(valid_rows)
+    keys, arm_of_row = jnp.concatenate(key_rows), np.concatenate(arm_rows)
+    masks, fills = np.stack(mask_arms, axis=1), np.stack(fill_arms, axis=1)  # [L, arms, T, D]
     n = len(tokens)
     # Equal batches (the last padded with repeats of row 0): one compile per length.
     size = -(-n // -(-n // ROWS_PER_CALL))
@@ -242,10 +247,10 @@ def interventions(ic: Interventions, params: dict, cfg: LlamaConfig, tok: Any,
             arms[f"{fmt}/{d.name}/activation"] = Arm(neutral, k_neutral, ic.samples, graft=g)
             if own[d.name]:
                 k_own = jax.random.fold_in(key, OWN_KEY + i)
-                texts = tuple(own[d.name] if fmt == "wrapped" else map(unwrap, own[d.name]))
+                own_texts = tuple(own[d.name] if fmt == "wrapped" else map(unwrap, own[d.name]))
                 zero = {layer: (m, np.zeros_like(m)) for layer, (m, _) in g.items()}
-                arms[f"{fmt}/{d.name}/inhibition_baseline"] = Arm(texts, k_own)
-                arms[f"{fmt}/{d.name}/inhibition"] = Arm(texts, k_own, graft=zero)
+                arms[f"{fmt}/{d.name}/inhibition_baseline"] = Arm(own_texts, k_own)
+                arms[f"{fmt}/{d.name}/inhibition"] = Arm(own_texts, k_own, graft=zero)
     every = [t for arm in arms.values() for t in arm.texts]
     if min(len(tok.encode(t).ids) for t in every) <= ic.positions:
         raise ValueError(f"every intervention prompt needs more than intervention_positions="
@@ -273,7 +278,7 @@ def _summary(ic: Interventions, data: list[ConceptData], texts: dict[str, list[s
               for n in rates[first]} if rest else None
     ends = {fmt: [k for name, ks in kept.items() if name.startswith(f"{fmt}/") for k in ks]
             for fmt in ic.formats}
-    examples = {fmt: {d.name: {arm: (got(fmt, d.name, arm) or [None])[0]
+    examples = {fmt: {d.name: {arm: next(iter(got(fmt, d.name, arm)), None)
                                for arm in ("activation", "token_control", "inhibition")}
                       for d in data} for fmt in ic.formats}
     return {"rates": rates, "differences": diffs,

@@ -12,6 +12,7 @@ on the same tokens, with a paired bootstrap interval of the difference (`vs_toke
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,7 @@ def completed_states(params: dict, cfg: LlamaConfig, tok: Any, texts: list[str],
     return np.asarray(states[np.asarray(layers)]), prompts
 
 
-def vs_token_identity(scores: list[np.ndarray | None], identity: np.ndarray, labels: np.ndarray,
+def vs_token_identity(scores: Sequence[np.ndarray | None], identity: np.ndarray, labels: np.ndarray,
                       rng: np.random.Generator) -> dict:
     """PA's AUC against token identity's on the same tokens, per layer, with 95% bootstrap
     intervals (`RESAMPLES` resamples of the tokens, positives and negatives apart, one resample
@@ -74,13 +75,13 @@ def vs_token_identity(scores: list[np.ndarray | None], identity: np.ndarray, lab
       rng: draws the resamples.
     """
     have = [i for i, sc in enumerate(scores) if sc is not None]
-    stacked = np.stack([-np.asarray(identity, float)] + [scores[i] for i in have])
+    stacked = np.stack([-np.asarray(identity, float)] + [sc for sc in scores if sc is not None])
     aucs = pa.bootstrap_auc(stacked, labels, rng, RESAMPLES)
     tail = 100 * (1 - LEVEL) / 2
     lo, hi = np.percentile(aucs, tail, axis=0), np.percentile(aucs, 100 - tail, axis=0)
     diff = aucs[:, 1:] - aucs[:, :1]
     d_lo, d_hi = np.percentile(diff, tail, axis=0), np.percentile(diff, 100 - tail, axis=0)
-    out = {"token_identity_auc": pa.tpr_fpr_auc(stacked[0], labels).auc,
+    out: dict[str, Any] = {"token_identity_auc": pa.tpr_fpr_auc(stacked[0], labels).auc,
            "token_identity_lo": float(lo[0]), "token_identity_hi": float(hi[0]),
            **{k: [None] * len(scores) for k in ("pa_auc", "pa_lo", "pa_hi", "difference",
                                                  "lo", "hi")},
@@ -105,13 +106,16 @@ def prompt_templates(pc: Pa, seed: int, params: dict, cfg: LlamaConfig, tok: Any
       (results, reuse): plain values for results.json, and the templates and states the
       interventions and UCD reuse.
     """
-    texts, targets, owner, test = [], [], [], []
+    texts: list[str] = []
+    targets: list[str] = []
+    owners: list[int] = []
+    tests: list[bool] = []
     for i, d in enumerate(data):
         texts += d.texts
         targets += d.targets
-        owner += [i] * len(d.texts)
-        test += list(d.test)
-    owner, test = np.array(owner), np.array(test)
+        owners += [i] * len(d.texts)
+        tests += list(d.test)
+    owner, test = np.array(owners), np.array(tests)
     # The residual stream *entering* layer l+1 is the output of layer l; collect the stream at
     # the requested layers (entering them).
     states, prompts = completed_states(params, cfg, tok, texts, targets, list(pc.layers))
@@ -123,12 +127,13 @@ def prompt_templates(pc: Pa, seed: int, params: dict, cfg: LlamaConfig, tok: Any
     # scoring leaves the sink out too (a 100×-norm token is no test of a template).
     fit, held = statistic_positions(valid, test)
     sink = sink_positions(valid)
-    out = {d.name: {"auc": [], "tpr": [], "fpr": [], "num_neurons": [], "tolerance": []}
-           for d in data}
+    out: dict[str, dict[str, list[float]]] = {
+        d.name: {"auc": [], "tpr": [], "fpr": [], "num_neurons": [], "tolerance": []}
+        for d in data}
     identity = {d.name: token_identity_auc(
         prompts.tokens[held], (last & (owner == i)[:, None])[held], set(d.target_ids.tolist()))
         for i, d in enumerate(data)}
-    held_scores = {d.name: [] for d in data}
+    held_scores: dict[str, list[np.ndarray]] = {d.name: [] for d in data}
     sink_ratio = []
     templates = {}
     for li, layer in enumerate(pc.layers):
@@ -199,7 +204,8 @@ def prose_templates(pc: Pa, seed: int, params: dict, cfg: LlamaConfig, tok: Any,
     """
     prose = load_prose()
     layers = tuple(sorted(set(pc.layers) | set(graft_layers)))
-    out, templates = {}, {}
+    out: dict[str, dict[str, Any]] = {}
+    templates: dict[tuple[str, int], pa.Template | None] = {}
     for i, d in enumerate(data):
         if d.name not in prose:
             continue
@@ -208,11 +214,12 @@ def prose_templates(pc: Pa, seed: int, params: dict, cfg: LlamaConfig, tok: Any,
             prose_states(params, cfg, tok, prose[d.name][split], layers)
             for split in ("train", "test"))
         y_tr, y_te = np.isin(t_tr, list(ids)), np.isin(t_te, list(ids))
-        rec = {"num_train_occurrences": int(y_tr.sum()), "num_test_occurrences": int(y_te.sum()),
-               "token_identity_auc": token_identity_auc(t_te, y_te, ids),
-               "authors_auc": [], "test_auc": [], "test_tpr": [], "test_fpr": [],
-               "tolerance": [], "num_neurons": [], "train_accuracy": []}
-        test_scores = []
+        rec: dict[str, Any] = {
+            "num_train_occurrences": int(y_tr.sum()), "num_test_occurrences": int(y_te.sum()),
+            "token_identity_auc": token_identity_auc(t_te, y_te, ids),
+            "authors_auc": [], "test_auc": [], "test_tpr": [], "test_fpr": [],
+            "tolerance": [], "num_neurons": [], "train_accuracy": []}
+        test_scores: list[np.ndarray | None] = []
         for li, layer in enumerate(layers):
             # The same K occurrences at every layer (one NumPy draw per seed and concept).
             rng = np.random.default_rng([seed, i])

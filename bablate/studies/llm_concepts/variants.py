@@ -110,81 +110,40 @@ rows) gave cheese 0.27 and capitals / numbers 0.00, whose templates sat at the 1
 and grafted almost nothing.
 """
 
-import ml_collections
+from bablate.runner import config_checks
+from bablate.studies.llm_concepts.config import config_dict
 
 VARIANTS = ("quick", "full")
 
 
 def get_config(arg=None):
-    variant = arg or "quick"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
-    c = ml_collections.ConfigDict()
-    c.study = "llm_concepts"
-    c.variant = variant
-    c.seed = 0
-    c.concepts = ["cheese", "capitals", "numbers"]
-    c.max_prompts = 32            # every correct training prompt (23–29 per concept)
-    c.head_layers = list(range(30))
-    c.neuron_layer = 20
-    c.positions = "last"          # "all": mask every prompt position (slower)
-    c.readout = "target"          # "logits": the full next-token logits (same correctness)
-    c.exact_max_units = 12        # exact AMD when a site has ≤ this many units
-    c.ablation_matmuls = "float32"  # "bfloat16": masks scored with bf16 projections (faster)
-    # positions "all": prompts in ≤ k groups of similar length. 1.21x on numbers' heads (no
-    # header), 0.78-1.07x behind a shared header (benchmarks/README.md): off.
-    c.length_buckets = 1
-    # The certified estimate of every site above exact_max_units: adaptive importance sampling
-    # until every marginal's standard error is ≤ importance_target_se (else "not converged").
-    c.importance_target_se = 0.05
-    c.importance_max_masks = 4096
-    c.importance_min_masks = 512
-    c.importance_round_masks = 256
-    # Mean-field SVI on both sites of the first k concepts: a cross-check, judged against the
-    # certified estimate in units of its standard errors.
-    c.svi_concepts = 1
-    c.svi_steps = 40
-    c.svi_particles = 8
-    c.svi_lr = 0.1
-    # MCMC cross-checks on the neuron / head site of the first k concepts. Off: gradient chains
-    # did not mix on these sites (neurons: 2 × 40 draws, R-hat 1.35, ESS 3.5; heads: 2 × 150,
-    # R-hat 1.49, ESS 2.3).
-    c.mcmc_concepts = 0
-    c.mcmc_samples = 40
-    c.mcmc_warmup = 20
-    c.mcmc_chains = 2
-    c.mcmc_sampler = "gradient"
-    c.head_mcmc_concepts = 0
-    c.head_mcmc_samples = 150
-    c.head_mcmc_warmup = 50
-    c.head_mcmc_chains = 2
-    c.head_mcmc_sampler = "gradient"
-    c.pa_layers = [0, 5, 10, 15, 20, 25]
-    c.pa_tolerance = 0.5          # in units of the median per-neuron std of the layer
-    # Prompt templates: the tolerance is raised where fewer neurons qualify. A prose template
-    # keeping at most this many neurons at a graft layer grafts almost nothing: not grafted.
-    c.pa_min_neurons = 16
-    # PA as the authors build it, from the prose in bablate/data/pa_prose.json: K random
-    # occurrences, tolerance swept and chosen by training accuracy.
-    c.pa_prose_k = 5
-    # Interventions as the authors' code runs them: overwrite the residual stream entering
-    # layers intervention_layer .. + intervention_num_layers − 1 (2..9: 8 early layers) with
-    # the prose template of the layer intervention_template_lag below (l − 1) on its neurons,
-    # at the intervention_positions prompt tokens before the last one, in the prompt pass only;
-    # sample intervention_tokens new tokens, cut at the model's end of turn. Formats: "authors"
-    # (the bare question) and "wrapped" ("Q: …\nA:"), the first the headline.
-    c.intervention_layer = 2
-    c.intervention_num_layers = 8
-    c.intervention_positions = 3
-    c.intervention_template_lag = 1
-    c.intervention_formats = ["authors", "wrapped"]
-    c.intervention_questions = 30  # of bablate/data/neutral_questions.json, 5 per category
-    c.intervention_samples = 1     # per question: 30 rows per arm
-    c.intervention_own_rows = 30   # inhibition: prompts completed with the concept, repeated
-    c.intervention_tokens = 48
-    c.temperature = 0.8
-    c.ucd_chunks = 16
-    c.ucd_steps = 200
+    """The ConfigDict of one variant: `Config`'s defaults (config.py, where every field is
+    declared with its check and its key here), then the variant's values by name.
+
+    quick's settings are the defaults. Of note there: mask the last prompt position only
+    (positions "all": every position, slower); read out top-1's margin and log-probability
+    (readout "logits": the full next-token logits, same correctness); length_buckets 1 (with
+    positions "all", prompts in ≤ k groups of similar length: 1.21x on numbers' heads without a
+    header, 0.78-1.07x behind a shared header, benchmarks/README.md: off); the certified
+    estimate of every site above exact_max_units is adaptive importance sampling until every
+    marginal's standard error is ≤ importance_target_se (else "not converged"); mean-field SVI
+    on both sites of the first svi_concepts concepts is a cross-check, judged against the
+    certified estimate in units of its standard errors. The MCMC cross-checks on the neuron /
+    head site are off (mcmc_concepts = head_mcmc_concepts = 0): gradient chains did not mix on
+    these sites (neurons: 2 × 40 draws, R-hat 1.35, ESS 3.5; heads: 2 × 150, R-hat 1.49, ESS
+    2.3). A prose template keeping at most pa_min_neurons neurons at a graft layer grafts almost
+    nothing: not grafted. PA as the authors build it, from the prose in
+    bablate/data/pa_prose.json: pa_prose_k random occurrences, tolerance swept and chosen by
+    training accuracy. Interventions as the authors' code runs them: overwrite the residual
+    stream entering layers intervention_layer .. + intervention_num_layers − 1 (2..9: 8 early
+    layers) with the prose template of the layer intervention_template_lag below (l − 1) on its
+    neurons, at the intervention_positions prompt tokens before the last one, in the prompt pass
+    only; sample intervention_tokens new tokens, cut at the model's end of turn. Formats:
+    "authors" (the bare question) and "wrapped" ("Q: …\nA:"), the first the headline; 30
+    neutral questions, 5 per category, one sample each: 30 rows per arm.
+    """
+    variant = config_checks.variant(arg, VARIANTS)
+    c = config_dict(variant)
     if variant == "full":
         c.concepts = ["cheese", "cake", "numbers", "colours", "animals", "capitals"]
         c.max_prompts = 24

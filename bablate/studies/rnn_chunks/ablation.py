@@ -42,12 +42,12 @@ def ablation(cfg: StudyConfig, variables: dict, seq: sequences.ChunkedSequence,
                                          cfg.n_draws)
     w = rnn_testbed.to_windows(test_seq, a.window, a.windows * a.window)
     site = rnn_testbed.hidden_site(cfg.model, variables)
-    tasks = rnn_testbed.chunk_tasks(site, w, seq.words, word_ids=word_ids,
-                                    min_examples=a.min_examples, rule=rule,
-                                    max_tasks=a.max_tasks)
-    if not tasks:
+    task_list = rnn_testbed.chunk_tasks(site, w, seq.words, word_ids=word_ids,
+                                        min_examples=a.min_examples, rule=rule,
+                                        max_tasks=a.max_tasks)
+    if not task_list:
         return {}
-    tasks = bb.TaskSet.of(tasks)  # one site, one dataset: the builder shares them
+    tasks = bb.TaskSet.of(task_list)  # one site, one dataset: the builder shares them
     # Above EXACT_MAX_UNITS "auto" means this study's MCMC (its settings are ablation.mcmc),
     # not the library's default large-site method.
     method = bb.inference.choose_method(cfg.model.hidden, a.method, max_exact=EXACT_MAX_UNITS,
@@ -75,6 +75,8 @@ def ablation(cfg: StudyConfig, variables: dict, seq: sequences.ChunkedSequence,
            "diagnostics": [{k: v for k, v in p.diagnostics.items()
                             if isinstance(v, int | float)} for p in posts]}
     if len(posts) > 1:
+        # TaskSetMetrics has these for two tasks or more.
+        assert m.effective_tasks is not None and m.unit_task_mi is not None
         out["polysemanticity"] = m.effective_tasks.tolist()
         out["polysemanticity_mean"] = m.polysemanticity_mean
         out["mutual_information"] = m.unit_task_mi.tolist()

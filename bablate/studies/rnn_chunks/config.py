@@ -1,5 +1,6 @@
-"""The study's typed config: nested frozen dataclasses mirroring variants.py's
-ConfigDict (see that file for the meaning of each field), its checks, and its reading."""
+"""The study's typed config, declared once: nested frozen dataclasses whose fields carry their
+defaults and checks (`bablate.runner.config_checks.field`); variants.py makes the ConfigDict
+from them and overrides values by name; `validate` checks it and `from_config` reads it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,24 @@ from bablate.testbeds import sequences
 RECIPES = ("bablate", "authors")
 
 
+def train_recipes(recipe: str) -> tuple[str, ...]:
+    """config.train.recipe → the recipes to run ("both" = ours first, then the authors')."""
+    return _one_or_both(recipe, RECIPES, "train.recipe")
+
+
+def dsc_protocols(protocol: str) -> tuple[str, ...]:
+    """config.dsc.protocol → the protocols to run ("both" = long first, then authors)."""
+    return _one_or_both(protocol, chunks.PROTOCOLS, "dsc.protocol")
+
+
+def _one_or_both(value: str, options: tuple[str, str], key: str) -> tuple[str, ...]:
+    if value == "both":
+        return options
+    if value not in options:
+        raise ValueError(f"{key} must be one of {options} or 'both'; got {value!r}.")
+    return (value,)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
     """The training recipes of the networks; ``recipe`` "bablate", "authors" or "both".
@@ -29,15 +48,17 @@ class TrainSettings:
     averages them; under Adam the two differ only through its epsilon.
     """
 
-    steps: int
-    window: int
-    batch: int
-    learning_rate: float
-    chunk: int
-    eval_every: int
-    recipe: str = "bablate"
-    authors_steps: int = 200
-    authors_window: int = 2000
+    steps: int = cc.field(800, cc.integer(1))
+    window: int = cc.field(200, cc.integer(2))
+    batch: int = cc.field(8, cc.integer(1))
+    learning_rate: float = cc.field(5e-3, cc.number(0, low_open=True))
+    chunk: int = cc.field(50, cc.integer(1))
+    eval_every: int = cc.field(50, cc.integer(0))
+    # "both": ours fills the headline keys and trains the network that PA, perturbation,
+    # grafting and ablation read; results["dsc"][recipe] holds each.
+    recipe: str = cc.field("both", cc.one_of(*RECIPES, "both"))
+    authors_steps: int = cc.field(200, cc.integer(1))
+    authors_window: int = cc.field(2000, cc.integer(2))
 
     def __post_init__(self):
         train_recipes(self.recipe)  # refuses an unknown recipe
@@ -65,16 +86,19 @@ class TrainSettings:
 
 @dataclasses.dataclass(frozen=True)
 class DSCConfig:
-    """DSC settings; ``protocol`` "long", "authors" or "both" (see bablate.chunks.dsc)."""
+    """DSC settings; ``protocol`` "long" (ours), "authors" (their notebooks: one trajectory of
+    ``authors_length`` tokens, lookup fitted on its first ``authors_fit_steps``, vocabulary
+    rebuilt from each parse) or "both" (long fills the headline keys;
+    results["dsc"][recipe][protocol] holds each); see bablate.chunks.dsc."""
 
-    k: int
-    rounds: int
-    top: int
-    min_count: int
-    max_tokens: int
-    protocol: str = "long"
-    authors_length: int = 2000
-    authors_fit_steps: int = chunks.AUTHORS_FIT_STEPS
+    k: int = cc.field(5, cc.integer(1))
+    rounds: int = cc.field(6, cc.integer(1))
+    top: int = cc.field(5, cc.integer(1))
+    min_count: int = cc.field(10, cc.integer(1))
+    max_tokens: int = cc.field(30_000, cc.integer(1))
+    protocol: str = cc.field("long")  # checked by __post_init__; variants.py sets "both"
+    authors_length: int = cc.field(2000)
+    authors_fit_steps: int = cc.field(chunks.AUTHORS_FIT_STEPS)
 
     def __post_init__(self):
         dsc_protocols(self.protocol)  # refuses an unknown protocol
@@ -90,86 +114,74 @@ class DSCConfig:
 class GraftingConfig:
     """Transfer training on 'ABCDLMN' with and without the grafted 'J' state."""
 
-    enabled: bool
-    seeds: int
-    steps: int
-    eval_every: int
-    chunk: int
+    enabled: bool = cc.field(True, cc.boolean())
+    seeds: int = cc.field(10, cc.integer(1))
+    steps: int = cc.field(100, cc.integer(1))
+    eval_every: int = cc.field(5, cc.integer(1))
+    chunk: int = cc.field(5, cc.integer(1))
 
 
 @dataclasses.dataclass(frozen=True)
 class MCMCConfig:
     """MCMC settings of the ablation (used when the site is too large to enumerate)."""
 
-    num_samples: int
-    num_warmup: int
-    num_chains: int
-    sampler: str
-    check_exact: bool
+    num_samples: int = cc.field(1000, cc.integer(1))
+    num_warmup: int = cc.field(300, cc.integer(0))
+    num_chains: int = cc.field(2, cc.integer(1))
+    sampler: str = cc.field("informed", cc.one_of("auto", "informed", "gradient", "stock"))
+    check_exact: bool = cc.field(True, cc.boolean())
 
 
 @dataclasses.dataclass(frozen=True)
 class AblationConfig:
-    """Bayesian ablation of the hidden units, one task per chunk, one AMD per rule."""
+    """Bayesian ablation of the hidden units, one task per chunk, one AMD per correctness rule:
+    top-1 hits (headline keys) and the mean probability of the correct symbol (keys with the
+    suffix _smooth_top1). ``method`` "auto": exact for hidden <= 16, else MCMC."""
 
-    enabled: bool
-    method: str
-    rules: tuple[str, ...]
-    windows: int
-    window: int
-    max_tasks: int
-    min_examples: int
-    mcmc: MCMCConfig
+    enabled: bool = cc.field(True, cc.boolean())
+    method: str = cc.field("auto", cc.one_of("auto", "exact", "mcmc"))
+    rules: tuple[str, ...] = cc.field(("top1", "smooth_top1"),
+                                      cc.sequence(cc.one_of(*rnn_testbed.RULES), min_len=1))
+    windows: int = cc.field(12, cc.integer(1))
+    window: int = cc.field(100, cc.integer(2))
+    max_tasks: int = cc.field(8, cc.integer(1))
+    min_examples: int = cc.field(20, cc.integer(1))
+    mcmc: MCMCConfig = cc.field(MCMCConfig())
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """``config.model``: the network's cell and width (`bablate.models.rnn.RNNConfig`, whose
+    alphabet size `from_config` takes from the data)."""
+
+    cell: str = cc.field("linear", cc.one_of(*rnn.CELLS))
+    hidden: int = cc.field(12, cc.integer(1))
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-    """Typed settings of the study (see variants.py for the meaning of each)."""
+    """Typed settings of the study, each field declared once with its default and check."""
 
-    seed: int
-    family: str
-    n_h: int
-    n_draws: int
-    model: rnn.RNNConfig
-    train: TrainSettings
-    compare_seeds: int
-    dsc: DSCConfig
-    pa_tolerance: float
-    perturbation: bool
-    grafting: GraftingConfig
-    ablation: AblationConfig
-
-
-# Every field of variants.py's config, checked before any work.
-CONFIG_RULES = {
-    "seed": cc.integer(0), "family": cc.one_of(*sequences.FAMILIES),
-    "n_h": cc.integer(0), "n_draws": cc.integer(0),
-    "model.cell": cc.one_of(*rnn.CELLS), "model.hidden": cc.integer(1),
-    "train.steps": cc.integer(1), "train.window": cc.integer(2), "train.batch": cc.integer(1),
-    "train.learning_rate": cc.number(0, low_open=True), "train.chunk": cc.integer(1),
-    "train.eval_every": cc.integer(0), "train.recipe": cc.one_of(*RECIPES, "both"),
-    "train.authors_steps": cc.integer(1), "train.authors_window": cc.integer(2),
-    "compare_seeds": cc.integer(1),
-    "dsc.k": cc.integer(1), "dsc.rounds": cc.integer(1), "dsc.top": cc.integer(1),
-    "dsc.min_count": cc.integer(1), "dsc.max_tokens": cc.integer(1),
-    "pa_tolerance": cc.number(0, low_open=True), "perturbation": cc.boolean(),
-    "grafting.enabled": cc.boolean(), "grafting.seeds": cc.integer(1),
-    "grafting.steps": cc.integer(1), "grafting.eval_every": cc.integer(1),
-    "grafting.chunk": cc.integer(1),
-    "ablation.enabled": cc.boolean(), "ablation.method": cc.one_of("auto", "exact", "mcmc"),
-    "ablation.rules": cc.sequence(cc.one_of(*rnn_testbed.RULES), min_len=1),
-    "ablation.windows": cc.integer(1), "ablation.window": cc.integer(2),
-    "ablation.max_tasks": cc.integer(1), "ablation.min_examples": cc.integer(1),
-    "ablation.mcmc.num_samples": cc.integer(1), "ablation.mcmc.num_warmup": cc.integer(0),
-    "ablation.mcmc.num_chains": cc.integer(1),
-    "ablation.mcmc.sampler": cc.one_of("auto", "informed", "gradient", "stock"),
-    "ablation.mcmc.check_exact": cc.boolean(),
-}
+    seed: int = cc.field(0, cc.integer(0))
+    family: str = cc.field("compositional", cc.one_of(*sequences.FAMILIES))
+    # hierarchy only: number of composed words (the paper sweeps 0, 5, ..., 35)
+    n_h: int = cc.field(15, cc.integer(0))
+    # 0 = the paper's sequence length; else words drawn (repeats for reflection)
+    n_draws: int = cc.field(0, cc.integer(0))
+    model: rnn.RNNConfig = cc.section(ModelSettings())
+    train: TrainSettings = cc.field(TrainSettings())
+    compare_seeds: int = cc.field(10, cc.integer(1))  # trained vs untrained DSC comparison
+    dsc: DSCConfig = cc.field(DSCConfig())
+    # PA tolerance, in units of the std of all hidden values
+    pa_tolerance: float = cc.field(0.5, cc.number(0, low_open=True))
+    perturbation: bool = cc.field(True, cc.boolean())
+    grafting: GraftingConfig = cc.field(GraftingConfig())
+    ablation: AblationConfig = cc.field(AblationConfig())
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before any work (called by the runner); raises ConfigError."""
-    cc.check(config, CONFIG_RULES)
+    cc.check(config, cc.rules(StudyConfig))
     cc.require(not (config.ablation.enabled and config.ablation.method == "exact"
                     and config.model.hidden > 20),
                f"exact ablation needs model.hidden <= 20 (got {config.model.hidden}); set "
@@ -191,21 +203,3 @@ def from_config(config: ml_collections.ConfigDict) -> StudyConfig:
                              f"sequence ({len(seq.tokens)} symbols at seed 0); lower it or "
                              "raise n_draws")
     return cfg
-
-
-def train_recipes(recipe: str) -> tuple[str, ...]:
-    """config.train.recipe → the recipes to run ("both" = ours first, then the authors')."""
-    return _one_or_both(recipe, RECIPES, "train.recipe")
-
-
-def dsc_protocols(protocol: str) -> tuple[str, ...]:
-    """config.dsc.protocol → the protocols to run ("both" = long first, then authors)."""
-    return _one_or_both(protocol, chunks.PROTOCOLS, "dsc.protocol")
-
-
-def _one_or_both(value: str, options: tuple[str, str], key: str) -> tuple[str, ...]:
-    if value == "both":
-        return options
-    if value not in options:
-        raise ValueError(f"{key} must be one of {options} or 'both'; got {value!r}.")
-    return (value,)

@@ -4,6 +4,7 @@ PA templates of the ground-truth chunks, and the most frequent DSC chunks."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -87,11 +88,13 @@ def dsc_authors_summary(cfg: StudyConfig, variables: dict, seq: sequences.Chunke
     return res, {**_numbers(res), "trajectory_length": n}, h
 
 
-def _read(cfg: StudyConfig, v: dict, seq, fit: Windows, test: Windows) -> tuple[dict, tuple]:
+def _read(cfg: StudyConfig, v: dict, seq, fit: Windows, test: Windows
+          ) -> tuple[dict[str, dict], tuple | None]:
     """One network read by every DSC protocol → ({protocol: numbers}, the long protocol's
     (result, h_fit, h_test) or None)."""
-    acc = rnn.accuracy(cfg.model, v, test.tokens)
-    numbers, long = {}, None
+    acc = rnn.accuracy(cfg.model, v, jnp.asarray(test.tokens))
+    numbers: dict[str, dict] = {}
+    long = None
     for protocol in cfg.dsc.protocols:
         if protocol == "long":
             res, numbers[protocol], h_fit, h_test = dsc_summary(cfg, v, fit, test)
@@ -110,9 +113,10 @@ def compare(cfg: StudyConfig, network_keys: dict[int, jax.Array], ctx) -> Compar
     per seed and its row stands under each recipe.
     """
     recipes, protocols = cfg.train.recipes, cfg.dsc.protocols
-    rows_by = {r: {p: {"trained": [], "untrained": []} for p in protocols} for r in recipes}
-    histories = {r: [] for r in recipes}
-    first = None
+    rows_by: dict[str, dict[str, dict[str, list[dict]]]] = {
+        r: {p: {"trained": [], "untrained": []} for p in protocols} for r in recipes}
+    histories: dict[str, list] = {r: [] for r in recipes}
+    first: FirstSeed | None = None
     for i, (s, key) in enumerate(network_keys.items()):
         seq = rnn_testbed.make_sequence(cfg.family, s, cfg.n_h, cfg.n_draws)
         test_seq = rnn_testbed.make_sequence(cfg.family, s + rnn_testbed.TEST_SEED_OFFSET,
@@ -141,6 +145,7 @@ def compare(cfg: StudyConfig, network_keys: dict[int, jax.Array], ctx) -> Compar
                         f"states {trained[p]['n_unique_states']} vs "
                         f"{untrained[p]['n_unique_states']} untrained ({p} protocol)")
         ctx.log(f"seed {s}: " + "; ".join(line))
+    assert first is not None, "no seeds to compare"
     return Comparison(rows_by, histories, first)
 
 
@@ -156,7 +161,7 @@ def _summary(rows: dict) -> dict:
     """One recipe and protocol: per network the means, per-seed values and ranges of KEYS and
     the t-intervals of the means of COMPARED; the paired trained − untrained differences of
     COMPARED with t-intervals over seeds."""
-    out = {n: {**{k: _mean(rs, k) for k in KEYS},
+    out: dict[str, dict] = {n: {**{k: _mean(rs, k) for k in KEYS},
                "per_seed": {k: [r[k] for r in rs] for k in KEYS},
                "range": {k: [min(r[k] for r in rs), max(r[k] for r in rs)] for k in KEYS},
                "interval": {k: intervals.mean_interval([r[k] for r in rs]) for k in COMPARED}}
@@ -173,7 +178,7 @@ def comparison_results(comp: Comparison) -> dict:
     recipe = next(iter(comp.rows_by))
     primary = next(iter(comp.rows_by[recipe]))
     rows = comp.rows_by[recipe][primary]
-    results = {k: {n: _mean(rows[n], k) for n in rows} for k in KEYS}
+    results: dict[str, Any] = {k: {n: _mean(rows[n], k) for n in rows} for k in KEYS}
     results["per_seed"] = rows
     results["dsc_primary_recipe"] = recipe
     results["dsc_primary_protocol"] = primary
@@ -190,7 +195,7 @@ def pa_chunks(tolerance: float, words, fit: Windows, test: Windows, h_fit: np.nd
     """Step 2: PA template per chunk (state at its last symbol) → TPR/FPR at the threshold and
     AUC; ``tolerance`` in units of the std of all hidden values."""
     tol = tolerance * float(np.std(h_fit))
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for k in word_ids:
         pos_fit = rnn_testbed.word_end_mask(fit, words, k)
         pos_test = rnn_testbed.word_end_mask(test, words, k)

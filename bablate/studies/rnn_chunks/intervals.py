@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 LEVEL = 0.95  # every interval of the study
@@ -31,7 +32,7 @@ def mean_ci(x_SxN: np.ndarray, level: float = LEVEL) -> dict:
     return {"mean": mean.tolist(), "ci95": np.asarray(half).tolist()}
 
 
-def mean_interval(x_S: np.ndarray) -> dict:
+def mean_interval(x_S: ArrayLike) -> dict:
     """Mean of values over seeds with its t-interval → {"mean", "lo", "hi", "n"}; lo and hi
     are NaN for one seed (no spread measured)."""
     x = np.asarray(x_S, np.float64).ravel()
@@ -41,7 +42,7 @@ def mean_interval(x_S: np.ndarray) -> dict:
     return {"mean": m, "lo": m - h, "hi": m + h, "n": int(x.size)}
 
 
-def paired_difference(a_S: np.ndarray, b_S: np.ndarray) -> dict:
+def paired_difference(a_S: ArrayLike, b_S: ArrayLike) -> dict:
     """Mean of a − b over paired seeds with its t-interval (:func:`mean_interval`)."""
     return mean_interval(np.asarray(a_S, np.float64) - np.asarray(b_S, np.float64))
 

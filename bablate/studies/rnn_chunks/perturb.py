@@ -4,6 +4,7 @@ grafting (transfer training on 'ABCDLMN' with the 'J' state written after 'C')."
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ def perturbation(model: rnn.RNNConfig, variables: dict, res: chunks.DSCResult,
 def perturbation_results(pert: list[dict]) -> dict:
     """results.json's perturbation keys: the cases and, when there are any, the share of them
     in which the injected (control) state gives the expected symbol."""
-    out = {"perturbation": pert}
+    out: dict[str, Any] = {"perturbation": pert}
     if pert:
         out["perturbation_success"] = float(np.mean(
             [p["pred_injected"] == p["expect"] for p in pert]))
@@ -74,10 +75,10 @@ def grafting(cfg: StudyConfig, variables: dict, res: chunks.DSCResult, h_fit: np
     run pair per seed s of ``transfer_keys`` (both runs of a pair share the key: the same
     batches, so the curves differ by the graft alone)."""
     alpha = sequences.COMPOSITIONAL_ALPHABET
-    j_state = state_for_symbol(res, h_fit, alpha.index("J"))
-    if j_state is None:
+    j_found = state_for_symbol(res, h_fit, alpha.index("J"))
+    if j_found is None:
         return {}
-    j_state = jnp.asarray(j_state, jnp.float32)
+    j_state = jnp.asarray(j_found, jnp.float32)
     c_id = alpha.index("C")  # 'C' occurs only inside 'ABCDLMN' in the transfer sequence
 
     def graft(window):

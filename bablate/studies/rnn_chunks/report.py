@@ -139,7 +139,8 @@ def _dsc_claims(cfg: StudyConfig, r: dict) -> tuple[list[str], list[str]]:
 
 def _other_claims(r: dict) -> tuple[list[str], list[str]]:
     """(reproduced, not reproduced) bullets of decoding, PA, perturbation and grafting."""
-    good, bad = [], []
+    good: list[str] = []
+    bad: list[str] = []
     for recipe, by_p in r["dsc"].items():
         d = by_p.get("authors")
         if d is not None:

@@ -78,51 +78,20 @@ for current values):
   smooth rule's PA ρ is -0.52 [-0.79, -0.28] (template units matter less, not more).
 """
 
-import ml_collections
-
 from bablate.runner import config_checks
+from bablate.studies.rnn_chunks.config import StudyConfig
 
 VARIANTS = ("quick", "reflection", "compositional", "context", "hierarchy", "tanh64")
 
 
 def get_config(arg=None):
+    """The ConfigDict of one variant: `StudyConfig`'s defaults (config.py, where every field is
+    declared with its check), then the variant's values by name."""
     variant = config_checks.variant(arg, VARIANTS)
-    c = ml_collections.ConfigDict()
-    c.study = "rnn_chunks"
-    c.variant = variant
-    c.seed = 0
-    c.family = "compositional" if variant in ("quick", "tanh64") else variant
-    c.n_h = 15  # hierarchy only: number of composed words (the paper sweeps 0, 5, ..., 35)
-    c.n_draws = 0  # 0 = the paper's sequence length; else words drawn (repeats for reflection)
-    c.model = ml_collections.ConfigDict({"cell": "linear", "hidden": 12})
-    # recipe: "bablate" (ours: steps Adam steps on batches of `batch` windows of `window`
-    # tokens), "authors" (their notebooks: authors_steps steps on ONE authors_window-token
-    # window each) or "both" (ours fills the headline keys and trains the network that PA,
-    # perturbation, grafting and ablation read; results["dsc"][recipe] holds each).
-    c.train = ml_collections.ConfigDict({"steps": 800, "window": 200, "batch": 8,
-                                         "learning_rate": 5e-3, "chunk": 50, "eval_every": 50,
-                                         "recipe": "both", "authors_steps": 200,
-                                         "authors_window": 2000})
-    c.compare_seeds = 10  # trained vs untrained DSC comparison
-    # protocol: "long" (ours), "authors" (their notebooks: one trajectory of authors_length
-    # tokens, lookup fitted on its first authors_fit_steps, vocabulary rebuilt from each
-    # parse) or "both" (long fills the headline keys; results["dsc"][recipe][protocol] holds each).
-    c.dsc = ml_collections.ConfigDict({"k": 5, "rounds": 6, "top": 5, "min_count": 10,
-                                       "max_tokens": 30_000, "protocol": "both",
-                                       "authors_length": 2000, "authors_fit_steps": 100})
-    c.pa_tolerance = 0.5  # PA tolerance, in units of the std of all hidden values
-    c.perturbation = True
-    c.grafting = ml_collections.ConfigDict({"enabled": True, "seeds": 10, "steps": 100,
-                                            "eval_every": 5, "chunk": 5})
-    c.ablation = ml_collections.ConfigDict({
-        "enabled": True, "method": "auto",  # exact for hidden <= 16, else MCMC
-        # Correctness rules, one AMD each: top-1 hits (headline keys) and the mean probability
-        # of the correct symbol (keys with the suffix _smooth_top1).
-        "rules": ("top1", "smooth_top1"),
-        "windows": 12, "window": 100, "max_tasks": 8, "min_examples": 20,
-        "mcmc": ml_collections.ConfigDict({"num_samples": 1000, "num_warmup": 300,
-                                           "num_chains": 2, "sampler": "informed",
-                                           "check_exact": True})})
+    c = config_checks.config_dict(StudyConfig, study="rnn_chunks", variant=variant)
+    c.dsc.protocol = "both"  # long fills the headline keys; results["dsc"] holds each
+    if variant not in ("quick", "tanh64"):
+        c.family = variant
     if variant == "quick":
         c.compare_seeds = 4
         c.grafting.seeds = 4

@@ -1,8 +1,9 @@
-"""The toy-superposition config: value rules, ``validate``, and the typed config of ``run``.
+"""The toy-superposition config, declared once: `StudyConfig`, nested frozen dataclasses whose
+fields carry their defaults and checks (`bablate.runner.config_checks.field`).
 
-``variants.py`` is the ConfigDict edge; `from_config` turns it into
-`StudyConfig`, nested frozen dataclasses that mirror the ConfigDict key by key (built by
-keyword with `bablate.runner.config_checks.build`, so a renamed or misspelled key raises).
+``variants.py`` makes the ConfigDict edge from it (`config_checks.config_dict`) and overrides
+values by name; `validate` runs the fields' checks; `from_config` builds the typed config of
+``run`` key by key (`config_checks.build`, so a renamed or misspelled key raises).
 """
 
 from __future__ import annotations
@@ -18,56 +19,33 @@ from bablate.runner import config_checks as cc
 # named key streams of run() sit at 10_000 and above; more replicates would reuse their keys.
 MAX_REPLICATES = 9_999
 
-# Every field of variants.py's config, checked before any work.
-CONFIG_RULES = {
-    "seed": cc.integer(0), "setting": cc.text(),
-    "model": cc.one_of("relu_out", "linear", "relu_hidden"),
-    "n_features": cc.integer(1), "m_hidden": cc.integer(1),
-    "importance.kind": cc.one_of("geometric", "loglinear"),
-    "importance.value": cc.number(0, low_open=True),
-    "densities": cc.sequence(cc.number(0, 1, low_open=True)),
-    "density_grid.num": cc.integer(0), "density_grid.ratio": cc.number(1, low_open=True),
-    "num_replicates": cc.integer(1, MAX_REPLICATES),
-    "control.num_seeds": cc.optional(cc.integer(0)),
-    "rotation_control.num_rotations": cc.optional(cc.integer(0)),
-    "train.steps": cc.integer(1), "train.batch_size": cc.integer(1),
-    "train.learning_rate": cc.number(0, low_open=True), "train.weight_decay": cc.number(0),
-    "train.chunk_steps": cc.integer(1),
-    "geometry.num_samples": cc.integer(1), "geometry.num_points": cc.integer(2),
-    "geometry.num_projections": cc.integer(1),
-    "ablation.enabled": cc.boolean(), "ablation.epsilon": cc.number(0, low_open=True),
-    "ablation.num_positive": cc.integer(1), "ablation.num_negative": cc.integer(1),
-    "ablation.method": cc.one_of("exact", "mcmc"), "ablation.feature_stride": cc.integer(1),
-    "ablation.num_densities": cc.optional(cc.integer(0)),
-    "ablation.mcmc_check.enabled": cc.boolean(), "ablation.mcmc_check.num_samples": cc.integer(1),
-    "ablation.mcmc_check.num_warmup": cc.integer(0),
-    "ablation.mcmc_check.num_chains": cc.integer(1),
-    "ablation.mcmc_check.num_tasks": cc.integer(0),
-}
 EXACT_MAX_UNITS = 20  # 2^20 masks per task is as far as exact enumeration goes here
+DENSITIES_20_5 = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
 
 @dataclasses.dataclass(frozen=True)
 class Importance:
-    """Feature importances I_i: ``value``^i (geometric) or ``value``^(−linspace(0, 1, n))."""
+    """Feature importances I_i: ``value``^i (geometric) or ``value``^(−linspace(0, 1, n))
+    (loglinear)."""
 
-    kind: str
-    value: float
+    kind: str = cc.field("geometric", cc.one_of("geometric", "loglinear"))
+    value: float = cc.field(0.7, cc.number(0, low_open=True))
 
 
 @dataclasses.dataclass(frozen=True)
 class DensityGrid:
     """The paper's loglinear density grid (``num`` = 0: use the explicit densities)."""
 
-    num: int
-    ratio: float
+    num: int = cc.field(0, cc.integer(0))
+    ratio: float = cc.field(20.0, cc.number(1, low_open=True))
 
 
 @dataclasses.dataclass(frozen=True)
 class Control:
-    """Initialisation control at the sparsest density: this many seeds per start (0 = off)."""
+    """Initialisation control at the sparsest density (tied models): this many more seeds from
+    the paper's init and as many from every feature already represented (0 = off)."""
 
-    num_seeds: int = 0
+    num_seeds: int = cc.field(0, cc.optional(cc.integer(0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,41 +53,54 @@ class RotationControl:
     """Basis control: the ablation repeated in this many random rotations of the hidden space
     on replicate 0's ablated instances (0 = off)."""
 
-    num_rotations: int = 0
+    num_rotations: int = cc.field(0, cc.optional(cc.integer(0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Train(toy.TrainConfig):
+    """The training recipe (:class:`bablate.models.toy.TrainConfig`: ``init`` "xavier" |
+    "notebook", ``loss`` "sum" | "mean", see variants.py), with the study's checks."""
+
+    steps: int = cc.field(10_000, cc.integer(1))
+    batch_size: int = cc.field(1024, cc.integer(1))
+    learning_rate: float = cc.field(1e-3, cc.number(0, low_open=True))
+    weight_decay: float = cc.field(0.01, cc.number(0))
+    chunk_steps: int = cc.field(250, cc.integer(1))
 
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
     """Sample sizes of the code-geometry measurements."""
 
-    num_samples: int
-    num_points: int
-    num_projections: int
+    num_samples: int = cc.field(8192, cc.integer(1))
+    num_points: int = cc.field(101, cc.integer(2))
+    num_projections: int = cc.field(32, cc.integer(1))
 
 
 @dataclasses.dataclass(frozen=True)
 class McmcCheck:
     """MCMC against exact marginals on the first ``num_tasks`` (informative first) tasks."""
 
-    enabled: bool
-    num_samples: int
-    num_warmup: int
-    num_chains: int
-    num_tasks: int
+    enabled: bool = cc.field(True, cc.boolean())
+    num_samples: int = cc.field(2000, cc.integer(1))
+    num_warmup: int = cc.field(500, cc.integer(0))
+    num_chains: int = cc.field(2, cc.integer(1))
+    num_tasks: int = cc.field(3, cc.integer(0))
 
 
 @dataclasses.dataclass(frozen=True)
 class Ablation:
-    """The feature tasks and how their AMDs are inferred."""
+    """The feature tasks and how their AMDs are inferred: every ``feature_stride``-th feature's
+    task, at ``num_densities`` densities spread dense → sparsest (0 = all)."""
 
-    enabled: bool
-    epsilon: float
-    num_positive: int
-    num_negative: int
-    method: str
-    feature_stride: int
-    mcmc_check: McmcCheck
-    num_densities: int = 0  # ablate this many densities, spread dense → sparsest; 0 = all
+    enabled: bool = cc.field(True, cc.boolean())
+    epsilon: float = cc.field(0.25, cc.number(0, low_open=True))
+    num_positive: int = cc.field(256, cc.integer(1))
+    num_negative: int = cc.field(256, cc.integer(1))
+    method: str = cc.field("exact", cc.one_of("exact", "mcmc"))
+    feature_stride: int = cc.field(1, cc.integer(1))
+    mcmc_check: McmcCheck = cc.field(McmcCheck())
+    num_densities: int = cc.field(0, cc.optional(cc.integer(0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,21 +111,24 @@ class StudyConfig:
     ``density_grid.num`` > 0 (`from_config` resolves it).
     """
 
-    seed: int
-    variant: str
-    setting: str
-    model: str
-    n_features: int
-    m_hidden: int
-    importance: Importance
-    densities: tuple[float, ...]
-    density_grid: DensityGrid
-    num_replicates: int
-    train: toy.TrainConfig
-    geometry: Geometry
-    ablation: Ablation
-    control: Control = Control()
-    rotation_control: RotationControl = RotationControl()
+    variant: str = cc.field("quick")
+    seed: int = cc.field(0, cc.integer(0))
+    setting: str = cc.field("20->5", cc.text())
+    model: str = cc.field("relu_out", cc.one_of("relu_out", "linear", "relu_hidden"))
+    n_features: int = cc.field(20, cc.integer(1))
+    m_hidden: int = cc.field(5, cc.integer(1))
+    importance: Importance = cc.field(Importance())
+    # Densities 1 − S: the config's explicit list (the grid's when density_grid.num > 0).
+    densities: tuple[float, ...] = cc.field(list(DENSITIES_20_5),
+                                            cc.sequence(cc.number(0, 1, low_open=True)))
+    density_grid: DensityGrid = cc.field(DensityGrid())
+    # Independent instances per density (seeds of the vmapped batch).
+    num_replicates: int = cc.field(1, cc.integer(1, MAX_REPLICATES))
+    control: Control = cc.field(Control())
+    rotation_control: RotationControl = cc.field(RotationControl())
+    train: toy.TrainConfig = cc.section(Train())  # built as a toy.TrainConfig by from_config
+    geometry: Geometry = cc.field(Geometry())
+    ablation: Ablation = cc.field(Ablation())
 
     def __post_init__(self):
         if not self.densities or not all(0 < d <= 1 for d in self.densities):
@@ -169,12 +163,13 @@ def _densities(c: ml_collections.ConfigDict) -> tuple[float, ...]:
 
 def from_config(c: ml_collections.ConfigDict) -> StudyConfig:
     """The typed config of one run (raises ValueError / TypeError naming the bad field)."""
-    return cc.build(StudyConfig, c, skip=("study",), densities=_densities(c))
+    train = cc.build(toy.TrainConfig, c.train, where="config.train")
+    return cc.build(StudyConfig, c, skip=("study",), densities=_densities(c), train=train)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before any work (called by the runner); raises ConfigError."""
-    cc.check(config, CONFIG_RULES)
+    cc.check(config, cc.rules(StudyConfig))
     cc.require(config.densities or config.density_grid.num > 0,
                "config.densities is empty and config.density_grid.num is 0; give densities "
                "(e.g. --config.densities=1,0.1) or a grid size")

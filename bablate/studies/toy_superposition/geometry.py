@@ -33,7 +33,7 @@ def instance_record(cfg: StudyConfig, params: toy.Params, density: float, replic
     instances it ablates.
     """
     spec, geo = cfg.spec, cfg.geometry
-    wg = toy_geometry.weight_geometry(spec.encoder_weights(params))
+    wg = toy_geometry.weight_geometry(np.asarray(spec.encoder_weights(params)))
     cg = toy_geometry.code_geometry(spec, params, key, density, geo.num_samples,
                                     geo.num_points, geo.num_projections)
     return {

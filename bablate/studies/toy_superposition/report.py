@@ -45,9 +45,9 @@ def control_text(control: dict[str, Any]) -> str:
              f"{worse.text()} (Welch 95% intervals)")
     kept = {1: "keeps more of them", 0: "keeps no clearly different number of them",
             -1: "keeps fewer of them"}[more.sign]
-    loss = {1: "ends at a higher held-out loss", 0: "ends at a held-out loss the seeds cannot "
+    ends = {1: "ends at a higher held-out loss", 0: "ends at a held-out loss the seeds cannot "
             "tell apart", -1: "ends at a lower held-out loss"}[worse.sign]
-    verdict = f"Starting with every feature represented {kept} and {loss}"
+    verdict = f"Starting with every feature represented {kept} and {ends}"
     if worse.sign > 0:
         verdict += (": the paper's start ends nearer the optimum of the paper's own objective"
                     + (", so its lower count is not an artefact of the start"

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 import bablate as bb
 from bablate import progress
@@ -59,14 +60,14 @@ def random_rotations(key: jax.Array, num: int, m: int) -> jax.Array:
     return jax.random.orthogonal(key, m, shape=(num,))
 
 
-def spread(neuron: float, rotated: np.ndarray) -> dict[str, Any]:
+def spread(neuron: float, rotated: ArrayLike) -> dict[str, Any]:
     """A metric's neuron value beside its rotated values: their mean, sd (ddof 1) and list."""
-    rotated = np.asarray(rotated, np.float64)
-    finite = rotated[np.isfinite(rotated)]
+    values = np.asarray(rotated, np.float64)
+    finite = values[np.isfinite(values)]
     sd = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
     return {"neuron": float(neuron),
             "rotated_mean": float(finite.mean()) if finite.size else float("nan"),
-            "rotated_sd": sd, "rotated": rotated.tolist()}
+            "rotated_sd": sd, "rotated": values.tolist()}
 
 
 def instance_control(cfg: StudyConfig, params: toy.Params, density: float,

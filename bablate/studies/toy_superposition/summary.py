@@ -16,7 +16,7 @@ def summary_numbers(records: list[dict[str, Any]], cfg: StudyConfig,
     basis control, ``<metric>_rotated_<end>``: the mean over rotations, beside the neuron
     basis's ``<metric>_<end>``)."""
     dense, sparse = max(cfg.densities), min(cfg.densities)
-    out = {}
+    out: dict[str, Any] = {}
     for name, d in (("dense", dense), ("sparsest", sparse)):
         rs = [r for r in records if r["density"] == d]
         out[f"features_represented_{name}"] = float(np.mean([r["features_represented"]

@@ -86,50 +86,20 @@ Sensitivity (quick's trained models, polysemanticity at 1−S = 1 → 0.001): ε
 checked against MCMC (max |marginal difference| in the results).
 """
 
-import ml_collections
-
 from bablate.runner import config_checks
+from bablate.studies.toy_superposition.config import DENSITIES_20_5, StudyConfig
+
+__all__ = ["DENSITIES_20_5", "VARIANTS", "get_config", "get_sweep"]
 
 VARIANTS = ("quick", "n5_m2", "n20_m5", "n100_m20", "relu_hidden", "notebook")
-DENSITIES_20_5 = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
 
 def get_config(arg=None):
+    """The ConfigDict of one variant: `StudyConfig`'s defaults (config.py, where every field is
+    declared with its check), then the variant's values by name."""
     variant = config_checks.variant(arg, VARIANTS)
-    c = ml_collections.ConfigDict()
-    c.study = "toy_superposition"
-    c.variant = variant
-    c.seed = 0
-    c.setting = "20->5"
-    c.model = "relu_out"  # relu_out | linear | relu_hidden
-    c.n_features = 20
-    c.m_hidden = 5
-    # importance: I_i = base^i (geometric) or ratio^(-linspace(0, 1, n)) (loglinear)
-    c.importance = ml_collections.ConfigDict({"kind": "geometric", "value": 0.7})
-    # densities 1 - S: an explicit list, or the paper's loglinear grid if density_grid > 0
-    c.densities = list(DENSITIES_20_5)
-    c.density_grid = ml_collections.ConfigDict({"num": 0, "ratio": 20.0})
-    c.num_replicates = 1  # independent instances per density (seeds of the vmapped batch)
-    # Control at the sparsest density (tied models): this many more seeds from the paper's
-    # init and as many from every feature already represented; 0 = off.
-    c.control = ml_collections.ConfigDict({"num_seeds": 0})
-    # Basis control: replicate 0's ablation repeated in this many random rotations of the
-    # hidden space; 0 = off.
-    c.rotation_control = ml_collections.ConfigDict({"num_rotations": 8})
-    c.train = ml_collections.ConfigDict({"steps": 10_000, "batch_size": 1024,
-                                         "learning_rate": 1e-3, "weight_decay": 0.01,
-                                         "chunk_steps": 250,
-                                         # "xavier" | "notebook"; "sum" | "mean" (see below)
-                                         "init": "xavier", "init_instances": 0,
-                                         "loss": "sum"})
-    c.geometry = ml_collections.ConfigDict({"num_samples": 8192, "num_points": 101,
-                                            "num_projections": 32})
-    c.ablation = ml_collections.ConfigDict({
-        "enabled": True, "epsilon": 0.25, "num_positive": 256, "num_negative": 256,
-        "method": "exact", "feature_stride": 1,  # ablate every k-th feature's task
-        "mcmc_check": ml_collections.ConfigDict({"enabled": True, "num_samples": 2000,
-                                                 "num_warmup": 500, "num_chains": 2,
-                                                 "num_tasks": 3})})
+    c = config_checks.config_dict(StudyConfig, study="toy_superposition", variant=variant)
+    c.rotation_control.num_rotations = 8  # the basis control (off when a config leaves it out)
     if variant in ("quick", "n20_m5"):
         c.control.num_seeds = 4
     if variant == "quick":
@@ -150,7 +120,7 @@ def get_config(arg=None):
     elif variant == "n100_m20":
         c.setting = "100->20"
         c.n_features, c.m_hidden = 100, 20
-        c.importance = ml_collections.ConfigDict({"kind": "loglinear", "value": 100.0})
+        c.importance.kind, c.importance.value = "loglinear", 100.0
         c.densities = []
         c.density_grid.num = 20
         c.geometry.num_samples = 4096
@@ -174,8 +144,6 @@ def get_config(arg=None):
         c.model = "relu_hidden"
         c.n_features, c.m_hidden = 20, 10
         c.importance.value = 0.8
-    if "num_densities" not in c.ablation:
-        c.ablation.num_densities = 0  # ablate this many densities, spread dense→sparsest; 0 = all
     return c
 
 
