@@ -14,6 +14,14 @@ TESTBEDS = sorted(p for p in (PKG / "testbeds").glob("*.py") if p.name != "__ini
 MAX_LINES = 400
 
 
+def _from_module(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module of ``from X import ...`` inside ``package`` (relative imports too)."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(path: Path) -> set[str]:
     """Absolute names of the modules ``path`` imports (relative imports resolved)."""
     tree = ast.parse(path.read_text())
@@ -23,11 +31,7 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
+            mod = _from_module(node, package)
             out.add(mod)
             out |= {f"{mod}.{a.name}" for a in node.names}
     return out
@@ -144,11 +148,7 @@ def _import_nodes(path: Path, modules: dict[str, Path]):
         if isinstance(node, ast.Import):
             names = [resolve(a.name) for a in node.names if a.name.split(".")[0] == root_pkg]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
+            mod = _from_module(node, package)
             if mod.split(".")[0] != root_pkg:
                 continue
             names = [resolve(f"{mod}.{a.name}") for a in node.names]
