@@ -10,14 +10,13 @@ Commands:
     python -m bablate --config=llm_concepts:quick
     python -m bablate --config=llm_concepts:full
 
-Runtimes. quick: 659–796 CPU-seconds (2026-12-06, two runs on 2 cores shared with other jobs:
-16.2 min wall at load 3–6, 24.9 min at load 8–10; peak memory 5.1 GB). The process keeps about
-one core busy, so on 2 idle cores it takes at most its CPU time, ≈ 11–13 min. Stages of the
-second run: load and checks 64 s, ablation 763 s (the six certified estimates 596 s, the SVI
-cross-checks on cheese 94 s), PA 68 s, interventions 572 s, UCD 17 s. Masks are scored on the
-target read-out (``readout = "target"``: top-1's margin and log-probability instead of 49,152
-logits per prompt; the same numbers as the full logits, 2.4× less per mask side by side,
-benchmarks/README.md).
+Runtimes. quick: 7.7 min wall (462 s) on 2 nearly idle cores (2026-12-06, load 1.7–2.7 with
+the run itself; 825 CPU-seconds, peak memory 5.2 GB): load and checks 18 s, ablation 218 s
+(the six certified estimates and the SVI cross-checks on cheese), PA 19 s, interventions 195 s,
+UCD 5 s. The same run took 16.2 and 24.9 min wall on the same cores shared with other jobs
+(load 3–6 and 8–10). Masks are scored on the target read-out (``readout = "target"``:
+top-1's margin and log-probability instead of 49,152 logits per prompt; the same numbers as
+the full logits, 2.4× less per mask side by side, benchmarks/README.md).
 full: ≈ 4.7 h on 2 cores (AMD EPYC, AVX512-BF16), derived, not run: certified estimates to
 s.e. 0.02 of the heads ≈ 7,800 s (≈ 5,000 masks per concept at every position, 0.26 s each, 6
 concepts) and of the neurons ≈ 1,200 s (≈ 2,048 masks, 0.096 s each), the SVI cross-checks on
